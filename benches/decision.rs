@@ -1,0 +1,57 @@
+//! Criterion micro-benchmarks of the in-process decision path on the embedded demo: what one
+//! `Check` costs without the network, per credential kind.
+
+// A benchmark harness, not service code: a broken set-up should stop it loudly.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::hint::black_box;
+
+use cedargate::config::Config;
+use cedargate::model::{Extra, RouteRequest, Secret, Target, ToolCall};
+use cedargate::App;
+use criterion::{criterion_group, criterion_main, Criterion};
+
+fn decision_path(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let app = App::build(Config::demo().unwrap()).unwrap();
+    let session = runtime
+        .block_on(app.sessions().login("alice", &Secret::new("password123"), None))
+        .unwrap()
+        .access_token;
+    let session_header = format!("Bearer {}", session.expose());
+    let profile = Target::Route(RouteRequest { method: "GET".into(), path: "/user/profile".into() });
+    let admin = Target::Route(RouteRequest { method: "GET".into(), path: "/admin/users".into() });
+    let tool = Target::Tool(ToolCall { name: "GET_/user/profile".into(), ..Default::default() });
+    let facts = Extra::new();
+    let engine = app.engine();
+
+    let mut group = c.benchmark_group("check");
+    let cases: [(&str, &str, &Target); 7] = [
+        ("static_token_allow", "Bearer user-token-123", &profile),
+        ("static_token_forbid", "Bearer user-token-123", &admin),
+        (
+            "api_key_allow",
+            "ApiKey api-key-789",
+            &Target::Route(RouteRequest { method: "GET".into(), path: "/service/metrics".into() }),
+        ),
+        ("session_allow", &session_header, &profile),
+        ("anonymous_401", "", &profile),
+        ("invalid_token_401", "Bearer invalid-token", &profile),
+        ("route_tool_allow", "Bearer user-token-123", &tool),
+    ];
+    for (name, authorization, target) in cases {
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                runtime.block_on(engine.check(black_box(authorization), black_box(target), &facts)).unwrap()
+            })
+        });
+    }
+    group.finish();
+
+    c.bench_function("authenticate/static_token", |b| {
+        b.iter(|| runtime.block_on(engine.authenticate(black_box("Bearer user-token-123"))))
+    });
+}
+
+criterion_group!(benches, decision_path);
+criterion_main!(benches);

@@ -1,0 +1,245 @@
+//! The gRPC services `cedargate.v1.Authorizer` and `cedargate.v1.Sessions`, and the one
+//! mapping of decisions and errors onto gRPC.
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use super::json::{extra_to_struct, struct_to_extra};
+use super::proto;
+use crate::engine::{Authentication, Engine};
+use crate::model::{AuthInfo, Decision, Outcome, RouteRequest, Secret, Target, ToolCall};
+use crate::route::TargetError;
+use crate::session::{SessionError, SessionManager, SessionTokens};
+
+/// `cedargate.v1.Authorizer`.
+#[derive(Debug, Clone)]
+pub struct AuthorizerService {
+    engine: Arc<Engine>,
+}
+
+impl AuthorizerService {
+    /// Serves decisions from `engine`.
+    pub fn new(engine: Arc<Engine>) -> Self {
+        Self { engine }
+    }
+}
+
+/// `cedargate.v1.Sessions`.
+#[derive(Debug, Clone)]
+pub struct SessionsService {
+    sessions: Arc<SessionManager>,
+}
+
+impl SessionsService {
+    /// Serves logins from `sessions`.
+    pub fn new(sessions: Arc<SessionManager>) -> Self {
+        Self { sessions }
+    }
+}
+
+fn target_from_proto(target: Option<&proto::Target>) -> Result<Target, TargetError> {
+    match target.and_then(|target| target.kind.as_ref()) {
+        Some(proto::target::Kind::Route(route)) => {
+            Ok(Target::Route(RouteRequest { method: route.method.clone(), path: route.path.clone() }))
+        }
+        Some(proto::target::Kind::Tool(tool)) => Ok(Target::Tool(ToolCall {
+            name: tool.name.clone(),
+            server: tool.server.clone(),
+            arguments: struct_to_extra(tool.arguments.as_ref()),
+        })),
+        None => Err(TargetError::Missing),
+    }
+}
+
+/// An identity on the wire.
+pub fn auth_info_to_proto(auth: &AuthInfo) -> proto::AuthInfo {
+    proto::AuthInfo {
+        subject: auth.subject.clone(),
+        client_id: auth.client_id.clone(),
+        scopes: auth.scopes.clone(),
+        expires_at: auth.expires_at.unwrap_or(0),
+        resource: auth.resource.clone(),
+        roles: auth.roles.clone(),
+        tenant: auth.tenant.clone(),
+        issuer: auth.issuer.clone(),
+        credential_kind: auth.kind.as_str().to_owned(),
+        extra: (!auth.extra.is_empty()).then(|| extra_to_struct(&auth.extra)),
+    }
+}
+
+fn outcome_to_proto(outcome: Outcome) -> proto::Outcome {
+    match outcome {
+        Outcome::Allowed => proto::Outcome::Allowed,
+        Outcome::Unauthenticated => proto::Outcome::Unauthenticated,
+        Outcome::Forbidden => proto::Outcome::Forbidden,
+    }
+}
+
+/// A decision on the wire.
+pub fn decision_to_proto(decision: Decision) -> proto::CheckResponse {
+    proto::CheckResponse {
+        allowed: decision.allowed(),
+        outcome: outcome_to_proto(decision.outcome).into(),
+        http_status: u32::from(decision.outcome.http_status()),
+        auth_info: decision.auth_info.as_deref().map(auth_info_to_proto),
+        policy_ids: decision.policy_ids,
+        reason: decision.reason,
+        www_authenticate: decision.www_authenticate.unwrap_or_default(),
+        decision_id: decision.decision_id,
+        errors: decision.errors,
+        credential_fingerprint: decision.credential_fingerprint.unwrap_or_default(),
+    }
+}
+
+/// A malformed target in a batch: its own answer, so the other targets still get theirs.
+fn invalid_target_to_proto(error: &TargetError) -> proto::CheckResponse {
+    proto::CheckResponse {
+        outcome: proto::Outcome::InvalidRequest.into(),
+        http_status: 400,
+        reason: error.to_string(),
+        ..Default::default()
+    }
+}
+
+fn target_status(error: &TargetError) -> Status {
+    Status::invalid_argument(error.to_string())
+}
+
+fn session_status(error: &SessionError) -> Status {
+    match error {
+        SessionError::InvalidLogin | SessionError::InvalidRefresh => {
+            Status::unauthenticated(error.to_string())
+        }
+        SessionError::BadField { .. } => Status::invalid_argument(error.to_string()),
+        SessionError::RateLimited { retry_after } => {
+            let mut status = Status::resource_exhausted(error.to_string());
+            if let Ok(value) = retry_after.as_secs().to_string().parse() {
+                status.metadata_mut().insert("retry-after", value);
+            }
+            status
+        }
+        SessionError::Internal(_) => {
+            tracing::error!("session operation failed: {error}");
+            Status::internal("session service failed")
+        }
+    }
+}
+
+fn tokens_to_proto(tokens: SessionTokens) -> proto::SessionTokens {
+    let expires_in = tokens.expires_at.saturating_sub(crate::model::unix_now()).max(0);
+    proto::SessionTokens {
+        access_token: tokens.access_token.expose().to_owned(),
+        refresh_token: tokens.refresh_token.expose().to_owned(),
+        token_type: "Bearer".to_owned(),
+        expires_at: tokens.expires_at,
+        expires_in,
+        refresh_expires_at: tokens.refresh_expires_at,
+    }
+}
+
+#[tonic::async_trait]
+impl proto::authorizer_server::Authorizer for AuthorizerService {
+    async fn check(
+        &self,
+        request: Request<proto::CheckRequest>,
+    ) -> Result<Response<proto::CheckResponse>, Status> {
+        let request = request.into_inner();
+        let target = target_from_proto(request.target.as_ref()).map_err(|error| target_status(&error))?;
+        let facts = struct_to_extra(request.context.as_ref());
+        let decision = self
+            .engine
+            .check(&request.authorization, &target, &facts)
+            .await
+            .map_err(|error| target_status(&error))?;
+        Ok(Response::new(decision_to_proto(decision)))
+    }
+
+    async fn batch_check(
+        &self,
+        request: Request<proto::BatchCheckRequest>,
+    ) -> Result<Response<proto::BatchCheckResponse>, Status> {
+        let request = request.into_inner();
+        self.engine.check_batch_size(request.targets.len()).map_err(|error| target_status(&error))?;
+        let facts = struct_to_extra(request.context.as_ref());
+        let authentication = self.engine.authenticate(&request.authorization).await;
+        let results = request
+            .targets
+            .iter()
+            .map(|target| {
+                target_from_proto(Some(target))
+                    .and_then(|target| self.engine.check_authenticated(&authentication, &target, &facts))
+                    .map_or_else(|error| invalid_target_to_proto(&error), decision_to_proto)
+            })
+            .collect();
+        Ok(Response::new(proto::BatchCheckResponse { results }))
+    }
+
+    async fn introspect(
+        &self,
+        request: Request<proto::IntrospectRequest>,
+    ) -> Result<Response<proto::IntrospectResponse>, Status> {
+        let request = request.into_inner();
+        let authentication = self.engine.authenticate(&request.authorization).await;
+        let fingerprint = authentication.fingerprint().unwrap_or_default().to_owned();
+        let response = match authentication {
+            Authentication::Authenticated { auth, .. } => proto::IntrospectResponse {
+                active: true,
+                auth_info: Some(auth_info_to_proto(&auth)),
+                credential_fingerprint: fingerprint,
+                ..Default::default()
+            },
+            Authentication::Anonymous => proto::IntrospectResponse {
+                reason: "no credential".to_owned(),
+                www_authenticate: self.engine.challenge(crate::model::Scheme::Bearer, None, &[]),
+                ..Default::default()
+            },
+            Authentication::Failed { scheme, error, .. } => proto::IntrospectResponse {
+                reason: error.to_string(),
+                www_authenticate: self.engine.challenge(
+                    scheme.unwrap_or(crate::model::Scheme::Bearer),
+                    Some(("invalid_token", &error.to_string())),
+                    &[],
+                ),
+                credential_fingerprint: fingerprint,
+                ..Default::default()
+            },
+        };
+        Ok(Response::new(response))
+    }
+}
+
+#[tonic::async_trait]
+impl proto::sessions_server::Sessions for SessionsService {
+    async fn login(
+        &self,
+        request: Request<proto::LoginRequest>,
+    ) -> Result<Response<proto::SessionTokens>, Status> {
+        let client = request.remote_addr().map(|address| address.ip());
+        let request = request.into_inner();
+        let tokens = self
+            .sessions
+            .login(&request.username, &Secret::new(request.password), client)
+            .await
+            .map_err(|error| session_status(&error))?;
+        Ok(Response::new(tokens_to_proto(tokens)))
+    }
+
+    async fn refresh(
+        &self,
+        request: Request<proto::RefreshRequest>,
+    ) -> Result<Response<proto::SessionTokens>, Status> {
+        let refresh_token = Secret::new(request.into_inner().refresh_token);
+        let tokens = self.sessions.refresh(&refresh_token).await.map_err(|error| session_status(&error))?;
+        Ok(Response::new(tokens_to_proto(tokens)))
+    }
+
+    async fn logout(
+        &self,
+        request: Request<proto::LogoutRequest>,
+    ) -> Result<Response<proto::LogoutResponse>, Status> {
+        let token = Secret::new(request.into_inner().token);
+        let revoked = self.sessions.logout(&token).await.map_err(|error| session_status(&error))?;
+        Ok(Response::new(proto::LogoutResponse { revoked }))
+    }
+}

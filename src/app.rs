@@ -1,0 +1,315 @@
+//! The composition root: builds every part from a [`Config`], binds, serves gRPC and HTTP,
+//! runs the background tasks, and shuts down gracefully.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::api::grpc::{AuthorizerService, SessionsService};
+use crate::api::http::{router, HttpState};
+use crate::api::proto;
+use crate::config::{Config, ConfigError, KnownCredential};
+use crate::credential::{CredentialChain, DigestTable};
+use crate::engine::{Engine, EngineSettings};
+use crate::model::{AuthInfo, CredentialKind, Scheme};
+use crate::policy::{PolicyEngine, PolicyError, PolicySources};
+use crate::route::RouteTable;
+use crate::session::{
+    Account, LimitRule, MemoryRateLimiter, MemorySessionStore, SessionManager, SessionSettings,
+};
+
+/// How often expired sessions and rate-limit windows are dropped.
+const PURGE_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Why the service could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// Bad configuration.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// Bad policies.
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    /// A part could not be built from the configuration.
+    #[error("{0}")]
+    Setup(String),
+    /// A socket could not be bound or served.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The gRPC server failed.
+    #[error("gRPC server: {0}")]
+    Grpc(#[from] tonic::transport::Error),
+}
+
+/// A built service, ready to serve.
+#[derive(Debug)]
+pub struct App {
+    config: Config,
+    policy_dir: Option<PathBuf>,
+    engine: Arc<Engine>,
+    sessions: Arc<SessionManager>,
+    limiter: Arc<MemoryRateLimiter>,
+}
+
+impl App {
+    /// Builds every part from `config`.
+    ///
+    /// Fails when the policies do not load or a credential or account setting is unusable.
+    pub fn build(config: Config) -> Result<Self, AppError> {
+        let policy_dir = config.policy_dir();
+        let sources = match &policy_dir {
+            Some(dir) => PolicySources::from_dir(dir)?,
+            None => PolicySources::embedded_demo(),
+        };
+        let policies = Arc::new(PolicyEngine::new(&sources)?);
+        let routes = RouteTable::new(config.routes.iter().map(String::as_str)).map_err(AppError::Setup)?;
+
+        let limits = &config.sessions.login_rate_limit;
+        let limiter = Arc::new(MemoryRateLimiter::new(
+            LimitRule {
+                max_failures: limits.per_username.max_failures,
+                window: limits.per_username.window.0,
+            },
+            LimitRule { max_failures: limits.per_address.max_failures, window: limits.per_address.window.0 },
+        ));
+        let accounts: HashMap<String, Account> = config
+            .sessions
+            .users
+            .iter()
+            .map(|user| {
+                let mut identity = AuthInfo::new(
+                    CredentialKind::Session,
+                    user.subject.clone().unwrap_or_else(|| user.username.clone()),
+                    user.roles.clone(),
+                );
+                identity.scopes = user.scopes.clone();
+                identity.tenant = user.tenant.clone();
+                identity.extra.insert("username".to_owned(), user.username.clone().into());
+                (user.username.clone(), Account { password_hash: user.password_hash.0.clone(), identity })
+            })
+            .collect();
+        let sessions = Arc::new(
+            SessionManager::new(
+                accounts,
+                Arc::new(MemorySessionStore::default()),
+                Arc::clone(&limiter) as _,
+                SessionSettings {
+                    access_ttl: config.sessions.access_ttl.0,
+                    refresh_ttl: config.sessions.refresh_ttl.0,
+                },
+            )
+            .map_err(|error| AppError::Setup(error.to_string()))?,
+        );
+
+        let mut chain = CredentialChain::default();
+        let static_tokens = table("static", CredentialKind::Static, &config.credentials.static_tokens)?;
+        let api_keys = table("api_key", CredentialKind::ApiKey, &config.credentials.api_keys)?;
+        chain.push(Scheme::Bearer, Arc::new(static_tokens));
+        chain.push(Scheme::Bearer, Arc::clone(&sessions) as _);
+        chain.push(Scheme::ApiKey, Arc::new(api_keys));
+
+        let settings = EngineSettings {
+            realm: config.realm.clone(),
+            max_authorization_bytes: config.limits.max_authorization_bytes,
+            max_batch_targets: config.limits.max_batch_targets,
+        };
+        let engine = Arc::new(Engine::new(chain, policies, routes, settings));
+        tracing::info!(
+            policies = engine.policies().snapshot().policy_count(),
+            revision = engine.policies().snapshot().revision(),
+            source = %policy_dir.as_ref().map_or_else(|| "<embedded demo>".to_owned(), |dir| dir.display().to_string()),
+            "policies loaded"
+        );
+        Ok(Self { config, policy_dir, engine, sessions, limiter })
+    }
+
+    /// The decision pipeline (also what the CLI's `check` uses).
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.engine
+    }
+
+    /// The session manager.
+    pub fn sessions(&self) -> &Arc<SessionManager> {
+        &self.sessions
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Re-reads the policy directory; on any problem the last good set stays in force.
+    ///
+    /// Fails with the diagnostics of the rejected set; embedded policies cannot be reloaded.
+    pub fn reload_policies(&self) -> Result<(), PolicyError> {
+        let Some(dir) = &self.policy_dir else {
+            return Err(PolicyError::Invalid {
+                diagnostics: vec!["the embedded demo policies cannot be reloaded".to_owned()],
+            });
+        };
+        let snapshot = self.engine.policies().reload(&PolicySources::from_dir(dir)?)?;
+        tracing::info!(
+            policies = snapshot.policy_count(),
+            revision = snapshot.revision(),
+            "policies reloaded"
+        );
+        Ok(())
+    }
+
+    /// Binds the configured addresses and serves until `shutdown` completes.
+    ///
+    /// Fails when an address cannot be bound or a server fails.
+    pub async fn run(&self, shutdown: impl Future<Output = ()>) -> Result<(), AppError> {
+        let grpc = bind(self.config.listen.grpc).await?;
+        let http = bind(self.config.listen.http).await?;
+        self.serve(grpc, http, shutdown).await
+    }
+
+    /// Serves gRPC on `grpc` and HTTP on `http` (already bound, so tests can bind port 0)
+    /// until `shutdown` completes, then lets in-flight requests finish.
+    ///
+    /// Fails when a server fails.
+    pub async fn serve(
+        &self,
+        grpc: TcpListener,
+        http: TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), AppError> {
+        let (stop_sender, stop) = watch::channel(false);
+        let ready = Arc::new(AtomicBool::new(false));
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health.set_serving::<proto::authorizer_server::AuthorizerServer<AuthorizerService>>().await;
+        health.set_serving::<proto::sessions_server::SessionsServer<SessionsService>>().await;
+        let reflection = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        };
+        let reflection_v1 = reflection().build_v1().map_err(|error| AppError::Setup(error.to_string()))?;
+        let reflection_v1alpha =
+            reflection().build_v1alpha().map_err(|error| AppError::Setup(error.to_string()))?;
+
+        let grpc_address = local_address(&grpc);
+        let http_address = local_address(&http);
+        let grpc_server = tonic::transport::Server::builder()
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(proto::authorizer_server::AuthorizerServer::new(AuthorizerService::new(Arc::clone(
+                &self.engine,
+            ))))
+            .add_service(proto::sessions_server::SessionsServer::new(SessionsService::new(Arc::clone(
+                &self.sessions,
+            ))))
+            .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), stopped(stop.clone()));
+        let http_router =
+            router(HttpState { sessions: Arc::clone(&self.sessions), ready: Arc::clone(&ready) });
+        let http_server = axum::serve(http, http_router.into_make_service_with_connect_info::<SocketAddr>())
+            .with_graceful_shutdown(stopped(stop.clone()));
+
+        let purge =
+            tokio::spawn(purge_task(Arc::clone(&self.sessions), Arc::clone(&self.limiter), stop.clone()));
+        ready.store(true, Ordering::Release);
+        tracing::info!(grpc = %grpc_address, http = %http_address, "cedargate serving");
+
+        let driver = async {
+            shutdown.await;
+            tracing::info!("shutting down: finishing in-flight requests");
+            ready.store(false, Ordering::Release);
+            health.set_not_serving::<proto::authorizer_server::AuthorizerServer<AuthorizerService>>().await;
+            let _ = stop_sender.send(true);
+            Ok::<(), AppError>(())
+        };
+        let http_server = async {
+            http_server.await.map_err(|source| AppError::Io { context: "HTTP server".to_owned(), source })
+        };
+        let grpc_server = async { grpc_server.await.map_err(AppError::from) };
+        let result = tokio::try_join!(grpc_server, http_server, driver).map(|_| ());
+        let _ = stop_sender.send(true);
+        let _ = purge.await;
+        tracing::info!("cedargate stopped");
+        result
+    }
+
+    /// Reloads policies on every SIGHUP until `stop`; a bad set is logged and the last good
+    /// one kept.
+    #[cfg(unix)]
+    pub async fn reload_on_sighup_task(self: Arc<Self>) {
+        let Ok(mut hangups) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+            tracing::warn!("cannot listen for SIGHUP; policy reload by signal is off");
+            return;
+        };
+        while hangups.recv().await.is_some() {
+            if let Err(error) = self.reload_policies() {
+                tracing::error!("policy reload rejected, keeping the last good set:\n{error}");
+            }
+        }
+    }
+}
+
+fn table(
+    name: &'static str,
+    kind: CredentialKind,
+    entries: &[KnownCredential],
+) -> Result<DigestTable, AppError> {
+    let rows = entries.iter().filter_map(|entry| {
+        let mut auth = AuthInfo::new(kind, entry.subject.clone(), entry.roles.clone());
+        auth.scopes = entry.scopes.clone();
+        auth.tenant = entry.tenant.clone();
+        auth.client_id = entry.client_id.clone();
+        auth.expires_at = entry.expires_at.map(|timestamp| timestamp.0);
+        entry.digest().map(|digest| (digest, auth))
+    });
+    DigestTable::new(name, rows).map_err(AppError::Setup)
+}
+
+async fn bind(address: SocketAddr) -> Result<TcpListener, AppError> {
+    TcpListener::bind(address)
+        .await
+        .map_err(|source| AppError::Io { context: format!("cannot bind {address}"), source })
+}
+
+fn local_address(listener: &TcpListener) -> String {
+    listener.local_addr().map_or_else(|_| "?".to_owned(), |address| address.to_string())
+}
+
+/// Completes once `stop` turns true (or its sender is gone).
+async fn stopped(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stopped| *stopped).await;
+}
+
+/// Drops expired sessions and rate-limit windows every minute until `stop`.
+async fn purge_task(
+    sessions: Arc<SessionManager>,
+    limiter: Arc<MemoryRateLimiter>,
+    stop: watch::Receiver<bool>,
+) {
+    let mut ticker = tokio::time::interval(PURGE_INTERVAL);
+    ticker.tick().await;
+    let stopping = stopped(stop);
+    tokio::pin!(stopping);
+    loop {
+        tokio::select! {
+            () = &mut stopping => return,
+            _ = ticker.tick() => {
+                if let Err(error) = sessions.store().purge_expired(crate::model::unix_now()).await {
+                    tracing::warn!("session purge failed: {error}");
+                }
+                limiter.purge_expired();
+            }
+        }
+    }
+}

@@ -1,0 +1,544 @@
+//! Typed, strict configuration: one YAML file, `${ENV_VAR}` substitution in secret fields,
+//! unknown fields rejected, every error naming file, line and field. With no file, the
+//! embedded demo (the auth-token-passthrough example) is served.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::de::Error as _;
+use serde::{Deserialize, Deserializer};
+
+use crate::model::SecretDigest;
+
+/// The configuration the binary serves when given no file.
+pub const DEMO_YAML: &str = include_str!("../config/demo.yaml");
+/// The name the demo config has in diagnostics.
+pub const DEMO_NAME: &str = "<embedded>/config/demo.yaml";
+
+/// Why a configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read `{path}`: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The YAML did not fit the schema; serde_yaml names the field path, line and column.
+    #[error("{file}:{line}:{column}: {message}")]
+    Parse {
+        /// The file.
+        file: String,
+        /// 1-based line.
+        line: usize,
+        /// 1-based column.
+        column: usize,
+        /// What is wrong, with the field path.
+        message: String,
+    },
+    /// Settings that parse but do not make sense together; one line per problem.
+    #[error("{}", .problems.join("\n"))]
+    Invalid {
+        /// `file:line: field: problem` lines.
+        problems: Vec<String>,
+    },
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Listen addresses.
+    #[serde(default)]
+    pub listen: ListenConfig,
+    /// `realm` of every `WWW-Authenticate` challenge.
+    #[serde(default = "default_realm")]
+    pub realm: String,
+    /// Request size limits.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    /// Where the Cedar schema and policies are.
+    #[serde(default)]
+    pub policies: PoliciesConfig,
+    /// Route templates such as `/users/{id}`; a path matching one is the resource
+    /// `Route::"<template>"`, with the parameters as tags.
+    #[serde(default)]
+    pub routes: Vec<String>,
+    /// Credentials known in advance.
+    #[serde(default)]
+    pub credentials: CredentialsConfig,
+    /// Login sessions.
+    #[serde(default)]
+    pub sessions: SessionsConfig,
+    /// The file this came from (set by the loader), to resolve relative paths and for errors.
+    #[serde(skip)]
+    pub source: String,
+}
+
+/// Listen addresses.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenConfig {
+    /// gRPC (Authorizer, Sessions, health, reflection). Default `127.0.0.1:50051`.
+    #[serde(default = "default_grpc")]
+    pub grpc: SocketAddr,
+    /// HTTP (login, `/healthz`, `/readyz`). Default `127.0.0.1:8080`.
+    #[serde(default = "default_http")]
+    pub http: SocketAddr,
+}
+
+/// Request size limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Longest `Authorization` value, in bytes. Default 8192.
+    #[serde(default = "default_max_authorization")]
+    pub max_authorization_bytes: usize,
+    /// Most targets in one `BatchCheck`. Default 1000.
+    #[serde(default = "default_max_batch")]
+    pub max_batch_targets: usize,
+}
+
+/// Where policies are.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoliciesConfig {
+    /// Directory with `schema.cedarschema` and `*.cedar`, relative to the config file.
+    /// Absent: the embedded demo policies.
+    pub dir: Option<PathBuf>,
+}
+
+/// Credentials known in advance.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CredentialsConfig {
+    /// `Authorization: Bearer <token>` tokens.
+    #[serde(default)]
+    pub static_tokens: Vec<KnownCredential>,
+    /// `Authorization: ApiKey <key>` keys; only digests (`sha256`) are accepted.
+    #[serde(default)]
+    pub api_keys: Vec<KnownCredential>,
+}
+
+/// One credential known in advance and the identity it stands for.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KnownCredential {
+    /// SHA-256 of the credential, hex (`cedargate hash-key`).
+    pub sha256: Option<Digest>,
+    /// The credential itself, usually `${ENV_VAR}`; only for static tokens. Held in memory
+    /// only as its digest.
+    pub value: Option<EnvString>,
+    /// Subject.
+    pub subject: String,
+    /// Roles.
+    #[serde(default)]
+    pub roles: Vec<String>,
+    /// Scopes.
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// Tenant.
+    #[serde(default)]
+    pub tenant: String,
+    /// OAuth client id, if any.
+    #[serde(default)]
+    pub client_id: String,
+    /// Expiry, RFC 3339 (`2027-01-01T00:00:00Z`).
+    pub expires_at: Option<Timestamp>,
+}
+
+/// Login sessions.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionsConfig {
+    /// Access token lifetime, e.g. `1h`. Default 1 hour.
+    #[serde(default = "default_access_ttl")]
+    pub access_ttl: HumanDuration,
+    /// Refresh token lifetime. Default 24 hours.
+    #[serde(default = "default_refresh_ttl")]
+    pub refresh_ttl: HumanDuration,
+    /// Users who may log in.
+    #[serde(default)]
+    pub users: Vec<UserConfig>,
+    /// Brute-force limits.
+    #[serde(default)]
+    pub login_rate_limit: LoginRateLimitConfig,
+}
+
+/// A user who may log in.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserConfig {
+    /// Login name.
+    pub username: String,
+    /// argon2id PHC string (`cedargate hash-password`), or `${ENV_VAR}`.
+    pub password_hash: PasswordHashString,
+    /// Subject of the session's identity; default: the username.
+    pub subject: Option<String>,
+    /// Roles.
+    #[serde(default)]
+    pub roles: Vec<String>,
+    /// Scopes.
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// Tenant.
+    #[serde(default)]
+    pub tenant: String,
+}
+
+/// Failed-login limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoginRateLimitConfig {
+    /// Per username. Default 5 failures per 15 minutes.
+    #[serde(default = "default_per_username")]
+    pub per_username: LimitConfig,
+    /// Per client address. Default 20 failures per 15 minutes.
+    #[serde(default = "default_per_address")]
+    pub per_address: LimitConfig,
+}
+
+/// A failure budget.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitConfig {
+    /// Failures allowed per window.
+    pub max_failures: u32,
+    /// Window length, e.g. `15m`.
+    pub window: HumanDuration,
+}
+
+// Defaults, in one place.
+fn default_realm() -> String {
+    "cedargate".to_owned()
+}
+fn default_grpc() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 50051))
+}
+fn default_http() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+fn default_max_authorization() -> usize {
+    8 * 1024
+}
+fn default_max_batch() -> usize {
+    1000
+}
+fn default_access_ttl() -> HumanDuration {
+    HumanDuration(Duration::from_secs(3600))
+}
+fn default_refresh_ttl() -> HumanDuration {
+    HumanDuration(Duration::from_secs(24 * 3600))
+}
+fn default_per_username() -> LimitConfig {
+    LimitConfig { max_failures: 5, window: HumanDuration(Duration::from_secs(15 * 60)) }
+}
+fn default_per_address() -> LimitConfig {
+    LimitConfig { max_failures: 20, window: HumanDuration(Duration::from_secs(15 * 60)) }
+}
+
+impl Default for ListenConfig {
+    fn default() -> Self {
+        Self { grpc: default_grpc(), http: default_http() }
+    }
+}
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self { max_authorization_bytes: default_max_authorization(), max_batch_targets: default_max_batch() }
+    }
+}
+impl Default for SessionsConfig {
+    fn default() -> Self {
+        Self {
+            access_ttl: default_access_ttl(),
+            refresh_ttl: default_refresh_ttl(),
+            users: Vec::new(),
+            login_rate_limit: LoginRateLimitConfig::default(),
+        }
+    }
+}
+impl Default for LoginRateLimitConfig {
+    fn default() -> Self {
+        Self { per_username: default_per_username(), per_address: default_per_address() }
+    }
+}
+
+/// A string in which `${NAME}` is replaced by the environment variable `NAME` (`$${` is a
+/// literal `${`). Its `Debug` is redacted, since such fields hold secrets.
+#[derive(Clone, PartialEq, Eq)]
+pub struct EnvString(pub String);
+
+impl fmt::Debug for EnvString {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("EnvString(<redacted>)")
+    }
+}
+
+impl<'de> Deserialize<'de> for EnvString {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let raw = String::deserialize(deserializer)?;
+        expand_env(&raw, |name| std::env::var(name).ok()).map(EnvString).map_err(D::Error::custom)
+    }
+}
+
+/// Expands `${NAME}` with `lookup`.
+///
+/// Fails on an unset variable or an unterminated `${`.
+pub fn expand_env(raw: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<String, String> {
+    let mut out = String::with_capacity(raw.len());
+    let mut rest = raw;
+    while let Some(start) = rest.find('$') {
+        out.push_str(&rest[..start]);
+        let after = &rest[start..];
+        if let Some(escaped) = after.strip_prefix("$${") {
+            out.push_str("${");
+            rest = escaped;
+        } else if let Some(body) = after.strip_prefix("${") {
+            let end = body.find('}').ok_or_else(|| "unterminated `${` in value".to_owned())?;
+            let name = &body[..end];
+            if name.is_empty() || !name.bytes().all(|byte| byte.is_ascii_alphanumeric() || byte == b'_') {
+                return Err(format!("`${{{name}}}` is not a valid environment variable reference"));
+            }
+            let value = lookup(name).ok_or_else(|| format!("environment variable `{name}` is not set"))?;
+            out.push_str(&value);
+            rest = &body[end + 1..];
+        } else {
+            out.push('$');
+            rest = &after[1..];
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// A SHA-256 digest in hex (env-expanded).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Digest(pub SecretDigest);
+
+impl<'de> Deserialize<'de> for Digest {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = EnvString::deserialize(deserializer)?;
+        SecretDigest::from_hex(&text.0).map(Digest).map_err(D::Error::custom)
+    }
+}
+
+/// An argon2id PHC string (env-expanded), checked when read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PasswordHashString(pub String);
+
+impl<'de> Deserialize<'de> for PasswordHashString {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = EnvString::deserialize(deserializer)?;
+        crate::session::check_password_hash(&text.0).map_err(D::Error::custom)?;
+        Ok(Self(text.0))
+    }
+}
+
+/// A duration written as `90s`, `15m`, `1h 30m`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HumanDuration(pub Duration);
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        let duration = humantime::parse_duration(&text)
+            .map_err(|error| D::Error::custom(format!("`{text}` is not a duration like `15m`: {error}")))?;
+        if duration.is_zero() {
+            return Err(D::Error::custom("duration must be greater than zero"));
+        }
+        Ok(Self(duration))
+    }
+}
+
+/// An RFC 3339 instant, as unix seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timestamp(pub i64);
+
+impl<'de> Deserialize<'de> for Timestamp {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        let instant = humantime::parse_rfc3339_weak(&text)
+            .map_err(|error| D::Error::custom(format!("`{text}` is not an RFC 3339 time: {error}")))?;
+        let seconds = instant
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_err(|_| D::Error::custom("time is before 1970"))?
+            .as_secs();
+        Ok(Self(i64::try_from(seconds).unwrap_or(i64::MAX)))
+    }
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    ///
+    /// Fails when the file cannot be read, does not parse, or holds invalid settings; every
+    /// message names the file, the line and the field.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        Self::parse(&path.display().to_string(), &text)
+    }
+
+    /// The embedded demo.
+    ///
+    /// Fails only if the embedded file is broken (a test guards it).
+    pub fn demo() -> Result<Self, ConfigError> {
+        Self::parse(DEMO_NAME, DEMO_YAML)
+    }
+
+    /// Parses and validates YAML text; `file` names it in errors.
+    ///
+    /// Fails as [`Config::load`] does.
+    pub fn parse(file: &str, text: &str) -> Result<Self, ConfigError> {
+        let deserializer = serde_yaml::Deserializer::from_str(text);
+        let mut config: Config = serde_path_to_error::deserialize(deserializer).map_err(|error| {
+            let path = error.path().to_string();
+            let inner = error.into_inner();
+            let (line, column) =
+                inner.location().map_or((1, 1), |location| (location.line(), location.column()));
+            // serde_yaml's message repeats a shorter path and the position; keep the reason.
+            let message = inner.to_string();
+            let message = message.rsplit_once(" at line ").map_or(message.as_str(), |(message, _)| message);
+            let reason = match message.split_once(": ") {
+                Some((prefix, rest)) if path.starts_with(prefix) => rest,
+                _ => message,
+            };
+            // A value rejected by its own type is reported at the start of its mapping; point
+            // at the key itself.
+            let key = path.rsplit('.').next().unwrap_or_default();
+            let (line, column) = key_position(text, line, key).unwrap_or((line, column));
+            ConfigError::Parse { file: file.to_owned(), line, column, message: format!("{path}: {reason}") }
+        })?;
+        config.source = file.to_owned();
+        let problems = config.problems(text);
+        if !problems.is_empty() {
+            return Err(ConfigError::Invalid { problems });
+        }
+        Ok(config)
+    }
+
+    /// The policy directory, resolved against the config file's directory.
+    pub fn policy_dir(&self) -> Option<PathBuf> {
+        let dir = self.policies.dir.as_ref()?;
+        if dir.is_absolute() || self.source.starts_with('<') {
+            return Some(dir.clone());
+        }
+        let base = Path::new(&self.source).parent().unwrap_or_else(|| Path::new("."));
+        Some(base.join(dir))
+    }
+
+    /// Cross-field checks; each problem is `file:line: field: what`.
+    fn problems(&self, text: &str) -> Vec<String> {
+        let mut problems = Vec::new();
+        let mut report = |needle: &str, field: String, problem: String| {
+            let line = line_of(text, needle);
+            problems.push(format!("{}:{line}: {field}: {problem}", self.source));
+        };
+        if self.limits.max_authorization_bytes < 16 {
+            report(
+                "max_authorization_bytes",
+                "limits.max_authorization_bytes".into(),
+                "must be at least 16".into(),
+            );
+        }
+        if self.limits.max_batch_targets == 0 {
+            report("max_batch_targets", "limits.max_batch_targets".into(), "must be at least 1".into());
+        }
+        if let Err(error) = crate::route::RouteTable::new(self.routes.iter().map(String::as_str)) {
+            report("routes", "routes".into(), error);
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (list, entries) in
+            [("static_tokens", &self.credentials.static_tokens), ("api_keys", &self.credentials.api_keys)]
+        {
+            for (index, entry) in entries.iter().enumerate() {
+                let field = format!("credentials.{list}[{index}]");
+                let needle = format!("subject: {}", entry.subject);
+                match (&entry.sha256, &entry.value) {
+                    (Some(_), Some(_)) => report(&needle, field.clone(), "set `sha256` or `value`, not both".into()),
+                    (None, None) => report(&needle, field.clone(), "`sha256` is required".into()),
+                    (None, Some(_)) if list == "api_keys" => report(
+                        &needle,
+                        format!("{field}.value"),
+                        "API keys are stored only as SHA-256 digests: use `sha256` (see `cedargate hash-key`)"
+                            .into(),
+                    ),
+                    _ => {}
+                }
+                if let Some(digest) = entry.digest() {
+                    if !seen.insert(digest) {
+                        report(&needle, field.clone(), "the same credential is configured twice".into());
+                    }
+                }
+                if entry.subject.trim().is_empty() {
+                    report(&needle, format!("{field}.subject"), "must not be empty".into());
+                }
+                check_names(&entry.roles, &format!("{field}.roles"), &needle, &mut report);
+            }
+        }
+        let mut usernames = std::collections::HashSet::new();
+        for (index, user) in self.sessions.users.iter().enumerate() {
+            let needle = format!("username: {}", user.username);
+            let field = format!("sessions.users[{index}]");
+            if user.username.is_empty() || user.username.len() > crate::session::MAX_USERNAME_BYTES {
+                report(&needle, format!("{field}.username"), "must be 1 to 256 bytes".into());
+            }
+            if !usernames.insert(user.username.as_str()) {
+                report(
+                    &needle,
+                    format!("{field}.username"),
+                    format!("`{}` is configured twice", user.username),
+                );
+            }
+            check_names(&user.roles, &format!("{field}.roles"), &needle, &mut report);
+        }
+        if self.sessions.refresh_ttl.0 < self.sessions.access_ttl.0 {
+            report(
+                "refresh_ttl",
+                "sessions.refresh_ttl".into(),
+                "must not be shorter than access_ttl".into(),
+            );
+        }
+        problems
+    }
+}
+
+impl KnownCredential {
+    /// The digest of the credential, from `sha256` or from `value`.
+    pub fn digest(&self) -> Option<SecretDigest> {
+        self.sha256
+            .map(|digest| digest.0)
+            .or_else(|| self.value.as_ref().map(|value| SecretDigest::of(value.0.as_bytes())))
+    }
+}
+
+fn check_names(names: &[String], field: &str, needle: &str, report: &mut impl FnMut(&str, String, String)) {
+    for (index, name) in names.iter().enumerate() {
+        if name.trim().is_empty() || name.chars().any(char::is_control) {
+            report(needle, format!("{field}[{index}]"), "must be a non-empty name".into());
+        }
+    }
+}
+
+/// The line and column of `key:` at or after 1-based `from_line`, if the key is a plain name.
+fn key_position(text: &str, from_line: usize, key: &str) -> Option<(usize, usize)> {
+    if key.is_empty() || !key.bytes().all(|byte| byte.is_ascii_alphanumeric() || byte == b'_') {
+        return None;
+    }
+    let pattern = format!("{key}:");
+    text.lines().enumerate().skip(from_line.saturating_sub(1)).find_map(|(index, line)| {
+        let trimmed = line.trim_start().trim_start_matches("- ");
+        trimmed.starts_with(&pattern).then(|| (index + 1, line.len() - trimmed.len() + 1))
+    })
+}
+
+/// The 1-based line of the first occurrence of `needle`, or 1.
+fn line_of(text: &str, needle: &str) -> usize {
+    text.find(needle).map_or(1, |offset| text[..offset].matches('\n').count() + 1)
+}
+
+#[cfg(test)]
+mod tests;

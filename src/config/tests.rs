@@ -1,0 +1,102 @@
+use super::*;
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::parse("test.yaml", text)
+}
+
+const DIGEST: &str = "420d40c543017845583490814854cccf7da250a34643507af18f3e8a6feba7a5";
+
+#[test]
+fn the_embedded_demo_parses_and_reproduces_the_seed() {
+    let config = Config::demo().unwrap();
+    assert_eq!(config.listen.grpc.to_string(), "127.0.0.1:50051");
+    assert_eq!(config.listen.http.to_string(), "127.0.0.1:8080");
+    assert_eq!(config.credentials.static_tokens.len(), 2);
+    assert_eq!(config.credentials.api_keys[0].digest(), Some(SecretDigest::of(b"api-key-789")));
+    assert_eq!(config.sessions.users[0].username, "alice");
+    assert!(config.policy_dir().is_none(), "the demo uses the embedded policies");
+}
+
+#[test]
+fn an_empty_file_means_all_defaults() {
+    let config = parse("{}").unwrap();
+    assert_eq!(config.limits.max_authorization_bytes, 8192);
+    assert_eq!(config.sessions.login_rate_limit.per_username.max_failures, 5);
+    assert_eq!(config.sessions.access_ttl.0, Duration::from_secs(3600));
+}
+
+#[test]
+fn unknown_fields_are_refused_with_line_and_path() {
+    let error = parse("listen:\n  grpc: 127.0.0.1:1\n  htp: 127.0.0.1:2\n").unwrap_err();
+    let ConfigError::Parse { line, message, .. } = &error else { panic!("{error:?}") };
+    assert_eq!(*line, 3, "{error}");
+    assert!(message.contains("listen") && message.contains("htp"), "{message}");
+    assert!(error.to_string().starts_with("test.yaml:3:"), "{error}");
+}
+
+#[test]
+fn bad_values_name_their_field_and_line() {
+    let table = [
+        ("listen:\n  grpc: nowhere\n", 2, "listen.grpc"),
+        ("credentials:\n  api_keys:\n    - sha256: abc\n      subject: s\n", 3, "sha256"),
+        ("sessions:\n  access_ttl: soon\n", 2, "access_ttl"),
+        ("sessions:\n  users:\n    - username: a\n      password_hash: plain\n", 4, "password_hash"),
+        (
+            "credentials:\n  static_tokens:\n    - value: x\n      subject: s\n      expires_at: tomorrow\n",
+            5,
+            "expires_at",
+        ),
+    ];
+    for (text, expected_line, field) in table {
+        let error = parse(text).unwrap_err();
+        let ConfigError::Parse { line, message, .. } = &error else { panic!("{error:?}") };
+        assert_eq!(*line, expected_line, "{error}");
+        assert!(message.contains(field), "{field}: {message}");
+    }
+}
+
+#[test]
+fn cross_field_problems_are_all_reported() {
+    let text = format!(
+        "credentials:\n  static_tokens:\n    - sha256: {DIGEST}\n      subject: one\n    - sha256: {DIGEST}\n      subject: two\n  api_keys:\n    - value: plain-key\n      subject: svc\nsessions:\n  access_ttl: 2h\n  refresh_ttl: 1h\n"
+    );
+    let ConfigError::Invalid { problems } = parse(&text).unwrap_err() else { panic!() };
+    assert_eq!(problems.len(), 3, "{problems:#?}");
+    assert!(problems
+        .iter()
+        .any(|p| p.starts_with("test.yaml:6: credentials.static_tokens[1]:") && p.contains("twice")));
+    assert!(problems.iter().any(|p| p.starts_with("test.yaml:9: credentials.api_keys[0].value:")));
+    assert!(problems.iter().any(|p| p.starts_with("test.yaml:12: sessions.refresh_ttl:")));
+}
+
+#[test]
+fn environment_variables_fill_secret_fields() {
+    let lookup = |name: &str| (name == "TOKEN").then(|| "s3cret".to_owned());
+    assert_eq!(expand_env("${TOKEN}", lookup).unwrap(), "s3cret");
+    assert_eq!(expand_env("a-${TOKEN}-b", lookup).unwrap(), "a-s3cret-b");
+    assert_eq!(expand_env("$${TOKEN} $x", lookup).unwrap(), "${TOKEN} $x");
+    assert!(expand_env("${MISSING}", lookup).unwrap_err().contains("`MISSING` is not set"));
+    assert!(expand_env("${TOKEN", lookup).is_err());
+    assert!(expand_env("${A B}", lookup).is_err());
+
+    let error = parse(
+        "credentials:\n  static_tokens:\n    - value: ${CEDARGATE_TEST_SURELY_UNSET}\n      subject: s\n",
+    )
+    .unwrap_err();
+    assert!(error.to_string().contains("CEDARGATE_TEST_SURELY_UNSET"), "{error}");
+    assert!(error.to_string().starts_with("test.yaml:3:"), "{error}");
+}
+
+#[test]
+fn secret_values_never_show_in_debug_output() {
+    let config =
+        parse("credentials:\n  static_tokens:\n    - value: do-not-print\n      subject: s\n").unwrap();
+    assert!(!format!("{config:?}").contains("do-not-print"));
+}
+
+#[test]
+fn a_relative_policy_dir_is_relative_to_the_config_file() {
+    let mut config = parse("policies:\n  dir: rules\n").unwrap();
+    config.source = "/etc/cedargate/config.yaml".into();
+    assert_eq!(config.policy_dir(), Some(PathBuf::from("/etc/cedargate/rules")));
+}

@@ -1,0 +1,328 @@
+//! The decision pipeline: `Authorization` value → credential → AuthInfo → policies →
+//! [`Decision`], with the challenge a client needs and one structured log event per decision.
+
+use std::sync::Arc;
+
+use crate::credential::{parse_authorization, CredentialChain, CredentialError};
+use crate::model::{unix_now, AuthInfo, Decision, Extra, Outcome, Scheme, SecretDigest, Target};
+use crate::policy::{PolicyEngine, Query, Resource, Verdict};
+use crate::route::{self, RouteTable, TargetError};
+
+/// Knobs of the pipeline.
+#[derive(Debug, Clone)]
+pub struct EngineSettings {
+    /// `realm` of every challenge.
+    pub realm: String,
+    /// Longest `Authorization` value accepted.
+    pub max_authorization_bytes: usize,
+    /// Most targets in one batch.
+    pub max_batch_targets: usize,
+}
+
+impl Default for EngineSettings {
+    fn default() -> Self {
+        Self { realm: "cedargate".to_owned(), max_authorization_bytes: 8 * 1024, max_batch_targets: 1000 }
+    }
+}
+
+/// Who the caller is, or why that could not be established.
+#[derive(Debug, Clone)]
+pub enum Authentication {
+    /// No credential was sent.
+    Anonymous,
+    /// The credential resolved.
+    Authenticated {
+        /// The identity.
+        auth: Arc<AuthInfo>,
+        /// How it was presented.
+        scheme: Scheme,
+        /// Credential fingerprint.
+        fingerprint: String,
+    },
+    /// A credential was sent and is not valid.
+    Failed {
+        /// The scheme, when the value parsed that far.
+        scheme: Option<Scheme>,
+        /// Why.
+        error: CredentialError,
+        /// Fingerprint of the credential (or of the whole value when it did not parse).
+        fingerprint: String,
+    },
+}
+
+impl Authentication {
+    /// The fingerprint, if a credential was sent.
+    pub fn fingerprint(&self) -> Option<&str> {
+        match self {
+            Authentication::Anonymous => None,
+            Authentication::Authenticated { fingerprint, .. }
+            | Authentication::Failed { fingerprint, .. } => Some(fingerprint),
+        }
+    }
+}
+
+/// A target after normalization: what the policies are asked about.
+#[derive(Debug, Clone)]
+enum PreparedTarget<'a> {
+    Route(route::ResolvedRoute),
+    Tool { name: &'a str, server: &'a str, arguments: &'a Extra },
+}
+
+/// Resolves credentials and decides; shared by every API.
+#[derive(Debug)]
+pub struct Engine {
+    credentials: CredentialChain,
+    policies: Arc<PolicyEngine>,
+    routes: RouteTable,
+    settings: EngineSettings,
+}
+
+impl Engine {
+    /// Assembles the pipeline.
+    pub fn new(
+        credentials: CredentialChain,
+        policies: Arc<PolicyEngine>,
+        routes: RouteTable,
+        settings: EngineSettings,
+    ) -> Self {
+        Self { credentials, policies, routes, settings }
+    }
+
+    /// The policies, for reload and status.
+    pub fn policies(&self) -> &Arc<PolicyEngine> {
+        &self.policies
+    }
+
+    /// The settings in force.
+    pub fn settings(&self) -> &EngineSettings {
+        &self.settings
+    }
+
+    /// Resolves an `Authorization` value into an identity (the introspection seed's
+    /// `resolveAuthInfo`).
+    pub async fn authenticate(&self, authorization: &str) -> Authentication {
+        let credential = match parse_authorization(authorization, self.settings.max_authorization_bytes) {
+            Ok(None) => return Authentication::Anonymous,
+            Ok(Some(credential)) => credential,
+            Err(error) => {
+                let fingerprint = SecretDigest::of(authorization.as_bytes()).fingerprint();
+                return Authentication::Failed { scheme: None, error, fingerprint };
+            }
+        };
+        let fingerprint = credential.digest.fingerprint();
+        match self.credentials.resolve(&credential, unix_now()).await {
+            Ok(auth) => Authentication::Authenticated { auth, scheme: credential.scheme, fingerprint },
+            Err(error) => Authentication::Failed { scheme: Some(credential.scheme), error, fingerprint },
+        }
+    }
+
+    /// Decides one target.
+    ///
+    /// Fails only when the target itself is malformed (no target, bad method or path).
+    pub async fn check(
+        &self,
+        authorization: &str,
+        target: &Target,
+        facts: &Extra,
+    ) -> Result<Decision, TargetError> {
+        let prepared = self.prepare(target)?;
+        let authentication = self.authenticate(authorization).await;
+        Ok(self.decide(&authentication, &prepared, facts))
+    }
+
+    /// Decides one target for an identity already established, so a batch resolves its
+    /// credential once.
+    ///
+    /// Fails only when the target is malformed.
+    pub fn check_authenticated(
+        &self,
+        authentication: &Authentication,
+        target: &Target,
+        facts: &Extra,
+    ) -> Result<Decision, TargetError> {
+        Ok(self.decide(authentication, &self.prepare(target)?, facts))
+    }
+
+    /// Refuses a batch larger than `max_batch_targets`.
+    pub fn check_batch_size(&self, count: usize) -> Result<(), TargetError> {
+        let max = self.settings.max_batch_targets;
+        if count > max {
+            return Err(TargetError::TooMany { count, max });
+        }
+        Ok(())
+    }
+
+    fn prepare<'a>(&self, target: &'a Target) -> Result<PreparedTarget<'a>, TargetError> {
+        match target {
+            Target::Route(request) => {
+                Ok(PreparedTarget::Route(self.routes.resolve(&request.method, &request.path)?))
+            }
+            Target::Tool(tool) => {
+                if tool.name.is_empty() || tool.name.len() > 256 || tool.name.chars().any(char::is_control) {
+                    return Err(TargetError::ToolName);
+                }
+                // INVARIANT: a tool generated from a route is decided exactly as that route, so
+                // MCP can never bypass a route's policies.
+                match route::route_of_tool(&tool.name, &tool.arguments)? {
+                    Some((method, path)) => Ok(PreparedTarget::Route(self.routes.resolve(&method, &path)?)),
+                    None => Ok(PreparedTarget::Tool {
+                        name: &tool.name,
+                        server: &tool.server,
+                        arguments: &tool.arguments,
+                    }),
+                }
+            }
+        }
+    }
+
+    fn decide(
+        &self,
+        authentication: &Authentication,
+        target: &PreparedTarget<'_>,
+        facts: &Extra,
+    ) -> Decision {
+        let decision_id = uuid::Uuid::now_v7().to_string();
+        let fingerprint = authentication.fingerprint().map(str::to_owned);
+        let decision = match authentication {
+            Authentication::Failed { scheme, error, .. } => Decision {
+                outcome: Outcome::Unauthenticated,
+                auth_info: None,
+                policy_ids: Vec::new(),
+                reason: error.to_string(),
+                www_authenticate: Some(self.challenge(
+                    scheme.unwrap_or(Scheme::Bearer),
+                    Some(("invalid_token", &error.to_string())),
+                    &[],
+                )),
+                decision_id,
+                errors: Vec::new(),
+                credential_fingerprint: fingerprint,
+            },
+            Authentication::Anonymous => {
+                let verdict = self.evaluate(None, target, facts);
+                let (outcome, www_authenticate) = if verdict.allowed {
+                    (Outcome::Allowed, None)
+                } else {
+                    // RFC 6750 §3.1: no credential, so the challenge carries no error code.
+                    (Outcome::Unauthenticated, Some(self.challenge(Scheme::Bearer, None, &[])))
+                };
+                from_verdict(verdict, outcome, None, www_authenticate, decision_id, fingerprint)
+            }
+            Authentication::Authenticated { auth, scheme, .. } => {
+                let verdict = self.evaluate(Some(auth), target, facts);
+                let (outcome, www_authenticate) = if verdict.allowed {
+                    (Outcome::Allowed, None)
+                } else if verdict.required_scopes.is_empty() {
+                    (Outcome::Forbidden, None)
+                } else {
+                    let challenge = self.challenge(
+                        *scheme,
+                        Some(("insufficient_scope", &verdict.reason)),
+                        &verdict.required_scopes,
+                    );
+                    (Outcome::Forbidden, Some(challenge))
+                };
+                from_verdict(
+                    verdict,
+                    outcome,
+                    Some(Arc::clone(auth)),
+                    www_authenticate,
+                    decision_id,
+                    fingerprint,
+                )
+            }
+        };
+        log_decision(&decision, target);
+        decision
+    }
+
+    fn evaluate(&self, auth: Option<&Arc<AuthInfo>>, target: &PreparedTarget<'_>, facts: &Extra) -> Verdict {
+        let resource = match target {
+            PreparedTarget::Route(route) => Resource::Route {
+                method: &route.method,
+                path: &route.path,
+                template: &route.template,
+                params: &route.params,
+            },
+            PreparedTarget::Tool { name, server, arguments } => Resource::Tool { name, server, arguments },
+        };
+        self.policies.evaluate(&Query { auth: auth.map(Arc::as_ref), resource, facts, now: unix_now() })
+    }
+
+    /// A `WWW-Authenticate` value (RFC 6750 §3): the scheme, then the error, its description
+    /// and the scopes when there is an error, then the realm.
+    pub fn challenge(&self, scheme: Scheme, error: Option<(&str, &str)>, scopes: &[String]) -> String {
+        let mut challenge = String::from(scheme.as_str());
+        let mut parameters = Vec::new();
+        if let Some((code, description)) = error {
+            parameters.push(format!("error=\"{code}\""));
+            parameters.push(format!("error_description=\"{}\"", quoted_string(description)));
+        }
+        if !scopes.is_empty() {
+            parameters.push(format!("scope=\"{}\"", quoted_string(&scopes.join(" "))));
+        }
+        parameters.push(format!("realm=\"{}\"", quoted_string(&self.settings.realm)));
+        challenge.push(' ');
+        challenge.push_str(&parameters.join(", "));
+        challenge
+    }
+}
+
+fn from_verdict(
+    verdict: Verdict,
+    outcome: Outcome,
+    auth_info: Option<Arc<AuthInfo>>,
+    www_authenticate: Option<String>,
+    decision_id: String,
+    credential_fingerprint: Option<String>,
+) -> Decision {
+    Decision {
+        outcome,
+        auth_info,
+        policy_ids: verdict.policy_ids,
+        reason: verdict.reason,
+        www_authenticate,
+        decision_id,
+        errors: verdict.errors,
+        credential_fingerprint,
+    }
+}
+
+/// Escapes `"` and `\` for an RFC 9110 quoted-string, dropping control characters.
+fn quoted_string(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for character in text.chars().filter(|character| !character.is_control()) {
+        if character == '"' || character == '\\' {
+            out.push('\\');
+        }
+        out.push(character);
+    }
+    out
+}
+
+/// One structured event per decision. Carries the fingerprint, never the credential.
+fn log_decision(decision: &Decision, target: &PreparedTarget<'_>) {
+    if !tracing::enabled!(target: "cedargate::decision", tracing::Level::INFO) {
+        return;
+    }
+    let (kind, name) = match target {
+        PreparedTarget::Route(route) => ("route", format!("{} {}", route.method, route.path)),
+        PreparedTarget::Tool { name, .. } => ("tool", (*name).to_owned()),
+    };
+    tracing::info!(
+        target: "cedargate::decision",
+        decision_id = %decision.decision_id,
+        outcome = decision.outcome.as_str(),
+        target_kind = kind,
+        target = %route::quote(&name),
+        subject = decision.auth_info.as_ref().map_or("", |auth| auth.subject.as_str()),
+        credential_kind = decision.auth_info.as_ref().map_or("", |auth| auth.kind.as_str()),
+        fingerprint = decision.credential_fingerprint.as_deref().unwrap_or(""),
+        policy_ids = ?decision.policy_ids,
+        reason = %decision.reason,
+        errors = decision.errors.len(),
+    );
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,147 @@
+use super::*;
+use crate::config::Config;
+use crate::model::{RouteRequest, ToolCall};
+use crate::App;
+
+fn demo() -> App {
+    App::build(Config::demo().unwrap()).unwrap()
+}
+
+fn route(method: &str, path: &str) -> Target {
+    Target::Route(RouteRequest { method: method.into(), path: path.into() })
+}
+
+fn tool(name: &str) -> Target {
+    Target::Tool(ToolCall { name: name.into(), ..Default::default() })
+}
+
+#[tokio::test]
+async fn a_route_generated_tool_gets_exactly_its_routes_decision() {
+    let app = demo();
+    let engine = app.engine();
+    let session = app
+        .sessions()
+        .login("alice", &crate::model::Secret::new("password123"), None)
+        .await
+        .unwrap()
+        .access_token;
+    let session_header = format!("Bearer {}", session.expose());
+    let credentials = [
+        "",
+        "Bearer user-token-123",
+        "Bearer admin-token-456",
+        "ApiKey api-key-789",
+        "Bearer invalid-token",
+        "Basic abc",
+        session_header.as_str(),
+    ];
+    let routes =
+        ["/user/profile", "/user/data", "/admin/users", "/service/metrics", "/public/info", "/unknown"];
+    for authorization in credentials {
+        for path in routes {
+            for method in ["GET", "POST", "DELETE"] {
+                let by_route =
+                    engine.check(authorization, &route(method, path), &Extra::new()).await.unwrap();
+                let by_tool = engine
+                    .check(authorization, &tool(&format!("{method}_{path}")), &Extra::new())
+                    .await
+                    .unwrap();
+                let shape = |d: &Decision| {
+                    (d.outcome, d.policy_ids.clone(), d.reason.clone(), d.www_authenticate.clone())
+                };
+                assert_eq!(shape(&by_route), shape(&by_tool), "{authorization:?} {method} {path}");
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn challenges_follow_rfc_6750() {
+    let app = demo();
+    let engine = app.engine();
+    let check = |authorization: &'static str, path: &'static str| async move {
+        engine.check(authorization, &route("GET", path), &Extra::new()).await.unwrap()
+    };
+    let anonymous = check("", "/user/profile").await;
+    assert_eq!(anonymous.outcome, Outcome::Unauthenticated);
+    assert_eq!(anonymous.www_authenticate.as_deref(), Some("Bearer realm=\"cedargate\""));
+
+    let invalid = check("Bearer invalid-token", "/public/info").await;
+    assert_eq!(
+        invalid.outcome,
+        Outcome::Unauthenticated,
+        "an invalid token is refused even on a public route"
+    );
+    assert_eq!(
+        invalid.www_authenticate.as_deref(),
+        Some("Bearer error=\"invalid_token\", error_description=\"unknown Bearer credential\", realm=\"cedargate\"")
+    );
+
+    let bad_key = check("ApiKey nope", "/service/metrics").await;
+    assert!(bad_key.www_authenticate.unwrap().starts_with("ApiKey error=\"invalid_token\""));
+
+    let forbidden = check("Bearer user-token-123", "/admin/users").await;
+    assert_eq!((forbidden.outcome, forbidden.reason.as_str()), (Outcome::Forbidden, "Requires admin role"));
+    assert_eq!(forbidden.www_authenticate, None, "a role denial has no challenge that would help");
+
+    let allowed = check("Bearer admin-token-456", "/admin/users").await;
+    assert!(allowed.allowed() && allowed.www_authenticate.is_none());
+}
+
+#[tokio::test]
+async fn malformed_credentials_are_unauthenticated_with_a_precise_reason() {
+    let app = demo();
+    let oversized = format!("Bearer {}", "a".repeat(9000));
+    let table = [
+        ("Basic dXNlcjpwYXNz", "unsupported authorization scheme `Basic`"),
+        ("Bearer", "empty credential after `Bearer`"),
+        ("Bearer a\u{7}b", "authorization value contains a control or non-ASCII character"),
+        (oversized.as_str(), "authorization value exceeds 8192 bytes"),
+        ("Bearer session-notreal", "session is unknown, expired or revoked"),
+    ];
+    for (authorization, reason) in table {
+        let decision =
+            app.engine().check(authorization, &route("GET", "/public/info"), &Extra::new()).await.unwrap();
+        assert_eq!(decision.outcome, Outcome::Unauthenticated, "{reason}");
+        assert_eq!(decision.reason, reason);
+        assert!(decision.credential_fingerprint.is_some());
+        assert!(!decision.www_authenticate.unwrap().contains("session-notreal"));
+    }
+}
+
+#[tokio::test]
+async fn malformed_targets_are_errors_not_decisions() {
+    let app = demo();
+    let engine = app.engine();
+    let table = [
+        route("G ET", "/user/profile"),
+        route("GET", "user/profile"),
+        route("GET", "/public/../admin/users"),
+        tool(""),
+        tool("GET_/users/{id}"),
+    ];
+    for target in table {
+        assert!(engine.check("Bearer admin-token-456", &target, &Extra::new()).await.is_err(), "{target:?}");
+    }
+    assert!(engine.check_batch_size(1000).is_ok());
+    assert_eq!(engine.check_batch_size(1001), Err(TargetError::TooMany { count: 1001, max: 1000 }));
+}
+
+#[tokio::test]
+async fn one_authentication_serves_a_batch() {
+    let app = demo();
+    let engine = app.engine();
+    let authentication = engine.authenticate("Bearer user-token-123").await;
+    let answers: Vec<bool> = ["GET_/user/profile", "GET_/admin/users", "GET_/public/info", "search"]
+        .iter()
+        .map(|name| {
+            engine.check_authenticated(&authentication, &tool(name), &Extra::new()).unwrap().allowed()
+        })
+        .collect();
+    assert_eq!(answers, [true, false, true, false]);
+}
+
+#[test]
+fn quoted_strings_escape_quotes_and_drop_controls() {
+    assert_eq!(quoted_string("a\"b\\c\nd"), "a\\\"b\\\\cd");
+}

@@ -1,0 +1,34 @@
+//! cedargate: the authorization decision service gateways and MCP servers delegate to.
+//!
+//! A caller hands over the raw credential it received and what is asked for (an MCP tool call
+//! or an HTTP method + path); cedargate resolves the credential into one normalized
+//! [`model::AuthInfo`], asks the Cedar policies, and answers allow/deny with the identity, the
+//! deciding policies, a reason and the challenge the client needs.
+//!
+//! Module map (dependencies point down; see `ARCHITECTURE.md`):
+//!
+//! - [`app`]: composition root: builds the parts from the config, binds, serves, shuts down.
+//! - [`api`]: the only place that knows tonic and HTTP: gRPC services, HTTP listener, and
+//!   the one mapping of decisions and errors onto each wire.
+//! - [`engine`]: the pipeline: `Authorization` → credential → AuthInfo → policies → decision.
+//! - [`credential`]: header parsing, the [`credential::CredentialResolver`] trait, the chain,
+//!   and the digest tables for static tokens and API keys.
+//! - [`session`]: login sessions (argon2id, token rotation, logout, rate limits).
+//! - [`policy`]: the only place that knows Cedar: loading, validation, evaluation, reload.
+//! - [`route`]: method/path normalization, route templates, route-generated tools.
+//! - [`config`]: the typed config and the embedded demo.
+//! - [`model`]: plain types shared by all of the above.
+//! - [`telemetry`]: log set-up.
+
+pub mod api;
+pub mod app;
+pub mod config;
+pub mod credential;
+pub mod engine;
+pub mod model;
+pub mod policy;
+pub mod route;
+pub mod session;
+pub mod telemetry;
+
+pub use app::{App, AppError};

@@ -1,0 +1,181 @@
+//! The `cedargate` binary: parses arguments, loads config, starts logging, calls the library.
+
+use std::io::{BufRead, IsTerminal};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use cedargate::config::Config;
+use cedargate::model::{RouteRequest, SecretDigest, Target, ToolCall};
+use cedargate::telemetry::{self, LogFormat};
+use cedargate::App;
+use clap::{Parser, Subcommand};
+
+/// cedargate: authorization decisions for gateways and MCP servers.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Config file for the default `serve` command; without one the embedded demo is served.
+    #[arg(long, global = true, env = "CEDARGATE_CONFIG")]
+    config: Option<PathBuf>,
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t)]
+    log_format: LogFormat,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve gRPC and HTTP (the default).
+    Serve,
+    /// Decide one request without starting a server, and print the decision as JSON.
+    /// Exit code: 0 allowed, 1 denied, 2 error.
+    Check {
+        /// The `Authorization` value, e.g. `Bearer user-token-123` ("" for none).
+        #[arg(long, default_value = "")]
+        authorization: String,
+        /// An HTTP route: `METHOD /path`.
+        #[arg(long, conflicts_with = "tool", required_unless_present = "tool")]
+        route: Option<String>,
+        /// An MCP tool name.
+        #[arg(long)]
+        tool: Option<String>,
+        /// The tool's server.
+        #[arg(long, default_value = "", requires = "tool")]
+        server: String,
+        /// The tool's arguments, a JSON object.
+        #[arg(long, requires = "tool")]
+        arguments: Option<String>,
+        /// Request facts, a JSON object.
+        #[arg(long)]
+        context: Option<String>,
+    },
+    /// Print the SHA-256 digest of an API key or static token for the config.
+    /// Reads the key from standard input when not given.
+    HashKey {
+        /// The key (prefer standard input: arguments show up in process lists).
+        key: Option<String>,
+    },
+    /// Print an argon2id hash of a password (read from standard input) for the config.
+    HashPassword,
+}
+
+fn main() -> ExitCode {
+    match real_main() {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("cedargate: {error:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn real_main() -> anyhow::Result<ExitCode> {
+    let cli = Cli::parse();
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => {
+            let _guard = telemetry::init(cli.log_format);
+            serve(load_config(cli.config.as_ref())?)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Check { authorization, route, tool, server, arguments, context } => {
+            let target = match (route, tool) {
+                (Some(route), _) => {
+                    let (method, path) = route
+                        .split_once(' ')
+                        .context("--route must be `METHOD /path`, e.g. `GET /user/profile`")?;
+                    Target::Route(RouteRequest { method: method.to_owned(), path: path.trim().to_owned() })
+                }
+                (None, Some(name)) => Target::Tool(ToolCall {
+                    name,
+                    server,
+                    arguments: json_object("--arguments", arguments.as_deref())?,
+                }),
+                (None, None) => bail!("give --route or --tool"),
+            };
+            let facts = json_object("--context", context.as_deref())?;
+            let config = load_config(cli.config.as_ref())?;
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let decision = runtime.block_on(async {
+                let app = App::build(config)?;
+                app.engine().check(&authorization, &target, &facts).await.map_err(anyhow::Error::from)
+            })?;
+            println!("{}", serde_json::to_string_pretty(&cedargate::api::json::decision_json(&decision))?);
+            Ok(if decision.allowed() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+        }
+        Command::HashKey { key } => {
+            let key = match key {
+                Some(key) => key,
+                None => read_secret("key")?,
+            };
+            println!("{}", SecretDigest::of(key.as_bytes()).to_hex());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::HashPassword => {
+            let password = read_secret("password")?;
+            println!("{}", cedargate::session::hash_password(&password).map_err(anyhow::Error::msg)?);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn load_config(path: Option<&PathBuf>) -> anyhow::Result<Config> {
+    Ok(match path {
+        Some(path) => Config::load(path)?,
+        None => Config::demo()?,
+    })
+}
+
+fn serve(config: Config) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let app = Arc::new(App::build(config)?);
+        #[cfg(unix)]
+        tokio::spawn(Arc::clone(&app).reload_on_sighup_task());
+        app.run(shutdown_signal()).await?;
+        Ok(())
+    })
+}
+
+/// Completes on ctrl-c or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = interrupt => {},
+        () = terminate => {},
+    }
+}
+
+fn json_object(flag: &str, text: Option<&str>) -> anyhow::Result<cedargate::model::Extra> {
+    let Some(text) = text else { return Ok(Default::default()) };
+    serde_json::from_str(text).with_context(|| format!("{flag} must be a JSON object"))
+}
+
+/// One line from standard input, without its line ending.
+fn read_secret(what: &str) -> anyhow::Result<String> {
+    if std::io::stdin().is_terminal() {
+        eprintln!("{what}: ");
+    }
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line)?;
+    let secret = line.trim_end_matches(['\r', '\n']).to_owned();
+    if secret.is_empty() {
+        bail!("empty {what} on standard input");
+    }
+    Ok(secret)
+}

@@ -1,0 +1,334 @@
+//! Plain data that flows through the decision pipeline: the parsed credential, the normalized
+//! identity, what is asked for, and the decision. Nothing here knows tonic, HTTP or Cedar.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+/// The SHA-256 digest of a secret. Secrets are looked up and stored only by digest.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SecretDigest([u8; 32]);
+
+impl SecretDigest {
+    /// Digests `secret` with SHA-256.
+    pub fn of(secret: &[u8]) -> Self {
+        Self(Sha256::digest(secret).into())
+    }
+
+    /// Wraps an already computed digest.
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        Self(bytes)
+    }
+
+    /// Parses 64 hex characters.
+    ///
+    /// Fails when the text is not exactly 64 hex digits.
+    pub fn from_hex(text: &str) -> Result<Self, String> {
+        let mut bytes = [0u8; 32];
+        hex::decode_to_slice(text.trim(), &mut bytes)
+            .map_err(|_| "expected 64 hex characters (a SHA-256 digest)".to_owned())?;
+        Ok(Self(bytes))
+    }
+
+    /// Compares two digests in constant time.
+    pub fn ct_eq(&self, other: &Self) -> bool {
+        self.0.ct_eq(&other.0).into()
+    }
+
+    /// The short fingerprint that logs, metrics and responses carry instead of the secret:
+    /// the first 8 bytes of the digest in hex.
+    pub fn fingerprint(&self) -> String {
+        hex::encode(&self.0[..8])
+    }
+
+    /// The whole digest in hex.
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+}
+
+impl fmt::Debug for SecretDigest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SecretDigest({})", self.fingerprint())
+    }
+}
+
+/// A raw secret (token, key, password). Its `Debug` never shows the value.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a raw secret.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The raw value: only for digesting, verifying or handing back to its owner.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// SHA-256 of the value.
+    pub fn digest(&self) -> SecretDigest {
+        SecretDigest::of(self.0.as_bytes())
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Secret(fp:{})", self.digest().fingerprint())
+    }
+}
+
+/// The authentication scheme of an `Authorization` value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Scheme {
+    /// `Bearer` (RFC 6750): static tokens, session tokens, OAuth tokens.
+    Bearer,
+    /// `ApiKey`: hashed API keys.
+    ApiKey,
+}
+
+impl Scheme {
+    /// The scheme as written in a challenge.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scheme::Bearer => "Bearer",
+            Scheme::ApiKey => "ApiKey",
+        }
+    }
+}
+
+/// A parsed credential: scheme plus secret, with its digest computed once.
+#[derive(Debug, Clone)]
+pub struct Credential {
+    /// How it was presented.
+    pub scheme: Scheme,
+    /// The raw token or key.
+    pub secret: Secret,
+    /// SHA-256 of `secret`, used for lookups, caches and fingerprints.
+    pub digest: SecretDigest,
+}
+
+impl Credential {
+    /// Builds a credential and digests its secret.
+    pub fn new(scheme: Scheme, secret: impl Into<String>) -> Self {
+        let secret = Secret::new(secret);
+        let digest = secret.digest();
+        Self { scheme, secret, digest }
+    }
+}
+
+/// Which kind of backend vouched for an identity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CredentialKind {
+    /// No credential was presented.
+    Anonymous,
+    /// A static bearer token from the config.
+    Static,
+    /// A hashed API key from the config.
+    ApiKey,
+    /// A login session token.
+    Session,
+}
+
+impl CredentialKind {
+    /// The name policies see in `context.credential_kind`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CredentialKind::Anonymous => "anonymous",
+            CredentialKind::Static => "static",
+            CredentialKind::ApiKey => "api_key",
+            CredentialKind::Session => "session",
+        }
+    }
+}
+
+/// A JSON-like value for `AuthInfo::extra` and request facts; kept free of serde and protobuf
+/// types so every layer can share it.
+pub type Extra = BTreeMap<String, serde_json::Value>;
+
+/// The normalized identity behind a credential, whatever resolved it. Shaped after the MCP
+/// SDK's `AuthInfo` plus what policies need. Never holds the raw credential.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuthInfo {
+    /// Who: user id, service name, or OAuth `sub`.
+    pub subject: String,
+    /// The OAuth client holding the credential ("" if none).
+    pub client_id: String,
+    /// Granted scopes.
+    pub scopes: Vec<String>,
+    /// Unix seconds; `None` when the credential does not expire.
+    pub expires_at: Option<i64>,
+    /// Audience / resource indicator ("" if none).
+    pub resource: String,
+    /// Roles; each becomes a parent `Role` entity of the principal.
+    pub roles: Vec<String>,
+    /// Tenant ("" if none).
+    pub tenant: String,
+    /// Issuer ("" if none).
+    pub issuer: String,
+    /// Which backend resolved the credential.
+    pub kind: CredentialKind,
+    /// Everything else the backend knows.
+    pub extra: Extra,
+}
+
+impl AuthInfo {
+    /// An identity of `kind` for `subject` with the given roles and nothing else set.
+    pub fn new(kind: CredentialKind, subject: impl Into<String>, roles: Vec<String>) -> Self {
+        Self {
+            subject: subject.into(),
+            client_id: String::new(),
+            scopes: Vec::new(),
+            expires_at: None,
+            resource: String::new(),
+            roles,
+            tenant: String::new(),
+            issuer: String::new(),
+            kind,
+            extra: Extra::new(),
+        }
+    }
+
+    /// Whether the identity has expired at `now` (unix seconds).
+    pub fn is_expired(&self, now: i64) -> bool {
+        self.expires_at.is_some_and(|expires_at| expires_at <= now)
+    }
+}
+
+/// What is being asked for.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Target {
+    /// An MCP tool call.
+    Tool(ToolCall),
+    /// An HTTP request.
+    Route(RouteRequest),
+}
+
+/// An MCP tool call.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ToolCall {
+    /// The tool name; `METHOD_/path` names a route-generated tool.
+    pub name: String,
+    /// The MCP server offering the tool ("" if one).
+    pub server: String,
+    /// The call's arguments.
+    pub arguments: Extra,
+}
+
+/// An HTTP method and path as received (the path may carry a query string).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouteRequest {
+    /// HTTP method, any case.
+    pub method: String,
+    /// Request path.
+    pub path: String,
+}
+
+/// The three answers a caller can get.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Let it through.
+    Allowed,
+    /// No valid credential: HTTP 401.
+    Unauthenticated,
+    /// Valid credential, not allowed: HTTP 403.
+    Forbidden,
+}
+
+impl Outcome {
+    /// The HTTP status a gateway should answer with.
+    pub fn http_status(self) -> u16 {
+        match self {
+            Outcome::Allowed => 200,
+            Outcome::Unauthenticated => 401,
+            Outcome::Forbidden => 403,
+        }
+    }
+
+    /// Lowercase name for logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Allowed => "allowed",
+            Outcome::Unauthenticated => "unauthenticated",
+            Outcome::Forbidden => "forbidden",
+        }
+    }
+}
+
+/// A decision with everything a caller needs to answer its client.
+#[derive(Debug, Clone)]
+pub struct Decision {
+    /// Allowed, unauthenticated or forbidden.
+    pub outcome: Outcome,
+    /// The identity, when the credential resolved (never for anonymous callers).
+    pub auth_info: Option<Arc<AuthInfo>>,
+    /// Ids of the determining policies.
+    pub policy_ids: Vec<String>,
+    /// Human-readable reason.
+    pub reason: String,
+    /// `WWW-Authenticate` value on a deny, `None` on allow.
+    pub www_authenticate: Option<String>,
+    /// Unique id, also in the decision log.
+    pub decision_id: String,
+    /// Policy evaluation errors (any makes the decision a deny).
+    pub errors: Vec<String>,
+    /// Credential fingerprint, `None` when no credential was sent.
+    pub credential_fingerprint: Option<String>,
+}
+
+impl Decision {
+    /// True for `Outcome::Allowed`.
+    pub fn allowed(&self) -> bool {
+        self.outcome == Outcome::Allowed
+    }
+}
+
+/// Current unix time in seconds.
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| i64::try_from(elapsed.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_debug_never_shows_the_value() {
+        let secret = Secret::new("super-secret-value");
+        let shown = format!("{secret:?} {:?}", Credential::new(Scheme::Bearer, "super-secret-value"));
+        assert!(!shown.contains("super-secret-value"), "{shown}");
+        assert!(shown.contains(&secret.digest().fingerprint()));
+    }
+
+    #[test]
+    fn digest_hex_round_trips_and_rejects_garbage() {
+        let digest = SecretDigest::of(b"api-key-789");
+        assert_eq!(SecretDigest::from_hex(&digest.to_hex()).unwrap(), digest);
+        assert!(SecretDigest::from_hex("abc").is_err());
+        assert!(SecretDigest::from_hex(&"zz".repeat(32)).is_err());
+    }
+
+    #[test]
+    fn digest_comparison_is_exact() {
+        let a = SecretDigest::of(b"a");
+        assert!(a.ct_eq(&SecretDigest::of(b"a")));
+        assert!(!a.ct_eq(&SecretDigest::of(b"b")));
+    }
+
+    #[test]
+    fn expiry_is_inclusive_of_the_deadline() {
+        let mut info = AuthInfo::new(CredentialKind::Static, "u", vec![]);
+        assert!(!info.is_expired(i64::MAX));
+        info.expires_at = Some(100);
+        assert!(!info.is_expired(99));
+        assert!(info.is_expired(100));
+    }
+}

@@ -1,0 +1,229 @@
+//! The only module that knows Cedar: loading and validating policies against the schema,
+//! building Cedar requests from an [`AuthInfo`] and a target, evaluating, and hot reload.
+//!
+//! The policy set lives in an immutable [`PolicySnapshot`] behind an `ArcSwap`: evaluation
+//! takes a lock-free snapshot, and a reload swaps in a new one only after the whole set parsed
+//! and validated, so a bad reload keeps the last good set.
+
+mod load;
+mod request;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use cedar_policy::{Authorizer, Decision as CedarDecision, Entities, PolicyId, PolicySet};
+
+use crate::model::{AuthInfo, Extra};
+
+pub use load::{PolicyError, PolicySources, SourceFile};
+
+/// The Cedar view of a target, after the engine normalized it.
+#[derive(Debug, Clone, Copy)]
+pub enum Resource<'a> {
+    /// An HTTP route: `Action::"<method>"` on `Route::"<template>"`.
+    Route {
+        /// Upper-case HTTP method.
+        method: &'a str,
+        /// Normalized concrete path.
+        path: &'a str,
+        /// The matched template, or the path itself.
+        template: &'a str,
+        /// Template parameters.
+        params: &'a [(String, String)],
+    },
+    /// An MCP tool: `Action::"call"` on `Tool::"<name>"`.
+    Tool {
+        /// Tool name.
+        name: &'a str,
+        /// Server name ("" if none).
+        server: &'a str,
+        /// Call arguments, exposed as tags.
+        arguments: &'a Extra,
+    },
+}
+
+/// One question for the policies.
+#[derive(Debug, Clone, Copy)]
+pub struct Query<'a> {
+    /// The identity; `None` for a caller without a credential.
+    pub auth: Option<&'a AuthInfo>,
+    /// What is asked for.
+    pub resource: Resource<'a>,
+    /// Caller-supplied request facts.
+    pub facts: &'a Extra,
+    /// Unix seconds.
+    pub now: i64,
+}
+
+/// What the policies said.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Verdict {
+    /// True only when Cedar allowed and no policy failed to evaluate.
+    pub allowed: bool,
+    /// Determining policies (or the ones that failed), sorted.
+    pub policy_ids: Vec<String>,
+    /// The determining policy's `@reason`, or a description of what happened.
+    pub reason: String,
+    /// Scopes named by the `@scopes` annotations of the denying policies.
+    pub required_scopes: Vec<String>,
+    /// Evaluation errors.
+    pub errors: Vec<String>,
+}
+
+/// Annotations cedargate reads from each policy, parsed once per load.
+#[derive(Debug, Clone, Default)]
+struct PolicyMeta {
+    reason: Option<String>,
+    scopes: Vec<String>,
+}
+
+/// An immutable, validated policy set with everything evaluation needs.
+#[derive(Debug)]
+pub struct PolicySnapshot {
+    policies: PolicySet,
+    /// The schema's action entities (with the `read`/`write` groups); every request's entity
+    /// store starts from a clone of this.
+    action_entities: Entities,
+    /// Upper-case names of the actions that apply to `Route`: the HTTP methods policies know.
+    route_actions: HashSet<String>,
+    meta: HashMap<PolicyId, PolicyMeta>,
+    /// Short SHA-256 of all sources, to tell which set decided.
+    revision: String,
+}
+
+impl PolicySnapshot {
+    /// Short digest of the sources this snapshot was built from.
+    pub fn revision(&self) -> &str {
+        &self.revision
+    }
+
+    /// Number of policies.
+    pub fn policy_count(&self) -> usize {
+        self.policies.policies().count()
+    }
+}
+
+/// Evaluates queries against the current snapshot; reloadable.
+#[derive(Debug)]
+pub struct PolicyEngine {
+    current: ArcSwap<PolicySnapshot>,
+    names: request::Names,
+    authorizer: Authorizer,
+}
+
+impl PolicyEngine {
+    /// Loads, validates (strict mode) and checks the sources.
+    ///
+    /// Fails with file:line diagnostics when the schema or a policy does not parse or validate,
+    /// or when the schema does not declare what cedargate sends.
+    pub fn new(sources: &PolicySources) -> Result<Self, PolicyError> {
+        let names =
+            request::Names::new().map_err(|error| PolicyError::Invalid { diagnostics: vec![error] })?;
+        let snapshot = load::load(sources, &names)?;
+        Ok(Self { current: ArcSwap::from_pointee(snapshot), names, authorizer: Authorizer::new() })
+    }
+
+    /// Replaces the policy set with `sources` if they load; otherwise keeps the current set
+    /// and returns why.
+    pub fn reload(&self, sources: &PolicySources) -> Result<Arc<PolicySnapshot>, PolicyError> {
+        let snapshot = Arc::new(load::load(sources, &self.names)?);
+        self.current.store(Arc::clone(&snapshot));
+        Ok(snapshot)
+    }
+
+    /// The snapshot in force.
+    pub fn snapshot(&self) -> Arc<PolicySnapshot> {
+        self.current.load_full()
+    }
+
+    /// Decides `query`. Never fails: a request that cannot be built or a policy that fails to
+    /// evaluate is a deny that says why.
+    pub fn evaluate(&self, query: &Query<'_>) -> Verdict {
+        let snapshot = self.current.load();
+        let (request, entities) = match request::build(&self.names, &snapshot, query) {
+            Ok(built) => built,
+            Err(error) => {
+                return Verdict {
+                    allowed: false,
+                    policy_ids: Vec::new(),
+                    reason: format!("policy request could not be built: {error}"),
+                    required_scopes: Vec::new(),
+                    errors: vec![error],
+                }
+            }
+        };
+        let response = self.authorizer.is_authorized(&request, &snapshot.policies, &entities);
+        verdict_from(&snapshot, response.decision(), response.diagnostics())
+    }
+}
+
+fn verdict_from(
+    snapshot: &PolicySnapshot,
+    decision: CedarDecision,
+    diagnostics: &cedar_policy::Diagnostics,
+) -> Verdict {
+    let mut determining: Vec<&PolicyId> = diagnostics.reason().collect();
+    determining.sort_unstable_by(|a, b| AsRef::<str>::as_ref(a).cmp(b.as_ref()));
+    let mut errors = Vec::new();
+    let mut failed_ids = Vec::new();
+    for error in diagnostics.errors() {
+        let cedar_policy::AuthorizationError::PolicyEvaluationError(evaluation) = error;
+        failed_ids.push(evaluation.policy_id().to_string());
+        errors.push(error.to_string());
+    }
+    let meta_of = |id: &PolicyId| snapshot.meta.get(id).cloned().unwrap_or_default();
+    let first_reason = || {
+        determining.first().map(|id| {
+            meta_of(id).reason.unwrap_or_else(|| match decision {
+                CedarDecision::Allow => format!("allowed by policy `{id}`"),
+                CedarDecision::Deny => format!("forbidden by policy `{id}`"),
+            })
+        })
+    };
+
+    // INVARIANT: any evaluation error turns the answer into a deny, even when Cedar allowed:
+    // a forbid policy that failed to evaluate must not be silently skipped.
+    if decision == CedarDecision::Allow && errors.is_empty() {
+        return Verdict {
+            allowed: true,
+            reason: first_reason().unwrap_or_else(|| "allowed".to_owned()),
+            policy_ids: determining.iter().map(ToString::to_string).collect(),
+            required_scopes: Vec::new(),
+            errors,
+        };
+    }
+    if decision == CedarDecision::Deny && !determining.is_empty() {
+        let mut required_scopes: Vec<String> = determining.iter().flat_map(|id| meta_of(id).scopes).collect();
+        required_scopes.sort_unstable();
+        required_scopes.dedup();
+        return Verdict {
+            allowed: false,
+            reason: first_reason().unwrap_or_default(),
+            policy_ids: determining.iter().map(ToString::to_string).collect(),
+            required_scopes,
+            errors,
+        };
+    }
+    if let Some(first_error) = errors.first() {
+        failed_ids.sort_unstable();
+        failed_ids.dedup();
+        return Verdict {
+            allowed: false,
+            reason: format!("denied because a policy failed to evaluate: {first_error}"),
+            policy_ids: failed_ids,
+            required_scopes: Vec::new(),
+            errors,
+        };
+    }
+    Verdict {
+        allowed: false,
+        reason: "no policy permits this request".to_owned(),
+        policy_ids: Vec::new(),
+        required_scopes: Vec::new(),
+        errors,
+    }
+}
+
+#[cfg(test)]
+mod tests;

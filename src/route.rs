@@ -1,0 +1,224 @@
+//! What a target means: HTTP method and path normalization, route templates, and the mapping
+//! of route-generated MCP tools (`GET_/user/profile`) onto their routes.
+//!
+//! Path normalization is a security boundary: a policy written for `/admin/*` must not be
+//! sidestepped by `/public/../admin/users`, `//admin/users`, `/admin/users/` or
+//! `/%61dmin/users`. Ambiguous forms are refused rather than guessed at.
+
+use crate::model::Extra;
+
+/// Longest path accepted, in bytes.
+pub const MAX_PATH_BYTES: usize = 4096;
+
+/// Methods that can appear in a route-generated tool name.
+const TOOL_METHODS: [&str; 7] = ["GET", "HEAD", "OPTIONS", "POST", "PUT", "PATCH", "DELETE"];
+
+/// Why a target cannot be decided on. Maps to a 400 / `INVALID_ARGUMENT`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TargetError {
+    /// No tool and no route.
+    #[error("target is missing: set `tool` or `route`")]
+    Missing,
+    /// The method is not an HTTP token.
+    #[error("route.method `{0}` is not an HTTP method")]
+    Method(String),
+    /// The path is malformed or ambiguous.
+    #[error("route.path is invalid: {0}")]
+    Path(&'static str),
+    /// The tool name is empty or too long.
+    #[error("tool.name must be 1 to 256 characters")]
+    ToolName,
+    /// A route-generated tool lacks a template parameter.
+    #[error("tool `{tool}` needs argument `{parameter}` to fill its route")]
+    MissingArgument {
+        /// Tool name.
+        tool: String,
+        /// Template parameter.
+        parameter: String,
+    },
+    /// A tool argument cannot stand in a single path segment.
+    #[error("argument `{parameter}` of tool `{tool}` must be a string or number without `/`")]
+    BadArgument {
+        /// Tool name.
+        tool: String,
+        /// Template parameter.
+        parameter: String,
+    },
+    /// Too many targets in one batch.
+    #[error("too many targets: {count} (at most {max})")]
+    TooMany {
+        /// Targets sent.
+        count: usize,
+        /// The configured cap.
+        max: usize,
+    },
+}
+
+/// Shortens and escapes user input for error messages.
+pub fn quote(text: &str) -> String {
+    let mut shown: String = text.chars().take(64).flat_map(char::escape_debug).collect();
+    if text.chars().count() > 64 {
+        shown.push('…');
+    }
+    shown
+}
+
+/// A route after normalization and template matching.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolvedRoute {
+    /// Upper-case method.
+    pub method: String,
+    /// Normalized path.
+    pub path: String,
+    /// The matching template, or the path itself.
+    pub template: String,
+    /// Template parameters, in template order.
+    pub params: Vec<(String, String)>,
+}
+
+/// The configured route templates (`/users/{id}`, `/files/{*rest}`).
+#[derive(Debug, Clone, Default)]
+pub struct RouteTable {
+    router: matchit::Router<String>,
+}
+
+impl RouteTable {
+    /// Builds the table.
+    ///
+    /// Fails on a template that does not start with `/` or conflicts with another one.
+    pub fn new<'a>(templates: impl IntoIterator<Item = &'a str>) -> Result<Self, String> {
+        let mut router = matchit::Router::new();
+        for template in templates {
+            if !template.starts_with('/') {
+                return Err(format!("route template `{}` must start with `/`", quote(template)));
+            }
+            router
+                .insert(template, template.to_owned())
+                .map_err(|error| format!("route template `{}`: {error}", quote(template)))?;
+        }
+        Ok(Self { router })
+    }
+
+    /// Normalizes `method` and `path` and matches the path against the templates.
+    ///
+    /// Fails when the method is not an HTTP token or the path is malformed or ambiguous.
+    pub fn resolve(&self, method: &str, path: &str) -> Result<ResolvedRoute, TargetError> {
+        let method = normalize_method(method)?;
+        let path = normalize_path(path)?;
+        let (template, params) = match self.router.at(&path) {
+            Ok(matched) => (
+                matched.value.clone(),
+                matched.params.iter().map(|(key, value)| (key.to_owned(), value.to_owned())).collect(),
+            ),
+            Err(_) => (path.clone(), Vec::new()),
+        };
+        Ok(ResolvedRoute { method, path, template, params })
+    }
+}
+
+/// Upper-cases a method after checking it is an HTTP token of letters.
+pub fn normalize_method(method: &str) -> Result<String, TargetError> {
+    if method.is_empty() || method.len() > 16 || !method.bytes().all(|byte| byte.is_ascii_alphabetic()) {
+        return Err(TargetError::Method(quote(method)));
+    }
+    Ok(method.to_ascii_uppercase())
+}
+
+/// Normalizes a request path: drops the query and fragment, decodes percent-encoded unreserved
+/// characters, merges repeated slashes and drops a trailing one.
+///
+/// Fails on a path that does not start with `/`, is too long, holds control, non-ASCII or
+/// backslash characters, a bad or encoded-slash escape, or a `.`/`..` segment.
+pub fn normalize_path(path: &str) -> Result<String, TargetError> {
+    let path = path.split(['?', '#']).next().unwrap_or_default();
+    if path.len() > MAX_PATH_BYTES {
+        return Err(TargetError::Path("longer than 4096 bytes"));
+    }
+    if !path.starts_with('/') {
+        return Err(TargetError::Path("must start with `/`"));
+    }
+    let mut normalized = String::with_capacity(path.len());
+    for segment in path.split('/').filter(|segment| !segment.is_empty()) {
+        let segment = decode_segment(segment)?;
+        if segment == "." || segment == ".." {
+            return Err(TargetError::Path("dot segments are not allowed"));
+        }
+        normalized.push('/');
+        normalized.push_str(&segment);
+    }
+    if normalized.is_empty() {
+        normalized.push('/');
+    }
+    Ok(normalized)
+}
+
+fn decode_segment(segment: &str) -> Result<String, TargetError> {
+    let bytes = segment.as_bytes();
+    let mut out = String::with_capacity(segment.len());
+    let mut index = 0;
+    while let Some(&byte) = bytes.get(index) {
+        if byte.is_ascii_control() || !byte.is_ascii() || byte == b'\\' {
+            return Err(TargetError::Path("control, non-ASCII or backslash character"));
+        }
+        if byte != b'%' {
+            out.push(char::from(byte));
+            index += 1;
+            continue;
+        }
+        let decoded = bytes
+            .get(index + 1..index + 3)
+            .and_then(|hex| std::str::from_utf8(hex).ok())
+            .and_then(|hex| u8::from_str_radix(hex, 16).ok())
+            .ok_or(TargetError::Path("bad percent escape"))?;
+        if decoded.is_ascii_alphanumeric() || matches!(decoded, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(decoded));
+        } else if matches!(decoded, b'/' | b'\\') || decoded.is_ascii_control() {
+            return Err(TargetError::Path("encoded slash, backslash or control character"));
+        } else {
+            out.push('%');
+            out.push_str(&format!("{decoded:02X}"));
+        }
+        index += 3;
+    }
+    Ok(out)
+}
+
+/// If `name` is a route-generated tool (`METHOD_/path`), the method and the path with its
+/// `{parameters}` filled from `arguments`.
+///
+/// Fails when a parameter is missing or its argument cannot stand in one path segment.
+pub fn route_of_tool(name: &str, arguments: &Extra) -> Result<Option<(String, String)>, TargetError> {
+    let Some((method, template)) = name.split_once('_') else {
+        return Ok(None);
+    };
+    if !TOOL_METHODS.contains(&method) || !template.starts_with('/') {
+        return Ok(None);
+    }
+    let mut path = String::with_capacity(template.len());
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        let Some(close) = rest[open..].find('}').map(|close| open + close) else { break };
+        path.push_str(&rest[..open]);
+        let parameter = rest[open + 1..close].trim_start_matches('*');
+        let value = match arguments.get(parameter) {
+            Some(serde_json::Value::String(text)) => text.clone(),
+            Some(serde_json::Value::Number(number)) => number.to_string(),
+            Some(_) => {
+                return Err(TargetError::BadArgument { tool: quote(name), parameter: quote(parameter) })
+            }
+            None => {
+                return Err(TargetError::MissingArgument { tool: quote(name), parameter: quote(parameter) })
+            }
+        };
+        if value.is_empty() || value.contains(['/', '?', '#']) {
+            return Err(TargetError::BadArgument { tool: quote(name), parameter: quote(parameter) });
+        }
+        path.push_str(&value);
+        rest = &rest[close + 1..];
+    }
+    path.push_str(rest);
+    Ok(Some((method.to_owned(), path)))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,113 @@
+use super::*;
+use serde_json::json;
+
+#[test]
+fn paths_are_normalized() {
+    let table = [
+        ("/user/profile", "/user/profile"),
+        ("/user/profile?x=1#frag", "/user/profile"),
+        ("//admin///users", "/admin/users"),
+        ("/admin/users/", "/admin/users"),
+        ("/%61dmin/users", "/admin/users"),
+        ("/files/a%20b", "/files/a%20b"),
+        ("/files/a%2a", "/files/a%2A"),
+        ("/", "/"),
+        ("/?q", "/"),
+        ("/a.b/c..d", "/a.b/c..d"),
+    ];
+    for (input, expected) in table {
+        assert_eq!(normalize_path(input).as_deref(), Ok(expected), "{input}");
+    }
+}
+
+#[test]
+fn ambiguous_paths_are_refused() {
+    let table = [
+        ("user/profile", "must start with `/`"),
+        ("", "must start with `/`"),
+        ("/public/../admin/users", "dot segments are not allowed"),
+        ("/public/%2e%2e/admin", "dot segments are not allowed"),
+        ("/./admin", "dot segments are not allowed"),
+        ("/admin%2Fusers", "encoded slash, backslash or control character"),
+        ("/admin%5cusers", "encoded slash, backslash or control character"),
+        ("/a%00", "encoded slash, backslash or control character"),
+        ("/a\\b", "control, non-ASCII or backslash character"),
+        ("/a\tb", "control, non-ASCII or backslash character"),
+        ("/ä", "control, non-ASCII or backslash character"),
+        ("/a%zz", "bad percent escape"),
+        ("/a%4", "bad percent escape"),
+    ];
+    for (input, reason) in table {
+        assert_eq!(normalize_path(input), Err(TargetError::Path(reason)), "{input:?}");
+    }
+    assert!(normalize_path(&format!("/{}", "a".repeat(MAX_PATH_BYTES))).is_err());
+}
+
+#[test]
+fn methods_are_upper_cased_tokens() {
+    assert_eq!(normalize_method("get").as_deref(), Ok("GET"));
+    assert_eq!(normalize_method("PATCH").as_deref(), Ok("PATCH"));
+    for bad in ["", "GE T", "G3T", "GET\n", &"A".repeat(17)] {
+        assert!(matches!(normalize_method(bad), Err(TargetError::Method(_))), "{bad:?}");
+    }
+}
+
+#[test]
+fn templates_match_and_yield_parameters() {
+    let table = RouteTable::new(["/users/{id}", "/users/{id}/posts/{post}", "/files/{*rest}"]).unwrap();
+    let resolved = table.resolve("get", "/users/42/posts/7?x").unwrap();
+    assert_eq!(resolved.method, "GET");
+    assert_eq!(resolved.template, "/users/{id}/posts/{post}");
+    assert_eq!(resolved.params, [("id".into(), "42".into()), ("post".into(), "7".into())]);
+
+    let rest = table.resolve("GET", "/files/a/b").unwrap();
+    assert_eq!((rest.template.as_str(), rest.params[0].1.as_str()), ("/files/{*rest}", "a/b"));
+
+    let literal = table.resolve("GET", "/other").unwrap();
+    assert_eq!((literal.template.as_str(), literal.params.len()), ("/other", 0));
+}
+
+#[test]
+fn bad_templates_are_refused() {
+    assert!(RouteTable::new(["users/{id}"]).is_err());
+    assert!(RouteTable::new(["/users/{id}", "/users/{name}"]).is_err());
+}
+
+#[test]
+fn route_generated_tools_map_onto_their_routes() {
+    let none = Extra::new();
+    assert_eq!(route_of_tool("GET_/user/profile", &none), Ok(Some(("GET".into(), "/user/profile".into()))));
+    assert_eq!(
+        route_of_tool("DELETE_/admin/users", &none),
+        Ok(Some(("DELETE".into(), "/admin/users".into())))
+    );
+    for plain in ["search", "get_/user", "GET_user", "FETCH_/x", "GET-/x"] {
+        assert_eq!(route_of_tool(plain, &none), Ok(None), "{plain}");
+    }
+    let arguments = Extra::from([("id".into(), json!(7)), ("name".into(), json!("bob"))]);
+    assert_eq!(
+        route_of_tool("GET_/users/{id}/names/{name}", &arguments),
+        Ok(Some(("GET".into(), "/users/7/names/bob".into())))
+    );
+}
+
+#[test]
+fn route_tool_arguments_cannot_escape_their_segment() {
+    let missing = route_of_tool("GET_/users/{id}", &Extra::new());
+    assert!(matches!(missing, Err(TargetError::MissingArgument { .. })));
+    for bad in [json!("../admin"), json!("a/b"), json!(""), json!({"x": 1}), json!("a?b")] {
+        let arguments = Extra::from([("id".into(), bad.clone())]);
+        let result = route_of_tool("GET_/users/{id}", &arguments);
+        assert!(matches!(result, Err(TargetError::BadArgument { .. })), "{bad}");
+    }
+    // `..` alone stays one segment; the path normalizer then refuses it.
+    let dots = Extra::from([("id".into(), json!(".."))]);
+    let (_, path) = route_of_tool("GET_/users/{id}", &dots).unwrap().unwrap();
+    assert!(normalize_path(&path).is_err());
+}
+
+#[test]
+fn quote_shortens_and_escapes() {
+    assert_eq!(quote("a\"b\n"), "a\\\"b\\n");
+    assert_eq!(quote(&"x".repeat(100)).chars().count(), 65);
+}

@@ -1,0 +1,303 @@
+//! Login sessions: password check (argon2id), opaque 256-bit session tokens, single-use
+//! refresh tokens with reuse detection, logout, and brute-force limits.
+
+mod rate_limit;
+mod store;
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use argon2::{Argon2, PasswordHash, PasswordHasher, PasswordVerifier};
+use async_trait::async_trait;
+use base64::Engine as _;
+use rand::RngCore;
+use tokio::sync::Semaphore;
+
+use crate::credential::{CredentialError, CredentialResolver, Resolution};
+use crate::model::{unix_now, AuthInfo, Credential, CredentialKind, Secret};
+
+pub use rate_limit::{LimitRule, LoginKey, LoginRateLimiter, MemoryRateLimiter};
+pub use store::{FamilyId, MemorySessionStore, RefreshOutcome, SessionRecord, SessionStore, StoreError};
+
+/// Prefix of access tokens, so they are recognisable (and routable) at a glance.
+pub const ACCESS_PREFIX: &str = "session-";
+/// Prefix of refresh tokens.
+pub const REFRESH_PREFIX: &str = "refresh-";
+/// Longest username accepted.
+pub const MAX_USERNAME_BYTES: usize = 256;
+/// Longest password accepted: argon2 cost grows with input, so this bounds the work a request
+/// can cause.
+pub const MAX_PASSWORD_BYTES: usize = 1024;
+
+/// Why a session operation failed. Messages never contain a password or token.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SessionError {
+    /// Wrong username or password (deliberately not saying which).
+    #[error("invalid username or password")]
+    InvalidLogin,
+    /// Too many failures for this username or address.
+    #[error("too many failed logins; retry in {} s", .retry_after.as_secs())]
+    RateLimited {
+        /// When to try again.
+        retry_after: Duration,
+    },
+    /// A field is empty or too long.
+    #[error("`{field}` must be 1 to {max} bytes")]
+    BadField {
+        /// Field name.
+        field: &'static str,
+        /// The cap.
+        max: usize,
+    },
+    /// Unknown, expired or already used refresh token.
+    #[error("refresh token is unknown, expired or already used")]
+    InvalidRefresh,
+    /// The store or the hasher failed.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<StoreError> for SessionError {
+    fn from(error: StoreError) -> Self {
+        SessionError::Internal(error.to_string())
+    }
+}
+
+/// Freshly issued tokens; handed to their owner once and then only kept as digests.
+#[derive(Debug, Clone)]
+pub struct SessionTokens {
+    /// Use as `Authorization: Bearer <access_token>`.
+    pub access_token: Secret,
+    /// Single-use; exchange for new tokens.
+    pub refresh_token: Secret,
+    /// Unix seconds.
+    pub expires_at: i64,
+    /// Unix seconds.
+    pub refresh_expires_at: i64,
+}
+
+/// A user who may log in.
+#[derive(Debug, Clone)]
+pub struct Account {
+    /// argon2id PHC string.
+    pub password_hash: String,
+    /// The identity a session of this user gets (its `expires_at` is set per session).
+    pub identity: AuthInfo,
+}
+
+/// Token lifetimes.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionSettings {
+    /// Access token lifetime.
+    pub access_ttl: Duration,
+    /// Refresh token lifetime.
+    pub refresh_ttl: Duration,
+}
+
+/// Logs users in and out, rotates sessions, and resolves session tokens.
+#[derive(Debug)]
+pub struct SessionManager {
+    accounts: HashMap<String, Account>,
+    store: Arc<dyn SessionStore>,
+    limiter: Arc<dyn LoginRateLimiter>,
+    settings: SessionSettings,
+    /// A hash to verify against for unknown usernames, so the answer takes as long as for a
+    /// known one and does not reveal which usernames exist.
+    decoy_hash: String,
+    /// Bounds concurrent argon2 verifications (each takes ~19 MiB and tens of ms of CPU).
+    hashing: Semaphore,
+}
+
+impl SessionManager {
+    /// Builds a manager.
+    ///
+    /// Fails when an account's password hash is not an argon2id PHC string.
+    pub fn new(
+        accounts: HashMap<String, Account>,
+        store: Arc<dyn SessionStore>,
+        limiter: Arc<dyn LoginRateLimiter>,
+        settings: SessionSettings,
+    ) -> Result<Self, SessionError> {
+        for (username, account) in &accounts {
+            check_password_hash(&account.password_hash)
+                .map_err(|error| SessionError::Internal(format!("user `{username}`: {error}")))?;
+        }
+        let decoy_hash = hash_password("decoy password for unknown users").map_err(SessionError::Internal)?;
+        Ok(Self { accounts, store, limiter, settings, decoy_hash, hashing: Semaphore::new(4) })
+    }
+
+    /// The store, for the background purge.
+    pub fn store(&self) -> &Arc<dyn SessionStore> {
+        &self.store
+    }
+
+    /// Checks the password and opens a session.
+    ///
+    /// Fails on a wrong username or password, when the username or `client` address is rate
+    /// limited, or on an empty or oversized field.
+    pub async fn login(
+        &self,
+        username: &str,
+        password: &Secret,
+        client: Option<IpAddr>,
+    ) -> Result<SessionTokens, SessionError> {
+        if username.is_empty() || username.len() > MAX_USERNAME_BYTES {
+            return Err(SessionError::BadField { field: "username", max: MAX_USERNAME_BYTES });
+        }
+        if password.expose().is_empty() || password.expose().len() > MAX_PASSWORD_BYTES {
+            return Err(SessionError::BadField { field: "password", max: MAX_PASSWORD_BYTES });
+        }
+        let keys: Vec<LoginKey> = std::iter::once(LoginKey::Username(username.to_owned()))
+            .chain(client.map(LoginKey::Address))
+            .collect();
+        for key in &keys {
+            self.limiter.check(key).await.map_err(|retry_after| SessionError::RateLimited { retry_after })?;
+        }
+
+        let account = self.accounts.get(username);
+        let hash = account.map_or_else(|| self.decoy_hash.clone(), |account| account.password_hash.clone());
+        let verified = self.verify(hash, password.clone()).await? && account.is_some();
+        let Some(account) = account.filter(|_| verified) else {
+            for key in &keys {
+                self.limiter.record_failure(key).await;
+            }
+            tracing::info!(username = %crate::route::quote(username), "login failed");
+            return Err(SessionError::InvalidLogin);
+        };
+        self.limiter.clear(&LoginKey::Username(username.to_owned())).await;
+        self.open(username, &account.identity, rand::random()).await
+    }
+
+    /// Exchanges a refresh token for new tokens; the old access and refresh tokens stop working.
+    /// A refresh token presented a second time revokes the whole session.
+    ///
+    /// Fails on an unknown, expired or reused refresh token.
+    pub async fn refresh(&self, refresh_token: &Secret) -> Result<SessionTokens, SessionError> {
+        match self.store.consume_refresh(&refresh_token.digest(), unix_now()).await? {
+            RefreshOutcome::Rotated(record) => {
+                let mut identity = (*record.auth).clone();
+                identity.expires_at = None;
+                self.open(&record.username, &identity, record.family).await
+            }
+            RefreshOutcome::Reused => {
+                tracing::warn!(
+                    fingerprint = %refresh_token.digest().fingerprint(),
+                    "refresh token reused: session revoked"
+                );
+                Err(SessionError::InvalidRefresh)
+            }
+            RefreshOutcome::Invalid => Err(SessionError::InvalidRefresh),
+        }
+    }
+
+    /// Revokes the session holding this access or refresh token at once; false when there is
+    /// no such live session.
+    ///
+    /// Fails when the store is unavailable.
+    pub async fn logout(&self, token: &Secret) -> Result<bool, SessionError> {
+        Ok(self.store.revoke(&token.digest()).await?)
+    }
+
+    async fn open(
+        &self,
+        username: &str,
+        identity: &AuthInfo,
+        family: FamilyId,
+    ) -> Result<SessionTokens, SessionError> {
+        let now = unix_now();
+        let access_token = random_token(ACCESS_PREFIX);
+        let refresh_token = random_token(REFRESH_PREFIX);
+        let expires_at = now.saturating_add(seconds(self.settings.access_ttl));
+        let refresh_expires_at = now.saturating_add(seconds(self.settings.refresh_ttl));
+        let mut auth = identity.clone();
+        auth.kind = CredentialKind::Session;
+        auth.expires_at = Some(expires_at);
+        auth.extra.insert("session_id".to_owned(), format!("{family:032x}").get(..16).unwrap_or("").into());
+        self.store
+            .create(SessionRecord {
+                family,
+                username: username.to_owned(),
+                auth: Arc::new(auth),
+                access: access_token.digest(),
+                refresh: refresh_token.digest(),
+                refresh_expires_at,
+            })
+            .await?;
+        Ok(SessionTokens { access_token, refresh_token, expires_at, refresh_expires_at })
+    }
+
+    async fn verify(&self, hash: String, password: Secret) -> Result<bool, SessionError> {
+        let _permit =
+            self.hashing.acquire().await.map_err(|error| SessionError::Internal(error.to_string()))?;
+        tokio::task::spawn_blocking(move || {
+            PasswordHash::new(&hash)
+                .map(|parsed| {
+                    Argon2::default().verify_password(password.expose().as_bytes(), &parsed).is_ok()
+                })
+                .unwrap_or(false)
+        })
+        .await
+        .map_err(|error| SessionError::Internal(format!("password check failed: {error}")))
+    }
+}
+
+#[async_trait]
+impl CredentialResolver for SessionManager {
+    fn name(&self) -> &str {
+        "session"
+    }
+
+    async fn resolve(&self, credential: &Credential) -> Result<Resolution, CredentialError> {
+        let found = self.store.lookup_access(&credential.digest).await.map_err(|error| {
+            CredentialError::Unavailable { backend: "session".to_owned(), reason: error.to_string() }
+        })?;
+        match found {
+            Some(auth) => Ok(Resolution::Resolved(auth)),
+            None if credential.secret.expose().starts_with(ACCESS_PREFIX) => {
+                Err(CredentialError::Invalid("session is unknown, expired or revoked".to_owned()))
+            }
+            None => Ok(Resolution::NotMine),
+        }
+    }
+}
+
+fn seconds(duration: Duration) -> i64 {
+    i64::try_from(duration.as_secs()).unwrap_or(i64::MAX)
+}
+
+/// `prefix` + 256 random bits, base64url.
+fn random_token(prefix: &str) -> Secret {
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    Secret::new(format!("{prefix}{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)))
+}
+
+/// Hashes a password as an argon2id PHC string with a random salt.
+///
+/// Fails only if the hasher rejects its parameters.
+pub fn hash_password(password: &str) -> Result<String, String> {
+    let mut salt_bytes = [0u8; 16];
+    rand::rng().fill_bytes(&mut salt_bytes);
+    let salt =
+        argon2::password_hash::SaltString::encode_b64(&salt_bytes).map_err(|error| error.to_string())?;
+    Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|hash| hash.to_string())
+        .map_err(|error| error.to_string())
+}
+
+/// Checks that `hash` is an argon2id PHC string.
+///
+/// Fails on anything else, naming what is wrong.
+pub fn check_password_hash(hash: &str) -> Result<(), String> {
+    let parsed = PasswordHash::new(hash).map_err(|error| format!("not a PHC password hash: {error}"))?;
+    if parsed.algorithm.as_str() != "argon2id" {
+        return Err(format!("password hash algorithm is `{}`, expected `argon2id`", parsed.algorithm));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

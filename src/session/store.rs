@@ -1,0 +1,178 @@
+//! Where sessions live. The [`SessionStore`] trait lets a shared store (Redis, a database)
+//! replace the in-memory one so several cedargate replicas see the same sessions.
+
+use std::fmt::Debug;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use dashmap::DashMap;
+
+use crate::model::{AuthInfo, SecretDigest};
+
+/// Identifies one login and every token rotated from it.
+pub type FamilyId = u128;
+
+/// One live session: its identity and the digests of its current tokens.
+#[derive(Debug, Clone)]
+pub struct SessionRecord {
+    /// The login this session descends from.
+    pub family: FamilyId,
+    /// Who logged in.
+    pub username: String,
+    /// The identity; `expires_at` is the access token's expiry.
+    pub auth: Arc<AuthInfo>,
+    /// SHA-256 of the access token.
+    pub access: SecretDigest,
+    /// SHA-256 of the refresh token.
+    pub refresh: SecretDigest,
+    /// Unix seconds after which the refresh token is dead.
+    pub refresh_expires_at: i64,
+}
+
+/// What presenting a refresh token did.
+#[derive(Debug, Clone)]
+pub enum RefreshOutcome {
+    /// The token was live; it and its access token are now retired.
+    Rotated(SessionRecord),
+    /// The token had already been used: the whole family is now revoked.
+    Reused,
+    /// Unknown or expired.
+    Invalid,
+}
+
+/// The store could not answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("session store: {0}")]
+pub struct StoreError(pub String);
+
+/// Session storage. Tokens are only ever stored and looked up by digest.
+#[async_trait]
+pub trait SessionStore: Debug + Send + Sync {
+    /// Stores a new session.
+    ///
+    /// Fails when the family was revoked meanwhile, or the store is unavailable.
+    async fn create(&self, record: SessionRecord) -> Result<(), StoreError>;
+
+    /// The identity behind an access token, expired or not.
+    async fn lookup_access(&self, access: &SecretDigest) -> Result<Option<Arc<AuthInfo>>, StoreError>;
+
+    /// Retires a refresh token atomically: of concurrent callers with the same token, at most
+    /// one gets `Rotated`.
+    async fn consume_refresh(&self, refresh: &SecretDigest, now: i64) -> Result<RefreshOutcome, StoreError>;
+
+    /// Revokes the session holding this access or refresh token; false if there is none.
+    async fn revoke(&self, token: &SecretDigest) -> Result<bool, StoreError>;
+
+    /// Drops what has expired by `now`.
+    async fn purge_expired(&self, now: i64) -> Result<(), StoreError>;
+}
+
+/// Sessions in this process's memory.
+#[derive(Debug, Default)]
+pub struct MemorySessionStore {
+    access: DashMap<SecretDigest, (FamilyId, Arc<AuthInfo>)>,
+    refresh: DashMap<SecretDigest, SessionRecord>,
+    /// The current tokens of each live family, to revoke a family from either token.
+    families: DashMap<FamilyId, (SecretDigest, SecretDigest)>,
+    /// Refresh tokens already used, kept until they would have expired, to detect reuse.
+    spent: DashMap<SecretDigest, (FamilyId, i64)>,
+    /// Families revoked (by logout or reuse), kept until their refresh tokens would expire,
+    /// so a rotation racing the revocation cannot resurrect them.
+    revoked: DashMap<FamilyId, i64>,
+}
+
+impl MemorySessionStore {
+    fn revoke_family(&self, family: FamilyId, until: i64) -> bool {
+        self.revoked.insert(family, until);
+        match self.families.remove(&family) {
+            Some((_, (access, refresh))) => {
+                self.access.remove(&access);
+                self.refresh.remove(&refresh);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Number of live sessions.
+    pub fn len(&self) -> usize {
+        self.families.len()
+    }
+
+    /// True when no session is live.
+    pub fn is_empty(&self) -> bool {
+        self.families.is_empty()
+    }
+}
+
+#[async_trait]
+impl SessionStore for MemorySessionStore {
+    async fn create(&self, record: SessionRecord) -> Result<(), StoreError> {
+        if self.revoked.contains_key(&record.family) {
+            return Err(StoreError("session was revoked".to_owned()));
+        }
+        self.families.insert(record.family, (record.access, record.refresh));
+        self.access.insert(record.access, (record.family, Arc::clone(&record.auth)));
+        self.refresh.insert(record.refresh, record);
+        Ok(())
+    }
+
+    async fn lookup_access(&self, access: &SecretDigest) -> Result<Option<Arc<AuthInfo>>, StoreError> {
+        Ok(self.access.get(access).map(|entry| Arc::clone(&entry.1)))
+    }
+
+    async fn consume_refresh(&self, refresh: &SecretDigest, now: i64) -> Result<RefreshOutcome, StoreError> {
+        if let Some((_, record)) = self.refresh.remove(refresh) {
+            self.access.remove(&record.access);
+            self.families.remove(&record.family);
+            if record.refresh_expires_at <= now {
+                return Ok(RefreshOutcome::Invalid);
+            }
+            self.spent.insert(*refresh, (record.family, record.refresh_expires_at));
+            return Ok(RefreshOutcome::Rotated(record));
+        }
+        let spent = self.spent.get(refresh).map(|entry| *entry.value());
+        match spent {
+            Some((family, until)) => {
+                self.revoke_family(family, until);
+                Ok(RefreshOutcome::Reused)
+            }
+            None => Ok(RefreshOutcome::Invalid),
+        }
+    }
+
+    async fn revoke(&self, token: &SecretDigest) -> Result<bool, StoreError> {
+        let by_access = self.access.get(token).map(|entry| entry.0);
+        let by_refresh = self.refresh.get(token).map(|entry| (entry.family, entry.refresh_expires_at));
+        match (by_access, by_refresh) {
+            (Some(family), _) => {
+                let until = self
+                    .families
+                    .get(&family)
+                    .and_then(|tokens| self.refresh.get(&tokens.1).map(|record| record.refresh_expires_at))
+                    .unwrap_or(i64::MAX);
+                Ok(self.revoke_family(family, until))
+            }
+            (None, Some((family, until))) => Ok(self.revoke_family(family, until)),
+            (None, None) => Ok(false),
+        }
+    }
+
+    async fn purge_expired(&self, now: i64) -> Result<(), StoreError> {
+        let dead: Vec<SessionRecord> = self
+            .refresh
+            .iter()
+            .filter(|entry| entry.refresh_expires_at <= now)
+            .map(|entry| entry.value().clone())
+            .collect();
+        for record in dead {
+            self.refresh.remove(&record.refresh);
+            self.access.remove(&record.access);
+            self.families.remove(&record.family);
+        }
+        self.access.retain(|_, (_, auth)| !auth.is_expired(now));
+        self.spent.retain(|_, (_, until)| *until > now);
+        self.revoked.retain(|_, until| *until > now);
+        Ok(())
+    }
+}

@@ -1,0 +1,246 @@
+use super::*;
+use crate::credential::CredentialChain;
+use crate::model::{Scheme, SecretDigest};
+use std::sync::OnceLock;
+
+/// One hash for the whole module: argon2 is slow on purpose.
+fn alice_hash() -> &'static str {
+    static HASH: OnceLock<String> = OnceLock::new();
+    HASH.get_or_init(|| hash_password("password123").unwrap())
+}
+
+fn manager_with(limits: (u32, u32), store: Arc<MemorySessionStore>) -> SessionManager {
+    let identity = AuthInfo::new(CredentialKind::Session, "alice", vec!["user".into()]);
+    let accounts =
+        HashMap::from([("alice".to_owned(), Account { password_hash: alice_hash().to_owned(), identity })]);
+    let window = Duration::from_secs(60);
+    let limiter = MemoryRateLimiter::new(
+        LimitRule { max_failures: limits.0, window },
+        LimitRule { max_failures: limits.1, window },
+    );
+    SessionManager::new(
+        accounts,
+        store,
+        Arc::new(limiter),
+        SessionSettings { access_ttl: Duration::from_secs(3600), refresh_ttl: Duration::from_secs(7200) },
+    )
+    .unwrap()
+}
+
+fn manager() -> SessionManager {
+    manager_with((5, 20), Arc::new(MemorySessionStore::default()))
+}
+
+async fn subject_of(manager: &SessionManager, token: &Secret) -> Result<String, CredentialError> {
+    let credential = Credential::new(Scheme::Bearer, token.expose());
+    match manager.resolve(&credential).await? {
+        Resolution::Resolved(auth) => Ok(auth.subject.clone()),
+        Resolution::NotMine => Err(CredentialError::Unknown("Bearer")),
+    }
+}
+
+fn password(text: &str) -> Secret {
+    Secret::new(text)
+}
+
+#[tokio::test]
+async fn login_opens_a_session_the_token_resolves_to() {
+    let manager = manager();
+    let tokens = manager.login("alice", &password("password123"), None).await.unwrap();
+    assert!(tokens.access_token.expose().starts_with(ACCESS_PREFIX));
+    assert!(tokens.refresh_token.expose().starts_with(REFRESH_PREFIX));
+    // 256 random bits, base64url: 43 characters after the prefix.
+    assert_eq!(tokens.access_token.expose().len(), ACCESS_PREFIX.len() + 43);
+    assert!(tokens.refresh_expires_at > tokens.expires_at);
+    assert_eq!(subject_of(&manager, &tokens.access_token).await.unwrap(), "alice");
+
+    let credential = Credential::new(Scheme::Bearer, tokens.access_token.expose());
+    let Resolution::Resolved(auth) = manager.resolve(&credential).await.unwrap() else { panic!() };
+    assert_eq!(auth.kind, CredentialKind::Session);
+    assert_eq!(auth.roles, ["user"]);
+    assert_eq!(auth.expires_at, Some(tokens.expires_at));
+}
+
+#[tokio::test]
+async fn wrong_password_and_unknown_user_get_the_same_answer() {
+    let manager = manager();
+    assert_eq!(
+        manager.login("alice", &password("wrong"), None).await.unwrap_err(),
+        SessionError::InvalidLogin
+    );
+    assert_eq!(
+        manager.login("mallory", &password("password123"), None).await.unwrap_err(),
+        SessionError::InvalidLogin
+    );
+}
+
+#[tokio::test]
+async fn empty_and_oversized_fields_are_refused_before_hashing() {
+    let manager = manager();
+    let long_password = "p".repeat(MAX_PASSWORD_BYTES + 1);
+    let long_username = "u".repeat(MAX_USERNAME_BYTES + 1);
+    let table = [
+        ("", "password123", "username"),
+        (long_username.as_str(), "password123", "username"),
+        ("alice", "", "password"),
+        ("alice", long_password.as_str(), "password"),
+    ];
+    for (username, secret, field) in table {
+        match manager.login(username, &password(secret), None).await {
+            Err(SessionError::BadField { field: got, .. }) => assert_eq!(got, field),
+            other => panic!("{field}: {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn repeated_failures_lock_the_username_then_the_address() {
+    let manager = manager_with((2, 3), Arc::new(MemorySessionStore::default()));
+    let address: IpAddr = "192.0.2.7".parse().unwrap();
+    for _ in 0..2 {
+        assert_eq!(
+            manager.login("alice", &password("nope"), Some(address)).await.unwrap_err(),
+            SessionError::InvalidLogin
+        );
+    }
+    // Locked even with the right password: the attacker learns nothing more.
+    let locked = manager.login("alice", &password("password123"), None).await.unwrap_err();
+    assert!(matches!(locked, SessionError::RateLimited { .. }), "{locked:?}");
+
+    // One more failure from the address (another username) exhausts the address budget.
+    manager.login("bob", &password("nope"), Some(address)).await.unwrap_err();
+    let by_address = manager.login("carol", &password("nope"), Some(address)).await.unwrap_err();
+    assert!(matches!(by_address, SessionError::RateLimited { .. }), "{by_address:?}");
+}
+
+#[tokio::test]
+async fn a_successful_login_clears_the_username_failures() {
+    let manager = manager_with((2, 100), Arc::new(MemorySessionStore::default()));
+    manager.login("alice", &password("nope"), None).await.unwrap_err();
+    manager.login("alice", &password("password123"), None).await.unwrap();
+    manager.login("alice", &password("nope"), None).await.unwrap_err();
+    assert!(manager.login("alice", &password("password123"), None).await.is_ok());
+}
+
+#[tokio::test]
+async fn refresh_rotates_and_retires_the_old_tokens() {
+    let manager = manager();
+    let first = manager.login("alice", &password("password123"), None).await.unwrap();
+    let second = manager.refresh(&first.refresh_token).await.unwrap();
+    assert_ne!(first.access_token, second.access_token);
+    assert_eq!(subject_of(&manager, &second.access_token).await.unwrap(), "alice");
+    assert!(subject_of(&manager, &first.access_token).await.is_err(), "old access token must stop working");
+
+    // Reusing the spent refresh token revokes the whole session, including the new tokens.
+    assert_eq!(manager.refresh(&first.refresh_token).await.unwrap_err(), SessionError::InvalidRefresh);
+    assert!(subject_of(&manager, &second.access_token).await.is_err());
+    assert_eq!(manager.refresh(&second.refresh_token).await.unwrap_err(), SessionError::InvalidRefresh);
+}
+
+#[tokio::test]
+async fn unknown_refresh_tokens_are_refused() {
+    let manager = manager();
+    assert_eq!(
+        manager.refresh(&Secret::new("refresh-unknown")).await.unwrap_err(),
+        SessionError::InvalidRefresh
+    );
+}
+
+#[tokio::test]
+async fn logout_revokes_at_once_by_either_token() {
+    let manager = manager();
+    let by_access = manager.login("alice", &password("password123"), None).await.unwrap();
+    assert!(manager.logout(&by_access.access_token).await.unwrap());
+    let refused = subject_of(&manager, &by_access.access_token).await.unwrap_err();
+    assert_eq!(refused, CredentialError::Invalid("session is unknown, expired or revoked".into()));
+    assert_eq!(manager.refresh(&by_access.refresh_token).await.unwrap_err(), SessionError::InvalidRefresh);
+    assert!(!manager.logout(&by_access.access_token).await.unwrap(), "second logout revokes nothing");
+
+    let by_refresh = manager.login("alice", &password("password123"), None).await.unwrap();
+    assert!(manager.logout(&by_refresh.refresh_token).await.unwrap());
+    assert!(subject_of(&manager, &by_refresh.access_token).await.is_err());
+}
+
+#[tokio::test]
+async fn an_expired_session_is_refused_and_purged() {
+    let store = Arc::new(MemorySessionStore::default());
+    let manager = Arc::new(manager_with((5, 20), Arc::clone(&store)));
+    let mut auth = AuthInfo::new(CredentialKind::Session, "alice", vec![]);
+    auth.expires_at = Some(unix_now() - 1);
+    store
+        .create(SessionRecord {
+            family: 1,
+            username: "alice".into(),
+            auth: Arc::new(auth),
+            access: SecretDigest::of(b"session-old"),
+            refresh: SecretDigest::of(b"refresh-old"),
+            refresh_expires_at: unix_now() - 1,
+        })
+        .await
+        .unwrap();
+    let mut chain = CredentialChain::default();
+    chain.push(Scheme::Bearer, manager.clone() as Arc<dyn CredentialResolver>);
+    let credential = Credential::new(Scheme::Bearer, "session-old");
+    assert_eq!(chain.resolve(&credential, unix_now()).await.unwrap_err(), CredentialError::Expired);
+    assert_eq!(manager.refresh(&Secret::new("refresh-old")).await.unwrap_err(), SessionError::InvalidRefresh);
+
+    store.purge_expired(unix_now()).await.unwrap();
+    assert!(store.is_empty());
+    assert!(store.lookup_access(&credential.digest).await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn tokens_that_are_not_sessions_are_not_mine() {
+    let manager = manager();
+    let credential = Credential::new(Scheme::Bearer, "user-token-123");
+    assert!(matches!(manager.resolve(&credential).await.unwrap(), Resolution::NotMine));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_logins_each_get_their_own_session() {
+    let manager = Arc::new(manager());
+    let logins: Vec<_> = (0..8)
+        .map(|_| {
+            let manager = Arc::clone(&manager);
+            tokio::spawn(async move { manager.login("alice", &Secret::new("password123"), None).await })
+        })
+        .collect();
+    let mut tokens = Vec::new();
+    for login in logins {
+        tokens.push(login.await.unwrap().unwrap());
+    }
+    let distinct: std::collections::HashSet<_> =
+        tokens.iter().map(|t| t.access_token.expose().to_owned()).collect();
+    assert_eq!(distinct.len(), 8);
+    for token in &tokens {
+        assert_eq!(subject_of(&manager, &token.access_token).await.unwrap(), "alice");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn of_concurrent_refreshes_with_one_token_at_most_one_wins() {
+    let manager = Arc::new(manager());
+    let tokens = manager.login("alice", &password("password123"), None).await.unwrap();
+    let attempts: Vec<_> = (0..16)
+        .map(|_| {
+            let manager = Arc::clone(&manager);
+            let refresh = tokens.refresh_token.clone();
+            tokio::spawn(async move { manager.refresh(&refresh).await })
+        })
+        .collect();
+    let mut wins = 0;
+    for attempt in attempts {
+        if attempt.await.unwrap().is_ok() {
+            wins += 1;
+        }
+    }
+    assert!(wins <= 1, "{wins} refreshes won with one token");
+}
+
+#[test]
+fn password_hashes_must_be_argon2id() {
+    assert!(check_password_hash(alice_hash()).is_ok());
+    assert!(check_password_hash("password123").is_err());
+    let argon2i = "$argon2i$v=19$m=16,t=2,p=1$c2FsdHNhbHQ$L5kF1O6bWJ7hYfUOXW1o3A";
+    assert!(check_password_hash(argon2i).unwrap_err().contains("argon2id"));
+}
