@@ -225,19 +225,30 @@ impl App {
         ready.store(true, Ordering::Release);
         tracing::info!(grpc = %grpc_address, http = %http_address, "cedargate serving");
 
-        let driver = async {
-            shutdown.await;
-            tracing::info!("shutting down: finishing in-flight requests");
-            ready.store(false, Ordering::Release);
-            health.set_not_serving::<proto::authorizer_server::AuthorizerServer<AuthorizerService>>().await;
-            let _ = stop_sender.send(true);
-            Ok::<(), AppError>(())
-        };
         let http_server = async {
             http_server.await.map_err(|source| AppError::Io { context: "HTTP server".to_owned(), source })
         };
         let grpc_server = async { grpc_server.await.map_err(AppError::from) };
-        let result = tokio::try_join!(grpc_server, http_server, driver).map(|_| ());
+        let servers = async { tokio::try_join!(grpc_server, http_server).map(|_| ()) };
+        tokio::pin!(servers, shutdown);
+        let result = tokio::select! {
+            // A server only ends by itself when it fails.
+            result = &mut servers => result,
+            () = &mut shutdown => {
+                tracing::info!("shutting down: finishing in-flight requests");
+                ready.store(false, Ordering::Release);
+                health.set_not_serving::<proto::authorizer_server::AuthorizerServer<AuthorizerService>>().await;
+                let _ = stop_sender.send(true);
+                let grace = self.config.listen.shutdown_grace.0;
+                match tokio::time::timeout(grace, &mut servers).await {
+                    Ok(result) => result,
+                    Err(_) => {
+                        tracing::warn!(grace_seconds = grace.as_secs(), "shutdown grace period over; closing the remaining connections");
+                        Ok(())
+                    }
+                }
+            }
+        };
         let _ = stop_sender.send(true);
         let _ = purge.await;
         tracing::info!("cedargate stopped");

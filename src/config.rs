@@ -89,6 +89,10 @@ pub struct ListenConfig {
     /// HTTP (login, `/healthz`, `/readyz`). Default `127.0.0.1:8080`.
     #[serde(default = "default_http")]
     pub http: SocketAddr,
+    /// How long shutdown waits for in-flight requests and idle connections before closing
+    /// them. Default 10s.
+    #[serde(default = "default_shutdown_grace")]
+    pub shutdown_grace: HumanDuration,
 }
 
 /// Request size limits.
@@ -222,6 +226,9 @@ fn default_grpc() -> SocketAddr {
 fn default_http() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 8080))
 }
+fn default_shutdown_grace() -> HumanDuration {
+    HumanDuration(Duration::from_secs(10))
+}
 fn default_max_authorization() -> usize {
     8 * 1024
 }
@@ -243,7 +250,7 @@ fn default_per_address() -> LimitConfig {
 
 impl Default for ListenConfig {
     fn default() -> Self {
-        Self { grpc: default_grpc(), http: default_http() }
+        Self { grpc: default_grpc(), http: default_http(), shutdown_grace: default_shutdown_grace() }
     }
 }
 impl Default for LimitsConfig {

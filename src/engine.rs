@@ -314,7 +314,7 @@ fn log_decision(decision: &Decision, target: &PreparedTarget<'_>) {
         decision_id = %decision.decision_id,
         outcome = decision.outcome.as_str(),
         target_kind = kind,
-        target = %route::quote(&name),
+        request = %route::quote(&name),
         subject = decision.auth_info.as_ref().map_or("", |auth| auth.subject.as_str()),
         credential_kind = decision.auth_info.as_ref().map_or("", |auth| auth.kind.as_str()),
         fingerprint = decision.credential_fingerprint.as_deref().unwrap_or(""),

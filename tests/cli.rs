@@ -1,0 +1,232 @@
+//! The `cedargate` binary: the policy author's `check`, the hashing helpers, config errors,
+//! and a real `serve` process driven by signals.
+
+// Test code: a failed set-up step should stop the test loudly.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use cedargate::api::proto::authorizer_client::AuthorizerClient;
+use cedargate::api::proto::Outcome;
+use cedargate::model::SecretDigest;
+use common::{check, route};
+use serde_json::Value;
+
+fn cedargate(args: &[&str], stdin: Option<&str>) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cedargate"))
+        .args(args)
+        .env_remove("CEDARGATE_CONFIG")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    if let Some(text) = stdin {
+        input.write_all(text.as_bytes()).unwrap();
+    }
+    drop(input);
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn check_prints_the_decision_and_exits_by_outcome() {
+    let table: [(&[&str], i32, &str, &str); 6] = [
+        (
+            &["--authorization", "Bearer user-token-123", "--route", "GET /user/profile"],
+            0,
+            "allowed",
+            "user-routes",
+        ),
+        (
+            &["--authorization", "Bearer user-token-123", "--route", "GET /admin/users"],
+            1,
+            "forbidden",
+            "admin-routes-require-admin",
+        ),
+        (&["--route", "GET /user/profile"], 1, "unauthenticated", "user-routes-require-user"),
+        (&["--route", "GET /public/info"], 0, "allowed", "public-routes"),
+        (
+            &["--authorization", "ApiKey api-key-789", "--tool", "GET_/service/metrics"],
+            0,
+            "allowed",
+            "service-routes",
+        ),
+        (
+            &["--authorization", "Bearer admin-token-456", "--tool", "search", "--arguments", "{\"q\": 1}"],
+            0,
+            "allowed",
+            "admin-full-access",
+        ),
+    ];
+    for (args, code, outcome, policy) in table {
+        let output = cedargate(&[&["check"], args].concat(), None);
+        assert_eq!(output.status.code(), Some(code), "{args:?}: {}", String::from_utf8_lossy(&output.stderr));
+        let decision: Value = serde_json::from_slice(&output.stdout).unwrap();
+        assert_eq!(decision["outcome"], outcome, "{args:?}");
+        assert_eq!(decision["policyIds"][0], policy, "{args:?}");
+    }
+}
+
+#[test]
+fn check_refuses_bad_input_with_exit_code_2() {
+    let table: [&[&str]; 3] = [
+        &["check", "--route", "GET"],
+        &["check", "--tool", "x", "--arguments", "not json"],
+        &["check", "--route", "GET no-slash"],
+    ];
+    for args in table {
+        let output = cedargate(args, None);
+        assert_eq!(output.status.code(), Some(2), "{args:?}");
+        assert!(!output.stderr.is_empty());
+    }
+}
+
+#[test]
+fn hash_key_prints_the_sha256_the_config_expects() {
+    let from_stdin = cedargate(&["hash-key"], Some("api-key-789\n"));
+    let expected = SecretDigest::of(b"api-key-789").to_hex();
+    assert_eq!(String::from_utf8_lossy(&from_stdin.stdout).trim(), expected);
+    let from_argument = cedargate(&["hash-key", "api-key-789"], None);
+    assert_eq!(String::from_utf8_lossy(&from_argument.stdout).trim(), expected);
+    assert_eq!(cedargate(&["hash-key"], Some("")).status.code(), Some(2));
+}
+
+#[test]
+fn hash_password_prints_a_verifiable_argon2id_hash() {
+    use argon2::{Argon2, PasswordHash, PasswordVerifier};
+    let output = cedargate(&["hash-password"], Some("correct horse\n"));
+    assert!(output.status.success());
+    let hash = String::from_utf8(output.stdout).unwrap();
+    let parsed = PasswordHash::new(hash.trim()).unwrap();
+    assert_eq!(parsed.algorithm.as_str(), "argon2id");
+    assert!(Argon2::default().verify_password(b"correct horse", &parsed).is_ok());
+    assert!(Argon2::default().verify_password(b"wrong", &parsed).is_err());
+}
+
+#[test]
+fn a_bad_config_fails_with_file_line_and_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.yaml");
+    std::fs::write(&path, "listen:\n  grpc: 127.0.0.1:0\nsessions:\n  acess_ttl: 1h\n").unwrap();
+    let output = cedargate(&["--config", path.to_str().unwrap(), "serve"], None);
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains(&format!("{}:4:", path.display())), "{stderr}");
+    assert!(stderr.contains("acess_ttl"), "{stderr}");
+}
+
+/// A `cedargate serve` process; killed if the test fails midway.
+struct Served {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Served {
+    fn start(config: &Path) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_cedargate"))
+            .args(["--config", config.to_str().unwrap(), "--log-format", "json"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (sender, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if sender.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self { child, lines }
+    }
+
+    /// The next log event matching `wanted`, waiting at most 30 s.
+    fn wait_for(&self, wanted: impl Fn(&Value) -> bool, seen: &mut Vec<String>) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while let Ok(line) = self.lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            seen.push(line.clone());
+            if let Ok(event) = serde_json::from_str::<Value>(&line) {
+                if wanted(&event) {
+                    return event;
+                }
+            }
+        }
+        panic!("log event not seen; log so far:\n{}", seen.join("\n"));
+    }
+
+    fn signal(&self, name: &str) {
+        let status = Command::new("kill").args(["-s", name, &self.child.id().to_string()]).status().unwrap();
+        assert!(status.success());
+    }
+}
+
+// Multi-threaded: the test blocks on log lines while the client's connection task must keep
+// running to see the server's GOAWAY.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_served_process_logs_fingerprints_reloads_on_sighup_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("schema.cedarschema"), include_str!("../policies/schema.cedarschema"))
+        .unwrap();
+    std::fs::write(
+        dir.path().join("rules.cedar"),
+        "@id(\"users\") permit (principal in Role::\"user\", action, resource);",
+    )
+    .unwrap();
+    let config = dir.path().join("cedargate.yaml");
+    let digest = SecretDigest::of(b"tok-alpha").to_hex();
+    std::fs::write(
+        &config,
+        format!(
+            "listen:\n  grpc: 127.0.0.1:0\n  http: 127.0.0.1:0\npolicies:\n  dir: .\ncredentials:\n  static_tokens:\n    - sha256: {digest}\n      subject: alpha\n      roles: [user]\n"
+        ),
+    )
+    .unwrap();
+
+    let served = Served::start(&config);
+    let mut log = Vec::new();
+    let serving = served.wait_for(|event| event["message"] == "cedargate serving", &mut log);
+    let grpc = serving["grpc"].as_str().unwrap().to_owned();
+    let mut client = AuthorizerClient::connect(format!("http://{grpc}")).await.unwrap();
+
+    let allowed = check(&mut client, "Bearer tok-alpha", route("GET", "/anything")).await;
+    assert_eq!(allowed.outcome(), Outcome::Allowed);
+    let decision = served.wait_for(|event| event["decision_id"] == allowed.decision_id.as_str(), &mut log);
+    assert_eq!(decision["fingerprint"], allowed.credential_fingerprint.as_str());
+    assert_eq!(decision["subject"], "alpha");
+
+    std::fs::write(
+        dir.path().join("rules.cedar"),
+        "@id(\"nobody\") @reason(\"maintenance\") forbid (principal, action, resource);",
+    )
+    .unwrap();
+    served.signal("HUP");
+    served.wait_for(|event| event["message"] == "policies reloaded", &mut log);
+    let denied = check(&mut client, "Bearer tok-alpha", route("GET", "/anything")).await;
+    assert_eq!((denied.outcome(), denied.reason.as_str()), (Outcome::Forbidden, "maintenance"));
+
+    served.signal("TERM");
+    served.wait_for(|event| event["message"] == "cedargate stopped", &mut log);
+    let mut served = served;
+    let status = served.child.wait().unwrap();
+    assert!(status.success(), "exit status {status}");
+    while let Ok(line) = served.lines.recv_timeout(Duration::from_secs(1)) {
+        log.push(line);
+    }
+    let all = log.join("\n");
+    assert!(!all.contains("tok-alpha"), "a raw credential reached the log:\n{all}");
+}

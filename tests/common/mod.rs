@@ -1,0 +1,111 @@
+//! A real cedargate server on `127.0.0.1:0` for scenario tests, and clients for it.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use cedargate::api::proto::authorizer_client::AuthorizerClient;
+use cedargate::api::proto::sessions_client::SessionsClient;
+use cedargate::api::proto::{self, target::Kind};
+use cedargate::config::Config;
+use cedargate::{App, AppError};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::transport::Channel;
+
+/// A served App; stops when dropped or on `stop()`.
+pub struct TestServer {
+    pub app: Arc<App>,
+    pub grpc: SocketAddr,
+    pub http: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Result<(), AppError>>>,
+}
+
+impl TestServer {
+    pub async fn start(config: Config) -> Self {
+        let app = Arc::new(App::build(config).expect("app builds"));
+        let grpc_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let http_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let grpc = grpc_listener.local_addr().unwrap();
+        let http = http_listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let served = Arc::clone(&app);
+        let task = tokio::spawn(async move {
+            served
+                .serve(grpc_listener, http_listener, async {
+                    let _ = stopped.await;
+                })
+                .await
+        });
+        Self { app, grpc, http, stop: Some(stop), task: Some(task) }
+    }
+
+    pub async fn demo() -> Self {
+        Self::start(Config::demo().unwrap()).await
+    }
+
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://{}", self.grpc)).unwrap().connect().await.unwrap()
+    }
+
+    pub async fn authorizer(&self) -> AuthorizerClient<Channel> {
+        AuthorizerClient::new(self.channel().await)
+    }
+
+    pub async fn sessions(&self) -> SessionsClient<Channel> {
+        SessionsClient::new(self.channel().await)
+    }
+
+    pub fn http_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.http)
+    }
+
+    /// Signals shutdown and waits for the servers to finish.
+    pub async fn stop(mut self) -> Result<(), AppError> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.task.take().unwrap().await.unwrap()
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+pub fn route(method: &str, path: &str) -> proto::Target {
+    proto::Target { kind: Some(Kind::Route(proto::Route { method: method.into(), path: path.into() })) }
+}
+
+pub fn tool(name: &str) -> proto::Target {
+    proto::Target { kind: Some(Kind::Tool(proto::Tool { name: name.into(), ..Default::default() })) }
+}
+
+pub fn check_request(authorization: &str, target: proto::Target) -> proto::CheckRequest {
+    proto::CheckRequest { authorization: authorization.into(), target: Some(target), context: None }
+}
+
+pub async fn check(
+    client: &mut AuthorizerClient<Channel>,
+    authorization: &str,
+    target: proto::Target,
+) -> proto::CheckResponse {
+    client.check(check_request(authorization, target)).await.expect("Check answers").into_inner()
+}
+
+/// Logs in over HTTP as the seed does and returns the JSON answer.
+pub async fn http_login(server: &TestServer, username: &str, password: &str) -> reqwest::Response {
+    reqwest::Client::new()
+        .post(server.http_url("/auth/login"))
+        .json(&serde_json::json!({ "username": username, "password": password }))
+        .send()
+        .await
+        .unwrap()
+}
