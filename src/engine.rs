@@ -105,7 +105,10 @@ impl Engine {
             Ok(None) => return Authentication::Anonymous,
             Ok(Some(credential)) => credential,
             Err(error) => {
-                let fingerprint = SecretDigest::of(authorization.as_bytes()).fingerprint();
+                // Bounded: an oversized value is fingerprinted by its first bytes only.
+                let prefix = authorization.as_bytes();
+                let prefix = prefix.get(..self.settings.max_authorization_bytes).unwrap_or(prefix);
+                let fingerprint = SecretDigest::of(prefix).fingerprint();
                 return Authentication::Failed { scheme: None, error, fingerprint };
             }
         };
@@ -184,27 +187,26 @@ impl Engine {
         let decision_id = uuid::Uuid::now_v7().to_string();
         let fingerprint = authentication.fingerprint().map(str::to_owned);
         let decision = match authentication {
-            Authentication::Failed { scheme, error, .. } => Decision {
-                outcome: Outcome::Unauthenticated,
-                auth_info: None,
-                policy_ids: Vec::new(),
-                reason: error.to_string(),
-                www_authenticate: Some(self.challenge(
-                    scheme.unwrap_or(Scheme::Bearer),
-                    Some(("invalid_token", &error.to_string())),
-                    &[],
-                )),
-                decision_id,
-                errors: Vec::new(),
-                credential_fingerprint: fingerprint,
-            },
+            Authentication::Failed { error, .. } => {
+                let reason = error.to_string();
+                let challenge = self.authentication_challenge(authentication);
+                Decision {
+                    outcome: Outcome::Unauthenticated,
+                    auth_info: None,
+                    policy_ids: Vec::new(),
+                    reason,
+                    www_authenticate: challenge,
+                    decision_id,
+                    errors: Vec::new(),
+                    credential_fingerprint: fingerprint,
+                }
+            }
             Authentication::Anonymous => {
                 let verdict = self.evaluate(None, target, facts);
                 let (outcome, www_authenticate) = if verdict.allowed {
                     (Outcome::Allowed, None)
                 } else {
-                    // RFC 6750 §3.1: no credential, so the challenge carries no error code.
-                    (Outcome::Unauthenticated, Some(self.challenge(Scheme::Bearer, None, &[])))
+                    (Outcome::Unauthenticated, self.authentication_challenge(authentication))
                 };
                 from_verdict(verdict, outcome, None, www_authenticate, decision_id, fingerprint)
             }
@@ -247,6 +249,21 @@ impl Engine {
             PreparedTarget::Tool { name, server, arguments } => Resource::Tool { name, server, arguments },
         };
         self.policies.evaluate(&Query { auth: auth.map(Arc::as_ref), resource, facts, now: unix_now() })
+    }
+
+    /// The challenge for a caller who is not authenticated: `invalid_token` when a credential
+    /// was sent and failed, and, RFC 6750 §3.1, no error code when none was sent. `None` for an
+    /// authenticated caller.
+    pub fn authentication_challenge(&self, authentication: &Authentication) -> Option<String> {
+        match authentication {
+            Authentication::Anonymous => Some(self.challenge(Scheme::Bearer, None, &[])),
+            Authentication::Failed { scheme, error, .. } => Some(self.challenge(
+                scheme.unwrap_or(Scheme::Bearer),
+                Some(("invalid_token", &error.to_string())),
+                &[],
+            )),
+            Authentication::Authenticated { .. } => None,
+        }
     }
 
     /// A `WWW-Authenticate` value (RFC 6750 §3): the scheme, then the error, its description

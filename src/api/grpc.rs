@@ -181,27 +181,24 @@ impl proto::authorizer_server::Authorizer for AuthorizerService {
     ) -> Result<Response<proto::IntrospectResponse>, Status> {
         let request = request.into_inner();
         let authentication = self.engine.authenticate(&request.authorization).await;
-        let fingerprint = authentication.fingerprint().unwrap_or_default().to_owned();
+        let credential_fingerprint = authentication.fingerprint().unwrap_or_default().to_owned();
+        let www_authenticate = self.engine.authentication_challenge(&authentication).unwrap_or_default();
         let response = match authentication {
             Authentication::Authenticated { auth, .. } => proto::IntrospectResponse {
                 active: true,
                 auth_info: Some(auth_info_to_proto(&auth)),
-                credential_fingerprint: fingerprint,
+                credential_fingerprint,
                 ..Default::default()
             },
             Authentication::Anonymous => proto::IntrospectResponse {
                 reason: "no credential".to_owned(),
-                www_authenticate: self.engine.challenge(crate::model::Scheme::Bearer, None, &[]),
+                www_authenticate,
                 ..Default::default()
             },
-            Authentication::Failed { scheme, error, .. } => proto::IntrospectResponse {
+            Authentication::Failed { error, .. } => proto::IntrospectResponse {
                 reason: error.to_string(),
-                www_authenticate: self.engine.challenge(
-                    scheme.unwrap_or(crate::model::Scheme::Bearer),
-                    Some(("invalid_token", &error.to_string())),
-                    &[],
-                ),
-                credential_fingerprint: fingerprint,
+                www_authenticate,
+                credential_fingerprint,
                 ..Default::default()
             },
         };

@@ -145,3 +145,40 @@ async fn one_authentication_serves_a_batch() {
 fn quoted_strings_escape_quotes_and_drop_controls() {
     assert_eq!(quoted_string("a\"b\\c\nd"), "a\\\"b\\\\cd");
 }
+
+#[tokio::test]
+async fn a_scope_denial_carries_an_insufficient_scope_challenge() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("schema.cedarschema"), include_str!("../../policies/schema.cedarschema"))
+        .unwrap();
+    std::fs::write(
+        dir.path().join("tools.cedar"),
+        r#"@id("tools") permit (principal is User, action == Action::"call", resource is Tool);
+           @id("reports-need-scope") @reason("Requires the reports:read scope") @scopes("reports:read")
+           forbid (principal, action == Action::"call", resource == Tool::"generate_report")
+           unless { context.scopes.contains("reports:read") };"#,
+    )
+    .unwrap();
+    let token = |value: &str, scopes: &str| {
+        format!("    - value: {value}\n      subject: {value}\n      scopes: [{scopes}]\n")
+    };
+    let text = format!(
+        "policies:\n  dir: {}\ncredentials:\n  static_tokens:\n{}{}",
+        dir.path().display(),
+        token("reader", "reports:read"),
+        token("plain", "")
+    );
+    let app = App::build(Config::parse("scopes.yaml", &text).unwrap()).unwrap();
+    let report = tool("generate_report");
+    let allowed = app.engine().check("Bearer reader", &report, &Extra::new()).await.unwrap();
+    assert!(allowed.allowed());
+    let denied = app.engine().check("Bearer plain", &report, &Extra::new()).await.unwrap();
+    assert_eq!(denied.outcome, Outcome::Forbidden);
+    assert_eq!(
+        denied.www_authenticate.as_deref(),
+        Some(
+            "Bearer error=\"insufficient_scope\", error_description=\"Requires the reports:read scope\", \
+             scope=\"reports:read\", realm=\"cedargate\""
+        )
+    );
+}

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Runs the whole test suite: unit tests, scenario tests against real servers and the real
+# binary, and one pass of every benchmark as a smoke test. Installs what it needs first.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/install-test-deps.sh
+cargo test --locked --all-targets "$@"
