@@ -2,12 +2,13 @@
 //! `Check` costs without the network, per credential kind.
 
 // A benchmark harness, not service code: a broken set-up should stop it loudly.
-#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 use std::hint::black_box;
 
 use cedargate::config::Config;
 use cedargate::model::{Extra, RouteRequest, Secret, Target, ToolCall};
+use cedargate::policy::{Query, Resource};
 use cedargate::App;
 use criterion::{criterion_group, criterion_main, Criterion};
 
@@ -47,6 +48,36 @@ fn decision_path(c: &mut Criterion) {
         });
     }
     group.finish();
+
+    // The Cedar part alone: request building plus evaluation of the seven demo policies.
+    let user = runtime.block_on(engine.authenticate("Bearer user-token-123"));
+    let cedargate::engine::Authentication::Authenticated { auth, .. } = user else { panic!("demo token") };
+    let resource =
+        Resource::Route { method: "GET", path: "/user/profile", template: "/user/profile", params: &[] };
+    c.bench_function("policy/evaluate_user_profile", |b| {
+        b.iter(|| {
+            engine.policies().evaluate(black_box(&Query {
+                auth: Some(&auth),
+                resource,
+                facts: &facts,
+                now: 0,
+            }))
+        })
+    });
+
+    // The same without the per-identity cache: a fresh identity every time, as a backend
+    // that rebuilt its AuthInfo per request would cause.
+    c.bench_function("policy/evaluate_user_profile_uncached", |b| {
+        b.iter(|| {
+            let fresh = std::sync::Arc::new((*auth).clone());
+            engine.policies().evaluate(black_box(&Query {
+                auth: Some(&fresh),
+                resource,
+                facts: &facts,
+                now: 0,
+            }))
+        })
+    });
 
     c.bench_function("authenticate/static_token", |b| {
         b.iter(|| runtime.block_on(engine.authenticate(black_box("Bearer user-token-123"))))

@@ -4,4 +4,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/install-test-deps.sh
-cargo test --locked --all-targets "$@"
+# One pass of every benchmark, as a smoke test (criterion's test mode), then every test.
+cargo test --locked --benches "$@"
+cargo test --locked --lib --bins --tests "$@"

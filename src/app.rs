@@ -12,6 +12,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
+use tokio_stream::StreamExt;
 
 use crate::api::grpc::{AuthorizerService, SessionsService};
 use crate::api::http::{router, HttpState};
@@ -214,7 +215,17 @@ impl App {
             .add_service(proto::sessions_server::SessionsServer::new(SessionsService::new(Arc::clone(
                 &self.sessions,
             ))))
-            .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), stopped(stop.clone()));
+            .serve_with_incoming_shutdown(
+                // Decisions are small messages on long-lived connections: never let Nagle's
+                // algorithm hold one back waiting for a delayed ACK.
+                TcpListenerStream::new(grpc).map(|stream| {
+                    stream.and_then(|stream| {
+                        stream.set_nodelay(true)?;
+                        Ok(stream)
+                    })
+                }),
+                stopped(stop.clone()),
+            );
         let http_router =
             router(HttpState { sessions: Arc::clone(&self.sessions), ready: Arc::clone(&ready) });
         let http_server = axum::serve(http, http_router.into_make_service_with_connect_info::<SocketAddr>())

@@ -184,7 +184,7 @@ impl Engine {
         target: &PreparedTarget<'_>,
         facts: &Extra,
     ) -> Decision {
-        let decision_id = uuid::Uuid::now_v7().to_string();
+        let decision_id = new_decision_id();
         let fingerprint = authentication.fingerprint().map(str::to_owned);
         let decision = match authentication {
             Authentication::Failed { error, .. } => {
@@ -248,7 +248,7 @@ impl Engine {
             },
             PreparedTarget::Tool { name, server, arguments } => Resource::Tool { name, server, arguments },
         };
-        self.policies.evaluate(&Query { auth: auth.map(Arc::as_ref), resource, facts, now: unix_now() })
+        self.policies.evaluate(&Query { auth, resource, facts, now: unix_now() })
     }
 
     /// The challenge for a caller who is not authenticated: `invalid_token` when a credential
@@ -303,6 +303,15 @@ fn from_verdict(
         errors: verdict.errors,
         credential_fingerprint,
     }
+}
+
+/// A UUIDv7: time-ordered, so decision ids sort like the log. The random part comes from the
+/// thread-local CSPRNG rather than a `getrandom` system call per decision.
+fn new_decision_id() -> String {
+    let millis = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX));
+    uuid::Builder::from_unix_timestamp_millis(millis, &rand::random()).into_uuid().to_string()
 }
 
 /// Escapes `"` and `\` for an RFC 9110 quoted-string, dropping control characters.

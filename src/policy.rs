@@ -9,6 +9,7 @@ mod load;
 mod request;
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -46,8 +47,9 @@ pub enum Resource<'a> {
 /// One question for the policies.
 #[derive(Debug, Clone, Copy)]
 pub struct Query<'a> {
-    /// The identity; `None` for a caller without a credential.
-    pub auth: Option<&'a AuthInfo>,
+    /// The identity; `None` for a caller without a credential. An `Arc` because the Cedar
+    /// view of an identity is built once per `Arc` and cached.
+    pub auth: Option<&'a Arc<AuthInfo>>,
     /// What is asked for.
     pub resource: Resource<'a>,
     /// Caller-supplied request facts.
@@ -87,6 +89,10 @@ pub struct PolicySnapshot {
     action_entities: Entities,
     /// Upper-case names of the actions that apply to `Route`: the HTTP methods policies know.
     route_actions: HashSet<String>,
+    /// Distinguishes snapshots, so prepared principals built for an older one are rebuilt.
+    generation: u64,
+    /// The prepared principal of every caller without a credential.
+    anonymous: Arc<request::Prepared>,
     meta: HashMap<PolicyId, PolicyMeta>,
     /// Short SHA-256 of all sources, to tell which set decided.
     revision: String,
@@ -110,6 +116,9 @@ pub struct PolicyEngine {
     current: ArcSwap<PolicySnapshot>,
     names: request::Names,
     authorizer: Authorizer,
+    principals: request::PrincipalCache,
+    /// Source of snapshot generations.
+    generations: AtomicU64,
 }
 
 impl PolicyEngine {
@@ -120,14 +129,22 @@ impl PolicyEngine {
     pub fn new(sources: &PolicySources) -> Result<Self, PolicyError> {
         let names =
             request::Names::new().map_err(|error| PolicyError::Invalid { diagnostics: vec![error] })?;
-        let snapshot = load::load(sources, &names)?;
-        Ok(Self { current: ArcSwap::from_pointee(snapshot), names, authorizer: Authorizer::new() })
+        let generations = AtomicU64::new(1);
+        let snapshot = load::load(sources, &names, 0)?;
+        Ok(Self {
+            current: ArcSwap::from_pointee(snapshot),
+            names,
+            authorizer: Authorizer::new(),
+            principals: request::PrincipalCache::default(),
+            generations,
+        })
     }
 
     /// Replaces the policy set with `sources` if they load; otherwise keeps the current set
     /// and returns why.
     pub fn reload(&self, sources: &PolicySources) -> Result<Arc<PolicySnapshot>, PolicyError> {
-        let snapshot = Arc::new(load::load(sources, &self.names)?);
+        let generation = self.generations.fetch_add(1, Ordering::Relaxed);
+        let snapshot = Arc::new(load::load(sources, &self.names, generation)?);
         self.current.store(Arc::clone(&snapshot));
         Ok(snapshot)
     }
@@ -141,7 +158,7 @@ impl PolicyEngine {
     /// evaluate is a deny that says why.
     pub fn evaluate(&self, query: &Query<'_>) -> Verdict {
         let snapshot = self.current.load();
-        let (request, entities) = match request::build(&self.names, &snapshot, query) {
+        let (request, entities) = match request::build(&self.names, &snapshot, &self.principals, query) {
             Ok(built) => built,
             Err(error) => {
                 return Verdict {

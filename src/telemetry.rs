@@ -1,6 +1,8 @@
 //! Logging set-up: `tracing` events to stderr through a non-blocking writer, so a slow
 //! terminal or pipe never stalls a decision.
 
+use std::io::IsTerminal;
+
 use tracing_appender::non_blocking::WorkerGuard;
 use tracing_subscriber::EnvFilter;
 
@@ -17,9 +19,14 @@ pub enum LogFormat {
 /// Installs the global subscriber; `RUST_LOG` filters (default `info`). Keep the guard alive
 /// for the life of the process: dropping it flushes and stops the writer.
 pub fn init(format: LogFormat) -> WorkerGuard {
-    let (writer, guard) = tracing_appender::non_blocking(std::io::stderr());
+    // The writer thread drains every queued line, then flushes: buffering turns a burst of
+    // decisions into one write instead of one system call per line.
+    let (writer, guard) = tracing_appender::non_blocking(std::io::BufWriter::new(std::io::stderr()));
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(writer);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),

@@ -50,110 +50,26 @@ async fn the_seed_scenarios_decide_as_the_example_does() {
     use Outcome::{Allowed, Forbidden, Unauthenticated};
     let server = TestServer::demo().await;
     let mut client = server.authorizer().await;
+    #[rustfmt::skip]
     let table = [
-        (
-            "Bearer user-token-123",
-            "GET",
-            "/user/profile",
-            expect(Allowed, 200, "demo-user", "Users may use the user endpoints", ""),
-        ),
-        (
-            "Bearer user-token-123",
-            "GET",
-            "/user/data",
-            expect(Allowed, 200, "demo-user", "Users may use the user endpoints", ""),
-        ),
-        (
-            "Bearer user-token-123",
-            "GET",
-            "/admin/users",
-            expect(Forbidden, 403, "demo-user", "Requires admin role", ""),
-        ),
-        (
-            "Bearer user-token-123",
-            "GET",
-            "/service/metrics",
-            expect(Forbidden, 403, "demo-user", "Requires service role", ""),
-        ),
-        (
-            "Bearer invalid-token",
-            "GET",
-            "/user/profile",
-            expect(Unauthenticated, 401, "", "unknown Bearer credential", INVALID_TOKEN),
-        ),
-        (
-            "Bearer invalid-token",
-            "GET",
-            "/public/info",
-            expect(Unauthenticated, 401, "", "unknown Bearer credential", INVALID_TOKEN),
-        ),
+        ("Bearer user-token-123", "GET", "/user/profile", expect(Allowed, 200, "demo-user", "Users may use the user endpoints", "")),
+        ("Bearer user-token-123", "GET", "/user/data", expect(Allowed, 200, "demo-user", "Users may use the user endpoints", "")),
+        ("Bearer user-token-123", "GET", "/admin/users", expect(Forbidden, 403, "demo-user", "Requires admin role", "")),
+        ("Bearer user-token-123", "GET", "/service/metrics", expect(Forbidden, 403, "demo-user", "Requires service role", "")),
+        ("Bearer invalid-token", "GET", "/user/profile", expect(Unauthenticated, 401, "", "unknown Bearer credential", INVALID_TOKEN)),
+        ("Bearer invalid-token", "GET", "/public/info", expect(Unauthenticated, 401, "", "unknown Bearer credential", INVALID_TOKEN)),
         ("", "GET", "/public/info", expect(Allowed, 200, "", "Public endpoints need no credential", "")),
-        (
-            "",
-            "GET",
-            "/user/profile",
-            expect(Unauthenticated, 401, "", "Requires user role", NO_ERROR_CHALLENGE),
-        ),
-        (
-            "",
-            "GET",
-            "/admin/users",
-            expect(Unauthenticated, 401, "", "Requires admin role", NO_ERROR_CHALLENGE),
-        ),
-        (
-            "ApiKey api-key-789",
-            "GET",
-            "/service/metrics",
-            expect(Allowed, 200, "metrics-service", "Services may use the service endpoints", ""),
-        ),
-        (
-            "ApiKey api-key-789",
-            "GET",
-            "/user/profile",
-            expect(Forbidden, 403, "metrics-service", "Requires user role", ""),
-        ),
-        (
-            "ApiKey api-key-789",
-            "GET",
-            "/admin/users",
-            expect(Forbidden, 403, "metrics-service", "Requires admin role", ""),
-        ),
-        (
-            "Bearer api-key-789",
-            "GET",
-            "/service/metrics",
-            expect(Unauthenticated, 401, "", "unknown Bearer credential", INVALID_TOKEN),
-        ),
-        (
-            "Bearer admin-token-456",
-            "GET",
-            "/user/profile",
-            expect(Allowed, 200, "demo-admin", "Admins may do everything", ""),
-        ),
-        (
-            "Bearer admin-token-456",
-            "GET",
-            "/admin/users",
-            expect(Allowed, 200, "demo-admin", "Admins may do everything", ""),
-        ),
-        (
-            "Bearer admin-token-456",
-            "GET",
-            "/service/metrics",
-            expect(Allowed, 200, "demo-admin", "Admins may do everything", ""),
-        ),
-        (
-            "Bearer admin-token-456",
-            "DELETE",
-            "/admin/users",
-            expect(Allowed, 200, "demo-admin", "Admins may do everything", ""),
-        ),
-        (
-            "Bearer admin-token-456",
-            "GET",
-            "/public/info",
-            expect(Allowed, 200, "demo-admin", "Admins may do everything", ""),
-        ),
+        ("", "GET", "/user/profile", expect(Unauthenticated, 401, "", "Requires user role", NO_ERROR_CHALLENGE)),
+        ("", "GET", "/admin/users", expect(Unauthenticated, 401, "", "Requires admin role", NO_ERROR_CHALLENGE)),
+        ("ApiKey api-key-789", "GET", "/service/metrics", expect(Allowed, 200, "metrics-service", "Services may use the service endpoints", "")),
+        ("ApiKey api-key-789", "GET", "/user/profile", expect(Forbidden, 403, "metrics-service", "Requires user role", "")),
+        ("ApiKey api-key-789", "GET", "/admin/users", expect(Forbidden, 403, "metrics-service", "Requires admin role", "")),
+        ("Bearer api-key-789", "GET", "/service/metrics", expect(Unauthenticated, 401, "", "unknown Bearer credential", INVALID_TOKEN)),
+        ("Bearer admin-token-456", "GET", "/user/profile", expect(Allowed, 200, "demo-admin", "Admins may do everything", "")),
+        ("Bearer admin-token-456", "GET", "/admin/users", expect(Allowed, 200, "demo-admin", "Admins may do everything", "")),
+        ("Bearer admin-token-456", "GET", "/service/metrics", expect(Allowed, 200, "demo-admin", "Admins may do everything", "")),
+        ("Bearer admin-token-456", "DELETE", "/admin/users", expect(Allowed, 200, "demo-admin", "Admins may do everything", "")),
+        ("Bearer admin-token-456", "GET", "/public/info", expect(Allowed, 200, "demo-admin", "Admins may do everything", "")),
     ];
     for (authorization, method, path, expected) in &table {
         let label = format!("{authorization:?} {method} {path}");

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
 
 use cedar_policy::{PolicyId, PolicySet, Schema, ValidationMode, Validator};
 use miette::Diagnostic;
@@ -109,7 +110,11 @@ impl PolicySources {
 }
 
 /// Parses, names, validates and checks `sources`; all problems are reported at once.
-pub(super) fn load(sources: &PolicySources, names: &Names) -> Result<PolicySnapshot, PolicyError> {
+pub(super) fn load(
+    sources: &PolicySources,
+    names: &Names,
+    generation: u64,
+) -> Result<PolicySnapshot, PolicyError> {
     let mut diagnostics = Vec::new();
     let schema = match Schema::from_cedarschema_str(&sources.schema.text) {
         Ok((schema, _warnings)) => Some(schema),
@@ -192,7 +197,17 @@ pub(super) fn load(sources: &PolicySources, names: &Names) -> Result<PolicySnaps
         diagnostics: vec![format!("{}: {error}", sources.schema.name)],
     })?;
     let route_actions = super::request::route_actions(names, &schema);
-    Ok(PolicySnapshot { policies, action_entities, route_actions, meta, revision: sources.revision() })
+    let anonymous = super::request::Prepared::new(names, &action_entities, generation, None)
+        .map_err(|error| PolicyError::Invalid { diagnostics: vec![error] })?;
+    Ok(PolicySnapshot {
+        policies,
+        action_entities,
+        route_actions,
+        generation,
+        anonymous: Arc::new(anonymous),
+        meta,
+        revision: sources.revision(),
+    })
 }
 
 /// `file:line:col` of a policy's first character, or just the file.

@@ -2,10 +2,13 @@
 
 use std::collections::HashSet;
 use std::str::FromStr;
+use std::sync::{Arc, Weak};
 
+use arc_swap::ArcSwap;
 use cedar_policy::{
     Context, Entities, Entity, EntityId, EntityTypeName, EntityUid, Request, RestrictedExpression, Schema,
 };
+use dashmap::DashMap;
 
 use super::{PolicySnapshot, Query, Resource};
 use crate::model::{AuthInfo, CredentialKind, Extra};
@@ -57,24 +60,99 @@ fn tag_value(value: &serde_json::Value) -> RestrictedExpression {
     }
 }
 
-/// The pieces of one Cedar request.
-struct Parts {
-    principal: Entity,
-    action: EntityUid,
-    resource: Entity,
-    facts: Entity,
-    context: Context,
+/// The Cedar side of one identity, built once and reused for as long as the identity and the
+/// policy snapshot live: the principal's entity store and its context.
+#[derive(Debug)]
+pub(super) struct Prepared {
+    /// The snapshot generation this was built for (the schema's actions are in `base`).
+    generation: u64,
+    uid: EntityUid,
+    /// The schema's action entities plus the principal, transitive closure computed.
+    base: Entities,
+    /// The context, for the second (`now`) it was last built for.
+    context: ArcSwap<(i64, Context)>,
 }
 
-fn parts(names: &Names, query: &Query<'_>) -> Result<Parts, String> {
-    let principal = match query.auth {
+impl Prepared {
+    pub(super) fn new(
+        names: &Names,
+        action_entities: &Entities,
+        generation: u64,
+        auth: Option<&AuthInfo>,
+    ) -> Result<Self, String> {
+        let principal = principal_entity(names, auth);
+        let uid = principal.uid();
+        let base =
+            action_entities.clone().add_entities([principal], None).map_err(|error| error.to_string())?;
+        let context = context(names, auth, 0)?;
+        Ok(Self { generation, uid, base, context: ArcSwap::from_pointee((0, context)) })
+    }
+
+    /// The context at `now`; rebuilt at most once per second per identity.
+    fn context_at(&self, names: &Names, auth: Option<&AuthInfo>, now: i64) -> Result<Context, String> {
+        let cached = self.context.load();
+        if cached.0 == now {
+            return Ok(cached.1.clone());
+        }
+        let fresh = context(names, auth, now)?;
+        self.context.store(Arc::new((now, fresh.clone())));
+        Ok(fresh)
+    }
+}
+
+/// Prepared principals by identity.
+///
+/// Keyed by the address of the `Arc<AuthInfo>` a backend handed out. INVARIANT: each entry holds
+/// a `Weak` to that allocation, which keeps the address from being reused while the entry
+/// exists, so an address that matches is the same identity (a backend never mutates an
+/// `AuthInfo` behind an `Arc`).
+#[derive(Debug, Default)]
+pub(super) struct PrincipalCache {
+    entries: DashMap<usize, (Weak<AuthInfo>, Arc<Prepared>)>,
+}
+
+/// Above this many entries, entries of dropped identities are purged before adding; if that
+/// is not enough, the cache starts over.
+const PRINCIPAL_CACHE_MAX: usize = 65_536;
+
+impl PrincipalCache {
+    fn get(
+        &self,
+        names: &Names,
+        snapshot: &PolicySnapshot,
+        auth: &Arc<AuthInfo>,
+    ) -> Result<Arc<Prepared>, String> {
+        let key = Arc::as_ptr(auth).addr();
+        if let Some(entry) = self.entries.get(&key) {
+            if entry.1.generation == snapshot.generation {
+                return Ok(Arc::clone(&entry.1));
+            }
+        }
+        let prepared =
+            Arc::new(Prepared::new(names, &snapshot.action_entities, snapshot.generation, Some(auth))?);
+        if self.entries.len() >= PRINCIPAL_CACHE_MAX {
+            self.entries.retain(|_, (owner, _)| owner.strong_count() > 0);
+            if self.entries.len() >= PRINCIPAL_CACHE_MAX {
+                self.entries.clear();
+            }
+        }
+        self.entries.insert(key, (Arc::downgrade(auth), Arc::clone(&prepared)));
+        Ok(prepared)
+    }
+}
+
+fn principal_entity(names: &Names, auth: Option<&AuthInfo>) -> Entity {
+    match auth {
         Some(auth) => Entity::new_no_attrs(
             names.uid(&names.user, &auth.subject),
             auth.roles.iter().map(|role| names.uid(&names.role, role)).collect(),
         ),
         None => Entity::new_no_attrs(names.uid(&names.anonymous, "anonymous"), HashSet::new()),
-    };
-    let (action, resource) = match query.resource {
+    }
+}
+
+fn resource_entity(names: &Names, resource: Resource<'_>) -> Result<(EntityUid, Entity), String> {
+    let (action, entity) = match resource {
         Resource::Route { method, path, template, params } => (
             names.uid(&names.action, method),
             Entity::new_with_tags(
@@ -94,24 +172,32 @@ fn parts(names: &Names, query: &Query<'_>) -> Result<Parts, String> {
             ),
         ),
     };
-    let resource = resource.map_err(|error| error.to_string())?;
-    let facts_uid = names.uid(&names.facts, "request");
-    let facts = Entity::new_with_tags(
-        facts_uid.clone(),
-        [],
-        [],
-        query.facts.iter().map(|(key, value)| (key.clone(), tag_value(value))),
-    )
-    .map_err(|error| error.to_string())?;
-    let context = Context::from_pairs(context_pairs(query.auth, facts_uid, query.now))
-        .map_err(|error| error.to_string())?;
-    Ok(Parts { principal, action, resource, facts, context })
+    Ok((action, entity.map_err(|error| error.to_string())?))
 }
+
+fn facts_entity(names: &Names, facts: &Extra) -> Result<Entity, String> {
+    Entity::new_with_tags(
+        names.uid(&names.facts, FACTS_ID),
+        [],
+        [],
+        facts.iter().map(|(key, value)| (key.clone(), tag_value(value))),
+    )
+    .map_err(|error| error.to_string())
+}
+
+fn context(names: &Names, auth: Option<&AuthInfo>, now: i64) -> Result<Context, String> {
+    Context::from_pairs(context_pairs(auth, names.uid(&names.facts, FACTS_ID), now))
+        .map_err(|error| error.to_string())
+}
+
+/// The id of the one `Facts` entity of a request.
+const FACTS_ID: &str = "request";
 
 /// Builds the request and the entity store for `query`.
 pub(super) fn build(
     names: &Names,
     snapshot: &PolicySnapshot,
+    cache: &PrincipalCache,
     query: &Query<'_>,
 ) -> Result<(Request, Entities), String> {
     if let Resource::Route { method, .. } = query.resource {
@@ -119,13 +205,20 @@ pub(super) fn build(
             return Err(format!("method `{method}` is not an action of the schema that applies to `Route`"));
         }
     }
-    let Parts { principal, action, resource, facts, context } = parts(names, query)?;
-    let request = Request::new(principal.uid(), action, resource.uid(), context, None)
-        .map_err(|error| error.to_string())?;
-    let entities = snapshot
-        .action_entities
-        .clone()
-        .add_entities([principal, resource, facts], None)
+    let prepared = match query.auth {
+        Some(auth) => cache.get(names, snapshot, auth)?,
+        None => Arc::clone(&snapshot.anonymous),
+    };
+    let context = prepared.context_at(names, query.auth.map(Arc::as_ref), query.now)?;
+    let (action, resource) = resource_entity(names, query.resource)?;
+    let resource_uid = resource.uid();
+    let mut added = vec![resource];
+    // No facts, no entity: `context.facts.hasTag(..)` is then false, as it should be.
+    if !query.facts.is_empty() {
+        added.push(facts_entity(names, query.facts)?);
+    }
+    let entities = prepared.base.clone().add_entities(added, None).map_err(|error| error.to_string())?;
+    let request = Request::new(prepared.uid.clone(), action, resource_uid, context, None)
         .map_err(|error| error.to_string())?;
     Ok((request, entities))
 }
@@ -188,12 +281,18 @@ pub(super) fn check_schema(names: &Names, schema: &Schema) -> Result<(), String>
     }
     for resource in resources {
         for principal in [Some(&auth), None] {
-            let query = Query { auth: principal, resource, facts: &facts, now: 0 };
-            let Parts { principal, action, resource, facts, context } = parts(names, &query)?;
+            let principal_entity = principal_entity(names, principal);
+            let (action, resource) = resource_entity(names, resource)?;
             let shape = format!("{action} on {}", resource.uid());
-            Request::new(principal.uid(), action, resource.uid(), context, Some(schema))
-                .map_err(|error| format!("{shape}: {error}"))?;
-            Entities::from_entities([principal, resource, facts], Some(schema))
+            Request::new(
+                principal_entity.uid(),
+                action,
+                resource.uid(),
+                context(names, principal, 0)?,
+                Some(schema),
+            )
+            .map_err(|error| format!("{shape}: {error}"))?;
+            Entities::from_entities([principal_entity, resource, facts_entity(names, &facts)?], Some(schema))
                 .map_err(|error| format!("{shape}: {error}"))?;
         }
     }
