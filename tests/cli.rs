@@ -122,6 +122,28 @@ fn a_bad_config_fails_with_file_line_and_field() {
     assert!(stderr.contains("acess_ttl"), "{stderr}");
 }
 
+#[test]
+fn an_invalid_policy_stops_the_binary_with_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("schema.cedarschema"), include_str!("../policies/schema.cedarschema"))
+        .unwrap();
+    std::fs::write(
+        dir.path().join("bad.cedar"),
+        "permit (principal, action, resource)
+when { context.nope };
+",
+    )
+    .unwrap();
+    let config = dir.path().join("cedargate.yaml");
+    std::fs::write(&config, "listen:\n  grpc: 127.0.0.1:0\n  http: 127.0.0.1:0\npolicies:\n  dir: .\n")
+        .unwrap();
+    let output = cedargate(&["--config", config.to_str().unwrap()], None);
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("bad.cedar:2:"), "{stderr}");
+    assert!(stderr.contains("nope"), "{stderr}");
+}
+
 /// A `cedargate serve` process; killed if the test fails midway.
 struct Served {
     child: Child,
