@@ -4,7 +4,11 @@
 use std::path::PathBuf;
 
 fn main() -> anyhow::Result<()> {
-    let protos = ["proto/cedargate/v1/authorizer.proto", "proto/cedargate/v1/sessions.proto"];
+    let protos = [
+        "proto/cedargate/v1/authorizer.proto",
+        "proto/cedargate/v1/sessions.proto",
+        "proto/cedargate/v1/admin.proto",
+    ];
     println!("cargo:rerun-if-changed=proto");
 
     let descriptors = protox::compile(protos, ["proto"])?;

@@ -14,13 +14,15 @@ use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_stream::StreamExt;
 
-use crate::api::grpc::{AuthorizerService, SessionsService};
+use crate::api::grpc::{AdminService, AuthorizerService, SessionsService};
 use crate::api::http::{router, HttpState};
 use crate::api::proto;
 use crate::config::{Config, ConfigError, KnownCredential};
-use crate::credential::{CredentialChain, DigestTable};
+use crate::credential::{
+    CacheSettings, CachedResolver, ClaimMapping, CredentialChain, DigestTable, IssuerSettings, JwtResolver,
+};
 use crate::engine::{Engine, EngineSettings};
-use crate::model::{AuthInfo, CredentialKind, Scheme};
+use crate::model::{AuthInfo, CredentialKind, Scheme, SecretDigest};
 use crate::policy::{PolicyEngine, PolicyError, PolicySources};
 use crate::route::RouteTable;
 use crate::session::{
@@ -63,6 +65,10 @@ pub struct App {
     engine: Arc<Engine>,
     sessions: Arc<SessionManager>,
     limiter: Arc<MemoryRateLimiter>,
+    /// The JWT backend, when issuers are configured (its keys are refreshed in the background).
+    jwt: Option<Arc<JwtResolver>>,
+    /// The caches in front of remote or expensive backends, for eviction.
+    token_caches: Vec<Arc<CachedResolver>>,
 }
 
 impl App {
@@ -118,9 +124,23 @@ impl App {
         let mut chain = CredentialChain::default();
         let static_tokens = table("static", CredentialKind::Static, &config.credentials.static_tokens)?;
         let api_keys = table("api_key", CredentialKind::ApiKey, &config.credentials.api_keys)?;
+        // Order: cheap exact lookups first, then the session store, then JWTs, each saying
+        // "not mine" for what it does not know.
         chain.push(Scheme::Bearer, Arc::new(static_tokens));
         chain.push(Scheme::Bearer, Arc::clone(&sessions) as _);
         chain.push(Scheme::ApiKey, Arc::new(api_keys));
+        let cache_settings = CacheSettings {
+            max_ttl: config.credentials.token_cache.max_ttl.0,
+            negative_ttl: config.credentials.token_cache.negative_ttl.0,
+            max_entries: config.credentials.token_cache.max_entries,
+        };
+        let jwt = jwt_resolver(&config)?;
+        let mut token_caches = Vec::new();
+        if let Some(jwt) = &jwt {
+            let cached = Arc::new(CachedResolver::new(Arc::clone(jwt) as _, cache_settings));
+            chain.push(Scheme::Bearer, Arc::clone(&cached) as _);
+            token_caches.push(cached);
+        }
 
         let settings = EngineSettings {
             realm: config.realm.clone(),
@@ -134,7 +154,7 @@ impl App {
             source = %policy_dir.as_ref().map_or_else(|| "<embedded demo>".to_owned(), |dir| dir.display().to_string()),
             "policies loaded"
         );
-        Ok(Self { config, policy_dir, engine, sessions, limiter })
+        Ok(Self { config, policy_dir, engine, sessions, limiter, jwt, token_caches })
     }
 
     /// The decision pipeline (also what the CLI's `check` uses).
@@ -215,6 +235,10 @@ impl App {
             .add_service(proto::sessions_server::SessionsServer::new(SessionsService::new(Arc::clone(
                 &self.sessions,
             ))))
+            .add_service(proto::admin_server::AdminServer::new(AdminService::new(
+                self.config.admin.token_sha256.map(|digest| digest.0),
+                self.token_caches.clone(),
+            )))
             .serve_with_incoming_shutdown(
                 // Decisions are small messages on long-lived connections: never let Nagle's
                 // algorithm hold one back waiting for a delayed ACK.
@@ -233,6 +257,17 @@ impl App {
 
         let purge =
             tokio::spawn(purge_task(Arc::clone(&self.sessions), Arc::clone(&self.limiter), stop.clone()));
+        let jwks_refresh = self.jwt.as_ref().map(|jwt| {
+            let interval = self
+                .config
+                .credentials
+                .jwt
+                .iter()
+                .map(|issuer| issuer.refresh_interval.0)
+                .min()
+                .unwrap_or(Duration::from_secs(300));
+            tokio::spawn(Arc::clone(jwt).refresh_task(interval, stopped(stop.clone())))
+        });
         ready.store(true, Ordering::Release);
         tracing::info!(grpc = %grpc_address, http = %http_address, "cedargate serving");
 
@@ -262,6 +297,9 @@ impl App {
         };
         let _ = stop_sender.send(true);
         let _ = purge.await;
+        if let Some(refresh) = jwks_refresh {
+            let _ = refresh.await;
+        }
         tracing::info!("cedargate stopped");
         result
     }
@@ -280,6 +318,49 @@ impl App {
             }
         }
     }
+}
+
+/// Forgets a token's cached answer in every backend cache, by the token itself or by its
+/// fingerprint; how many entries went.
+pub fn evict_cached(caches: &[Arc<CachedResolver>], token: Option<&str>, fingerprint: Option<&str>) -> usize {
+    caches
+        .iter()
+        .map(|cache| {
+            let by_token =
+                token.map_or(0, |token| usize::from(cache.evict(&SecretDigest::of(token.as_bytes()))));
+            by_token + fingerprint.map_or(0, |fingerprint| cache.evict_fingerprint(fingerprint))
+        })
+        .sum()
+}
+
+fn jwt_resolver(config: &Config) -> Result<Option<Arc<JwtResolver>>, AppError> {
+    if config.credentials.jwt.is_empty() {
+        return Ok(None);
+    }
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .map_err(|error| AppError::Setup(format!("HTTP client: {error}")))?;
+    let mut issuers = Vec::new();
+    for issuer in &config.credentials.jwt {
+        let claims = ClaimMapping {
+            subject: issuer.claims.subject.clone(),
+            client_id: issuer.claims.client_id.clone(),
+            roles: issuer.claims.roles.clone(),
+            tenant: issuer.claims.tenant.clone(),
+        };
+        issuers.push(IssuerSettings {
+            issuer: issuer.issuer.clone(),
+            audiences: issuer.audiences.clone(),
+            algorithms: issuer.algorithm_list().map_err(AppError::Setup)?,
+            leeway: issuer.leeway.0,
+            strict_rfc9068: issuer.strict_rfc9068,
+            claims,
+            keys: issuer.key_source().map_err(AppError::Setup)?,
+            refetch_interval: issuer.refetch_interval.0,
+        });
+    }
+    Ok(Some(Arc::new(JwtResolver::new(issuers, http))))
 }
 
 fn table(

@@ -74,6 +74,9 @@ pub struct Config {
     /// Login sessions.
     #[serde(default)]
     pub sessions: SessionsConfig,
+    /// The operator API (`cedargate.v1.Admin`).
+    #[serde(default)]
+    pub admin: AdminConfig,
     /// The file this came from (set by the loader), to resolve relative paths and for errors.
     #[serde(skip)]
     pub source: String,
@@ -126,6 +129,76 @@ pub struct CredentialsConfig {
     /// `Authorization: ApiKey <key>` keys; only digests (`sha256`) are accepted.
     #[serde(default)]
     pub api_keys: Vec<KnownCredential>,
+    /// Issuers whose JWT access tokens are verified locally.
+    #[serde(default)]
+    pub jwt: Vec<JwtIssuerConfig>,
+    /// Bounds of the cache of verified (and refused) tokens.
+    #[serde(default)]
+    pub token_cache: TokenCacheConfig,
+}
+
+/// One trusted JWT issuer.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtIssuerConfig {
+    /// The exact `iss` value.
+    pub issuer: String,
+    /// Accepted audiences: the resource identifiers (RFC 8707) of what cedargate protects.
+    pub audiences: Vec<String>,
+    /// Accepted algorithms. Default: RS256, PS256, ES256, ES384, EdDSA. HMAC and `none` are
+    /// refused.
+    pub algorithms: Option<Vec<String>>,
+    /// Where the issuer's keys are published.
+    pub jwks_url: Option<String>,
+    /// The issuer's keys, inline (a JWKS document).
+    pub jwks: Option<serde_json::Value>,
+    /// Clock skew allowed on `exp`/`nbf`. Default 30s.
+    #[serde(default = "default_leeway")]
+    pub leeway: HumanDuration,
+    /// Require RFC 9068 access tokens (`typ: at+jwt`, `sub`, `client_id`, `iat`, `jti`).
+    #[serde(default)]
+    pub strict_rfc9068: bool,
+    /// Which claims carry the subject, client, roles and tenant.
+    #[serde(default)]
+    pub claims: ClaimsConfig,
+    /// Least time between JWKS fetches caused by an unknown `kid`. Default 30s.
+    #[serde(default = "default_refetch_interval")]
+    pub refetch_interval: HumanDuration,
+    /// How often the JWKS is refreshed in the background. Default 5m.
+    #[serde(default = "default_jwks_refresh")]
+    pub refresh_interval: HumanDuration,
+}
+
+/// Claim names (dotted paths for nested claims).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClaimsConfig {
+    /// Default `sub`.
+    #[serde(default = "default_subject_claim")]
+    pub subject: String,
+    /// Default `client_id` (then `azp`).
+    #[serde(default = "default_client_id_claim")]
+    pub client_id: String,
+    /// Default `roles`, e.g. `realm_access.roles`.
+    #[serde(default = "default_roles_claim")]
+    pub roles: String,
+    /// None by default.
+    pub tenant: Option<String>,
+}
+
+/// Bounds of the token cache.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenCacheConfig {
+    /// Longest a valid answer is reused (a revoked token stops working within it). Default 5m.
+    #[serde(default = "default_cache_max_ttl")]
+    pub max_ttl: HumanDuration,
+    /// How long a refusal is reused. Default 10s.
+    #[serde(default = "default_cache_negative_ttl")]
+    pub negative_ttl: HumanDuration,
+    /// Most cached tokens. Default 100000.
+    #[serde(default = "default_cache_max_entries")]
+    pub max_entries: usize,
 }
 
 /// One credential known in advance and the identity it stands for.
@@ -153,6 +226,15 @@ pub struct KnownCredential {
     pub client_id: String,
     /// Expiry, RFC 3339 (`2027-01-01T00:00:00Z`).
     pub expires_at: Option<Timestamp>,
+}
+
+/// The operator API.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// SHA-256 of the bearer token Admin calls must carry (`cedargate hash-key`). Absent: the
+    /// Admin service refuses every call.
+    pub token_sha256: Option<Digest>,
 }
 
 /// Login sessions.
@@ -229,6 +311,33 @@ fn default_http() -> SocketAddr {
 fn default_shutdown_grace() -> HumanDuration {
     HumanDuration(Duration::from_secs(10))
 }
+fn default_leeway() -> HumanDuration {
+    HumanDuration(Duration::from_secs(30))
+}
+fn default_refetch_interval() -> HumanDuration {
+    HumanDuration(Duration::from_secs(30))
+}
+fn default_jwks_refresh() -> HumanDuration {
+    HumanDuration(Duration::from_secs(300))
+}
+fn default_subject_claim() -> String {
+    "sub".to_owned()
+}
+fn default_client_id_claim() -> String {
+    "client_id".to_owned()
+}
+fn default_roles_claim() -> String {
+    "roles".to_owned()
+}
+fn default_cache_max_ttl() -> HumanDuration {
+    HumanDuration(Duration::from_secs(300))
+}
+fn default_cache_negative_ttl() -> HumanDuration {
+    HumanDuration(Duration::from_secs(10))
+}
+fn default_cache_max_entries() -> usize {
+    100_000
+}
 fn default_max_authorization() -> usize {
     8 * 1024
 }
@@ -256,6 +365,25 @@ impl Default for ListenConfig {
 impl Default for LimitsConfig {
     fn default() -> Self {
         Self { max_authorization_bytes: default_max_authorization(), max_batch_targets: default_max_batch() }
+    }
+}
+impl Default for ClaimsConfig {
+    fn default() -> Self {
+        Self {
+            subject: default_subject_claim(),
+            client_id: default_client_id_claim(),
+            roles: default_roles_claim(),
+            tenant: None,
+        }
+    }
+}
+impl Default for TokenCacheConfig {
+    fn default() -> Self {
+        Self {
+            max_ttl: default_cache_max_ttl(),
+            negative_ttl: default_cache_negative_ttl(),
+            max_entries: default_cache_max_entries(),
+        }
     }
 }
 impl Default for SessionsConfig {
@@ -486,6 +614,26 @@ impl Config {
                 check_names(&entry.roles, &format!("{field}.roles"), &needle, &mut report);
             }
         }
+        let mut issuers = std::collections::HashSet::new();
+        for (index, issuer) in self.credentials.jwt.iter().enumerate() {
+            let field = format!("credentials.jwt[{index}]");
+            let needle = format!("issuer: {}", issuer.issuer);
+            if !issuers.insert(issuer.issuer.as_str()) {
+                report(&needle, format!("{field}.issuer"), "the same issuer is configured twice".into());
+            }
+            if issuer.audiences.is_empty() {
+                report(&needle, format!("{field}.audiences"), "name at least one audience".into());
+            }
+            if issuer.jwks_url.is_some() == issuer.jwks.is_some() {
+                report(&needle, field.clone(), "set exactly one of `jwks_url` and `jwks`".into());
+            }
+            if let Err(error) = issuer.key_source() {
+                report(&needle, format!("{field}.jwks"), error);
+            }
+            if let Err(error) = issuer.algorithm_list() {
+                report(&needle, format!("{field}.algorithms"), error);
+            }
+        }
         let mut usernames = std::collections::HashSet::new();
         for (index, user) in self.sessions.users.iter().enumerate() {
             let needle = format!("username: {}", user.username);
@@ -510,6 +658,31 @@ impl Config {
             );
         }
         problems
+    }
+}
+
+impl JwtIssuerConfig {
+    /// The keys' source.
+    ///
+    /// Fails when an inline JWKS is not a JWKS document, or neither source is set.
+    pub fn key_source(&self) -> Result<crate::credential::KeySource, String> {
+        match (&self.jwks_url, &self.jwks) {
+            (Some(url), _) => Ok(crate::credential::KeySource::Url(url.clone())),
+            (None, Some(jwks)) => serde_json::from_value(jwks.clone())
+                .map(crate::credential::KeySource::Inline)
+                .map_err(|error| format!("not a JWKS document: {error}")),
+            (None, None) => Err("no keys configured".to_owned()),
+        }
+    }
+
+    /// The accepted algorithms.
+    ///
+    /// Fails on an unknown or symmetric algorithm name.
+    pub fn algorithm_list(&self) -> Result<Vec<jsonwebtoken::Algorithm>, String> {
+        match &self.algorithms {
+            None => Ok(crate::credential::DEFAULT_ALGORITHMS.to_vec()),
+            Some(names) => names.iter().map(|name| crate::credential::parse_algorithm(name)).collect(),
+        }
     }
 }
 

@@ -1,7 +1,10 @@
 //! Credential resolution: parsing the `Authorization` value, the [`CredentialResolver`] trait
 //! every backend implements, and the [`CredentialChain`] that routes a credential to them.
 
+mod cache;
+mod claims;
 mod header;
+mod jwt;
 mod table;
 
 use std::fmt::Debug;
@@ -11,7 +14,10 @@ use async_trait::async_trait;
 
 use crate::model::{AuthInfo, Credential, Scheme};
 
+pub use cache::{CacheSettings, CachedResolver};
+pub use claims::ClaimMapping;
 pub use header::parse_authorization;
+pub use jwt::{parse_algorithm, IssuerSettings, JwtResolver, KeySource, DEFAULT_ALGORITHMS};
 pub use table::DigestTable;
 
 /// Why a credential does not yield an identity. Messages never contain the credential.

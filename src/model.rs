@@ -133,6 +133,10 @@ pub enum CredentialKind {
     ApiKey,
     /// A login session token.
     Session,
+    /// A JWT verified locally against its issuer's keys.
+    Jwt,
+    /// An opaque token resolved by OAuth token introspection (RFC 7662).
+    Introspection,
 }
 
 impl CredentialKind {
@@ -143,6 +147,8 @@ impl CredentialKind {
             CredentialKind::Static => "static",
             CredentialKind::ApiKey => "api_key",
             CredentialKind::Session => "session",
+            CredentialKind::Jwt => "jwt",
+            CredentialKind::Introspection => "introspection",
         }
     }
 }

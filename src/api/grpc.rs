@@ -240,3 +240,57 @@ impl proto::sessions_server::Sessions for SessionsService {
         Ok(Response::new(proto::LogoutResponse { revoked }))
     }
 }
+
+/// `cedargate.v1.Admin`.
+#[derive(Debug, Clone)]
+pub struct AdminService {
+    token: Option<crate::model::SecretDigest>,
+    caches: Vec<Arc<crate::credential::CachedResolver>>,
+}
+
+impl AdminService {
+    /// Serves operator calls authenticated by the bearer token whose digest is `token`.
+    pub fn new(
+        token: Option<crate::model::SecretDigest>,
+        caches: Vec<Arc<crate::credential::CachedResolver>>,
+    ) -> Self {
+        Self { token, caches }
+    }
+
+    fn authorize<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        let Some(expected) = self.token else {
+            return Err(Status::failed_precondition("the admin API is off: set admin.token_sha256"));
+        };
+        let presented = request
+            .metadata()
+            .get("authorization")
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| crate::credential::parse_authorization(value, 1024).ok().flatten())
+            .filter(|credential| credential.scheme == crate::model::Scheme::Bearer);
+        match presented {
+            Some(credential) if credential.digest.ct_eq(&expected) => Ok(()),
+            _ => Err(Status::unauthenticated("admin calls need the admin bearer token")),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl proto::admin_server::Admin for AdminService {
+    async fn evict_token(
+        &self,
+        request: Request<proto::EvictTokenRequest>,
+    ) -> Result<Response<proto::EvictTokenResponse>, Status> {
+        self.authorize(&request)?;
+        let evicted = match request.into_inner().selector {
+            Some(proto::evict_token_request::Selector::Token(token)) => {
+                crate::app::evict_cached(&self.caches, Some(&token), None)
+            }
+            Some(proto::evict_token_request::Selector::Fingerprint(fingerprint)) => {
+                crate::app::evict_cached(&self.caches, None, Some(&fingerprint))
+            }
+            None => return Err(Status::invalid_argument("set `token` or `fingerprint`")),
+        };
+        tracing::info!(evicted, "token cache eviction");
+        Ok(Response::new(proto::EvictTokenResponse { evicted: u32::try_from(evicted).unwrap_or(u32::MAX) }))
+    }
+}

@@ -1,0 +1,352 @@
+//! Local JWT validation (RFC 7519, RFC 8725, RFC 9068): a token goes to the issuer named in
+//! its `iss`, is verified with that issuer's keys (JWKS inline or by URL), and its claims become
+//! an AuthInfo. A token never chooses its own key: `jku`, `x5u`, `x5c` and embedded `jwk`
+//! headers are ignored, and only asymmetric algorithms the issuer allows are accepted.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::jwk::{AlgorithmParameters, JwkSet, KeyAlgorithm, PublicKeyUse};
+use jsonwebtoken::{Algorithm, DecodingKey, Header, Validation};
+use serde_json::{Map, Value};
+
+use super::{ClaimMapping, CredentialError, CredentialResolver, Resolution};
+use crate::model::{Credential, CredentialKind};
+use crate::route::quote;
+
+/// The algorithms an issuer may use when its config names none.
+pub const DEFAULT_ALGORITHMS: [Algorithm; 5] =
+    [Algorithm::RS256, Algorithm::PS256, Algorithm::ES256, Algorithm::ES384, Algorithm::EdDSA];
+
+/// Where an issuer's keys come from.
+#[derive(Debug, Clone)]
+pub enum KeySource {
+    /// A JWKS given in the config.
+    Inline(JwkSet),
+    /// A JWKS fetched over HTTP(S), refreshed in the background and on an unknown `kid`.
+    Url(String),
+}
+
+/// One trusted issuer.
+#[derive(Debug, Clone)]
+pub struct IssuerSettings {
+    /// The exact `iss`.
+    pub issuer: String,
+    /// Accepted audiences (RFC 8707 resource identifiers); at least one must be in `aud`.
+    pub audiences: Vec<String>,
+    /// Accepted algorithms; never `none` or HMAC.
+    pub algorithms: Vec<Algorithm>,
+    /// Clock skew allowed on `exp` and `nbf`.
+    pub leeway: Duration,
+    /// RFC 9068: require `typ: at+jwt` and the claims `sub`, `iat`, `jti`, `client_id`.
+    pub strict_rfc9068: bool,
+    /// Claim mapping.
+    pub claims: ClaimMapping,
+    /// Keys.
+    pub keys: KeySource,
+    /// Least time between two fetches caused by unknown `kid`s.
+    pub refetch_interval: Duration,
+}
+
+/// A verification key and what it may verify.
+#[derive(Clone)]
+struct VerifyingKey {
+    kid: Option<String>,
+    algorithm: Option<Algorithm>,
+    family: Family,
+    key: DecodingKey,
+}
+
+impl std::fmt::Debug for VerifyingKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VerifyingKey").field("kid", &self.kid).field("family", &self.family).finish()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Family {
+    Rsa,
+    Ec,
+    Okp,
+}
+
+fn family_of(algorithm: Algorithm) -> Option<Family> {
+    match algorithm {
+        Algorithm::RS256
+        | Algorithm::RS384
+        | Algorithm::RS512
+        | Algorithm::PS256
+        | Algorithm::PS384
+        | Algorithm::PS512 => Some(Family::Rsa),
+        Algorithm::ES256 | Algorithm::ES384 => Some(Family::Ec),
+        Algorithm::EdDSA => Some(Family::Okp),
+        // HMAC, and whatever a future version adds, is never accepted.
+        _ => None,
+    }
+}
+
+/// Parses a configured algorithm name, refusing `none` and HMAC.
+///
+/// Fails on unknown, symmetric or `none` algorithms.
+pub fn parse_algorithm(name: &str) -> Result<Algorithm, String> {
+    let algorithm: Algorithm = name.parse().map_err(|_| format!("`{name}` is not a JWS algorithm"))?;
+    family_of(algorithm)
+        .map(|_| algorithm)
+        .ok_or_else(|| format!("`{name}` is symmetric; only asymmetric algorithms are accepted"))
+}
+
+/// Keys by `kid`, plus all of them for tokens without one.
+#[derive(Debug, Default)]
+struct KeySet {
+    keys: Vec<VerifyingKey>,
+}
+
+impl KeySet {
+    /// The usable signature keys of a JWKS: symmetric (`oct`) keys, encryption keys and keys
+    /// that do not parse are left out.
+    fn from_jwks(jwks: &JwkSet) -> Self {
+        let keys = jwks
+            .keys
+            .iter()
+            .filter(|jwk| !matches!(jwk.common.public_key_use, Some(PublicKeyUse::Encryption)))
+            .filter_map(|jwk| {
+                let family = match &jwk.algorithm {
+                    AlgorithmParameters::RSA(_) => Family::Rsa,
+                    AlgorithmParameters::EllipticCurve(_) => Family::Ec,
+                    AlgorithmParameters::OctetKeyPair(_) => Family::Okp,
+                    // Symmetric (`oct`) and unknown key types are never used.
+                    _ => return None,
+                };
+                let algorithm = jwk.common.key_algorithm.and_then(|algorithm| match algorithm {
+                    KeyAlgorithm::RS256 => Some(Algorithm::RS256),
+                    KeyAlgorithm::RS384 => Some(Algorithm::RS384),
+                    KeyAlgorithm::RS512 => Some(Algorithm::RS512),
+                    KeyAlgorithm::PS256 => Some(Algorithm::PS256),
+                    KeyAlgorithm::PS384 => Some(Algorithm::PS384),
+                    KeyAlgorithm::PS512 => Some(Algorithm::PS512),
+                    KeyAlgorithm::ES256 => Some(Algorithm::ES256),
+                    KeyAlgorithm::ES384 => Some(Algorithm::ES384),
+                    KeyAlgorithm::EdDSA => Some(Algorithm::EdDSA),
+                    _ => None,
+                });
+                let key = DecodingKey::from_jwk(jwk).ok()?;
+                Some(VerifyingKey { kid: jwk.common.key_id.clone(), algorithm, family, key })
+            })
+            .collect();
+        Self { keys }
+    }
+
+    fn find(&self, kid: Option<&str>) -> Option<&VerifyingKey> {
+        match kid {
+            Some(kid) => self.keys.iter().find(|key| key.kid.as_deref() == Some(kid)),
+            None if self.keys.len() == 1 => self.keys.first(),
+            None => None,
+        }
+    }
+}
+
+/// One issuer's settings and current keys.
+#[derive(Debug)]
+struct Issuer {
+    settings: IssuerSettings,
+    keys: ArcSwap<KeySet>,
+    /// When keys were last fetched because of an unknown `kid`. An async lock, taken only on
+    /// that rare path, so concurrent tokens with a new `kid` wait for one fetch.
+    last_refetch: tokio::sync::Mutex<Option<Instant>>,
+}
+
+/// Verifies JWTs from the configured issuers.
+#[derive(Debug)]
+pub struct JwtResolver {
+    issuers: HashMap<String, Arc<Issuer>>,
+    http: reqwest::Client,
+}
+
+/// Whether a token is shaped like a JWS compact serialization with a JSON header.
+fn looks_like_jwt(token: &str) -> bool {
+    token.starts_with("eyJ") && token.bytes().filter(|byte| *byte == b'.').count() == 2
+}
+
+fn invalid(reason: impl Into<String>) -> CredentialError {
+    CredentialError::Invalid(reason.into())
+}
+
+impl JwtResolver {
+    /// Builds the resolver; keys behind URLs are fetched by [`JwtResolver::refresh`].
+    pub fn new(issuers: Vec<IssuerSettings>, http: reqwest::Client) -> Self {
+        let issuers = issuers
+            .into_iter()
+            .map(|settings| {
+                let keys = match &settings.keys {
+                    KeySource::Inline(jwks) => KeySet::from_jwks(jwks),
+                    KeySource::Url(_) => KeySet::default(),
+                };
+                let issuer = Issuer {
+                    settings,
+                    keys: ArcSwap::from_pointee(keys),
+                    last_refetch: tokio::sync::Mutex::new(None),
+                };
+                (issuer.settings.issuer.clone(), Arc::new(issuer))
+            })
+            .collect();
+        Self { issuers, http }
+    }
+
+    /// Fetches every issuer's JWKS from its URL; an issuer whose fetch fails keeps its keys.
+    pub async fn refresh(&self) {
+        for issuer in self.issuers.values() {
+            if let Err(error) = self.fetch(issuer).await {
+                tracing::warn!(issuer = %issuer.settings.issuer, "JWKS refresh failed, keeping the current keys: {error}");
+            }
+        }
+    }
+
+    /// Refreshes keys every `interval` until `stop` completes.
+    pub async fn refresh_task(
+        self: Arc<Self>,
+        interval: Duration,
+        stop: impl std::future::Future<Output = ()>,
+    ) {
+        tokio::pin!(stop);
+        loop {
+            self.refresh().await;
+            tokio::select! {
+                () = &mut stop => return,
+                () = tokio::time::sleep(interval) => {}
+            }
+        }
+    }
+
+    async fn fetch(&self, issuer: &Issuer) -> Result<(), String> {
+        let KeySource::Url(url) = &issuer.settings.keys else { return Ok(()) };
+        let response = self
+            .http
+            .get(url)
+            .send()
+            .await
+            .map_err(|error| format!("GET {url}: {error}"))?
+            .error_for_status()
+            .map_err(|error| format!("GET {url}: {error}"))?;
+        let jwks: JwkSet = response.json().await.map_err(|error| format!("JWKS at {url}: {error}"))?;
+        let keys = KeySet::from_jwks(&jwks);
+        tracing::info!(issuer = %issuer.settings.issuer, keys = keys.keys.len(), "JWKS loaded");
+        issuer.keys.store(Arc::new(keys));
+        Ok(())
+    }
+
+    /// The key for `header`, fetching the JWKS once more (rate-limited) for an unknown `kid`.
+    async fn key_for(&self, issuer: &Issuer, header: &Header) -> Result<VerifyingKey, CredentialError> {
+        if let Some(key) = issuer.keys.load().find(header.kid.as_deref()) {
+            return Ok(key.clone());
+        }
+        if matches!(issuer.settings.keys, KeySource::Url(_)) && header.kid.is_some() {
+            let mut last = issuer.last_refetch.lock().await;
+            // Another caller may have fetched while this one waited.
+            if let Some(key) = issuer.keys.load().find(header.kid.as_deref()) {
+                return Ok(key.clone());
+            }
+            if last.is_none_or(|at| at.elapsed() >= issuer.settings.refetch_interval) {
+                *last = Some(Instant::now());
+                if let Err(error) = self.fetch(issuer).await {
+                    tracing::warn!(issuer = %issuer.settings.issuer, "JWKS fetch for an unknown kid failed: {error}");
+                }
+                if let Some(key) = issuer.keys.load().find(header.kid.as_deref()) {
+                    return Ok(key.clone());
+                }
+            }
+        }
+        Err(match &header.kid {
+            Some(kid) => invalid(format!("JWT is signed with an unknown key `{}`", quote(kid))),
+            None => invalid("JWT has no `kid` and the issuer has several keys"),
+        })
+    }
+
+    async fn verify(
+        &self,
+        issuer: &Issuer,
+        token: &str,
+        header: Header,
+    ) -> Result<Resolution, CredentialError> {
+        let settings = &issuer.settings;
+        if !settings.algorithms.contains(&header.alg) {
+            return Err(invalid(format!("JWT algorithm `{:?}` is not allowed for this issuer", header.alg)));
+        }
+        if settings.strict_rfc9068
+            && !header.typ.as_deref().is_some_and(|typ| {
+                typ.eq_ignore_ascii_case("at+jwt") || typ.eq_ignore_ascii_case("application/at+jwt")
+            })
+        {
+            return Err(invalid("JWT is not an access token (`typ` must be `at+jwt`)"));
+        }
+        let key = self.key_for(issuer, &header).await?;
+        // INVARIANT: the key decides the algorithm family, not the token: an RSA key never
+        // verifies an HMAC or ECDSA signature, and a key pinned to one algorithm verifies only it.
+        if family_of(header.alg) != Some(key.family)
+            || key.algorithm.is_some_and(|pinned| pinned != header.alg)
+        {
+            return Err(invalid("JWT algorithm does not match its key"));
+        }
+        let mut validation = Validation::new(header.alg);
+        validation.set_issuer(&[&settings.issuer]);
+        validation.set_audience(&settings.audiences);
+        validation.leeway = settings.leeway.as_secs();
+        validation.validate_nbf = true;
+        validation.set_required_spec_claims(&["exp", "iss", "aud"]);
+        let data =
+            jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, &validation).map_err(|error| {
+                match error.kind() {
+                    ErrorKind::ExpiredSignature => CredentialError::Expired,
+                    ErrorKind::ImmatureSignature => invalid("JWT is not valid yet (`nbf`)"),
+                    ErrorKind::InvalidAudience => invalid("JWT audience is not this resource"),
+                    ErrorKind::InvalidIssuer => invalid("JWT issuer does not match"),
+                    ErrorKind::InvalidSignature => invalid("JWT signature does not verify"),
+                    ErrorKind::MissingRequiredClaim(claim) => {
+                        invalid(format!("JWT lacks the `{claim}` claim"))
+                    }
+                    ErrorKind::InvalidAlgorithm => invalid("JWT algorithm does not match its key"),
+                    _ => invalid("JWT is malformed"),
+                }
+            })?;
+        if settings.strict_rfc9068 {
+            // RFC 9068 §2.2; the library checks only the claims it validates itself.
+            if let Some(missing) =
+                ["sub", "client_id", "iat", "jti"].into_iter().find(|claim| !data.claims.contains_key(*claim))
+            {
+                return Err(invalid(format!("JWT lacks the `{missing}` claim")));
+            }
+        }
+        let auth = settings.claims.auth_info(CredentialKind::Jwt, &data.claims)?;
+        Ok(Resolution::Resolved(Arc::new(auth)))
+    }
+}
+
+#[async_trait]
+impl CredentialResolver for JwtResolver {
+    fn name(&self) -> &str {
+        "jwt"
+    }
+
+    async fn resolve(&self, credential: &Credential) -> Result<Resolution, CredentialError> {
+        let token = credential.secret.expose();
+        if !looks_like_jwt(token) {
+            return Ok(Resolution::NotMine);
+        }
+        let header = jsonwebtoken::decode_header(token).map_err(|_| invalid("JWT header is malformed"))?;
+        // Only to route the token to its issuer; nothing here is trusted before verification.
+        let unverified = jsonwebtoken::dangerous::insecure_decode::<Map<String, Value>>(token)
+            .map_err(|_| invalid("JWT payload is malformed"))?;
+        let Some(issuer) =
+            unverified.claims.get("iss").and_then(Value::as_str).and_then(|iss| self.issuers.get(iss))
+        else {
+            return Ok(Resolution::NotMine);
+        };
+        self.verify(issuer, token, header).await
+    }
+}
+
+#[cfg(test)]
+mod tests;

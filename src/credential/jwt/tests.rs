@@ -1,0 +1,298 @@
+use super::*;
+use crate::model::{unix_now, Scheme};
+use jsonwebtoken::jwk::Jwk;
+use jsonwebtoken::{encode, EncodingKey};
+use serde_json::json;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+const ISSUER: &str = "https://issuer.test";
+const AUDIENCE: &str = "https://api.test";
+
+fn pem(name: &str) -> Vec<u8> {
+    std::fs::read(format!("{}/tests/fixtures/keys/{name}.pem", env!("CARGO_MANIFEST_DIR"))).unwrap()
+}
+
+/// A signing key and its public JWK.
+struct Signer {
+    algorithm: Algorithm,
+    kid: &'static str,
+    key: EncodingKey,
+}
+
+impl Signer {
+    fn new(algorithm: Algorithm, kid: &'static str, file: &str) -> Self {
+        let key = match algorithm {
+            Algorithm::RS256 | Algorithm::PS256 => EncodingKey::from_rsa_pem(&pem(file)),
+            Algorithm::ES256 | Algorithm::ES384 => EncodingKey::from_ec_pem(&pem(file)),
+            _ => EncodingKey::from_ed_pem(&pem(file)),
+        }
+        .unwrap();
+        Self { algorithm, kid, key }
+    }
+
+    fn jwk(&self) -> Jwk {
+        let mut jwk = Jwk::from_encoding_key(&self.key, self.algorithm).unwrap();
+        jwk.common.key_id = Some(self.kid.to_owned());
+        jwk
+    }
+
+    fn sign(&self, claims: &Value) -> String {
+        let mut header = Header::new(self.algorithm);
+        header.kid = Some(self.kid.to_owned());
+        encode(&header, claims, &self.key).unwrap()
+    }
+}
+
+fn claims() -> Value {
+    json!({
+        "iss": ISSUER, "aud": AUDIENCE, "sub": "alice", "client_id": "app",
+        "scope": "read write", "roles": ["user"], "exp": unix_now() + 600, "iat": unix_now(),
+        "jti": "j1"
+    })
+}
+
+fn settings(keys: KeySource) -> IssuerSettings {
+    IssuerSettings {
+        issuer: ISSUER.into(),
+        audiences: vec![AUDIENCE.into()],
+        algorithms: DEFAULT_ALGORITHMS.to_vec(),
+        leeway: Duration::from_secs(5),
+        strict_rfc9068: false,
+        claims: ClaimMapping::default(),
+        keys,
+        refetch_interval: Duration::from_secs(60),
+    }
+}
+
+fn resolver_for(signers: &[&Signer]) -> JwtResolver {
+    let jwks = JwkSet { keys: signers.iter().map(|signer| signer.jwk()).collect() };
+    JwtResolver::new(vec![settings(KeySource::Inline(jwks))], reqwest::Client::new())
+}
+
+async fn resolve(resolver: &JwtResolver, token: &str) -> Result<Resolution, CredentialError> {
+    resolver.resolve(&Credential::new(Scheme::Bearer, token)).await
+}
+
+async fn subject(resolver: &JwtResolver, token: &str) -> Result<String, CredentialError> {
+    match resolve(resolver, token).await? {
+        Resolution::Resolved(auth) => Ok(auth.subject.clone()),
+        Resolution::NotMine => Ok("<not mine>".into()),
+    }
+}
+
+#[tokio::test]
+async fn every_allowed_algorithm_verifies_and_maps_claims() {
+    let signers = [
+        Signer::new(Algorithm::RS256, "rs", "rsa"),
+        Signer::new(Algorithm::PS256, "ps", "rsa-other"),
+        Signer::new(Algorithm::ES256, "es", "ec256"),
+        Signer::new(Algorithm::ES384, "es384", "ec384"),
+        Signer::new(Algorithm::EdDSA, "ed", "ed25519"),
+    ];
+    let resolver = resolver_for(&signers.iter().collect::<Vec<_>>());
+    for signer in &signers {
+        let Resolution::Resolved(auth) = resolve(&resolver, &signer.sign(&claims())).await.unwrap() else {
+            panic!("{:?} not resolved", signer.algorithm)
+        };
+        assert_eq!((auth.subject.as_str(), auth.client_id.as_str()), ("alice", "app"));
+        assert_eq!(auth.scopes, ["read", "write"]);
+        assert_eq!(auth.roles, ["user"]);
+        assert_eq!(auth.kind, CredentialKind::Jwt);
+        assert_eq!((auth.issuer.as_str(), auth.resource.as_str()), (ISSUER, AUDIENCE));
+    }
+}
+
+#[tokio::test]
+async fn tokens_of_others_are_not_mine() {
+    let signer = Signer::new(Algorithm::ES256, "es", "ec256");
+    let resolver = resolver_for(&[&signer]);
+    let mut foreign = claims();
+    foreign["iss"] = json!("https://elsewhere.test");
+    for token in ["user-token-123", "a.b.c", "eyJ.only-two", &signer.sign(&foreign)] {
+        assert!(matches!(resolve(&resolver, token).await, Ok(Resolution::NotMine)), "{token}");
+    }
+}
+
+#[tokio::test]
+async fn rfc_8725_attacks_and_bad_claims_are_refused() {
+    let signer = Signer::new(Algorithm::RS256, "rs", "rsa");
+    let impostor = Signer::new(Algorithm::RS256, "rs", "rsa-other");
+    let resolver = resolver_for(&[&signer]);
+    let with = |change: &dyn Fn(&mut Value)| {
+        let mut claims = claims();
+        change(&mut claims);
+        signer.sign(&claims)
+    };
+    let b64 = |value: &Value| {
+        use base64::Engine as _;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(value.to_string())
+    };
+    let good = signer.sign(&claims());
+    let (head, rest) = good.split_once('.').unwrap();
+    let signature = rest.split_once('.').unwrap().1;
+
+    // alg=none: an unsigned token.
+    let none = format!("{}.{}.", b64(&json!({"alg": "none", "typ": "JWT"})), b64(&claims()));
+    // Algorithm confusion: HS256 keyed with the issuer's public key.
+    let public_pem = {
+        let jwk = signer.jwk();
+        serde_json::to_vec(&jwk).unwrap()
+    };
+    let mut hs_header = Header::new(Algorithm::HS256);
+    hs_header.kid = Some("rs".into());
+    let confused = encode(&hs_header, &claims(), &EncodingKey::from_secret(&public_pem)).unwrap();
+    // A token carrying its own key, signed with the impostor key.
+    let mut embedded = Header::new(Algorithm::RS256);
+    embedded.kid = Some("rs".into());
+    embedded.jwk = Some(impostor.jwk());
+    let self_keyed = encode(&embedded, &claims(), &impostor.key).unwrap();
+    // kid injection.
+    let mut injected = Header::new(Algorithm::RS256);
+    injected.kid = Some("../../../dev/null\"; DROP TABLE keys".into());
+    let injected = encode(&injected, &claims(), &signer.key).unwrap();
+    // Tampered payload, original signature.
+    let mut elevated = claims();
+    elevated["roles"] = json!(["admin"]);
+    let tampered = format!("{head}.{}.{signature}", b64(&elevated));
+
+    let table: Vec<(&str, String, CredentialError)> = vec![
+        ("alg none", none, invalid("JWT header is malformed")),
+        (
+            "HS256 with the public key",
+            confused,
+            invalid("JWT algorithm `HS256` is not allowed for this issuer"),
+        ),
+        ("embedded jwk", self_keyed, invalid("JWT signature does not verify")),
+        ("wrong key, same kid", impostor.sign(&claims()), invalid("JWT signature does not verify")),
+        ("tampered payload", tampered, invalid("JWT signature does not verify")),
+        (
+            "kid injection",
+            injected,
+            invalid("JWT is signed with an unknown key `../../../dev/null\\\"; DROP TABLE keys`"),
+        ),
+        (
+            "other audience",
+            with(&|c| c["aud"] = json!("https://other.test")),
+            invalid("JWT audience is not this resource"),
+        ),
+        ("expired", with(&|c| c["exp"] = json!(unix_now() - 60)), CredentialError::Expired),
+        (
+            "not yet valid",
+            with(&|c| c["nbf"] = json!(unix_now() + 600)),
+            invalid("JWT is not valid yet (`nbf`)"),
+        ),
+        (
+            "no exp",
+            with(&|c| {
+                c.as_object_mut().unwrap().remove("exp");
+            }),
+            invalid("JWT lacks the `exp` claim"),
+        ),
+        (
+            "no aud",
+            with(&|c| {
+                c.as_object_mut().unwrap().remove("aud");
+            }),
+            invalid("JWT lacks the `aud` claim"),
+        ),
+    ];
+    for (label, token, expected) in table {
+        assert_eq!(resolve(&resolver, &token).await.unwrap_err(), expected, "{label}");
+    }
+    assert_eq!(
+        subject(&resolver, &with(&|c| c["exp"] = json!(unix_now() - 2))).await.unwrap(),
+        "alice",
+        "within leeway"
+    );
+}
+
+#[tokio::test]
+async fn a_key_pinned_to_an_algorithm_verifies_only_that_one() {
+    let rs = Signer::new(Algorithm::RS256, "rs", "rsa");
+    let resolver = resolver_for(&[&rs]);
+    let ps = Signer {
+        algorithm: Algorithm::PS256,
+        kid: "rs",
+        key: EncodingKey::from_rsa_pem(&pem("rsa")).unwrap(),
+    };
+    assert_eq!(
+        resolve(&resolver, &ps.sign(&claims())).await.unwrap_err(),
+        invalid("JWT algorithm does not match its key")
+    );
+    let ec = Signer::new(Algorithm::ES256, "rs", "ec256");
+    assert_eq!(
+        resolve(&resolver, &ec.sign(&claims())).await.unwrap_err(),
+        invalid("JWT algorithm does not match its key")
+    );
+}
+
+#[tokio::test]
+async fn strict_rfc_9068_wants_an_access_token() {
+    let signer = Signer::new(Algorithm::ES256, "es", "ec256");
+    let mut strict = settings(KeySource::Inline(JwkSet { keys: vec![signer.jwk()] }));
+    strict.strict_rfc9068 = true;
+    let resolver = JwtResolver::new(vec![strict], reqwest::Client::new());
+    assert_eq!(
+        resolve(&resolver, &signer.sign(&claims())).await.unwrap_err(),
+        invalid("JWT is not an access token (`typ` must be `at+jwt`)")
+    );
+    let mut header = Header::new(Algorithm::ES256);
+    header.kid = Some("es".into());
+    header.typ = Some("at+jwt".into());
+    let access_token = encode(&header, &claims(), &signer.key).unwrap();
+    assert_eq!(subject(&resolver, &access_token).await.unwrap(), "alice");
+    let mut no_jti = claims();
+    no_jti.as_object_mut().unwrap().remove("jti");
+    let token = encode(&header, &no_jti, &signer.key).unwrap();
+    assert_eq!(resolve(&resolver, &token).await.unwrap_err(), invalid("JWT lacks the `jti` claim"));
+}
+
+#[test]
+fn configured_algorithms_must_be_asymmetric() {
+    assert_eq!(parse_algorithm("ES256"), Ok(Algorithm::ES256));
+    assert!(parse_algorithm("HS256").unwrap_err().contains("symmetric"));
+    assert!(parse_algorithm("none").is_err());
+}
+
+#[tokio::test]
+async fn an_unknown_kid_refetches_the_jwks_once_per_interval() {
+    let old = Signer::new(Algorithm::ES256, "old", "ec256");
+    let new = Signer::new(Algorithm::EdDSA, "new", "ed25519");
+    let served = Arc::new(ArcSwap::from_pointee(JwkSet { keys: vec![old.jwk()] }));
+    let fetches = Arc::new(AtomicUsize::new(0));
+    let app = axum::Router::new().route(
+        "/jwks",
+        axum::routing::get({
+            let (served, fetches) = (Arc::clone(&served), Arc::clone(&fetches));
+            move || async move {
+                fetches.fetch_add(1, Ordering::SeqCst);
+                axum::Json(serde_json::to_value(&**served.load()).unwrap())
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/jwks", listener.local_addr().unwrap());
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let resolver = JwtResolver::new(vec![settings(KeySource::Url(url))], reqwest::Client::new());
+    resolver.refresh().await;
+    assert_eq!(subject(&resolver, &old.sign(&claims())).await.unwrap(), "alice");
+    assert_eq!(fetches.load(Ordering::SeqCst), 1);
+
+    // The issuer rotates: the new key's first token triggers one fetch, and works.
+    served.store(Arc::new(JwkSet { keys: vec![new.jwk(), old.jwk()] }));
+    assert_eq!(subject(&resolver, &new.sign(&claims())).await.unwrap(), "alice");
+    assert_eq!(fetches.load(Ordering::SeqCst), 2);
+
+    // Garbage kids do not hammer the issuer: one fetch per interval at most.
+    for round in 0..5 {
+        let bogus = Signer {
+            algorithm: Algorithm::ES256,
+            kid: "bogus",
+            key: EncodingKey::from_ec_pem(&pem("ec256")).unwrap(),
+        };
+        assert!(resolve(&resolver, &bogus.sign(&claims())).await.is_err(), "round {round}");
+    }
+    assert_eq!(fetches.load(Ordering::SeqCst), 2);
+    server.abort();
+}

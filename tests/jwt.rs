@@ -1,0 +1,129 @@
+//! JWT access tokens through the real server: a JWKS served over HTTP, decisions over gRPC,
+//! and the Admin eviction RPC.
+
+// Test code: a failed set-up step should stop the test loudly.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use cedargate::api::proto::admin_client::AdminClient;
+use cedargate::api::proto::{self, Outcome};
+use cedargate::config::Config;
+use cedargate::model::{unix_now, SecretDigest};
+use common::{check, route, TestServer};
+use jsonwebtoken::jwk::{Jwk, JwkSet};
+use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+use serde_json::json;
+
+const ISSUER: &str = "https://issuer.test";
+const AUDIENCE: &str = "https://api.test";
+
+fn signing_key() -> EncodingKey {
+    EncodingKey::from_ec_pem(include_bytes!("fixtures/keys/ec256.pem")).unwrap()
+}
+
+fn token(audience: &str, roles: &[&str]) -> String {
+    let mut header = Header::new(Algorithm::ES256);
+    header.kid = Some("k1".into());
+    let claims = json!({
+        "iss": ISSUER, "aud": audience, "sub": "carol", "client_id": "cli",
+        "scope": "profile:read", "roles": roles, "exp": unix_now() + 600
+    });
+    encode(&header, &claims, &signing_key()).unwrap()
+}
+
+/// Serves the JWKS of the fixture key on 127.0.0.1:0; returns its URL.
+async fn jwks_server() -> String {
+    let mut jwk = Jwk::from_encoding_key(&signing_key(), Algorithm::ES256).unwrap();
+    jwk.common.key_id = Some("k1".into());
+    let body = serde_json::to_value(JwkSet { keys: vec![jwk] }).unwrap();
+    let app = axum::Router::new().route("/jwks", axum::routing::get(move || async move { axum::Json(body) }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/jwks", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    url
+}
+
+async fn server(admin: bool) -> TestServer {
+    let admin = if admin {
+        format!("admin:\n  token_sha256: {}\n", SecretDigest::of(b"admin-secret").to_hex())
+    } else {
+        String::new()
+    };
+    let text = format!(
+        "credentials:\n  jwt:\n    - issuer: {ISSUER}\n      audiences: [{AUDIENCE}]\n      algorithms: [ES256]\n      jwks_url: {}\n{admin}",
+        jwks_server().await
+    );
+    TestServer::start(Config::parse("jwt.yaml", &text).unwrap()).await
+}
+
+#[tokio::test]
+async fn jwt_access_tokens_decide_like_any_credential() {
+    let server = server(false).await;
+    let mut client = server.authorizer().await;
+    let user = format!("Bearer {}", token(AUDIENCE, &["user"]));
+    let allowed = check(&mut client, &user, route("GET", "/user/profile")).await;
+    assert_eq!(allowed.outcome(), Outcome::Allowed, "{allowed:?}");
+    let auth = allowed.auth_info.unwrap();
+    assert_eq!(
+        (auth.subject.as_str(), auth.client_id.as_str(), auth.credential_kind.as_str()),
+        ("carol", "cli", "jwt")
+    );
+    assert_eq!(auth.scopes, ["profile:read"]);
+    assert_eq!(auth.resource, AUDIENCE);
+
+    let forbidden = check(&mut client, &user, route("GET", "/admin/users")).await;
+    assert_eq!((forbidden.outcome(), forbidden.reason.as_str()), (Outcome::Forbidden, "Requires admin role"));
+
+    let elsewhere = format!("Bearer {}", token("https://other.test", &["admin"]));
+    let refused = check(&mut client, &elsewhere, route("GET", "/user/profile")).await;
+    assert_eq!(refused.outcome(), Outcome::Unauthenticated);
+    assert_eq!(refused.reason, "JWT audience is not this resource");
+    assert!(refused.www_authenticate.starts_with("Bearer error=\"invalid_token\""));
+}
+
+#[tokio::test]
+async fn admin_eviction_needs_the_admin_token() {
+    let server = server(true).await;
+    let mut client = server.authorizer().await;
+    let jwt = token(AUDIENCE, &["user"]);
+    let answer = check(&mut client, &format!("Bearer {jwt}"), route("GET", "/user/profile")).await;
+    assert_eq!(answer.outcome(), Outcome::Allowed);
+
+    let mut admin = AdminClient::new(server.channel().await);
+    let by_token = |token: &str| proto::EvictTokenRequest {
+        selector: Some(proto::evict_token_request::Selector::Token(token.into())),
+    };
+    let mut anonymous = tonic::Request::new(by_token(&jwt));
+    assert_eq!(admin.evict_token(anonymous).await.unwrap_err().code(), tonic::Code::Unauthenticated);
+    anonymous = tonic::Request::new(by_token(&jwt));
+    anonymous.metadata_mut().insert("authorization", "Bearer wrong".parse().unwrap());
+    assert_eq!(admin.evict_token(anonymous).await.unwrap_err().code(), tonic::Code::Unauthenticated);
+
+    let authorized = |request: proto::EvictTokenRequest| {
+        let mut request = tonic::Request::new(request);
+        request.metadata_mut().insert("authorization", "Bearer admin-secret".parse().unwrap());
+        request
+    };
+    assert_eq!(admin.evict_token(authorized(by_token(&jwt))).await.unwrap().into_inner().evicted, 1);
+    assert_eq!(admin.evict_token(authorized(by_token(&jwt))).await.unwrap().into_inner().evicted, 0);
+
+    check(&mut client, &format!("Bearer {jwt}"), route("GET", "/user/profile")).await;
+    let by_fingerprint = proto::EvictTokenRequest {
+        selector: Some(proto::evict_token_request::Selector::Fingerprint(
+            answer.credential_fingerprint.clone(),
+        )),
+    };
+    assert_eq!(admin.evict_token(authorized(by_fingerprint)).await.unwrap().into_inner().evicted, 1);
+}
+
+#[tokio::test]
+async fn the_admin_api_is_off_until_configured() {
+    let server = server(false).await;
+    let mut admin = AdminClient::new(server.channel().await);
+    let mut request = tonic::Request::new(proto::EvictTokenRequest {
+        selector: Some(proto::evict_token_request::Selector::Fingerprint("00".into())),
+    });
+    request.metadata_mut().insert("authorization", "Bearer anything".parse().unwrap());
+    assert_eq!(admin.evict_token(request).await.unwrap_err().code(), tonic::Code::FailedPrecondition);
+}
