@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs, idempotently: safe to run on every test run.
-# Today the suite needs only the Rust toolchain with rustfmt and clippy; installed tools that
-# later suites need (Envoy, an OAuth server, ...) go under .tools/, which git ignores.
+# The suite needs the Rust toolchain with rustfmt and clippy, and a real OAuth 2.0 server
+# (oidc-provider, from the npm registry, run by Node.js). Installed tools live under .tools/,
+# which git ignores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,3 +18,16 @@ if command -v rustup >/dev/null 2>&1; then
   done
 fi
 mkdir -p .tools
+
+# The OAuth server: reinstalled only when tests/oauth/package-lock.json changes.
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+  apt-get update -qq && apt-get install -y -qq nodejs npm >/dev/null
+fi
+oauth=.tools/oauth
+if ! cmp -s tests/oauth/package-lock.json "$oauth/package-lock.json" || [ ! -d "$oauth/node_modules/oidc-provider" ]; then
+  rm -rf "$oauth"
+  mkdir -p "$oauth"
+  cp tests/oauth/package.json tests/oauth/package-lock.json "$oauth/"
+  (cd "$oauth" && npm ci --no-audit --no-fund --loglevel=error)
+fi
+cp tests/oauth/provider.mjs "$oauth/provider.mjs"

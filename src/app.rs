@@ -19,7 +19,8 @@ use crate::api::http::{router, HttpState};
 use crate::api::proto;
 use crate::config::{Config, ConfigError, KnownCredential};
 use crate::credential::{
-    CacheSettings, CachedResolver, ClaimMapping, CredentialChain, DigestTable, IssuerSettings, JwtResolver,
+    CacheSettings, CachedResolver, CredentialChain, DigestTable, IntrospectionResolver,
+    IntrospectionSettings, IssuerSettings, JwtResolver,
 };
 use crate::engine::{Engine, EngineSettings};
 use crate::model::{AuthInfo, CredentialKind, Scheme, SecretDigest};
@@ -136,8 +137,24 @@ impl App {
         };
         let jwt = jwt_resolver(&config)?;
         let mut token_caches = Vec::new();
+        let mut remote: Vec<Arc<dyn crate::credential::CredentialResolver>> = Vec::new();
         if let Some(jwt) = &jwt {
-            let cached = Arc::new(CachedResolver::new(Arc::clone(jwt) as _, cache_settings));
+            remote.push(Arc::clone(jwt) as _);
+        }
+        for endpoint in &config.credentials.introspection {
+            let settings = IntrospectionSettings {
+                endpoint: endpoint.endpoint.clone(),
+                auth: endpoint.client_auth().map_err(AppError::Setup)?,
+                token_type_hint: Some(endpoint.token_type_hint.clone()).filter(|hint| !hint.is_empty()),
+                prefixes: endpoint.prefixes.clone(),
+                audiences: endpoint.audiences.clone(),
+                claims: endpoint.claims.mapping(),
+                timeout: endpoint.timeout.0,
+            };
+            remote.push(Arc::new(IntrospectionResolver::new(settings, http_client()?)));
+        }
+        for backend in remote {
+            let cached = Arc::new(CachedResolver::new(backend, cache_settings));
             chain.push(Scheme::Bearer, Arc::clone(&cached) as _);
             token_caches.push(cached);
         }
@@ -333,22 +350,24 @@ pub fn evict_cached(caches: &[Arc<CachedResolver>], token: Option<&str>, fingerp
         .sum()
 }
 
+/// The HTTP client for authorization servers: bounded, and never following a redirect to
+/// somewhere the config did not name.
+fn http_client() -> Result<reqwest::Client, AppError> {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .map_err(|error| AppError::Setup(format!("HTTP client: {error}")))
+}
+
 fn jwt_resolver(config: &Config) -> Result<Option<Arc<JwtResolver>>, AppError> {
     if config.credentials.jwt.is_empty() {
         return Ok(None);
     }
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .build()
-        .map_err(|error| AppError::Setup(format!("HTTP client: {error}")))?;
+    let http = http_client()?;
     let mut issuers = Vec::new();
     for issuer in &config.credentials.jwt {
-        let claims = ClaimMapping {
-            subject: issuer.claims.subject.clone(),
-            client_id: issuer.claims.client_id.clone(),
-            roles: issuer.claims.roles.clone(),
-            tenant: issuer.claims.tenant.clone(),
-        };
+        let claims = issuer.claims.mapping();
         issuers.push(IssuerSettings {
             issuer: issuer.issuer.clone(),
             audiences: issuer.audiences.clone(),

@@ -132,9 +132,61 @@ pub struct CredentialsConfig {
     /// Issuers whose JWT access tokens are verified locally.
     #[serde(default)]
     pub jwt: Vec<JwtIssuerConfig>,
+    /// Introspection endpoints (RFC 7662) for opaque tokens, asked after the JWT issuers.
+    #[serde(default)]
+    pub introspection: Vec<IntrospectionConfig>,
     /// Bounds of the cache of verified (and refused) tokens.
     #[serde(default)]
     pub token_cache: TokenCacheConfig,
+}
+
+/// How cedargate authenticates to an introspection endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientAuthMethod {
+    /// HTTP Basic (the default).
+    #[default]
+    ClientSecretBasic,
+    /// Secret in the form body.
+    ClientSecretPost,
+    /// A JWT assertion signed with `private_key_pem`.
+    PrivateKeyJwt,
+}
+
+/// One introspection endpoint.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IntrospectionConfig {
+    /// The introspection endpoint URL.
+    pub endpoint: String,
+    /// cedargate's client id at the authorization server.
+    pub client_id: String,
+    /// Its secret (`client_secret_basic`, `client_secret_post`), usually `${ENV_VAR}`.
+    pub client_secret: Option<EnvString>,
+    /// Default `client_secret_basic`.
+    #[serde(default)]
+    pub auth_method: ClientAuthMethod,
+    /// PEM private key for `private_key_jwt`, usually `${ENV_VAR}`.
+    pub private_key_pem: Option<EnvString>,
+    /// Its algorithm for `private_key_jwt` (default ES256).
+    pub key_algorithm: Option<String>,
+    /// Its `kid`, if the server needs one.
+    pub key_id: Option<String>,
+    /// Default `access_token`.
+    #[serde(default = "default_token_type_hint")]
+    pub token_type_hint: String,
+    /// Only tokens with one of these prefixes are sent; default: all.
+    #[serde(default)]
+    pub prefixes: Vec<String>,
+    /// When set, an active token's `aud` must name one of these.
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    /// Default 2s.
+    #[serde(default = "default_introspection_timeout")]
+    pub timeout: HumanDuration,
+    /// Claim names.
+    #[serde(default)]
+    pub claims: ClaimsConfig,
 }
 
 /// One trusted JWT issuer.
@@ -310,6 +362,12 @@ fn default_http() -> SocketAddr {
 }
 fn default_shutdown_grace() -> HumanDuration {
     HumanDuration(Duration::from_secs(10))
+}
+fn default_token_type_hint() -> String {
+    "access_token".to_owned()
+}
+fn default_introspection_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(2))
 }
 fn default_leeway() -> HumanDuration {
     HumanDuration(Duration::from_secs(30))
@@ -634,6 +692,13 @@ impl Config {
                 report(&needle, format!("{field}.algorithms"), error);
             }
         }
+        for (index, endpoint) in self.credentials.introspection.iter().enumerate() {
+            let field = format!("credentials.introspection[{index}]");
+            let needle = format!("endpoint: {}", endpoint.endpoint);
+            if let Err(error) = endpoint.client_auth() {
+                report(&needle, field, error);
+            }
+        }
         let mut usernames = std::collections::HashSet::new();
         for (index, user) in self.sessions.users.iter().enumerate() {
             let needle = format!("username: {}", user.username);
@@ -682,6 +747,59 @@ impl JwtIssuerConfig {
         match &self.algorithms {
             None => Ok(crate::credential::DEFAULT_ALGORITHMS.to_vec()),
             Some(names) => names.iter().map(|name| crate::credential::parse_algorithm(name)).collect(),
+        }
+    }
+}
+
+impl ClaimsConfig {
+    /// As the credential module's mapping.
+    pub fn mapping(&self) -> crate::credential::ClaimMapping {
+        crate::credential::ClaimMapping {
+            subject: self.subject.clone(),
+            client_id: self.client_id.clone(),
+            roles: self.roles.clone(),
+            tenant: self.tenant.clone(),
+        }
+    }
+}
+
+impl IntrospectionConfig {
+    /// The client authentication these settings describe.
+    ///
+    /// Fails when the method's secret or key is missing or unusable.
+    pub fn client_auth(&self) -> Result<crate::credential::ClientAuth, String> {
+        use crate::credential::ClientAuth;
+        let client_id = self.client_id.clone();
+        let secret = || {
+            self.client_secret
+                .as_ref()
+                .map(|secret| crate::model::Secret::new(secret.0.clone()))
+                .ok_or_else(|| "`client_secret` is required for this auth_method".to_owned())
+        };
+        match self.auth_method {
+            ClientAuthMethod::ClientSecretBasic => {
+                Ok(ClientAuth::SecretBasic { client_id, secret: secret()? })
+            }
+            ClientAuthMethod::ClientSecretPost => Ok(ClientAuth::SecretPost { client_id, secret: secret()? }),
+            ClientAuthMethod::PrivateKeyJwt => {
+                let pem = self
+                    .private_key_pem
+                    .as_ref()
+                    .ok_or("`private_key_pem` is required for private_key_jwt")?;
+                let algorithm =
+                    crate::credential::parse_algorithm(self.key_algorithm.as_deref().unwrap_or("ES256"))?;
+                let key = match algorithm {
+                    jsonwebtoken::Algorithm::ES256 | jsonwebtoken::Algorithm::ES384 => {
+                        jsonwebtoken::EncodingKey::from_ec_pem(pem.0.as_bytes())
+                    }
+                    jsonwebtoken::Algorithm::EdDSA => {
+                        jsonwebtoken::EncodingKey::from_ed_pem(pem.0.as_bytes())
+                    }
+                    _ => jsonwebtoken::EncodingKey::from_rsa_pem(pem.0.as_bytes()),
+                }
+                .map_err(|error| format!("`private_key_pem` is not a usable key: {error}"))?;
+                Ok(ClientAuth::PrivateKeyJwt { client_id, key, algorithm, kid: self.key_id.clone() })
+            }
         }
     }
 }

@@ -4,6 +4,8 @@
 mod cache;
 mod claims;
 mod header;
+mod http;
+mod introspection;
 mod jwt;
 mod table;
 
@@ -17,6 +19,7 @@ use crate::model::{AuthInfo, Credential, Scheme};
 pub use cache::{CacheSettings, CachedResolver};
 pub use claims::ClaimMapping;
 pub use header::parse_authorization;
+pub use introspection::{ClientAuth, IntrospectionResolver, IntrospectionSettings};
 pub use jwt::{parse_algorithm, IssuerSettings, JwtResolver, KeySource, DEFAULT_ALGORITHMS};
 pub use table::DigestTable;
 

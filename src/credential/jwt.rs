@@ -223,12 +223,9 @@ impl JwtResolver {
 
     async fn fetch(&self, issuer: &Issuer) -> Result<(), String> {
         let KeySource::Url(url) = &issuer.settings.keys else { return Ok(()) };
-        let response = self
-            .http
-            .get(url)
-            .send()
+        let response = super::http::send_once_more_on_reset(self.http.get(url))
             .await
-            .map_err(|error| format!("GET {url}: {error}"))?
+            .map_err(|error| format!("GET {url}: {}", super::http::describe(&error)))?
             .error_for_status()
             .map_err(|error| format!("GET {url}: {error}"))?;
         let jwks: JwkSet = response.json().await.map_err(|error| format!("JWKS at {url}: {error}"))?;

@@ -1,0 +1,194 @@
+//! OAuth 2.0 Token Introspection (RFC 7662): ask the authorization server whether an opaque
+//! token is active and whose it is. Every failure to get a clear answer is a closed door with
+//! its own reason, and is never mistaken for (or cached as) a valid answer.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::{json, Map, Value};
+
+use super::{ClaimMapping, CredentialError, CredentialResolver, Resolution};
+use crate::model::{unix_now, Credential, CredentialKind, Secret};
+
+/// How cedargate authenticates itself to the introspection endpoint (RFC 6749 §2.3, RFC 7523).
+#[derive(Clone)]
+pub enum ClientAuth {
+    /// HTTP Basic with the form-encoded id and secret.
+    SecretBasic {
+        /// Client id.
+        client_id: String,
+        /// Client secret.
+        secret: Secret,
+    },
+    /// `client_id` and `client_secret` in the form body.
+    SecretPost {
+        /// Client id.
+        client_id: String,
+        /// Client secret.
+        secret: Secret,
+    },
+    /// A signed JWT assertion (`private_key_jwt`).
+    PrivateKeyJwt {
+        /// Client id.
+        client_id: String,
+        /// Signing key.
+        key: EncodingKey,
+        /// Its algorithm.
+        algorithm: Algorithm,
+        /// Its `kid`, if the server needs one.
+        kid: Option<String>,
+    },
+}
+
+impl std::fmt::Debug for ClientAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (method, client_id) = match self {
+            ClientAuth::SecretBasic { client_id, .. } => ("client_secret_basic", client_id),
+            ClientAuth::SecretPost { client_id, .. } => ("client_secret_post", client_id),
+            ClientAuth::PrivateKeyJwt { client_id, .. } => ("private_key_jwt", client_id),
+        };
+        write!(f, "ClientAuth({method}, {client_id})")
+    }
+}
+
+/// One introspection endpoint.
+#[derive(Debug, Clone)]
+pub struct IntrospectionSettings {
+    /// The endpoint URL.
+    pub endpoint: String,
+    /// Client authentication.
+    pub auth: ClientAuth,
+    /// Sent as `token_type_hint` (`access_token` by default; `None` sends none).
+    pub token_type_hint: Option<String>,
+    /// Only tokens starting with one of these are sent (empty: every bearer token that reaches
+    /// this backend).
+    pub prefixes: Vec<String>,
+    /// When set, an active token must name one of these in `aud`.
+    pub audiences: Vec<String>,
+    /// Claim mapping.
+    pub claims: ClaimMapping,
+    /// Whole-request timeout.
+    pub timeout: Duration,
+}
+
+/// Resolves tokens by introspection.
+#[derive(Debug)]
+pub struct IntrospectionResolver {
+    settings: IntrospectionSettings,
+    http: reqwest::Client,
+}
+
+fn unavailable(reason: impl Into<String>) -> CredentialError {
+    CredentialError::Unavailable { backend: "introspection".to_owned(), reason: reason.into() }
+}
+
+fn form_encode(text: &str) -> String {
+    url::form_urlencoded::byte_serialize(text.as_bytes()).collect()
+}
+
+impl IntrospectionResolver {
+    /// Builds the resolver.
+    pub fn new(settings: IntrospectionSettings, http: reqwest::Client) -> Self {
+        Self { settings, http }
+    }
+
+    fn request(&self, token: &str) -> Result<reqwest::RequestBuilder, CredentialError> {
+        let mut form: Vec<(&str, String)> = vec![("token", token.to_owned())];
+        if let Some(hint) = &self.settings.token_type_hint {
+            form.push(("token_type_hint", hint.clone()));
+        }
+        let mut request = self.http.post(&self.settings.endpoint).timeout(self.settings.timeout);
+        match &self.settings.auth {
+            ClientAuth::SecretBasic { client_id, secret } => {
+                request = request.basic_auth(form_encode(client_id), Some(form_encode(secret.expose())));
+            }
+            ClientAuth::SecretPost { client_id, secret } => {
+                form.push(("client_id", client_id.clone()));
+                form.push(("client_secret", secret.expose().to_owned()));
+            }
+            ClientAuth::PrivateKeyJwt { client_id, key, algorithm, kid } => {
+                let mut header = Header::new(*algorithm);
+                header.kid = kid.clone();
+                let now = unix_now();
+                let claims = json!({
+                    "iss": client_id, "sub": client_id, "aud": self.settings.endpoint,
+                    "iat": now, "exp": now + 60, "jti": uuid::Uuid::now_v7().to_string(),
+                });
+                let assertion = jsonwebtoken::encode(&header, &claims, key)
+                    .map_err(|error| unavailable(format!("cannot sign the client assertion: {error}")))?;
+                form.push(("client_id", client_id.clone()));
+                form.push((
+                    "client_assertion_type",
+                    "urn:ietf:params:oauth:client-assertion-type:jwt-bearer".into(),
+                ));
+                form.push(("client_assertion", assertion));
+            }
+        }
+        Ok(request.header("accept", "application/json").form(&form))
+    }
+
+    /// Maps an introspection answer.
+    fn answer(&self, body: &[u8]) -> Result<Resolution, CredentialError> {
+        let claims: Map<String, Value> = serde_json::from_slice(body)
+            .map_err(|_| unavailable("introspection answer is not a JSON object"))?;
+        match claims.get("active") {
+            Some(Value::Bool(true)) => {}
+            Some(Value::Bool(false)) => {
+                return Err(CredentialError::Invalid("token is not active".to_owned()))
+            }
+            _ => return Err(unavailable("introspection answer has no boolean `active`")),
+        }
+        if !self.settings.audiences.is_empty() {
+            let audiences: Vec<&str> = match claims.get("aud") {
+                Some(Value::String(audience)) => vec![audience.as_str()],
+                Some(Value::Array(audiences)) => audiences.iter().filter_map(Value::as_str).collect(),
+                _ => Vec::new(),
+            };
+            if !audiences.iter().any(|audience| self.settings.audiences.iter().any(|ours| ours == audience)) {
+                return Err(CredentialError::Invalid("token audience is not this resource".to_owned()));
+            }
+        }
+        let auth = self.settings.claims.auth_info(CredentialKind::Introspection, &claims)?;
+        Ok(Resolution::Resolved(Arc::new(auth)))
+    }
+}
+
+#[async_trait]
+impl CredentialResolver for IntrospectionResolver {
+    fn name(&self) -> &str {
+        "introspection"
+    }
+
+    async fn resolve(&self, credential: &Credential) -> Result<Resolution, CredentialError> {
+        let token = credential.secret.expose();
+        if !self.settings.prefixes.is_empty()
+            && !self.settings.prefixes.iter().any(|prefix| token.starts_with(prefix))
+        {
+            return Ok(Resolution::NotMine);
+        }
+        // INVARIANT: errors are described without the request (reqwest's errors may carry the
+        // URL and, for a form body, nothing else; the token is never formatted).
+        let response = super::http::send_once_more_on_reset(self.request(token)?).await.map_err(|error| {
+            if error.is_timeout() {
+                unavailable(format!("no answer within {} ms", self.settings.timeout.as_millis()))
+            } else {
+                unavailable(format!("endpoint unreachable: {}", super::http::describe(&error)))
+            }
+        })?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(unavailable(format!("endpoint answered HTTP {}", status.as_u16())));
+        }
+        let body = response.bytes().await.map_err(|_| unavailable("answer was cut off"))?;
+        let resolution = self.answer(&body);
+        if let Err(error @ CredentialError::Unavailable { .. }) = &resolution {
+            tracing::warn!(fingerprint = %credential.digest.fingerprint(), "{error}");
+        }
+        resolution
+    }
+}
+
+#[cfg(test)]
+mod tests;
