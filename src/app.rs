@@ -143,7 +143,7 @@ impl App {
         }
         for endpoint in &config.credentials.introspection {
             let settings = IntrospectionSettings {
-                endpoint: endpoint.endpoint.clone(),
+                endpoint: endpoint.location().map_err(AppError::Setup)?,
                 auth: endpoint.client_auth().map_err(AppError::Setup)?,
                 token_type_hint: Some(endpoint.token_type_hint.clone()).filter(|hint| !hint.is_empty()),
                 prefixes: endpoint.prefixes.clone(),

@@ -158,7 +158,9 @@ pub enum ClientAuthMethod {
 #[serde(deny_unknown_fields)]
 pub struct IntrospectionConfig {
     /// The introspection endpoint URL.
-    pub endpoint: String,
+    pub endpoint: Option<String>,
+    /// Or: the issuer whose metadata (RFC 8414 / OpenID Connect Discovery) names the endpoint.
+    pub issuer: Option<String>,
     /// cedargate's client id at the authorization server.
     pub client_id: String,
     /// Its secret (`client_secret_basic`, `client_secret_post`), usually `${ENV_VAR}`.
@@ -202,6 +204,9 @@ pub struct JwtIssuerConfig {
     pub algorithms: Option<Vec<String>>,
     /// Where the issuer's keys are published.
     pub jwks_url: Option<String>,
+    /// Find `jwks_uri` in the issuer's metadata (RFC 8414 / OpenID Connect Discovery).
+    #[serde(default)]
+    pub discovery: bool,
     /// The issuer's keys, inline (a JWKS document).
     pub jwks: Option<serde_json::Value>,
     /// Clock skew allowed on `exp`/`nbf`. Default 30s.
@@ -682,8 +687,15 @@ impl Config {
             if issuer.audiences.is_empty() {
                 report(&needle, format!("{field}.audiences"), "name at least one audience".into());
             }
-            if issuer.jwks_url.is_some() == issuer.jwks.is_some() {
-                report(&needle, field.clone(), "set exactly one of `jwks_url` and `jwks`".into());
+            let sources = usize::from(issuer.jwks_url.is_some())
+                + usize::from(issuer.jwks.is_some())
+                + usize::from(issuer.discovery);
+            if sources != 1 {
+                report(
+                    &needle,
+                    field.clone(),
+                    "set exactly one of `jwks_url`, `jwks` and `discovery: true`".into(),
+                );
             }
             if let Err(error) = issuer.key_source() {
                 report(&needle, format!("{field}.jwks"), error);
@@ -694,9 +706,12 @@ impl Config {
         }
         for (index, endpoint) in self.credentials.introspection.iter().enumerate() {
             let field = format!("credentials.introspection[{index}]");
-            let needle = format!("endpoint: {}", endpoint.endpoint);
+            let needle = format!("client_id: {}", endpoint.client_id);
             if let Err(error) = endpoint.client_auth() {
-                report(&needle, field, error);
+                report(&needle, field.clone(), error);
+            }
+            if endpoint.endpoint.is_some() == endpoint.issuer.is_some() {
+                report(&needle, field, "set exactly one of `endpoint` and `issuer`".into());
             }
         }
         let mut usernames = std::collections::HashSet::new();
@@ -736,6 +751,7 @@ impl JwtIssuerConfig {
             (None, Some(jwks)) => serde_json::from_value(jwks.clone())
                 .map(crate::credential::KeySource::Inline)
                 .map_err(|error| format!("not a JWKS document: {error}")),
+            (None, None) if self.discovery => Ok(crate::credential::KeySource::Discovery),
             (None, None) => Err("no keys configured".to_owned()),
         }
     }
@@ -764,6 +780,17 @@ impl ClaimsConfig {
 }
 
 impl IntrospectionConfig {
+    /// Where the endpoint is.
+    ///
+    /// Fails when neither `endpoint` nor `issuer` is set.
+    pub fn location(&self) -> Result<crate::credential::Endpoint, String> {
+        match (&self.endpoint, &self.issuer) {
+            (Some(url), _) => Ok(crate::credential::Endpoint::Url(url.clone())),
+            (None, Some(issuer)) => Ok(crate::credential::Endpoint::Discover(issuer.clone())),
+            (None, None) => Err("set `endpoint` or `issuer`".to_owned()),
+        }
+    }
+
     /// The client authentication these settings describe.
     ///
     /// Fails when the method's secret or key is missing or unusable.

@@ -3,6 +3,7 @@
 
 mod cache;
 mod claims;
+mod discovery;
 mod header;
 mod http;
 mod introspection;
@@ -19,7 +20,7 @@ use crate::model::{AuthInfo, Credential, Scheme};
 pub use cache::{CacheSettings, CachedResolver};
 pub use claims::ClaimMapping;
 pub use header::parse_authorization;
-pub use introspection::{ClientAuth, IntrospectionResolver, IntrospectionSettings};
+pub use introspection::{ClientAuth, Endpoint, IntrospectionResolver, IntrospectionSettings};
 pub use jwt::{parse_algorithm, IssuerSettings, JwtResolver, KeySource, DEFAULT_ALGORITHMS};
 pub use table::DigestTable;
 

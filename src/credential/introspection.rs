@@ -53,11 +53,20 @@ impl std::fmt::Debug for ClientAuth {
     }
 }
 
+/// Where the introspection endpoint is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    /// This URL.
+    Url(String),
+    /// The `introspection_endpoint` of this issuer's metadata, fetched on first use.
+    Discover(String),
+}
+
 /// One introspection endpoint.
 #[derive(Debug, Clone)]
 pub struct IntrospectionSettings {
-    /// The endpoint URL.
-    pub endpoint: String,
+    /// The endpoint.
+    pub endpoint: Endpoint,
     /// Client authentication.
     pub auth: ClientAuth,
     /// Sent as `token_type_hint` (`access_token` by default; `None` sends none).
@@ -78,6 +87,8 @@ pub struct IntrospectionSettings {
 pub struct IntrospectionResolver {
     settings: IntrospectionSettings,
     http: reqwest::Client,
+    /// The endpoint URL, once known.
+    url: tokio::sync::OnceCell<String>,
 }
 
 fn unavailable(reason: impl Into<String>) -> CredentialError {
@@ -91,15 +102,37 @@ fn form_encode(text: &str) -> String {
 impl IntrospectionResolver {
     /// Builds the resolver.
     pub fn new(settings: IntrospectionSettings, http: reqwest::Client) -> Self {
-        Self { settings, http }
+        let url = match &settings.endpoint {
+            Endpoint::Url(url) => tokio::sync::OnceCell::new_with(Some(url.clone())),
+            Endpoint::Discover(_) => tokio::sync::OnceCell::new(),
+        };
+        Self { settings, http, url }
     }
 
-    fn request(&self, token: &str) -> Result<reqwest::RequestBuilder, CredentialError> {
+    /// The endpoint URL, discovering it on first use; a failed discovery is retried next time.
+    async fn url(&self) -> Result<&str, CredentialError> {
+        let url = self
+            .url
+            .get_or_try_init(|| async {
+                let Endpoint::Discover(issuer) = &self.settings.endpoint else {
+                    return Err("no endpoint".to_owned());
+                };
+                let metadata = super::discovery::discover(&self.http, issuer).await?;
+                metadata
+                    .introspection_endpoint
+                    .ok_or_else(|| "the issuer's metadata has no `introspection_endpoint`".to_owned())
+            })
+            .await
+            .map_err(|error| unavailable(format!("discovery failed: {error}")))?;
+        Ok(url)
+    }
+
+    fn request(&self, url: &str, token: &str) -> Result<reqwest::RequestBuilder, CredentialError> {
         let mut form: Vec<(&str, String)> = vec![("token", token.to_owned())];
         if let Some(hint) = &self.settings.token_type_hint {
             form.push(("token_type_hint", hint.clone()));
         }
-        let mut request = self.http.post(&self.settings.endpoint).timeout(self.settings.timeout);
+        let mut request = self.http.post(url).timeout(self.settings.timeout);
         match &self.settings.auth {
             ClientAuth::SecretBasic { client_id, secret } => {
                 request = request.basic_auth(form_encode(client_id), Some(form_encode(secret.expose())));
@@ -113,7 +146,7 @@ impl IntrospectionResolver {
                 header.kid = kid.clone();
                 let now = unix_now();
                 let claims = json!({
-                    "iss": client_id, "sub": client_id, "aud": self.settings.endpoint,
+                    "iss": client_id, "sub": client_id, "aud": url,
                     "iat": now, "exp": now + 60, "jti": uuid::Uuid::now_v7().to_string(),
                 });
                 let assertion = jsonwebtoken::encode(&header, &claims, key)
@@ -170,13 +203,15 @@ impl CredentialResolver for IntrospectionResolver {
         }
         // INVARIANT: errors are described without the request (reqwest's errors may carry the
         // URL and, for a form body, nothing else; the token is never formatted).
-        let response = super::http::send_once_more_on_reset(self.request(token)?).await.map_err(|error| {
-            if error.is_timeout() {
-                unavailable(format!("no answer within {} ms", self.settings.timeout.as_millis()))
-            } else {
-                unavailable(format!("endpoint unreachable: {}", super::http::describe(&error)))
-            }
-        })?;
+        let url = self.url().await?;
+        let response =
+            super::http::send_once_more_on_reset(self.request(url, token)?).await.map_err(|error| {
+                if error.is_timeout() {
+                    unavailable(format!("no answer within {} ms", self.settings.timeout.as_millis()))
+                } else {
+                    unavailable(format!("endpoint unreachable: {}", super::http::describe(&error)))
+                }
+            })?;
         let status = response.status();
         if !status.is_success() {
             return Err(unavailable(format!("endpoint answered HTTP {}", status.as_u16())));

@@ -29,6 +29,9 @@ pub enum KeySource {
     Inline(JwkSet),
     /// A JWKS fetched over HTTP(S), refreshed in the background and on an unknown `kid`.
     Url(String),
+    /// The `jwks_uri` of the issuer's metadata (RFC 8414 / OpenID Connect Discovery), then as
+    /// `Url`.
+    Discovery,
 }
 
 /// One trusted issuer.
@@ -154,6 +157,8 @@ impl KeySet {
 struct Issuer {
     settings: IssuerSettings,
     keys: ArcSwap<KeySet>,
+    /// The JWKS URL, once known (configured, or discovered).
+    jwks_url: tokio::sync::OnceCell<String>,
     /// When keys were last fetched because of an unknown `kid`. An async lock, taken only on
     /// that rare path, so concurrent tokens with a new `kid` wait for one fetch.
     last_refetch: tokio::sync::Mutex<Option<Instant>>,
@@ -183,11 +188,16 @@ impl JwtResolver {
             .map(|settings| {
                 let keys = match &settings.keys {
                     KeySource::Inline(jwks) => KeySet::from_jwks(jwks),
-                    KeySource::Url(_) => KeySet::default(),
+                    KeySource::Url(_) | KeySource::Discovery => KeySet::default(),
+                };
+                let jwks_url = match &settings.keys {
+                    KeySource::Url(url) => tokio::sync::OnceCell::new_with(Some(url.clone())),
+                    KeySource::Inline(_) | KeySource::Discovery => tokio::sync::OnceCell::new(),
                 };
                 let issuer = Issuer {
                     settings,
                     keys: ArcSwap::from_pointee(keys),
+                    jwks_url,
                     last_refetch: tokio::sync::Mutex::new(None),
                 };
                 (issuer.settings.issuer.clone(), Arc::new(issuer))
@@ -222,7 +232,16 @@ impl JwtResolver {
     }
 
     async fn fetch(&self, issuer: &Issuer) -> Result<(), String> {
-        let KeySource::Url(url) = &issuer.settings.keys else { return Ok(()) };
+        if matches!(issuer.settings.keys, KeySource::Inline(_)) {
+            return Ok(());
+        }
+        let url = issuer
+            .jwks_url
+            .get_or_try_init(|| async {
+                let metadata = super::discovery::discover(&self.http, &issuer.settings.issuer).await?;
+                metadata.jwks_uri.ok_or_else(|| "the issuer's metadata has no `jwks_uri`".to_owned())
+            })
+            .await?;
         let response = super::http::send_once_more_on_reset(self.http.get(url))
             .await
             .map_err(|error| format!("GET {url}: {}", super::http::describe(&error)))?
@@ -240,7 +259,7 @@ impl JwtResolver {
         if let Some(key) = issuer.keys.load().find(header.kid.as_deref()) {
             return Ok(key.clone());
         }
-        if matches!(issuer.settings.keys, KeySource::Url(_)) && header.kid.is_some() {
+        if !matches!(issuer.settings.keys, KeySource::Inline(_)) && header.kid.is_some() {
             let mut last = issuer.last_refetch.lock().await;
             // Another caller may have fetched while this one waited.
             if let Some(key) = issuer.keys.load().find(header.kid.as_deref()) {

@@ -63,7 +63,7 @@ async fn fake() -> (String, Arc<Fake>) {
 
 fn settings(endpoint: String, auth: ClientAuth) -> IntrospectionSettings {
     IntrospectionSettings {
-        endpoint,
+        endpoint: Endpoint::Url(endpoint),
         auth,
         token_type_hint: Some("access_token".into()),
         prefixes: Vec::new(),
