@@ -54,6 +54,7 @@ impl AuthorizationServer {
             .arg(script)
             .env("PORT", port.to_string())
             .env("SIGNING_KEYS", signing.join(","))
+            .env("CLIENT_KEY", key("ec256-b"))
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -218,4 +219,28 @@ async fn rotating_the_signing_key_does_not_break_new_tokens() {
         check(&mut client, &format!("Bearer {old}"), route("GET", "/user/profile")).await.outcome(),
         Outcome::Allowed
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn introspection_can_authenticate_with_private_key_jwt() {
+    let server = AuthorizationServer::start(0, &[("k1", "ec256")]);
+    let pem = std::fs::read_to_string(key("ec256-b")).unwrap();
+    let indented: String = pem.lines().map(|line| format!("        {line}\n")).collect();
+    let text = format!(
+        "credentials:
+  introspection:
+    - issuer: {}
+      client_id: cedargate-pkjwt
+      auth_method: private_key_jwt
+      key_algorithm: ES256
+      private_key_pem: |
+{indented}",
+        server.issuer()
+    );
+    let gate = TestServer::start(Config::parse("pkjwt.yaml", &text).unwrap()).await;
+    let mut client = gate.authorizer().await;
+    let token = server.token(OPAQUE).await;
+    let answer = check(&mut client, &format!("Bearer {token}"), route("GET", "/user/profile")).await;
+    assert_eq!(answer.outcome(), Outcome::Allowed, "{answer:?}");
+    assert_eq!(answer.auth_info.unwrap().credential_kind, "introspection");
 }

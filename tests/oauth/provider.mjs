@@ -14,6 +14,11 @@ const keys = (process.env.SIGNING_KEYS ?? '').split(',').filter(Boolean).map((en
   return { ...createPrivateKey(readFileSync(path)).export({ format: 'jwk' }), kid, alg: 'ES256', use: 'sig' };
 });
 const OPAQUE = 'https://opaque.test';
+// A client that authenticates with private_key_jwt, holding the key in $CLIENT_KEY.
+const clientKey = process.env.CLIENT_KEY
+  ? { ...createPrivateKey(readFileSync(process.env.CLIENT_KEY)).export({ format: 'jwk' }), alg: 'ES256', use: 'sig' }
+  : null;
+const publicPart = (jwk) => ({ kty: jwk.kty, crv: jwk.crv, x: jwk.x, y: jwk.y, alg: jwk.alg, use: jwk.use });
 
 const provider = new Provider(issuer, {
   clients: [
@@ -34,6 +39,18 @@ const provider = new Provider(issuer, {
       scope: 'profile:read admin',
       id_token_signed_response_alg: 'ES256',
     },
+    ...(clientKey
+      ? [{
+        client_id: 'cedargate-pkjwt',
+        grant_types: [],
+        response_types: [],
+        redirect_uris: [],
+        token_endpoint_auth_method: 'private_key_jwt',
+        token_endpoint_auth_signing_alg: 'ES256',
+        id_token_signed_response_alg: 'ES256',
+        jwks: { keys: [publicPart(clientKey)] },
+      }]
+      : []),
   ],
   jwks: { keys },
   scopes: ['profile:read', 'admin'],
