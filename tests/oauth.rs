@@ -21,6 +21,7 @@ use serde_json::Value;
 
 const API: &str = "https://api.test";
 const OPAQUE: &str = "https://opaque.test";
+const SHORT: &str = "https://short.test";
 
 /// The oidc-provider process; killed when dropped.
 struct AuthorizationServer {
@@ -105,8 +106,9 @@ async fn cedargate(issuer: &str, max_ttl: &str) -> TestServer {
         "credentials:
   jwt:
     - issuer: {issuer}
-      audiences: [{API}]
+      audiences: [{API}, {SHORT}]
       algorithms: [ES256]
+      leeway: 1s
       discovery: true
       strict_rfc9068: true
       refetch_interval: 100ms
@@ -148,6 +150,23 @@ async fn jwt_access_tokens_from_the_server_are_verified_locally() {
             .await
             .outcome(),
         Outcome::Forbidden
+    );
+
+    // A JWT from the same server for a resource cedargate does not serve.
+    let foreign = server.token("https://other.test").await;
+    let refused = check(&mut client, &format!("Bearer {foreign}"), route("GET", "/user/profile")).await;
+    assert_eq!(
+        (refused.outcome(), refused.reason.as_str()),
+        (Outcome::Unauthenticated, "JWT audience is not this resource")
+    );
+
+    // A token that lives one second, checked after it and the 1s leeway passed.
+    let short = server.token(SHORT).await;
+    tokio::time::sleep(Duration::from_millis(3200)).await;
+    let expired = check(&mut client, &format!("Bearer {short}"), route("GET", "/user/profile")).await;
+    assert_eq!(
+        (expired.outcome(), expired.reason.as_str()),
+        (Outcome::Unauthenticated, "credential expired")
     );
 
     let mut tampered = token.clone();

@@ -1,7 +1,7 @@
 // A real OAuth 2.0 / OpenID Connect server (oidc-provider) for cedargate's tests, on
 // 127.0.0.1:$PORT. Clients: `app` (client credentials) and `cedargate` (introspection).
-// Access tokens for https://api.test are JWTs (ES256, RFC 9068); for https://opaque.test they
-// are opaque and resolve through introspection. Signing keys: $SIGNING_KEYS = "kid=pem,...",
+// Access tokens for https://opaque.test are opaque and resolve through introspection; for
+// any other resource they are JWTs (ES256, RFC 9068). Signing keys: $SIGNING_KEYS = "kid=pem,...",
 // the first one signs, so restarting with a new first key rotates.
 import { createPrivateKey } from 'node:crypto';
 import { readFileSync } from 'node:fs';
@@ -67,7 +67,8 @@ const provider = new Provider(issuer, {
       getResourceServerInfo: (ctx, resource) => ({
         scope: 'profile:read admin',
         audience: resource,
-        accessTokenTTL: 600,
+        // https://short.test tokens live one second, to see expiry.
+        accessTokenTTL: resource === 'https://short.test' ? 1 : 600,
         accessTokenFormat: resource === OPAQUE ? 'opaque' : 'jwt',
         jwt: { sign: { alg: 'ES256' } },
       }),
