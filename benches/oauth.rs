@@ -89,10 +89,14 @@ fn oauth(c: &mut Criterion) {
     }
     group.finish();
     let mut group = c.benchmark_group("oauth_authenticate");
-    for (name, authorization) in
-        [("static_token", "Bearer static-token"), ("jwt_cached", jwt_header.as_str()), ("introspected_cached", "Bearer opaque-token")]
-    {
-        group.bench_function(name, |b| b.iter(|| runtime.block_on(engine.authenticate(black_box(authorization)))));
+    for (name, authorization) in [
+        ("static_token", "Bearer static-token"),
+        ("jwt_cached", jwt_header.as_str()),
+        ("introspected_cached", "Bearer opaque-token"),
+    ] {
+        group.bench_function(name, |b| {
+            b.iter(|| runtime.block_on(engine.authenticate(black_box(authorization))))
+        });
     }
     group.finish();
 
