@@ -5,5 +5,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/install-test-deps.sh
 # One pass of every benchmark, as a smoke test (criterion's test mode), then every test.
-cargo test --locked --benches "$@"
+cargo test --locked --bench '*' "$@"
 cargo test --locked --lib --bins --tests "$@"
