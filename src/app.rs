@@ -20,10 +20,10 @@ use crate::api::proto;
 use crate::config::{Config, ConfigError, KnownCredential};
 use crate::credential::{
     CacheSettings, CachedResolver, CredentialChain, DigestTable, IntrospectionResolver,
-    IntrospectionSettings, IssuerSettings, JwtResolver,
+    IntrospectionSettings, IssuerSettings, JwtResolver, TokenCaches,
 };
 use crate::engine::{Engine, EngineSettings};
-use crate::model::{AuthInfo, CredentialKind, Scheme, SecretDigest};
+use crate::model::{AuthInfo, CredentialKind, Scheme};
 use crate::policy::{PolicyEngine, PolicyError, PolicySources};
 use crate::route::RouteTable;
 use crate::session::{
@@ -69,7 +69,7 @@ pub struct App {
     /// The JWT backend, when issuers are configured (its keys are refreshed in the background).
     jwt: Option<Arc<JwtResolver>>,
     /// The caches in front of remote or expensive backends, for eviction.
-    token_caches: Vec<Arc<CachedResolver>>,
+    token_caches: TokenCaches,
 }
 
 impl App {
@@ -136,7 +136,7 @@ impl App {
             max_entries: config.credentials.token_cache.max_entries,
         };
         let jwt = jwt_resolver(&config)?;
-        let mut token_caches = Vec::new();
+        let mut token_caches = TokenCaches::default();
         let mut remote: Vec<Arc<dyn crate::credential::CredentialResolver>> = Vec::new();
         if let Some(jwt) = &jwt {
             remote.push(Arc::clone(jwt) as _);
@@ -335,19 +335,6 @@ impl App {
             }
         }
     }
-}
-
-/// Forgets a token's cached answer in every backend cache, by the token itself or by its
-/// fingerprint; how many entries went.
-pub fn evict_cached(caches: &[Arc<CachedResolver>], token: Option<&str>, fingerprint: Option<&str>) -> usize {
-    caches
-        .iter()
-        .map(|cache| {
-            let by_token =
-                token.map_or(0, |token| usize::from(cache.evict(&SecretDigest::of(token.as_bytes()))));
-            by_token + fingerprint.map_or(0, |fingerprint| cache.evict_fingerprint(fingerprint))
-        })
-        .sum()
 }
 
 /// The HTTP client for authorization servers: bounded, and never following a redirect to

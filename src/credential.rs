@@ -17,7 +17,7 @@ use async_trait::async_trait;
 
 use crate::model::{AuthInfo, Credential, Scheme};
 
-pub use cache::{CacheSettings, CachedResolver};
+pub use cache::{CacheSettings, CachedResolver, TokenCaches};
 pub use claims::ClaimMapping;
 pub use header::parse_authorization;
 pub use introspection::{ClientAuth, Endpoint, IntrospectionResolver, IntrospectionSettings};

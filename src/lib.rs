@@ -8,11 +8,13 @@
 //! Module map (dependencies point down; see `ARCHITECTURE.md`):
 //!
 //! - [`app`]: composition root: builds the parts from the config, binds, serves, shuts down.
-//! - [`api`]: the only place that knows tonic and HTTP: gRPC services, HTTP listener, and
+//! - [`api`]: the only place that knows tonic and HTTP servers: gRPC services (Authorizer,
+//!   Sessions, Admin), HTTP listener, and
 //!   the one mapping of decisions and errors onto each wire.
 //! - [`engine`]: the pipeline: `Authorization` → credential → AuthInfo → policies → decision.
 //! - [`credential`]: header parsing, the [`credential::CredentialResolver`] trait, the chain,
-//!   and the digest tables for static tokens and API keys.
+//!   the digest tables for static tokens and API keys, the JWT and introspection backends,
+//!   issuer discovery, and the single-flight token cache.
 //! - [`session`]: login sessions (argon2id, token rotation, logout, rate limits).
 //! - [`policy`]: the only place that knows Cedar: loading, validation, evaluation, reload.
 //! - [`route`]: method/path normalization, route templates, route-generated tools.

@@ -245,15 +245,12 @@ impl proto::sessions_server::Sessions for SessionsService {
 #[derive(Debug, Clone)]
 pub struct AdminService {
     token: Option<crate::model::SecretDigest>,
-    caches: Vec<Arc<crate::credential::CachedResolver>>,
+    caches: crate::credential::TokenCaches,
 }
 
 impl AdminService {
     /// Serves operator calls authenticated by the bearer token whose digest is `token`.
-    pub fn new(
-        token: Option<crate::model::SecretDigest>,
-        caches: Vec<Arc<crate::credential::CachedResolver>>,
-    ) -> Self {
+    pub fn new(token: Option<crate::model::SecretDigest>, caches: crate::credential::TokenCaches) -> Self {
         Self { token, caches }
     }
 
@@ -282,11 +279,9 @@ impl proto::admin_server::Admin for AdminService {
     ) -> Result<Response<proto::EvictTokenResponse>, Status> {
         self.authorize(&request)?;
         let evicted = match request.into_inner().selector {
-            Some(proto::evict_token_request::Selector::Token(token)) => {
-                crate::app::evict_cached(&self.caches, Some(&token), None)
-            }
+            Some(proto::evict_token_request::Selector::Token(token)) => self.caches.evict_token(&token),
             Some(proto::evict_token_request::Selector::Fingerprint(fingerprint)) => {
-                crate::app::evict_cached(&self.caches, None, Some(&fingerprint))
+                self.caches.evict_fingerprint(&fingerprint)
             }
             None => return Err(Status::invalid_argument("set `token` or `fingerprint`")),
         };

@@ -142,6 +142,28 @@ impl CredentialResolver for CachedResolver {
     }
 }
 
+/// Every token cache of the service, for eviction.
+#[derive(Debug, Clone, Default)]
+pub struct TokenCaches(Vec<Arc<CachedResolver>>);
+
+impl TokenCaches {
+    /// Adds a cache.
+    pub fn push(&mut self, cache: Arc<CachedResolver>) {
+        self.0.push(cache);
+    }
+
+    /// Forgets the cached answers for a raw token in every cache; how many went.
+    pub fn evict_token(&self, token: &str) -> usize {
+        let digest = SecretDigest::of(token.as_bytes());
+        self.0.iter().filter(|cache| cache.evict(&digest)).count()
+    }
+
+    /// Forgets the cached answers for a fingerprint in every cache; how many went.
+    pub fn evict_fingerprint(&self, fingerprint: &str) -> usize {
+        self.0.iter().map(|cache| cache.evict_fingerprint(fingerprint)).sum()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
