@@ -142,8 +142,8 @@ async fn jwt_access_tokens_from_the_server_are_verified_locally() {
     assert_eq!(auth.scopes, ["profile:read"]);
     assert_eq!(auth.roles, ["user"]);
 
-    // A token for another resource is opaque here and belongs to the introspection backend,
-    // which refuses its audience; a JWT for an audience we do not serve is refused too.
+    // An opaque token (for https://opaque.test) is not a JWT: the JWT backend passes it on and
+    // introspection resolves it, so the same policies apply (a `user` on an admin route: 403).
     let opaque_elsewhere = server.token(OPAQUE).await;
     assert_eq!(
         check(&mut client, &format!("Bearer {opaque_elsewhere}"), route("GET", "/admin/users"))
