@@ -20,8 +20,10 @@ fn decision_path(c: &mut Criterion) {
         .unwrap()
         .access_token;
     let session_header = format!("Bearer {}", session.expose());
-    let profile = Target::Route(RouteRequest { method: "GET".into(), path: "/user/profile".into() });
-    let admin = Target::Route(RouteRequest { method: "GET".into(), path: "/admin/users".into() });
+    let profile =
+        Target::Route(RouteRequest { method: "GET".into(), path: "/user/profile".into(), template: None });
+    let admin =
+        Target::Route(RouteRequest { method: "GET".into(), path: "/admin/users".into(), template: None });
     let tool = Target::Tool(ToolCall { name: "GET_/user/profile".into(), ..Default::default() });
     let facts = Extra::new();
     let engine = app.engine();
@@ -33,7 +35,11 @@ fn decision_path(c: &mut Criterion) {
         (
             "api_key_allow",
             "ApiKey api-key-789",
-            &Target::Route(RouteRequest { method: "GET".into(), path: "/service/metrics".into() }),
+            &Target::Route(RouteRequest {
+                method: "GET".into(),
+                path: "/service/metrics".into(),
+                template: None,
+            }),
         ),
         ("session_allow", &session_header, &profile),
         ("anonymous_401", "", &profile),

@@ -71,7 +71,8 @@ fn oauth(c: &mut Criterion) {
     );
     let app = App::build(Config::parse("bench.yaml", &text).unwrap()).unwrap();
     let engine = app.engine();
-    let profile = Target::Route(RouteRequest { method: "GET".into(), path: "/user/profile".into() });
+    let profile =
+        Target::Route(RouteRequest { method: "GET".into(), path: "/user/profile".into(), template: None });
     let facts = Extra::new();
     let jwt_header = format!("Bearer {}", jwt("alice"));
 

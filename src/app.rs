@@ -14,8 +14,9 @@ use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_stream::StreamExt;
 
+use crate::api::ext_authz::{AuthorizationServer, ExtAuthzService};
 use crate::api::grpc::{AdminService, AuthorizerService, SessionsService};
-use crate::api::http::{router, HttpState};
+use crate::api::http::{router, HttpState, ProtectedResource};
 use crate::api::proto;
 use crate::config::{Config, ConfigError, KnownCredential};
 use crate::credential::{
@@ -23,6 +24,7 @@ use crate::credential::{
     IntrospectionSettings, IssuerSettings, JwtResolver, TokenCaches,
 };
 use crate::engine::{Engine, EngineSettings};
+use crate::gateway::Gateway;
 use crate::model::{AuthInfo, CredentialKind, Scheme};
 use crate::policy::{PolicyEngine, PolicyError, PolicySources};
 use crate::route::RouteTable;
@@ -64,6 +66,7 @@ pub struct App {
     config: Config,
     policy_dir: Option<PathBuf>,
     engine: Arc<Engine>,
+    gateway: Arc<Gateway>,
     sessions: Arc<SessionManager>,
     limiter: Arc<MemoryRateLimiter>,
     /// The JWT backend, when issuers are configured (its keys are refreshed in the background).
@@ -163,6 +166,7 @@ impl App {
             realm: config.realm.clone(),
             max_authorization_bytes: config.limits.max_authorization_bytes,
             max_batch_targets: config.limits.max_batch_targets,
+            resource_metadata: config.protected_resource.as_ref().map(|resource| resource.metadata_url()),
         };
         let engine = Arc::new(Engine::new(chain, policies, routes, settings));
         tracing::info!(
@@ -171,7 +175,8 @@ impl App {
             source = %policy_dir.as_ref().map_or_else(|| "<embedded demo>".to_owned(), |dir| dir.display().to_string()),
             "policies loaded"
         );
-        Ok(Self { config, policy_dir, engine, sessions, limiter, jwt, token_caches })
+        let gateway = Arc::new(Gateway::new(Arc::clone(&engine), &config.gateway));
+        Ok(Self { config, policy_dir, engine, gateway, sessions, limiter, jwt, token_caches })
     }
 
     /// The decision pipeline (also what the CLI's `check` uses).
@@ -231,6 +236,7 @@ impl App {
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_serving::<proto::authorizer_server::AuthorizerServer<AuthorizerService>>().await;
         health.set_serving::<proto::sessions_server::SessionsServer<SessionsService>>().await;
+        health.set_serving::<AuthorizationServer<ExtAuthzService>>().await;
         let reflection = || {
             tonic_reflection::server::Builder::configure()
                 .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
@@ -252,6 +258,7 @@ impl App {
             .add_service(proto::sessions_server::SessionsServer::new(SessionsService::new(Arc::clone(
                 &self.sessions,
             ))))
+            .add_service(AuthorizationServer::new(ExtAuthzService::new(Arc::clone(&self.gateway))))
             .add_service(proto::admin_server::AdminServer::new(AdminService::new(
                 self.config.admin.token_sha256.map(|digest| digest.0),
                 self.token_caches.clone(),
@@ -267,8 +274,17 @@ impl App {
                 }),
                 stopped(stop.clone()),
             );
-        let http_router =
-            router(HttpState { sessions: Arc::clone(&self.sessions), ready: Arc::clone(&ready) });
+        let http_router = router(HttpState {
+            sessions: Arc::clone(&self.sessions),
+            ready: Arc::clone(&ready),
+            gateway: Arc::clone(&self.gateway),
+            protected_resource: self
+                .config
+                .protected_resource
+                .as_ref()
+                .map(|resource| Arc::new(ProtectedResource::new(resource))),
+            max_gateway_body_bytes: self.config.gateway.max_body_bytes,
+        });
         let http_server = axum::serve(http, http_router.into_make_service_with_connect_info::<SocketAddr>())
             .with_graceful_shutdown(stopped(stop.clone()));
 

@@ -77,6 +77,13 @@ pub struct Config {
     /// The operator API (`cedargate.v1.Admin`).
     #[serde(default)]
     pub admin: AdminConfig,
+    /// Gateway integration: Envoy ext_authz (gRPC and HTTP), nginx `auth_request` and
+    /// Traefik `forwardAuth`.
+    #[serde(default)]
+    pub gateway: GatewayConfig,
+    /// The OAuth protected resource cedargate guards (RFC 9728): served as metadata on the
+    /// HTTP port and named in every bearer challenge.
+    pub protected_resource: Option<ProtectedResourceConfig>,
     /// The file this came from (set by the loader), to resolve relative paths and for errors.
     #[serde(skip)]
     pub source: String,
@@ -294,6 +301,129 @@ pub struct AdminConfig {
     pub token_sha256: Option<Digest>,
 }
 
+/// How gateway requests are read and answered.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// Where an API key may come from besides `Authorization: ApiKey <key>`.
+    #[serde(default)]
+    pub api_key: ApiKeySourcesConfig,
+    /// Headers carrying the identity upstream on an allow; client-sent copies are always
+    /// removed.
+    #[serde(default)]
+    pub identity_headers: IdentityHeadersConfig,
+    /// Remove `Authorization` (and the API key header or query parameter) before the request
+    /// goes upstream, so a token never reaches a service it was not issued for. Default false.
+    #[serde(default)]
+    pub strip_authorization: bool,
+    /// The MCP endpoints: a POST to one of these paths is authorized by its body. Default:
+    /// `/mcp` (JSON-RPC) and `/mcp/invoke` (`{"toolName", "args"}`).
+    #[serde(default = "default_mcp_endpoints")]
+    pub mcp: Vec<McpEndpointConfig>,
+    /// Largest request body parsed, in bytes. Default 1 MiB.
+    #[serde(default = "default_max_body")]
+    pub max_body_bytes: usize,
+}
+
+/// Alternative places for an API key.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeySourcesConfig {
+    /// A request header holding the bare key, such as `x-api-key`.
+    pub header: Option<String>,
+    /// A cookie holding the bare key.
+    pub cookie: Option<String>,
+    /// A query parameter holding the bare key.
+    pub query: Option<String>,
+}
+
+/// Upstream identity header names; set one to `""` to leave it out.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityHeadersConfig {
+    /// Default `x-auth-subject`.
+    #[serde(default = "default_subject_header")]
+    pub subject: String,
+    /// Default `x-auth-client-id`.
+    #[serde(default = "default_client_id_header")]
+    pub client_id: String,
+    /// Space-separated scopes. Default `x-auth-scopes`.
+    #[serde(default = "default_scopes_header")]
+    pub scopes: String,
+    /// Comma-separated roles. Default `x-auth-roles`.
+    #[serde(default = "default_roles_header")]
+    pub roles: String,
+    /// Default `x-auth-tenant`.
+    #[serde(default = "default_tenant_header")]
+    pub tenant: String,
+}
+
+/// One MCP endpoint.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct McpEndpointConfig {
+    /// The exact request path, such as `/mcp`.
+    pub path: String,
+    /// The body's shape. Default `jsonrpc`.
+    #[serde(default)]
+    pub shape: McpShape,
+    /// The MCP server's name in policies (`Server::"<name>"`); "" if it is the only one.
+    #[serde(default)]
+    pub server: String,
+}
+
+/// How an MCP endpoint's body is read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum McpShape {
+    /// MCP Streamable HTTP: a JSON-RPC 2.0 message.
+    #[default]
+    Jsonrpc,
+    /// The auth-token-passthrough example's `{"toolName": "...", "args": {...}}`.
+    Invoke,
+}
+
+/// RFC 9728 protected resource metadata.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProtectedResourceConfig {
+    /// The resource identifier, an `https` URL (`http` for local tests), such as
+    /// `https://mcp.example.com/mcp`.
+    pub resource: url::Url,
+    /// Issuer URLs of the authorization servers that issue tokens for it.
+    #[serde(default)]
+    pub authorization_servers: Vec<url::Url>,
+    /// Scopes a client may request.
+    #[serde(default)]
+    pub scopes_supported: Vec<String>,
+    /// How the token may be sent. Default `[header]`.
+    #[serde(default = "default_bearer_methods")]
+    pub bearer_methods_supported: Vec<String>,
+    /// A human-readable name.
+    pub resource_name: Option<String>,
+    /// Where clients fetch the metadata. Default: the resource's origin +
+    /// `/.well-known/oauth-protected-resource` + the resource's path (RFC 9728 §3.1).
+    pub metadata_url: Option<url::Url>,
+}
+
+impl ProtectedResourceConfig {
+    /// The metadata URL named in challenges.
+    pub fn metadata_url(&self) -> String {
+        if let Some(url) = &self.metadata_url {
+            return url.to_string();
+        }
+        let mut url = self.resource.clone();
+        let path = self.resource.path().trim_end_matches('/').to_owned();
+        url.set_path(&format!("{WELL_KNOWN_RESOURCE}{path}"));
+        url.set_query(None);
+        url.set_fragment(None);
+        url.to_string()
+    }
+}
+
+/// The RFC 9728 well-known path.
+pub const WELL_KNOWN_RESOURCE: &str = "/.well-known/oauth-protected-resource";
+
 /// Login sessions.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -356,6 +486,33 @@ pub struct LimitConfig {
 }
 
 // Defaults, in one place.
+fn default_mcp_endpoints() -> Vec<McpEndpointConfig> {
+    vec![
+        McpEndpointConfig { path: "/mcp".into(), shape: McpShape::Jsonrpc, server: String::new() },
+        McpEndpointConfig { path: "/mcp/invoke".into(), shape: McpShape::Invoke, server: String::new() },
+    ]
+}
+fn default_max_body() -> usize {
+    1024 * 1024
+}
+fn default_subject_header() -> String {
+    "x-auth-subject".into()
+}
+fn default_client_id_header() -> String {
+    "x-auth-client-id".into()
+}
+fn default_scopes_header() -> String {
+    "x-auth-scopes".into()
+}
+fn default_roles_header() -> String {
+    "x-auth-roles".into()
+}
+fn default_tenant_header() -> String {
+    "x-auth-tenant".into()
+}
+fn default_bearer_methods() -> Vec<String> {
+    vec!["header".into()]
+}
 fn default_realm() -> String {
     "cedargate".to_owned()
 }
@@ -423,6 +580,28 @@ fn default_per_address() -> LimitConfig {
 impl Default for ListenConfig {
     fn default() -> Self {
         Self { grpc: default_grpc(), http: default_http(), shutdown_grace: default_shutdown_grace() }
+    }
+}
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            api_key: ApiKeySourcesConfig::default(),
+            identity_headers: IdentityHeadersConfig::default(),
+            strip_authorization: false,
+            mcp: default_mcp_endpoints(),
+            max_body_bytes: default_max_body(),
+        }
+    }
+}
+impl Default for IdentityHeadersConfig {
+    fn default() -> Self {
+        Self {
+            subject: default_subject_header(),
+            client_id: default_client_id_header(),
+            scopes: default_scopes_header(),
+            roles: default_roles_header(),
+            tenant: default_tenant_header(),
+        }
     }
 }
 impl Default for LimitsConfig {
@@ -730,6 +909,53 @@ impl Config {
             }
             check_names(&user.roles, &format!("{field}.roles"), &needle, &mut report);
         }
+        let identity = &self.gateway.identity_headers;
+        for (name, value) in [
+            ("subject", &identity.subject),
+            ("client_id", &identity.client_id),
+            ("scopes", &identity.scopes),
+            ("roles", &identity.roles),
+            ("tenant", &identity.tenant),
+        ] {
+            if !value.is_empty() && !is_header_name(value) {
+                report(
+                    &format!("{name}:"),
+                    format!("gateway.identity_headers.{name}"),
+                    format!("`{value}` is not an HTTP header name"),
+                );
+            }
+        }
+        for (name, value) in
+            [("header", &self.gateway.api_key.header), ("cookie", &self.gateway.api_key.cookie)]
+        {
+            if let Some(value) = value.as_deref().filter(|value| !is_header_name(value)) {
+                report(
+                    &format!("{name}:"),
+                    format!("gateway.api_key.{name}"),
+                    format!("`{value}` is not a valid name"),
+                );
+            }
+        }
+        for (index, endpoint) in self.gateway.mcp.iter().enumerate() {
+            if crate::route::normalize_path(&endpoint.path).ok().as_deref() != Some(endpoint.path.as_str()) {
+                report(
+                    &format!("path: {}", endpoint.path),
+                    format!("gateway.mcp[{index}].path"),
+                    "must be a normalized path such as `/mcp`, without a query".into(),
+                );
+            }
+        }
+        if let Some(resource) = &self.protected_resource {
+            if !matches!(resource.resource.scheme(), "https" | "http")
+                || resource.resource.fragment().is_some()
+            {
+                report(
+                    "resource:",
+                    "protected_resource.resource".into(),
+                    "must be an https URL without a fragment (RFC 9728 §1.2)".into(),
+                );
+            }
+        }
         if self.sessions.refresh_ttl.0 < self.sessions.access_ttl.0 {
             report(
                 "refresh_ttl",
@@ -838,6 +1064,12 @@ impl KnownCredential {
             .map(|digest| digest.0)
             .or_else(|| self.value.as_ref().map(|value| SecretDigest::of(value.0.as_bytes())))
     }
+}
+
+/// An RFC 9110 token, which header, cookie and query parameter names here must be.
+fn is_header_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.bytes().all(|byte| byte.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&byte))
 }
 
 fn check_names(names: &[String], field: &str, needle: &str, report: &mut impl FnMut(&str, String, String)) {

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use crate::credential::{parse_authorization, CredentialChain, CredentialError};
-use crate::model::{unix_now, AuthInfo, Decision, Extra, Outcome, Scheme, SecretDigest, Target};
+use crate::model::{unix_now, AuthInfo, Decision, Extra, McpKind, Outcome, Scheme, SecretDigest, Target};
 use crate::policy::{PolicyEngine, Query, Resource, Verdict};
 use crate::route::{self, RouteTable, TargetError};
 
@@ -17,11 +17,18 @@ pub struct EngineSettings {
     pub max_authorization_bytes: usize,
     /// Most targets in one batch.
     pub max_batch_targets: usize,
+    /// The RFC 9728 protected resource metadata URL that bearer challenges point clients to.
+    pub resource_metadata: Option<String>,
 }
 
 impl Default for EngineSettings {
     fn default() -> Self {
-        Self { realm: "cedargate".to_owned(), max_authorization_bytes: 8 * 1024, max_batch_targets: 1000 }
+        Self {
+            realm: "cedargate".to_owned(),
+            max_authorization_bytes: 8 * 1024,
+            max_batch_targets: 1000,
+            resource_metadata: None,
+        }
     }
 }
 
@@ -65,7 +72,7 @@ impl Authentication {
 #[derive(Debug, Clone)]
 enum PreparedTarget<'a> {
     Route(route::ResolvedRoute),
-    Tool { name: &'a str, server: &'a str, arguments: &'a Extra },
+    Mcp { kind: McpKind, name: &'a str, server: &'a str, arguments: &'a Extra },
 }
 
 /// Resolves credentials and decides; shared by every API.
@@ -157,8 +164,20 @@ impl Engine {
 
     fn prepare<'a>(&self, target: &'a Target) -> Result<PreparedTarget<'a>, TargetError> {
         match target {
-            Target::Route(request) => {
-                Ok(PreparedTarget::Route(self.routes.resolve(&request.method, &request.path)?))
+            Target::Route(request) => Ok(PreparedTarget::Route(match &request.template {
+                Some(template) => route::resolve_as(&request.method, &request.path, template)?,
+                None => self.routes.resolve(&request.method, &request.path)?,
+            })),
+            Target::Mcp(kind, call) => {
+                if call.name.is_empty() || call.name.len() > 2048 || call.name.chars().any(char::is_control) {
+                    return Err(TargetError::McpName);
+                }
+                Ok(PreparedTarget::Mcp {
+                    kind: *kind,
+                    name: &call.name,
+                    server: &call.server,
+                    arguments: &call.arguments,
+                })
             }
             Target::Tool(tool) => {
                 if tool.name.is_empty() || tool.name.len() > 256 || tool.name.chars().any(char::is_control) {
@@ -168,7 +187,8 @@ impl Engine {
                 // MCP can never bypass a route's policies.
                 match route::route_of_tool(&tool.name, &tool.arguments)? {
                     Some((method, path)) => Ok(PreparedTarget::Route(self.routes.resolve(&method, &path)?)),
-                    None => Ok(PreparedTarget::Tool {
+                    None => Ok(PreparedTarget::Mcp {
+                        kind: McpKind::Tool,
                         name: &tool.name,
                         server: &tool.server,
                         arguments: &tool.arguments,
@@ -189,9 +209,13 @@ impl Engine {
         let decision = match authentication {
             Authentication::Failed { error, .. } => {
                 let reason = error.to_string();
-                let challenge = self.authentication_challenge(authentication);
+                let (outcome, challenge) = if matches!(error, CredentialError::Unavailable { .. }) {
+                    (Outcome::Unavailable, None)
+                } else {
+                    (Outcome::Unauthenticated, self.authentication_challenge(authentication))
+                };
                 Decision {
-                    outcome: Outcome::Unauthenticated,
+                    outcome,
                     auth_info: None,
                     policy_ids: Vec::new(),
                     reason,
@@ -246,7 +270,9 @@ impl Engine {
                 template: &route.template,
                 params: &route.params,
             },
-            PreparedTarget::Tool { name, server, arguments } => Resource::Tool { name, server, arguments },
+            PreparedTarget::Mcp { kind, name, server, arguments } => {
+                Resource::Mcp { kind: *kind, name, server, arguments }
+            }
         };
         self.policies.evaluate(&Query { auth, resource, facts, now: unix_now() })
     }
@@ -266,11 +292,14 @@ impl Engine {
         }
     }
 
-    /// A `WWW-Authenticate` value (RFC 6750 §3): the scheme, then the error, its description
-    /// and the scopes when there is an error, then the realm.
+    /// A `WWW-Authenticate` value (RFC 6750 §3): the scheme, the realm, for bearer tokens the
+    /// RFC 9728 `resource_metadata` URL when one is configured, then the error, its
+    /// description and the scopes when there is an error.
     pub fn challenge(&self, scheme: Scheme, error: Option<(&str, &str)>, scopes: &[String]) -> String {
-        let mut challenge = String::from(scheme.as_str());
-        let mut parameters = Vec::new();
+        let mut parameters = vec![format!("realm=\"{}\"", quoted_string(&self.settings.realm))];
+        if let (Scheme::Bearer, Some(url)) = (scheme, &self.settings.resource_metadata) {
+            parameters.push(format!("resource_metadata=\"{}\"", quoted_string(url)));
+        }
         if let Some((code, description)) = error {
             parameters.push(format!("error=\"{code}\""));
             parameters.push(format!("error_description=\"{}\"", quoted_string(description)));
@@ -278,10 +307,7 @@ impl Engine {
         if !scopes.is_empty() {
             parameters.push(format!("scope=\"{}\"", quoted_string(&scopes.join(" "))));
         }
-        parameters.push(format!("realm=\"{}\"", quoted_string(&self.settings.realm)));
-        challenge.push(' ');
-        challenge.push_str(&parameters.join(", "));
-        challenge
+        format!("{} {}", scheme.as_str(), parameters.join(", "))
     }
 }
 
@@ -333,7 +359,7 @@ fn log_decision(decision: &Decision, target: &PreparedTarget<'_>) {
     }
     let (kind, name) = match target {
         PreparedTarget::Route(route) => ("route", format!("{} {}", route.method, route.path)),
-        PreparedTarget::Tool { name, .. } => ("tool", (*name).to_owned()),
+        PreparedTarget::Mcp { kind, name, .. } => (kind.as_str(), (*name).to_owned()),
     };
     tracing::info!(
         target: "cedargate::decision",

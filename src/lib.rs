@@ -11,6 +11,8 @@
 //! - [`api`]: the only place that knows tonic and HTTP servers: gRPC services (Authorizer,
 //!   Sessions, Admin), HTTP listener, and
 //!   the one mapping of decisions and errors onto each wire.
+//! - [`gateway`]: requests forwarded by gateways (Envoy ext_authz, nginx, Traefik): credential
+//!   sources, MCP bodies, request facts, identity headers and denial bodies, wire-neutral.
 //! - [`engine`]: the pipeline: `Authorization` → credential → AuthInfo → policies → decision.
 //! - [`credential`]: header parsing, the [`credential::CredentialResolver`] trait, the chain,
 //!   the digest tables for static tokens and API keys, the JWT and introspection backends,
@@ -27,6 +29,7 @@ pub mod app;
 pub mod config;
 pub mod credential;
 pub mod engine;
+pub mod gateway;
 pub mod model;
 pub mod policy;
 pub mod route;

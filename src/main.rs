@@ -86,7 +86,11 @@ fn real_main() -> anyhow::Result<ExitCode> {
                     let (method, path) = route
                         .split_once(' ')
                         .context("--route must be `METHOD /path`, e.g. `GET /user/profile`")?;
-                    Target::Route(RouteRequest { method: method.to_owned(), path: path.trim().to_owned() })
+                    Target::Route(RouteRequest {
+                        method: method.to_owned(),
+                        path: path.trim().to_owned(),
+                        template: None,
+                    })
                 }
                 (None, Some(name)) => Target::Tool(ToolCall {
                     name,

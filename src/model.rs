@@ -213,12 +213,41 @@ pub enum Target {
     Tool(ToolCall),
     /// An HTTP request.
     Route(RouteRequest),
+    /// Any other MCP request: a prompt, a resource, or a method such as `tools/list`.
+    Mcp(McpKind, ToolCall),
 }
 
-/// An MCP tool call.
+/// What an MCP request is about; each kind is its own Cedar action and entity type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum McpKind {
+    /// `tools/call`: `Action::"call"` on `Tool::"<name>"`.
+    Tool,
+    /// `prompts/get`: `Action::"get_prompt"` on `Prompt::"<name>"`.
+    Prompt,
+    /// `resources/read`: `Action::"read_resource"` on `McpResource::"<uri>"`.
+    Resource,
+    /// Any other method (`initialize`, `tools/list`, notifications):
+    /// `Action::"rpc"` on `McpMethod::"<method>"`.
+    Method,
+}
+
+impl McpKind {
+    /// Lowercase name for logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            McpKind::Tool => "tool",
+            McpKind::Prompt => "prompt",
+            McpKind::Resource => "resource",
+            McpKind::Method => "method",
+        }
+    }
+}
+
+/// An MCP tool call (or, under [`Target::Mcp`], a prompt, resource or method by name).
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct ToolCall {
-    /// The tool name; `METHOD_/path` names a route-generated tool.
+    /// The tool name; `METHOD_/path` names a route-generated tool. For a resource, its URI;
+    /// for a method, the JSON-RPC method.
     pub name: String,
     /// The MCP server offering the tool ("" if one).
     pub server: String,
@@ -233,6 +262,8 @@ pub struct RouteRequest {
     pub method: String,
     /// Request path.
     pub path: String,
+    /// A route template to decide the path as, instead of the configured ones.
+    pub template: Option<String>,
 }
 
 /// The three answers a caller can get.
@@ -244,6 +275,9 @@ pub enum Outcome {
     Unauthenticated,
     /// Valid credential, not allowed: HTTP 403.
     Forbidden,
+    /// A credential backend that had to be asked could not answer: HTTP 503. A closed door
+    /// that does not tell the client its token is bad.
+    Unavailable,
 }
 
 impl Outcome {
@@ -253,6 +287,7 @@ impl Outcome {
             Outcome::Allowed => 200,
             Outcome::Unauthenticated => 401,
             Outcome::Forbidden => 403,
+            Outcome::Unavailable => 503,
         }
     }
 
@@ -262,6 +297,7 @@ impl Outcome {
             Outcome::Allowed => "allowed",
             Outcome::Unauthenticated => "unauthenticated",
             Outcome::Forbidden => "forbidden",
+            Outcome::Unavailable => "unavailable",
         }
     }
 }

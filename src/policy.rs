@@ -15,7 +15,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use cedar_policy::{Authorizer, Decision as CedarDecision, Entities, PolicyId, PolicySet};
 
-use crate::model::{AuthInfo, Extra};
+use crate::model::{AuthInfo, Extra, McpKind};
 
 pub use load::{PolicyError, PolicySources, SourceFile};
 
@@ -33,9 +33,12 @@ pub enum Resource<'a> {
         /// Template parameters.
         params: &'a [(String, String)],
     },
-    /// An MCP tool: `Action::"call"` on `Tool::"<name>"`.
-    Tool {
-        /// Tool name.
+    /// An MCP request: for a tool, `Action::"call"` on `Tool::"<name>"`; the other kinds
+    /// as [`McpKind`] says.
+    Mcp {
+        /// Tool, prompt, resource or method.
+        kind: McpKind,
+        /// Tool or prompt name, resource URI, or JSON-RPC method.
         name: &'a str,
         /// Server name ("" if none).
         server: &'a str,

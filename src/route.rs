@@ -28,6 +28,15 @@ pub enum TargetError {
     /// The tool name is empty or too long.
     #[error("tool.name must be 1 to 256 characters")]
     ToolName,
+    /// An MCP request without a kind.
+    #[error("mcp.kind must be set")]
+    McpKind,
+    /// A route template that does not parse.
+    #[error("route.template `{0}` is not a route template")]
+    Template(String),
+    /// The name of a prompt, resource or method is empty, too long or has control characters.
+    #[error("MCP name must be 1 to 2048 characters without control characters")]
+    McpName,
     /// A route-generated tool lacks a template parameter.
     #[error("tool `{tool}` needs argument `{parameter}` to fill its route")]
     MissingArgument {
@@ -114,6 +123,25 @@ impl RouteTable {
         };
         Ok(ResolvedRoute { method, path, template, params })
     }
+}
+
+/// Decides `path` as `template` (named by the caller, for example in an Envoy route's
+/// `context_extensions`) rather than by the configured templates. A path the template does not
+/// match keeps the template as its id, without parameters.
+///
+/// Fails when the method, the path or the template is malformed.
+pub fn resolve_as(method: &str, path: &str, template: &str) -> Result<ResolvedRoute, TargetError> {
+    let method = normalize_method(method)?;
+    let path = normalize_path(path)?;
+    let mut router = matchit::Router::new();
+    if !template.starts_with('/') || router.insert(template, ()).is_err() {
+        return Err(TargetError::Template(quote(template)));
+    }
+    let params = router.at(&path).map_or_else(
+        |_| Vec::new(),
+        |matched| matched.params.iter().map(|(key, value)| (key.to_owned(), value.to_owned())).collect(),
+    );
+    Ok(ResolvedRoute { method, path, template: template.to_owned(), params })
 }
 
 /// Upper-cases a method after checking it is an HTTP token of letters.

@@ -43,7 +43,7 @@ fn assert_answer(answer: &proto::CheckResponse, expected: &Expect, label: &str) 
 
 const NO_ERROR_CHALLENGE: &str = "Bearer realm=\"cedargate\"";
 const INVALID_TOKEN: &str =
-    "Bearer error=\"invalid_token\", error_description=\"unknown Bearer credential\", realm=\"cedargate\"";
+    "Bearer realm=\"cedargate\", error=\"invalid_token\", error_description=\"unknown Bearer credential\"";
 
 #[tokio::test]
 async fn the_seed_scenarios_decide_as_the_example_does() {

@@ -8,7 +8,7 @@ use tonic::{Request, Response, Status};
 use super::json::{extra_to_struct, struct_to_extra};
 use super::proto;
 use crate::engine::{Authentication, Engine};
-use crate::model::{AuthInfo, Decision, Outcome, RouteRequest, Secret, Target, ToolCall};
+use crate::model::{AuthInfo, Decision, McpKind, Outcome, RouteRequest, Secret, Target, ToolCall};
 use crate::route::TargetError;
 use crate::session::{SessionError, SessionManager, SessionTokens};
 
@@ -40,8 +40,26 @@ impl SessionsService {
 
 fn target_from_proto(target: Option<&proto::Target>) -> Result<Target, TargetError> {
     match target.and_then(|target| target.kind.as_ref()) {
-        Some(proto::target::Kind::Route(route)) => {
-            Ok(Target::Route(RouteRequest { method: route.method.clone(), path: route.path.clone() }))
+        Some(proto::target::Kind::Route(route)) => Ok(Target::Route(RouteRequest {
+            method: route.method.clone(),
+            path: route.path.clone(),
+            template: (!route.template.is_empty()).then(|| route.template.clone()),
+        })),
+        Some(proto::target::Kind::Mcp(request)) => {
+            let kind = match request.kind() {
+                proto::mcp_request::Kind::Prompt => McpKind::Prompt,
+                proto::mcp_request::Kind::Resource => McpKind::Resource,
+                proto::mcp_request::Kind::Method => McpKind::Method,
+                proto::mcp_request::Kind::Unspecified => return Err(TargetError::McpKind),
+            };
+            Ok(Target::Mcp(
+                kind,
+                ToolCall {
+                    name: request.name.clone(),
+                    server: request.server.clone(),
+                    arguments: struct_to_extra(request.arguments.as_ref()),
+                },
+            ))
         }
         Some(proto::target::Kind::Tool(tool)) => Ok(Target::Tool(ToolCall {
             name: tool.name.clone(),
@@ -73,6 +91,7 @@ fn outcome_to_proto(outcome: Outcome) -> proto::Outcome {
         Outcome::Allowed => proto::Outcome::Allowed,
         Outcome::Unauthenticated => proto::Outcome::Unauthenticated,
         Outcome::Forbidden => proto::Outcome::Forbidden,
+        Outcome::Unavailable => proto::Outcome::Unavailable,
     }
 }
 

@@ -1,20 +1,24 @@
 //! The HTTP listener: login, refresh and logout as in the seed example, `/healthz` and
-//! `/readyz`, and the one mapping of session errors onto HTTP.
+//! `/readyz`, the gateway decision endpoints (Envoy's HTTP ext_authz mode under `/ext_authz`,
+//! nginx `auth_request` and Traefik `forwardAuth` at `/auth/verify`), RFC 9728 protected
+//! resource metadata, and the one mapping of session errors and gateway answers onto HTTP.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, DefaultBodyLimit, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, State};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
 use axum::{Json, Router};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::json;
 
+use crate::config::{ProtectedResourceConfig, WELL_KNOWN_RESOURCE};
+use crate::gateway::{Gateway, GatewayAnswer, GatewayRequest};
 use crate::model::Secret;
 use crate::session::{SessionError, SessionManager, SessionTokens};
 
@@ -28,16 +32,60 @@ pub struct HttpState {
     pub sessions: Arc<SessionManager>,
     /// False until serving and again once shutdown starts.
     pub ready: Arc<AtomicBool>,
+    /// Gateway decisions.
+    pub gateway: Arc<Gateway>,
+    /// RFC 9728 metadata, if a protected resource is configured.
+    pub protected_resource: Option<Arc<ProtectedResource>>,
+    /// Largest gateway body accepted.
+    pub max_gateway_body_bytes: usize,
+}
+
+/// The RFC 9728 document and the path it is served at besides the root form.
+#[derive(Debug)]
+pub struct ProtectedResource {
+    /// The resource's path (`/mcp`), "" for a resource at its origin's root.
+    path: String,
+    /// The metadata document.
+    document: serde_json::Value,
+}
+
+impl ProtectedResource {
+    /// The document for `config` (RFC 9728 §2).
+    pub fn new(config: &ProtectedResourceConfig) -> Self {
+        let mut document = json!({
+            "resource": config.resource.as_str(),
+            "bearer_methods_supported": config.bearer_methods_supported,
+        });
+        if let serde_json::Value::Object(fields) = &mut document {
+            if !config.authorization_servers.is_empty() {
+                let servers: Vec<&str> = config.authorization_servers.iter().map(url::Url::as_str).collect();
+                fields.insert("authorization_servers".to_owned(), json!(servers));
+            }
+            if !config.scopes_supported.is_empty() {
+                fields.insert("scopes_supported".to_owned(), json!(config.scopes_supported));
+            }
+            if let Some(name) = &config.resource_name {
+                fields.insert("resource_name".to_owned(), json!(name));
+            }
+        }
+        Self { path: config.resource.path().trim_end_matches('/').to_owned(), document }
+    }
 }
 
 /// The HTTP routes.
 pub fn router(state: HttpState) -> Router {
+    let gateway_body = DefaultBodyLimit::max(state.max_gateway_body_bytes.saturating_add(1));
     Router::new()
         .route("/auth/login", post(login))
         .route("/auth/refresh", post(refresh))
         .route("/auth/logout", post(logout))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
+        .route(WELL_KNOWN_RESOURCE, get(resource_metadata))
+        .route(&format!("{WELL_KNOWN_RESOURCE}/{{*path}}"), get(resource_metadata_at))
+        .route("/ext_authz", any(envoy_check).layer(gateway_body))
+        .route("/ext_authz/{*path}", any(envoy_check).layer(gateway_body))
+        .route("/auth/verify", any(forward_auth).layer(gateway_body))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }
@@ -181,4 +229,114 @@ async fn readyz(State(state): State<HttpState>) -> Response {
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready").into_response()
     }
+}
+
+async fn resource_metadata(State(state): State<HttpState>) -> Response {
+    match &state.protected_resource {
+        Some(resource) => metadata_response(resource),
+        None => error_response(StatusCode::NOT_FOUND, "not_found", "no protected resource is configured"),
+    }
+}
+
+/// The path-suffixed form (RFC 9728 §3.1): only for the configured resource's own path.
+async fn resource_metadata_at(State(state): State<HttpState>, Path(path): Path<String>) -> Response {
+    match &state.protected_resource {
+        Some(resource) if resource.path == format!("/{}", path.trim_end_matches('/')) => {
+            metadata_response(resource)
+        }
+        _ => error_response(StatusCode::NOT_FOUND, "not_found", "no protected resource at this path"),
+    }
+}
+
+fn metadata_response(resource: &ProtectedResource) -> Response {
+    let mut response = Json(&resource.document).into_response();
+    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("max-age=300"));
+    response
+}
+
+/// Envoy's HTTP ext_authz mode: Envoy sends the original method, the original path after the
+/// configured `path_prefix` (`/ext_authz`), the allowed headers and, if configured, the body.
+async fn envoy_check(
+    State(state): State<HttpState>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let target = uri.path_and_query().map_or("/", |path| path.as_str());
+    let original = target.strip_prefix("/ext_authz").unwrap_or(target);
+    let path = if original.starts_with('/') { original.to_owned() } else { format!("/{original}") };
+    let request = gateway_request(method.as_str(), &path, &headers, body);
+    gateway_response(state.gateway.check(&request).await)
+}
+
+/// nginx `auth_request` and Traefik `forwardAuth`: the original request is described by
+/// `X-Forwarded-Method`/`X-Original-Method`, `X-Forwarded-Uri`/`X-Original-URI` and
+/// `X-Forwarded-Host`.
+async fn forward_auth(
+    State(state): State<HttpState>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let first = |names: [&str; 2]| {
+        names.iter().find_map(|name| headers.get(*name).and_then(|value| value.to_str().ok()))
+    };
+    let original_method = first(["x-forwarded-method", "x-original-method"]).unwrap_or(method.as_str());
+    let Some(original_uri) = first(["x-forwarded-uri", "x-original-uri"]) else {
+        return error_response(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            &format!("{} needs the X-Forwarded-Uri or X-Original-URI header", uri.path()),
+        );
+    };
+    let mut request = gateway_request(original_method, original_uri, &headers, body);
+    if let Some(host) = first(["x-forwarded-host", "x-original-host"]) {
+        host.clone_into(&mut request.host);
+    }
+    gateway_response(state.gateway.check(&request).await)
+}
+
+fn gateway_request(method: &str, path: &str, headers: &HeaderMap, body: Bytes) -> GatewayRequest {
+    let mut pairs: Vec<(String, String)> = headers
+        .iter()
+        .filter_map(|(name, value)| Some((name.as_str().to_owned(), value.to_str().ok()?.to_owned())))
+        .collect();
+    pairs.sort_by(|left, right| left.0.cmp(&right.0));
+    let host = headers.get(header::HOST).and_then(|value| value.to_str().ok()).unwrap_or_default();
+    GatewayRequest {
+        method: method.to_owned(),
+        path: path.to_owned(),
+        host: host.to_owned(),
+        headers: pairs,
+        body: body.to_vec(),
+        ..Default::default()
+    }
+}
+
+/// Allow: 200 with the identity headers, and the headers Envoy must remove in
+/// `x-envoy-auth-headers-to-remove`. Deny: the status, challenge and body.
+fn gateway_response(answer: GatewayAnswer) -> Response {
+    let (status, headers, body, remove) = match answer {
+        GatewayAnswer::Allow { set_headers, remove_headers, .. } => {
+            (StatusCode::OK, set_headers, String::new(), remove_headers)
+        }
+        GatewayAnswer::Deny { status, headers, body, .. } => {
+            (StatusCode::from_u16(status).unwrap_or(StatusCode::FORBIDDEN), headers, body, Vec::new())
+        }
+    };
+    let mut response = (status, body).into_response();
+    let map = response.headers_mut();
+    for (name, value) in headers {
+        if let (Ok(name), Ok(value)) = (HeaderName::try_from(name), HeaderValue::try_from(value)) {
+            map.insert(name, value);
+        }
+    }
+    if !remove.is_empty() {
+        if let Ok(value) = HeaderValue::try_from(remove.join(", ")) {
+            map.insert(HeaderName::from_static("x-envoy-auth-headers-to-remove"), value);
+        }
+    }
+    response
 }

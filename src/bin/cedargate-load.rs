@@ -72,7 +72,11 @@ async fn main() -> anyhow::Result<()> {
         Some(name) => Kind::Tool(proto::Tool { name: name.clone(), ..Default::default() }),
         None => {
             let (method, path) = args.route.split_once(' ').context("--route must be `METHOD /path`")?;
-            Kind::Route(proto::Route { method: method.to_owned(), path: path.to_owned() })
+            Kind::Route(proto::Route {
+                method: method.to_owned(),
+                path: path.to_owned(),
+                ..Default::default()
+            })
         }
     };
     let request = proto::CheckRequest {

@@ -8,7 +8,7 @@ fn demo() -> App {
 }
 
 fn route(method: &str, path: &str) -> Target {
-    Target::Route(RouteRequest { method: method.into(), path: path.into() })
+    Target::Route(RouteRequest { method: method.into(), path: path.into(), template: None })
 }
 
 fn tool(name: &str) -> Target {
@@ -74,11 +74,14 @@ async fn challenges_follow_rfc_6750() {
     );
     assert_eq!(
         invalid.www_authenticate.as_deref(),
-        Some("Bearer error=\"invalid_token\", error_description=\"unknown Bearer credential\", realm=\"cedargate\"")
+        Some("Bearer realm=\"cedargate\", error=\"invalid_token\", error_description=\"unknown Bearer credential\"")
     );
 
     let bad_key = check("ApiKey nope", "/service/metrics").await;
-    assert!(bad_key.www_authenticate.unwrap().starts_with("ApiKey error=\"invalid_token\""));
+    assert!(bad_key
+        .www_authenticate
+        .unwrap()
+        .starts_with("ApiKey realm=\"cedargate\", error=\"invalid_token\""));
 
     let forbidden = check("Bearer user-token-123", "/admin/users").await;
     assert_eq!((forbidden.outcome, forbidden.reason.as_str()), (Outcome::Forbidden, "Requires admin role"));
@@ -177,8 +180,8 @@ async fn a_scope_denial_carries_an_insufficient_scope_challenge() {
     assert_eq!(
         denied.www_authenticate.as_deref(),
         Some(
-            "Bearer error=\"insufficient_scope\", error_description=\"Requires the reports:read scope\", \
-             scope=\"reports:read\", realm=\"cedargate\""
+            "Bearer realm=\"cedargate\", error=\"insufficient_scope\", \
+             error_description=\"Requires the reports:read scope\", scope=\"reports:read\""
         )
     );
 }

@@ -90,10 +90,16 @@ impl PolicySources {
                 name: "<embedded>/policies/schema.cedarschema".to_owned(),
                 text: include_str!("../../policies/schema.cedarschema").to_owned(),
             },
-            policies: vec![SourceFile {
-                name: "<embedded>/policies/routes.cedar".to_owned(),
-                text: include_str!("../../policies/routes.cedar").to_owned(),
-            }],
+            policies: vec![
+                SourceFile {
+                    name: "<embedded>/policies/mcp.cedar".to_owned(),
+                    text: include_str!("../../policies/mcp.cedar").to_owned(),
+                },
+                SourceFile {
+                    name: "<embedded>/policies/routes.cedar".to_owned(),
+                    text: include_str!("../../policies/routes.cedar").to_owned(),
+                },
+            ],
         }
     }
 

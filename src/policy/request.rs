@@ -11,7 +11,7 @@ use cedar_policy::{
 use dashmap::DashMap;
 
 use super::{PolicySnapshot, Query, Resource};
-use crate::model::{AuthInfo, CredentialKind, Extra};
+use crate::model::{AuthInfo, CredentialKind, Extra, McpKind};
 
 /// The entity type names cedargate sends, parsed once.
 #[derive(Debug, Clone)]
@@ -21,6 +21,9 @@ pub(super) struct Names {
     anonymous: EntityTypeName,
     route: EntityTypeName,
     tool: EntityTypeName,
+    prompt: EntityTypeName,
+    mcp_resource: EntityTypeName,
+    mcp_method: EntityTypeName,
     server: EntityTypeName,
     facts: EntityTypeName,
     action: EntityTypeName,
@@ -37,14 +40,36 @@ impl Names {
             anonymous: parse("Anonymous")?,
             route: parse("Route")?,
             tool: parse("Tool")?,
+            prompt: parse("Prompt")?,
+            mcp_resource: parse("McpResource")?,
+            mcp_method: parse("McpMethod")?,
             server: parse("Server")?,
             facts: parse("Facts")?,
             action: parse("Action")?,
         })
     }
 
+    fn mcp_type(&self, kind: McpKind) -> &EntityTypeName {
+        match kind {
+            McpKind::Tool => &self.tool,
+            McpKind::Prompt => &self.prompt,
+            McpKind::Resource => &self.mcp_resource,
+            McpKind::Method => &self.mcp_method,
+        }
+    }
+
     fn uid(&self, type_name: &EntityTypeName, id: &str) -> EntityUid {
         EntityUid::from_type_name_and_id(type_name.clone(), EntityId::new(id))
+    }
+}
+
+/// The Cedar action of each kind of MCP request.
+fn mcp_action(kind: McpKind) -> &'static str {
+    match kind {
+        McpKind::Tool => "call",
+        McpKind::Prompt => "get_prompt",
+        McpKind::Resource => "read_resource",
+        McpKind::Method => "rpc",
     }
 }
 
@@ -162,10 +187,10 @@ fn resource_entity(names: &Names, resource: Resource<'_>) -> Result<(EntityUid, 
                 params.iter().map(|(name, value)| (name.clone(), string(value))),
             ),
         ),
-        Resource::Tool { name, server, arguments } => (
-            names.uid(&names.action, "call"),
+        Resource::Mcp { kind, name, server, arguments } => (
+            names.uid(&names.action, mcp_action(kind)),
             Entity::new_with_tags(
-                names.uid(&names.tool, name),
+                names.uid(names.mcp_type(kind), name),
                 [("name".to_owned(), string(name)), ("server".to_owned(), string(server))],
                 (!server.is_empty()).then(|| names.uid(&names.server, server)),
                 arguments.iter().map(|(key, value)| (key.clone(), tag_value(value))),
@@ -270,7 +295,10 @@ pub(super) fn check_schema(names: &Names, schema: &Schema) -> Result<(), String>
     auth.scopes = vec!["scope".to_owned()];
     let facts = Extra::from([("key".to_owned(), serde_json::Value::from("value"))]);
     let params = [("id".to_owned(), "1".to_owned())];
-    let mut resources = vec![Resource::Tool { name: "tool", server: "server", arguments: &facts }];
+    let mut resources: Vec<_> = [McpKind::Tool, McpKind::Prompt, McpKind::Resource, McpKind::Method]
+        .into_iter()
+        .map(|kind| Resource::Mcp { kind, name: "name", server: "server", arguments: &facts })
+        .collect();
     for method in &route_methods {
         resources.push(Resource::Route {
             method,

@@ -189,7 +189,7 @@ fn scopes_route_params_tool_arguments_and_facts_reach_policies() {
     assert!(!ask(&engine, Some(&nobody), item(&other)).allowed);
 
     let no_arguments = Extra::new();
-    let report = Resource::Tool { name: "report", server: "", arguments: &no_arguments };
+    let report = Resource::Mcp { kind: McpKind::Tool, name: "report", server: "", arguments: &no_arguments };
     assert!(ask(&engine, Some(&reader), report).allowed);
     let denied = ask(&engine, Some(&nobody), report);
     assert!(!denied.allowed);
@@ -198,7 +198,8 @@ fn scopes_route_params_tool_arguments_and_facts_reach_policies() {
 
     let safe = Extra::from([("path".to_owned(), serde_json::json!("/tmp/a"))]);
     let unsafe_path = Extra::from([("path".to_owned(), serde_json::json!("/etc/passwd"))]);
-    let read = |arguments| Resource::Tool { name: "read_file", server: "files", arguments };
+    let read =
+        |arguments| Resource::Mcp { kind: McpKind::Tool, name: "read_file", server: "files", arguments };
     assert!(ask(&engine, Some(&nobody), read(&safe)).allowed);
     assert!(!ask(&engine, Some(&nobody), read(&unsafe_path)).allowed);
 

@@ -1,0 +1,151 @@
+//! Envoy's external authorization API, `envoy.service.auth.v3.Authorization/Check`, on the
+//! gRPC port: the one mapping between Envoy's `CheckRequest`/`CheckResponse` and
+//! [`GatewayRequest`]/[`GatewayAnswer`].
+//!
+//! The RPC itself always succeeds: the decision travels in `CheckResponse.status` and the
+//! HTTP response Envoy should give, as Envoy expects. A gRPC error would only make Envoy fall
+//! back on its own `status_on_error`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use envoy_types::ext_authz::v3::pb::{
+    Authorization, CheckRequest, CheckResponse, DeniedHttpResponse, HeaderAppendAction, HeaderValue,
+    HeaderValueOption, HttpResponse, HttpStatus, OkHttpResponse,
+};
+use envoy_types::pb::envoy::config::core::v3::address::Address;
+use envoy_types::pb::google::protobuf::{value::Kind, ListValue, Struct, Value};
+use envoy_types::pb::google::rpc;
+use tonic::{Request, Response, Status};
+
+use crate::gateway::{Gateway, GatewayAnswer, GatewayRequest};
+
+use crate::model::Decision;
+pub use envoy_types::ext_authz::v3::pb::AuthorizationServer;
+
+/// `envoy.service.auth.v3.Authorization`.
+#[derive(Debug, Clone)]
+pub struct ExtAuthzService {
+    gateway: Arc<Gateway>,
+}
+
+impl ExtAuthzService {
+    /// Answers Envoy with `gateway`'s decisions.
+    pub fn new(gateway: Arc<Gateway>) -> Self {
+        Self { gateway }
+    }
+}
+
+#[tonic::async_trait]
+impl Authorization for ExtAuthzService {
+    async fn check(&self, request: Request<CheckRequest>) -> Result<Response<CheckResponse>, Status> {
+        let request = gateway_request(request.into_inner());
+        let answer = self.gateway.check(&request).await;
+        Ok(Response::new(check_response(answer)))
+    }
+}
+
+fn gateway_request(request: CheckRequest) -> GatewayRequest {
+    let attributes = request.attributes.unwrap_or_default();
+    let http = attributes.request.and_then(|request| request.http).unwrap_or_default();
+    // Envoy sends either the `headers` map or, with `encode_raw_headers`, the `header_map`.
+    let mut headers: Vec<(String, String)> = if http.headers.is_empty() {
+        http.header_map
+            .map(|map| {
+                map.headers
+                    .into_iter()
+                    .map(|header| {
+                        let value = if header.raw_value.is_empty() {
+                            header.value
+                        } else {
+                            String::from_utf8_lossy(&header.raw_value).into_owned()
+                        };
+                        (header.key.to_ascii_lowercase(), value)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    } else {
+        http.headers.into_iter().map(|(key, value)| (key.to_ascii_lowercase(), value)).collect()
+    };
+    headers.sort_by(|left, right| left.0.cmp(&right.0));
+    let body = if http.raw_body.is_empty() { http.body.into_bytes() } else { http.raw_body };
+    let source = attributes.source.unwrap_or_default();
+    let source_ip = match source.address.and_then(|address| address.address) {
+        Some(Address::SocketAddress(socket)) => socket.address,
+        _ => String::new(),
+    };
+    let mut extensions: Vec<(String, String)> = attributes.context_extensions.into_iter().collect();
+    extensions.sort();
+    GatewayRequest {
+        method: http.method,
+        path: http.path,
+        host: http.host,
+        headers,
+        body,
+        source_ip,
+        source_principal: source.principal,
+        extensions,
+    }
+}
+
+fn check_response(answer: GatewayAnswer) -> CheckResponse {
+    match answer {
+        GatewayAnswer::Allow { set_headers, remove_headers, remove_query, decision } => CheckResponse {
+            status: Some(rpc::Status { code: tonic::Code::Ok as i32, ..Default::default() }),
+            dynamic_metadata: Some(metadata(&decision)),
+            http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
+                headers: set_headers.into_iter().map(overwrite).collect(),
+                headers_to_remove: remove_headers,
+                query_parameters_to_remove: remove_query,
+                ..Default::default()
+            })),
+        },
+        GatewayAnswer::Deny { status, headers, body, decision } => {
+            let code = match status {
+                400 => tonic::Code::InvalidArgument,
+                401 => tonic::Code::Unauthenticated,
+                503 => tonic::Code::Unavailable,
+                _ => tonic::Code::PermissionDenied,
+            };
+            CheckResponse {
+                status: Some(rpc::Status { code: code as i32, ..Default::default() }),
+                dynamic_metadata: decision.as_deref().map(metadata),
+                http_response: Some(HttpResponse::DeniedResponse(DeniedHttpResponse {
+                    status: Some(HttpStatus { code: i32::from(status) }),
+                    headers: headers.into_iter().map(overwrite).collect(),
+                    body,
+                })),
+            }
+        }
+    }
+}
+
+fn overwrite((key, value): (String, String)) -> HeaderValueOption {
+    HeaderValueOption {
+        header: Some(HeaderValue { key, value, ..Default::default() }),
+        append_action: HeaderAppendAction::OverwriteIfExistsOrAdd.into(),
+        ..Default::default()
+    }
+}
+
+/// The identity and decision for other Envoy filters (rate limits, access logs), found under
+/// the ext_authz filter's namespace, `envoy.filters.http.ext_authz`.
+fn metadata(decision: &Decision) -> Struct {
+    let string = |text: &str| Value { kind: Some(Kind::StringValue(text.to_owned())) };
+    let list = |items: &[String]| Value {
+        kind: Some(Kind::ListValue(ListValue { values: items.iter().map(|item| string(item)).collect() })),
+    };
+    let mut fields = HashMap::with_capacity(8);
+    fields.insert("decision_id".to_owned(), string(&decision.decision_id));
+    fields.insert("policy_ids".to_owned(), list(&decision.policy_ids));
+    if let Some(auth) = decision.auth_info.as_deref() {
+        fields.insert("subject".to_owned(), string(&auth.subject));
+        fields.insert("client_id".to_owned(), string(&auth.client_id));
+        fields.insert("scopes".to_owned(), list(&auth.scopes));
+        fields.insert("roles".to_owned(), list(&auth.roles));
+        fields.insert("tenant".to_owned(), string(&auth.tenant));
+        fields.insert("credential_kind".to_owned(), string(auth.kind.as_str()));
+    }
+    Struct { fields }
+}

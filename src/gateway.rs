@@ -1,0 +1,431 @@
+//! Deciding a request a gateway forwards (Envoy ext_authz, nginx `auth_request`, Traefik
+//! `forwardAuth`): find the credential, read an MCP body, gather request facts, decide, and
+//! say what the gateway must do: which identity headers to set upstream and which request
+//! headers to remove, or which status, challenge and body to answer the client with.
+//!
+//! Wire-neutral: `api::ext_authz` and `api::http` translate to and from these types.
+
+pub mod mcp;
+
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+
+use crate::config::{GatewayConfig, McpShape};
+use crate::engine::Engine;
+use crate::model::{AuthInfo, Decision, Extra, Outcome, RouteRequest, Target, ToolCall};
+use crate::route;
+use mcp::{McpError, McpHeaders, McpRequest};
+
+/// A request as the gateway saw it.
+#[derive(Debug, Clone, Default)]
+pub struct GatewayRequest {
+    /// HTTP method.
+    pub method: String,
+    /// Path with its query string, as received.
+    pub path: String,
+    /// `Host` / `:authority`.
+    pub host: String,
+    /// Request headers; names in lower case.
+    pub headers: Vec<(String, String)>,
+    /// The body, when the gateway forwards it.
+    pub body: Vec<u8>,
+    /// The client's address, "" if unknown.
+    pub source_ip: String,
+    /// The client's mTLS principal (URI SAN or subject), "" if none.
+    pub source_principal: String,
+    /// Per-route settings from the gateway (Envoy's `context_extensions`): `tool`, `server`,
+    /// `route` (a template) have a meaning here; all of them become request facts.
+    pub extensions: Vec<(String, String)>,
+}
+
+impl GatewayRequest {
+    /// The first header named `name` (lower case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(key, _)| key == name).map(|(_, value)| value.as_str())
+    }
+
+    fn extension(&self, name: &str) -> Option<&str> {
+        self.extensions.iter().find(|(key, _)| key == name).map(|(_, value)| value.as_str())
+    }
+
+    /// The path without its query string.
+    fn path_only(&self) -> &str {
+        self.path.split_once('?').map_or(self.path.as_str(), |(path, _)| path)
+    }
+
+    fn query(&self) -> &str {
+        self.path.split_once('?').map_or("", |(_, query)| query)
+    }
+}
+
+/// What the gateway must do.
+#[derive(Debug, Clone)]
+pub enum GatewayAnswer {
+    /// Forward the request upstream, changed as said.
+    Allow {
+        /// Identity headers to set (overwriting any client-sent value).
+        set_headers: Vec<(String, String)>,
+        /// Request headers to remove: identity headers this answer does not set, so a client
+        /// cannot smuggle them in, and, if configured, the credential.
+        remove_headers: Vec<String>,
+        /// Query parameters to remove (an API key sent in the query, if configured).
+        remove_query: Vec<String>,
+        /// The decision.
+        decision: Box<Decision>,
+    },
+    /// Answer the client directly.
+    Deny {
+        /// 400, 401, 403 or 503.
+        status: u16,
+        /// Response headers (`www-authenticate`, `content-type`).
+        headers: Vec<(String, String)>,
+        /// JSON body: `{error, reason, decision_id}`, or a JSON-RPC error for MCP requests.
+        body: String,
+        /// The decision, when it got that far (not for a malformed request).
+        decision: Option<Box<Decision>>,
+    },
+}
+
+impl GatewayAnswer {
+    /// True for [`GatewayAnswer::Allow`].
+    pub fn allowed(&self) -> bool {
+        matches!(self, GatewayAnswer::Allow { .. })
+    }
+
+    /// The HTTP status the client gets from cedargate's side.
+    pub fn status(&self) -> u16 {
+        match self {
+            GatewayAnswer::Allow { .. } => 200,
+            GatewayAnswer::Deny { status, .. } => *status,
+        }
+    }
+
+    /// The decision, if one was made.
+    pub fn decision(&self) -> Option<&Decision> {
+        match self {
+            GatewayAnswer::Allow { decision, .. } => Some(decision),
+            GatewayAnswer::Deny { decision, .. } => decision.as_deref(),
+        }
+    }
+}
+
+/// The request-path settings, resolved from [`GatewayConfig`] once.
+#[derive(Debug, Clone)]
+struct Settings {
+    api_key_header: Option<String>,
+    api_key_cookie: Option<String>,
+    api_key_query: Option<String>,
+    /// (header name, field) for each identity header in use.
+    identity: Vec<(String, IdentityField)>,
+    strip_authorization: bool,
+    mcp: Vec<(String, McpShape, String)>,
+    max_body_bytes: usize,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum IdentityField {
+    Subject,
+    ClientId,
+    Scopes,
+    Roles,
+    Tenant,
+}
+
+impl IdentityField {
+    fn value(self, auth: &AuthInfo) -> String {
+        match self {
+            IdentityField::Subject => auth.subject.clone(),
+            IdentityField::ClientId => auth.client_id.clone(),
+            IdentityField::Scopes => auth.scopes.join(" "),
+            IdentityField::Roles => auth.roles.join(","),
+            IdentityField::Tenant => auth.tenant.clone(),
+        }
+    }
+}
+
+/// Decides gateway requests with an [`Engine`].
+#[derive(Debug)]
+pub struct Gateway {
+    engine: Arc<Engine>,
+    settings: Settings,
+}
+
+/// The credential found in a request, as an `Authorization` value.
+enum Found {
+    None,
+    One(String),
+    Several,
+}
+
+impl Gateway {
+    /// A gateway over `engine` configured by `config`.
+    pub fn new(engine: Arc<Engine>, config: &GatewayConfig) -> Self {
+        let names = &config.identity_headers;
+        let identity = [
+            (&names.subject, IdentityField::Subject),
+            (&names.client_id, IdentityField::ClientId),
+            (&names.scopes, IdentityField::Scopes),
+            (&names.roles, IdentityField::Roles),
+            (&names.tenant, IdentityField::Tenant),
+        ]
+        .into_iter()
+        .filter(|(name, _)| !name.is_empty())
+        .map(|(name, field)| (name.to_ascii_lowercase(), field))
+        .collect();
+        let settings = Settings {
+            api_key_header: config.api_key.header.as_ref().map(|name| name.to_ascii_lowercase()),
+            api_key_cookie: config.api_key.cookie.clone(),
+            api_key_query: config.api_key.query.clone(),
+            identity,
+            strip_authorization: config.strip_authorization,
+            mcp: config
+                .mcp
+                .iter()
+                .map(|endpoint| (endpoint.path.clone(), endpoint.shape, endpoint.server.clone()))
+                .collect(),
+            max_body_bytes: config.max_body_bytes,
+        };
+        Self { engine, settings }
+    }
+
+    /// Decides `request`. Never fails: a malformed request is a 400 denial.
+    pub async fn check(&self, request: &GatewayRequest) -> GatewayAnswer {
+        let shape = self.mcp_endpoint(request);
+        // Only JSON-RPC endpoints answer in JSON-RPC; the example's invoke shape in plain JSON.
+        let speaks_jsonrpc = matches!(shape, Some((McpShape::Jsonrpc, _)));
+        let jsonrpc = |id: Value| speaks_jsonrpc.then_some(id);
+        let authorization = match self.credential(request) {
+            Found::None => String::new(),
+            Found::One(value) => value,
+            Found::Several => {
+                return invalid(
+                    jsonrpc(Value::Null),
+                    mcp::code::INVALID_REQUEST,
+                    "send one credential only: more than one of the Authorization header, the API key \
+                     header, cookie and query parameter is set",
+                )
+            }
+        };
+        let (target, mcp_method, id) = match self.target(request, shape) {
+            Ok(found) => found,
+            Err(error) => return invalid(jsonrpc(error.id), error.code, &error.message),
+        };
+        let facts = facts(request, mcp_method.as_deref());
+        match self.engine.check(&authorization, &target, &facts).await {
+            Ok(decision) => self.answer(decision, jsonrpc(id)),
+            Err(error) => invalid(jsonrpc(id), mcp::code::INVALID_PARAMS, &error.to_string()),
+        }
+    }
+
+    /// Whether `request` is a POST to an MCP endpoint, and of which shape and server.
+    fn mcp_endpoint(&self, request: &GatewayRequest) -> Option<(McpShape, &str)> {
+        if !request.method.eq_ignore_ascii_case("POST") {
+            return None;
+        }
+        let path = route::normalize_path(request.path_only()).ok()?;
+        self.settings
+            .mcp
+            .iter()
+            .find(|(endpoint, _, _)| *endpoint == path)
+            .map(|(_, shape, server)| (*shape, server.as_str()))
+    }
+
+    fn credential(&self, request: &GatewayRequest) -> Found {
+        let mut found = Vec::new();
+        if let Some(value) = request.header("authorization") {
+            found.push(value.to_owned());
+        }
+        let api_key = |key: &str| format!("ApiKey {key}");
+        if let Some(value) = self.settings.api_key_header.as_deref().and_then(|name| request.header(name)) {
+            found.push(api_key(value));
+        }
+        if let Some(name) = &self.settings.api_key_cookie {
+            let cookies = request.headers.iter().filter(|(key, _)| key == "cookie");
+            for (_, header) in cookies {
+                for pair in header.split(';') {
+                    if let Some((key, value)) = pair.trim().split_once('=') {
+                        if key == name {
+                            found.push(api_key(value.trim_matches('"')));
+                        }
+                    }
+                }
+            }
+        }
+        if let Some(name) = &self.settings.api_key_query {
+            for (key, value) in url::form_urlencoded::parse(request.query().as_bytes()) {
+                if key == name.as_str() {
+                    found.push(api_key(&value));
+                }
+            }
+        }
+        match found.len() {
+            0 => Found::None,
+            1 => found.pop().map_or(Found::None, Found::One),
+            _ => Found::Several,
+        }
+    }
+
+    /// What `request` asks for, the MCP method if any, and the JSON-RPC id.
+    fn target(
+        &self,
+        request: &GatewayRequest,
+        shape: Option<(McpShape, &str)>,
+    ) -> Result<(Target, Option<String>, Value), McpError> {
+        let invalid =
+            |message: String| McpError { code: mcp::code::INVALID_REQUEST, message, id: Value::Null };
+        let server = request.extension("server").unwrap_or_default();
+        if let Some(tool) = request.extension("tool") {
+            let call = ToolCall { name: tool.to_owned(), server: server.to_owned(), arguments: Extra::new() };
+            return Ok((Target::Tool(call), None, Value::Null));
+        }
+        if let Some((shape, configured_server)) = shape {
+            if request.body.len() > self.settings.max_body_bytes {
+                return Err(invalid(format!("the body exceeds {} bytes", self.settings.max_body_bytes)));
+            }
+            let server = if server.is_empty() { configured_server } else { server };
+            let McpRequest { target, method, id } = match shape {
+                McpShape::Jsonrpc => {
+                    let headers =
+                        McpHeaders { method: request.header("mcp-method"), name: request.header("mcp-name") };
+                    mcp::parse_jsonrpc(&request.body, server, headers)?
+                }
+                McpShape::Invoke => mcp::parse_invoke(&request.body, server)?,
+            };
+            return Ok((target, Some(method), id));
+        }
+        let target = Target::Route(RouteRequest {
+            method: request.method.clone(),
+            path: request.path.clone(),
+            template: request.extension("route").map(str::to_owned),
+        });
+        Ok((target, None, Value::Null))
+    }
+
+    fn answer(&self, decision: Decision, jsonrpc_id: Option<Value>) -> GatewayAnswer {
+        if decision.allowed() {
+            return self.allow(decision);
+        }
+        let status = decision.outcome.http_status();
+        let code = error_code(&decision);
+        let mut headers = Vec::new();
+        if let Some(challenge) = &decision.www_authenticate {
+            headers.push(("www-authenticate".to_owned(), challenge.clone()));
+        }
+        let body = match jsonrpc_id {
+            // MCP endpoints answer in the protocol the client speaks.
+            Some(id) => jsonrpc_error(
+                &id,
+                mcp::code::UNAUTHORIZED,
+                &decision.reason,
+                Some(json!({ "error": code, "status": status, "decision_id": decision.decision_id })),
+            ),
+            None => json!({ "error": code, "reason": decision.reason, "decision_id": decision.decision_id })
+                .to_string(),
+        };
+        headers.push(("content-type".to_owned(), "application/json".to_owned()));
+        GatewayAnswer::Deny { status, headers, body, decision: Some(Box::new(decision)) }
+    }
+
+    fn allow(&self, decision: Decision) -> GatewayAnswer {
+        let mut set_headers = Vec::new();
+        let mut remove_headers = Vec::new();
+        for (name, field) in &self.settings.identity {
+            let value = decision.auth_info.as_deref().map(|auth| header_value(&field.value(auth)));
+            match value {
+                Some(value) if !value.is_empty() => set_headers.push((name.clone(), value)),
+                _ => remove_headers.push(name.clone()),
+            }
+        }
+        let mut remove_query = Vec::new();
+        if self.settings.strip_authorization {
+            remove_headers.push("authorization".to_owned());
+            remove_headers.extend(self.settings.api_key_header.iter().cloned());
+            remove_query.extend(self.settings.api_key_query.iter().cloned());
+        }
+        GatewayAnswer::Allow { set_headers, remove_headers, remove_query, decision: Box::new(decision) }
+    }
+
+    /// The engine deciding.
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.engine
+    }
+}
+
+/// A 400 for a request that cannot be decided on; `jsonrpc_id` is set for JSON-RPC endpoints,
+/// whose clients get a JSON-RPC error with `code`.
+fn invalid(jsonrpc_id: Option<Value>, code: i64, reason: &str) -> GatewayAnswer {
+    tracing::info!(target: "cedargate::decision", outcome = "invalid_request", reason, "gateway request refused");
+    let body = match jsonrpc_id {
+        Some(id) => jsonrpc_error(&id, code, reason, None),
+        None => json!({ "error": "invalid_request", "reason": reason }).to_string(),
+    };
+    GatewayAnswer::Deny {
+        status: 400,
+        headers: vec![("content-type".to_owned(), "application/json".to_owned())],
+        body,
+        decision: None,
+    }
+}
+
+/// `invalid_token`, `insufficient_scope` and friends, for the JSON body of a denial.
+fn error_code(decision: &Decision) -> &'static str {
+    match decision.outcome {
+        Outcome::Allowed => "",
+        Outcome::Unauthenticated if decision.credential_fingerprint.is_some() => "invalid_token",
+        Outcome::Unauthenticated => "unauthorized",
+        Outcome::Forbidden
+            if decision
+                .www_authenticate
+                .as_deref()
+                .is_some_and(|value| value.contains("insufficient_scope")) =>
+        {
+            "insufficient_scope"
+        }
+        Outcome::Forbidden => "forbidden",
+        Outcome::Unavailable => "temporarily_unavailable",
+    }
+}
+
+/// A JSON-RPC 2.0 error response.
+pub fn jsonrpc_error(id: &Value, code: i64, message: &str, data: Option<Value>) -> String {
+    let mut error = json!({ "code": code, "message": message });
+    if let (Some(data), Value::Object(error)) = (data, &mut error) {
+        error.insert("data".to_owned(), data);
+    }
+    json!({ "jsonrpc": "2.0", "id": id, "error": error }).to_string()
+}
+
+/// Request facts for policies: the context extensions, then `host`, `source_ip`,
+/// `source_principal` and `mcp_method` (which extensions cannot override).
+fn facts(request: &GatewayRequest, mcp_method: Option<&str>) -> Extra {
+    let mut facts: Extra =
+        request.extensions.iter().map(|(key, value)| (key.clone(), Value::from(value.as_str()))).collect();
+    let mut put = |key: &str, value: &str| {
+        if !value.is_empty() {
+            facts.insert(key.to_owned(), Value::from(value));
+        }
+    };
+    put("host", &request.host);
+    put("source_ip", &request.source_ip);
+    put("source_principal", &request.source_principal);
+    put("mcp_method", mcp_method.unwrap_or_default());
+    facts
+}
+
+/// A header value: visible ASCII kept, anything else percent-encoded, so a subject can never
+/// break a header or smuggle a second one.
+fn header_value(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for byte in value.bytes() {
+        if (0x20..0x7f).contains(&byte) && byte != b'%' {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;

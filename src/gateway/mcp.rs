@@ -1,0 +1,203 @@
+//! Reading an MCP request body into a [`Target`]: a JSON-RPC 2.0 message (MCP Streamable
+//! HTTP), or the auth-token-passthrough example's `{"toolName", "args"}`.
+//!
+//! Anything that does not parse is refused: a body the gateway cannot read is never let
+//! through on the strength of the route alone.
+
+use serde_json::{Map, Value};
+
+use crate::model::{Extra, McpKind, Target, ToolCall};
+
+/// JSON-RPC 2.0 error codes.
+pub mod code {
+    /// Invalid JSON.
+    pub const PARSE_ERROR: i64 = -32700;
+    /// Valid JSON that is not a request cedargate accepts.
+    pub const INVALID_REQUEST: i64 = -32600;
+    /// The method's `params` are not what the method needs.
+    pub const INVALID_PARAMS: i64 = -32602;
+    /// Refused by authorization (a server-defined code, -32000 to -32099).
+    pub const UNAUTHORIZED: i64 = -32001;
+}
+
+/// A parsed MCP request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct McpRequest {
+    /// What is asked for.
+    pub target: Target,
+    /// The JSON-RPC method (`tools/call`), or `invoke` for the example's shape.
+    pub method: String,
+    /// The JSON-RPC id, echoed in an error answer (`null` for notifications and the
+    /// example's shape).
+    pub id: Value,
+}
+
+/// Why a body was refused; answered with HTTP 400.
+#[derive(Debug, Clone, PartialEq)]
+pub struct McpError {
+    /// JSON-RPC error code.
+    pub code: i64,
+    /// What is wrong, naming the field.
+    pub message: String,
+    /// The request's id when it got that far, else `null`.
+    pub id: Value,
+}
+
+impl McpError {
+    fn new(code: i64, message: impl Into<String>, id: &Value) -> Self {
+        Self { code, message: message.into(), id: id.clone() }
+    }
+}
+
+/// The `Mcp-Method` and `Mcp-Name` request headers, when sent.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct McpHeaders<'a> {
+    /// `Mcp-Method`.
+    pub method: Option<&'a str>,
+    /// `Mcp-Name`: the tool or prompt name, or the resource URI.
+    pub name: Option<&'a str>,
+}
+
+/// Reads a JSON-RPC message for the MCP server `server`.
+///
+/// With no body, the request is decided by the `Mcp-Method`/`Mcp-Name` headers alone;
+/// with a body, those headers must agree with it.
+///
+/// Fails on a body that is not one JSON-RPC 2.0 request, notification or response, on
+/// `params` a method needs that are missing or mistyped, and on headers that disagree.
+pub fn parse_jsonrpc(body: &[u8], server: &str, headers: McpHeaders<'_>) -> Result<McpRequest, McpError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        let Some(method) = headers.method else {
+            return Err(McpError::new(code::INVALID_REQUEST, "the MCP request has no body", &Value::Null));
+        };
+        let name = headers.name.unwrap_or_default();
+        let params = match method {
+            "resources/read" => json_object([("uri", name)]),
+            _ if headers.name.is_some() => json_object([("name", name)]),
+            _ => Map::new(),
+        };
+        let (target, _) = target_of(method, &params, server, &Value::Null)?;
+        return Ok(McpRequest { target, method: method.to_owned(), id: Value::Null });
+    }
+    let message: Value = serde_json::from_slice(body)
+        .map_err(|error| McpError::new(code::PARSE_ERROR, format!("Parse error: {error}"), &Value::Null))?;
+    let Value::Object(message) = message else {
+        let reason = if message.is_array() {
+            "JSON-RPC batches are not accepted (MCP 2025-06-18 removed them)"
+        } else {
+            "the body must be a JSON-RPC object"
+        };
+        return Err(McpError::new(code::INVALID_REQUEST, reason, &Value::Null));
+    };
+    let id = message.get("id").cloned().unwrap_or(Value::Null);
+    if !matches!(id, Value::Null | Value::String(_) | Value::Number(_)) {
+        return Err(McpError::new(code::INVALID_REQUEST, "`id` must be a string or a number", &Value::Null));
+    }
+    if message.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
+        return Err(McpError::new(code::INVALID_REQUEST, "`jsonrpc` must be \"2.0\"", &id));
+    }
+    let method = match message.get("method") {
+        Some(Value::String(method)) => method.as_str(),
+        Some(_) => return Err(McpError::new(code::INVALID_REQUEST, "`method` must be a string", &id)),
+        // A client's answer to a server request (sampling, elicitation).
+        None if message.contains_key("result") || message.contains_key("error") => "response",
+        None => return Err(McpError::new(code::INVALID_REQUEST, "`method` is missing", &id)),
+    };
+    let empty = Map::new();
+    let params = match message.get("params") {
+        None | Some(Value::Null) => &empty,
+        Some(Value::Object(params)) => params,
+        Some(_) => return Err(McpError::new(code::INVALID_PARAMS, "`params` must be an object", &id)),
+    };
+    let (target, name) = target_of(method, params, server, &id)?;
+    if let Some(expected) = headers.method.filter(|expected| *expected != method) {
+        return Err(McpError::new(
+            code::INVALID_REQUEST,
+            format!(
+                "the Mcp-Method header `{}` does not match the body's method `{}`",
+                crate::route::quote(expected),
+                crate::route::quote(method)
+            ),
+            &id,
+        ));
+    }
+    if let Some(expected) = headers.name.filter(|expected| Some(*expected) != name) {
+        return Err(McpError::new(
+            code::INVALID_REQUEST,
+            format!(
+                "the Mcp-Name header `{}` does not match the body's `{}`",
+                crate::route::quote(expected),
+                crate::route::quote(name.unwrap_or_default())
+            ),
+            &id,
+        ));
+    }
+    Ok(McpRequest { target, method: method.to_owned(), id })
+}
+
+/// Reads the example's `{"toolName": "GET_/user/profile", "args": {}}`.
+///
+/// Fails when `toolName` is not a string or `args` not an object.
+pub fn parse_invoke(body: &[u8], server: &str) -> Result<McpRequest, McpError> {
+    let message: Value = serde_json::from_slice(body)
+        .map_err(|error| McpError::new(code::PARSE_ERROR, format!("request body: {error}"), &Value::Null))?;
+    let Some(name) = message.get("toolName").and_then(Value::as_str) else {
+        return Err(McpError::new(code::INVALID_PARAMS, "`toolName` must be a string", &Value::Null));
+    };
+    let arguments = arguments_of(message.get("args"), "args", &Value::Null)?;
+    Ok(McpRequest {
+        target: Target::Tool(ToolCall { name: name.to_owned(), server: server.to_owned(), arguments }),
+        method: "invoke".to_owned(),
+        id: Value::Null,
+    })
+}
+
+/// The target of `method` and the name the `Mcp-Name` header must match, if the method has one.
+fn target_of<'p>(
+    method: &str,
+    params: &'p Map<String, Value>,
+    server: &str,
+    id: &Value,
+) -> Result<(Target, Option<&'p str>), McpError> {
+    let call = |name: &str, arguments: Extra| ToolCall {
+        name: name.to_owned(),
+        server: server.to_owned(),
+        arguments,
+    };
+    let named = |field: &str| {
+        params.get(field).and_then(Value::as_str).filter(|name| !name.is_empty()).ok_or_else(|| {
+            McpError::new(code::INVALID_PARAMS, format!("`params.{field}` of {method} must be a string"), id)
+        })
+    };
+    Ok(match method {
+        "tools/call" => {
+            let name = named("name")?;
+            let arguments = arguments_of(params.get("arguments"), "params.arguments", id)?;
+            (Target::Tool(call(name, arguments)), Some(name))
+        }
+        "prompts/get" => {
+            let name = named("name")?;
+            let arguments = arguments_of(params.get("arguments"), "params.arguments", id)?;
+            (Target::Mcp(McpKind::Prompt, call(name, arguments)), Some(name))
+        }
+        "resources/read" => {
+            let uri = named("uri")?;
+            (Target::Mcp(McpKind::Resource, call(uri, Extra::new())), Some(uri))
+        }
+        _ => (Target::Mcp(McpKind::Method, call(method, Extra::new())), None),
+    })
+}
+
+fn arguments_of(value: Option<&Value>, field: &str, id: &Value) -> Result<Extra, McpError> {
+    match value {
+        None | Some(Value::Null) => Ok(Extra::new()),
+        Some(Value::Object(arguments)) => {
+            Ok(arguments.iter().map(|(key, value)| (key.clone(), value.clone())).collect())
+        }
+        Some(_) => Err(McpError::new(code::INVALID_PARAMS, format!("`{field}` must be an object"), id)),
+    }
+}
+
+fn json_object<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Map<String, Value> {
+    pairs.into_iter().map(|(key, value)| (key.to_owned(), Value::from(value))).collect()
+}

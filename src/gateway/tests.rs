@@ -1,0 +1,267 @@
+use serde_json::{json, Value};
+
+use super::*;
+use crate::app::App;
+use crate::config::Config;
+
+fn gateway_with(extra_yaml: &str) -> Gateway {
+    let text = format!("{}\n{extra_yaml}", crate::config::DEMO_YAML);
+    let config = Config::parse("gateway.yaml", &text).unwrap();
+    let app = App::build(config.clone()).unwrap();
+    Gateway::new(Arc::clone(app.engine()), &config.gateway)
+}
+
+fn demo() -> Gateway {
+    gateway_with("")
+}
+
+fn request(method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> GatewayRequest {
+    GatewayRequest {
+        method: method.into(),
+        path: path.into(),
+        host: "api.example".into(),
+        headers: headers.iter().map(|(key, value)| ((*key).to_owned(), (*value).to_owned())).collect(),
+        body: body.as_bytes().to_vec(),
+        ..Default::default()
+    }
+}
+
+fn body_of(answer: &GatewayAnswer) -> Value {
+    match answer {
+        GatewayAnswer::Deny { body, .. } => serde_json::from_str(body).unwrap(),
+        GatewayAnswer::Allow { .. } => panic!("expected a denial, got {answer:?}"),
+    }
+}
+
+fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers.iter().find(|(key, _)| key == name).map(|(_, value)| value.as_str())
+}
+
+type Headers<'a> = &'a [(&'a str, &'a str)];
+
+const USER: (&str, &str) = ("authorization", "Bearer user-token-123");
+const ADMIN: (&str, &str) = ("authorization", "Bearer admin-token-456");
+
+#[tokio::test]
+async fn an_allow_sets_identity_headers_and_removes_the_ones_it_does_not_set() {
+    let answer =
+        demo().check(&request("GET", "/user/profile?x=1", &[USER, ("x-auth-tenant", "spoofed")], "")).await;
+    let GatewayAnswer::Allow { set_headers, remove_headers, remove_query, .. } = answer else {
+        panic!("expected allow, got {answer:?}");
+    };
+    assert_eq!(header(&set_headers, "x-auth-subject"), Some("demo-user"));
+    assert_eq!(header(&set_headers, "x-auth-roles"), Some("user"));
+    // The static token has no client id, scopes or tenant: client copies must go.
+    for name in ["x-auth-client-id", "x-auth-scopes", "x-auth-tenant"] {
+        assert!(remove_headers.iter().any(|removed| removed == name), "{name} in {remove_headers:?}");
+    }
+    assert!(!remove_headers.iter().any(|removed| removed == "authorization"));
+    assert!(remove_query.is_empty());
+}
+
+#[tokio::test]
+async fn an_anonymous_allow_removes_every_identity_header() {
+    let answer = demo().check(&request("GET", "/public/info", &[("x-auth-subject", "admin")], "")).await;
+    let GatewayAnswer::Allow { set_headers, remove_headers, .. } = answer else {
+        panic!("expected allow, got {answer:?}");
+    };
+    assert!(set_headers.is_empty());
+    assert_eq!(remove_headers.len(), 5);
+}
+
+#[tokio::test]
+async fn denials_carry_status_challenge_and_a_json_body() {
+    let gateway = demo();
+    let cases: [(Headers<'_>, &str, u16, Option<&str>, &str); 4] = [
+        (&[], "/user/profile", 401, Some("Bearer realm=\"cedargate\""), "unauthorized"),
+        (
+            &[("authorization", "Bearer nope")],
+            "/user/profile",
+            401,
+            Some("Bearer realm=\"cedargate\", error=\"invalid_token\", error_description=\"unknown Bearer credential\""),
+            "invalid_token",
+        ),
+        (&[USER], "/admin/users", 403, None, "forbidden"),
+        (&[("authorization", "Bearer a b c")], "/user/profile", 401, None, "invalid_token"),
+    ];
+    for (headers, path, status, challenge, code) in cases {
+        let answer = gateway.check(&request("GET", path, headers, "")).await;
+        assert_eq!(answer.status(), status, "{path} {headers:?}");
+        let GatewayAnswer::Deny { headers: response_headers, .. } = &answer else { unreachable!() };
+        if let Some(challenge) = challenge {
+            assert_eq!(header(response_headers, "www-authenticate"), Some(challenge));
+        }
+        assert_eq!(header(response_headers, "content-type"), Some("application/json"));
+        let body = body_of(&answer);
+        assert_eq!(body["error"], code, "{path} {headers:?}");
+        assert_eq!(body["decision_id"], answer.decision().unwrap().decision_id.as_str());
+    }
+}
+
+#[tokio::test]
+async fn the_seed_invoke_body_is_decided_as_the_tool_route() {
+    let gateway = demo();
+    let invoke = |tool: &str| json!({ "toolName": tool, "args": {} }).to_string();
+    let cases = [
+        (vec![USER], "GET_/user/profile", 200),
+        (vec![ADMIN], "GET_/admin/users", 200),
+        (vec![USER], "GET_/admin/users", 403),
+        (vec![], "GET_/public/info", 200),
+        (vec![], "GET_/user/profile", 401),
+        (vec![("authorization", "Bearer invalid-token")], "GET_/user/data", 401),
+    ];
+    for (headers, tool, status) in cases {
+        let answer = gateway.check(&request("POST", "/mcp/invoke", &headers, &invoke(tool))).await;
+        assert_eq!(answer.status(), status, "{tool} {headers:?}");
+    }
+    let denied = gateway.check(&request("POST", "/mcp/invoke", &[USER], &invoke("GET_/admin/users"))).await;
+    assert_eq!(body_of(&denied)["reason"], "Requires admin role");
+    let garbage = gateway.check(&request("POST", "/mcp/invoke", &[USER], "{\"args\": {}}")).await;
+    assert_eq!(garbage.status(), 400);
+}
+
+fn rpc(id: u64, method: &str, params: &Value) -> String {
+    json!({ "jsonrpc": "2.0", "id": id, "method": method, "params": params }).to_string()
+}
+
+#[tokio::test]
+async fn json_rpc_requests_are_decided_per_tool_argument_prompt_and_method() {
+    let gateway = demo();
+    let call =
+        |name: &str, arguments: Value| rpc(7, "tools/call", &json!({ "name": name, "arguments": arguments }));
+    let cases = [
+        (vec![USER], call("echo", json!({ "text": "hi" })), 200),
+        (vec![USER], call("read_file", json!({ "path": "/docs/a" })), 200),
+        (vec![USER], call("read_file", json!({ "path": "/secret/key" })), 403),
+        (vec![USER], call("read_file", json!({ "path": "/docs/../secret/key" })), 403),
+        (vec![ADMIN], call("read_file", json!({ "path": "/secret/key" })), 200),
+        (vec![USER], call("delete_file", json!({ "path": "/docs/a" })), 403),
+        (vec![USER], call("GET_/admin/users", json!({})), 403),
+        (vec![USER], call("GET_/user/profile", json!({})), 200),
+        (vec![], call("echo", json!({})), 401),
+        (vec![USER], rpc(1, "tools/list", &json!({})), 200),
+        (vec![USER], rpc(1, "initialize", &json!({ "protocolVersion": "2025-06-18" })), 200),
+        (vec![], rpc(1, "initialize", &json!({})), 401),
+        (vec![USER], rpc(2, "prompts/get", &json!({ "name": "greeting" })), 200),
+        (vec![USER], rpc(3, "resources/read", &json!({ "uri": "file:///readme" })), 403),
+    ];
+    for (headers, body, status) in cases {
+        let answer = gateway.check(&request("POST", "/mcp", &headers, &body)).await;
+        assert_eq!(answer.status(), status, "{body} {headers:?}");
+        if status != 200 {
+            let error = body_of(&answer);
+            assert_eq!(error["jsonrpc"], "2.0");
+            assert_eq!(error["error"]["code"], mcp::code::UNAUTHORIZED);
+            assert_eq!(error["error"]["data"]["status"], status);
+            assert!(error["id"].is_number(), "{error}");
+        }
+    }
+    let notification = json!({ "jsonrpc": "2.0", "method": "notifications/initialized" }).to_string();
+    assert!(gateway.check(&request("POST", "/mcp", &[USER], &notification)).await.allowed());
+}
+
+#[tokio::test]
+async fn malformed_mcp_bodies_and_disagreeing_headers_are_a_json_rpc_400() {
+    let gateway = demo();
+    let echo = rpc(9, "tools/call", &json!({ "name": "echo", "arguments": {} }));
+    let truncated = &echo[..echo.len() / 2];
+    let cases: [(&str, Headers<'_>, i64, &str); 9] = [
+        (truncated, &[], mcp::code::PARSE_ERROR, "Parse error"),
+        ("", &[], mcp::code::INVALID_REQUEST, "no body"),
+        ("[]", &[], mcp::code::INVALID_REQUEST, "batches"),
+        ("{\"jsonrpc\":\"1.0\",\"id\":1,\"method\":\"ping\"}", &[], mcp::code::INVALID_REQUEST, "jsonrpc"),
+        ("{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/call\"}", &[], mcp::code::INVALID_PARAMS, "params.name"),
+        (
+            "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/call\",\"params\":{\"name\":\"echo\",\"arguments\":[]}}",
+            &[],
+            mcp::code::INVALID_PARAMS,
+            "arguments",
+        ),
+        (&echo, &[("mcp-method", "tools/list")], mcp::code::INVALID_REQUEST, "Mcp-Method"),
+        (&echo, &[("mcp-name", "delete_file")], mcp::code::INVALID_REQUEST, "Mcp-Name"),
+        ("{\"jsonrpc\":\"2.0\",\"id\":{},\"method\":\"ping\"}", &[], mcp::code::INVALID_REQUEST, "`id`"),
+    ];
+    for (body, headers, code, needle) in cases {
+        let headers = [headers, &[USER]].concat();
+        let answer = gateway.check(&request("POST", "/mcp", &headers, body)).await;
+        assert_eq!(answer.status(), 400, "{body}");
+        let error = body_of(&answer);
+        assert_eq!(error["error"]["code"], code, "{body}: {error}");
+        let message = error["error"]["message"].as_str().unwrap();
+        assert!(message.contains(needle), "{message} should name {needle}");
+    }
+    // Matching headers are fine; headers alone decide when no body is forwarded.
+    let headers = [USER, ("mcp-method", "tools/call"), ("mcp-name", "echo")];
+    assert!(gateway.check(&request("POST", "/mcp", &headers, &echo)).await.allowed());
+    assert!(gateway.check(&request("POST", "/mcp", &headers, "")).await.allowed());
+    let headers = [USER, ("mcp-method", "tools/call"), ("mcp-name", "delete_file")];
+    assert_eq!(gateway.check(&request("POST", "/mcp", &headers, "")).await.status(), 403);
+}
+
+#[tokio::test]
+async fn api_keys_come_from_the_configured_header_cookie_or_query_and_only_one_credential_counts() {
+    let gateway = gateway_with(
+        "gateway:\n  api_key: { header: X-API-Key, cookie: api_key, query: api_key }\n  strip_authorization: true\n",
+    );
+    let from = |headers: &[(&str, &str)], path: &str| request("GET", path, headers, "");
+    let by_header = gateway.check(&from(&[("x-api-key", "api-key-789")], "/service/metrics")).await;
+    assert!(by_header.allowed(), "{by_header:?}");
+    let GatewayAnswer::Allow { remove_headers, remove_query, .. } = by_header else { unreachable!() };
+    assert!(remove_headers.contains(&"authorization".to_owned()));
+    assert!(remove_headers.contains(&"x-api-key".to_owned()));
+    assert_eq!(remove_query, ["api_key"]);
+    let by_cookie = gateway.check(&from(&[("cookie", "a=b; api_key=api-key-789")], "/service/metrics")).await;
+    assert!(by_cookie.allowed(), "{by_cookie:?}");
+    let by_query = gateway.check(&from(&[], "/service/metrics?api_key=api-key-789")).await;
+    assert!(by_query.allowed(), "{by_query:?}");
+    let wrong = gateway.check(&from(&[("x-api-key", "nope")], "/service/metrics")).await;
+    assert_eq!(wrong.status(), 401);
+    let two = gateway.check(&from(&[USER, ("x-api-key", "api-key-789")], "/service/metrics")).await;
+    assert_eq!(two.status(), 400);
+    assert!(body_of(&two)["reason"].as_str().unwrap().contains("one credential"));
+}
+
+#[tokio::test]
+async fn bearer_challenges_name_the_protected_resource_metadata() {
+    let gateway = gateway_with(
+        "protected_resource:\n  resource: https://mcp.example.com/mcp\n  authorization_servers: [https://auth.example.com]\n",
+    );
+    let anonymous = gateway.check(&request("GET", "/user/profile", &[], "")).await;
+    let GatewayAnswer::Deny { headers, .. } = &anonymous else { panic!("{anonymous:?}") };
+    assert_eq!(
+        header(headers, "www-authenticate"),
+        Some(
+            "Bearer realm=\"cedargate\", \
+             resource_metadata=\"https://mcp.example.com/.well-known/oauth-protected-resource/mcp\""
+        )
+    );
+    // An API key challenge has no OAuth metadata to point to.
+    let key = gateway.check(&request("GET", "/user/profile", &[("authorization", "ApiKey nope")], "")).await;
+    let GatewayAnswer::Deny { headers, .. } = &key else { panic!("{key:?}") };
+    assert!(!header(headers, "www-authenticate").unwrap().contains("resource_metadata"));
+}
+
+#[tokio::test]
+async fn context_extensions_name_the_tool_the_template_and_become_facts() {
+    let gateway = gateway_with("");
+    let mut by_tool = request("POST", "/anything", &[USER], "");
+    by_tool.extensions = vec![("tool".into(), "echo".into())];
+    assert!(gateway.check(&by_tool).await.allowed());
+    by_tool.extensions = vec![("tool".into(), "delete_file".into())];
+    assert_eq!(gateway.check(&by_tool).await.status(), 403);
+    let mut templated = request("GET", "/user/42", &[USER], "");
+    templated.extensions = vec![("route".into(), "/user/{id}".into()), ("team".into(), "blue".into())];
+    templated.source_ip = "10.0.0.7".into();
+    let facts = facts(&templated, None);
+    assert_eq!(facts["team"], "blue");
+    assert_eq!(facts["source_ip"], "10.0.0.7");
+    assert_eq!(facts["host"], "api.example");
+    assert!(gateway.check(&templated).await.allowed());
+}
+
+#[test]
+fn identity_header_values_cannot_break_a_header() {
+    assert_eq!(header_value("alice"), "alice");
+    assert_eq!(header_value("a\r\nx-evil: 1"), "a%0D%0Ax-evil: 1");
+    assert_eq!(header_value("zoë%"), "zo%C3%AB%25");
+}
