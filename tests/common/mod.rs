@@ -2,6 +2,9 @@
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod envoy;
+pub mod upstream;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -81,7 +84,13 @@ impl Drop for TestServer {
 }
 
 pub fn route(method: &str, path: &str) -> proto::Target {
-    proto::Target { kind: Some(Kind::Route(proto::Route { method: method.into(), path: path.into() })) }
+    proto::Target {
+        kind: Some(Kind::Route(proto::Route {
+            method: method.into(),
+            path: path.into(),
+            ..Default::default()
+        })),
+    }
 }
 
 pub fn tool(name: &str) -> proto::Target {
