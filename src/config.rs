@@ -389,10 +389,11 @@ pub enum McpShape {
 pub struct ProtectedResourceConfig {
     /// The resource identifier, an `https` URL (`http` for local tests), such as
     /// `https://mcp.example.com/mcp`.
-    pub resource: url::Url,
-    /// Issuer URLs of the authorization servers that issue tokens for it.
+    pub resource: String,
+    /// Issuer URLs of the authorization servers that issue tokens for it, exactly as their
+    /// metadata names them.
     #[serde(default)]
-    pub authorization_servers: Vec<url::Url>,
+    pub authorization_servers: Vec<String>,
     /// Scopes a client may request.
     #[serde(default)]
     pub scopes_supported: Vec<String>,
@@ -412,12 +413,22 @@ impl ProtectedResourceConfig {
         if let Some(url) = &self.metadata_url {
             return url.to_string();
         }
-        let mut url = self.resource.clone();
-        let path = self.resource.path().trim_end_matches('/').to_owned();
+        let Ok(mut url) = url::Url::parse(&self.resource) else {
+            // Unreachable for a validated config.
+            return String::new();
+        };
+        let path = self.resource_path();
         url.set_path(&format!("{WELL_KNOWN_RESOURCE}{path}"));
         url.set_query(None);
         url.set_fragment(None);
         url.to_string()
+    }
+
+    /// The resource's path without a trailing `/` ("" for a resource at its origin's root).
+    pub fn resource_path(&self) -> String {
+        url::Url::parse(&self.resource)
+            .map(|url| url.path().trim_end_matches('/').to_owned())
+            .unwrap_or_default()
     }
 }
 
@@ -946,14 +957,22 @@ impl Config {
             }
         }
         if let Some(resource) = &self.protected_resource {
-            if !matches!(resource.resource.scheme(), "https" | "http")
-                || resource.resource.fragment().is_some()
-            {
+            let parsed = url::Url::parse(&resource.resource);
+            if !parsed.is_ok_and(|url| matches!(url.scheme(), "https" | "http") && url.fragment().is_none()) {
                 report(
                     "resource:",
                     "protected_resource.resource".into(),
                     "must be an https URL without a fragment (RFC 9728 §1.2)".into(),
                 );
+            }
+            for (index, server) in resource.authorization_servers.iter().enumerate() {
+                if url::Url::parse(server).is_err() {
+                    report(
+                        server,
+                        format!("protected_resource.authorization_servers[{index}]"),
+                        "must be an issuer URL".into(),
+                    );
+                }
             }
         }
         if self.sessions.refresh_ttl.0 < self.sessions.access_ttl.0 {

@@ -53,13 +53,12 @@ impl ProtectedResource {
     /// The document for `config` (RFC 9728 §2).
     pub fn new(config: &ProtectedResourceConfig) -> Self {
         let mut document = json!({
-            "resource": config.resource.as_str(),
+            "resource": config.resource,
             "bearer_methods_supported": config.bearer_methods_supported,
         });
         if let serde_json::Value::Object(fields) = &mut document {
             if !config.authorization_servers.is_empty() {
-                let servers: Vec<&str> = config.authorization_servers.iter().map(url::Url::as_str).collect();
-                fields.insert("authorization_servers".to_owned(), json!(servers));
+                fields.insert("authorization_servers".to_owned(), json!(config.authorization_servers));
             }
             if !config.scopes_supported.is_empty() {
                 fields.insert("scopes_supported".to_owned(), json!(config.scopes_supported));
@@ -68,7 +67,7 @@ impl ProtectedResource {
                 fields.insert("resource_name".to_owned(), json!(name));
             }
         }
-        Self { path: config.resource.path().trim_end_matches('/').to_owned(), document }
+        Self { path: config.resource_path(), document }
     }
 }
 

@@ -100,3 +100,50 @@ fn a_relative_policy_dir_is_relative_to_the_config_file() {
     config.source = "/etc/cedargate/config.yaml".into();
     assert_eq!(config.policy_dir(), Some(PathBuf::from("/etc/cedargate/rules")));
 }
+
+#[test]
+fn gateway_defaults_serve_the_demo_mcp_endpoints_and_identity_headers() {
+    let config = parse("{}").unwrap();
+    let endpoints: Vec<_> =
+        config.gateway.mcp.iter().map(|endpoint| (endpoint.path.as_str(), endpoint.shape)).collect();
+    assert_eq!(endpoints, [("/mcp", McpShape::Jsonrpc), ("/mcp/invoke", McpShape::Invoke)]);
+    assert_eq!(config.gateway.identity_headers.subject, "x-auth-subject");
+    assert!(!config.gateway.strip_authorization);
+    assert!(config.protected_resource.is_none());
+}
+
+#[test]
+fn the_resource_metadata_url_follows_rfc_9728_path_insertion() {
+    let config =
+        parse("protected_resource:\n  resource: https://mcp.example.com/tools/mcp/\n  resource_name: x\n")
+            .unwrap();
+    let resource = config.protected_resource.unwrap();
+    assert_eq!(
+        resource.metadata_url(),
+        "https://mcp.example.com/.well-known/oauth-protected-resource/tools/mcp"
+    );
+    let config = parse("protected_resource:\n  resource: https://mcp.example.com\n").unwrap();
+    assert_eq!(
+        config.protected_resource.unwrap().metadata_url(),
+        "https://mcp.example.com/.well-known/oauth-protected-resource"
+    );
+}
+
+#[test]
+fn bad_gateway_settings_name_their_field() {
+    let table = [
+        ("gateway:\n  identity_headers:\n    subject: \"x auth\"\n", "gateway.identity_headers.subject"),
+        ("gateway:\n  api_key:\n    header: \"a:b\"\n", "gateway.api_key.header"),
+        ("gateway:\n  mcp:\n    - path: /mcp/../x\n", "gateway.mcp[0].path"),
+        ("protected_resource:\n  resource: ftp://x/y\n", "protected_resource.resource"),
+        ("protected_resource:\n  resource: https://x/#f\n", "protected_resource.resource"),
+        (
+            "protected_resource:\n  resource: https://x/\n  authorization_servers: [not a url]\n",
+            "protected_resource.authorization_servers[0]",
+        ),
+    ];
+    for (text, field) in table {
+        let error = parse(text).unwrap_err().to_string();
+        assert!(error.contains(field), "{text}: {error}");
+    }
+}

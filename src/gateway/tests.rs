@@ -5,8 +5,11 @@ use crate::app::App;
 use crate::config::Config;
 
 fn gateway_with(extra_yaml: &str) -> Gateway {
-    let text = format!("{}\n{extra_yaml}", crate::config::DEMO_YAML);
-    let config = Config::parse("gateway.yaml", &text).unwrap();
+    gateway_from(&format!("{}\n{extra_yaml}", crate::config::DEMO_YAML))
+}
+
+fn gateway_from(text: &str) -> Gateway {
+    let config = Config::parse("gateway.yaml", text).unwrap();
     let app = App::build(config.clone()).unwrap();
     Gateway::new(Arc::clone(app.engine()), &config.gateway)
 }
@@ -264,4 +267,21 @@ fn identity_header_values_cannot_break_a_header() {
     assert_eq!(header_value("alice"), "alice");
     assert_eq!(header_value("a\r\nx-evil: 1"), "a%0D%0Ax-evil: 1");
     assert_eq!(header_value("zoë%"), "zo%C3%AB%25");
+}
+
+#[tokio::test]
+async fn an_unreachable_credential_backend_is_a_503_without_a_token_challenge() {
+    // Nothing listens on port 9 of the loopback: the introspection call is refused.
+    let introspection =
+        "credentials:\n  introspection:\n    - endpoint: http://127.0.0.1:9/introspect\n      \
+                         client_id: cedargate\n      client_secret: secret\n      timeout: 1s\n";
+    let gateway = gateway_from(&crate::config::DEMO_YAML.replacen("credentials:\n", introspection, 1));
+    let answer =
+        gateway.check(&request("GET", "/user/profile", &[("authorization", "Bearer opaque-1")], "")).await;
+    assert_eq!(answer.status(), 503, "{answer:?}");
+    let GatewayAnswer::Deny { headers, .. } = &answer else { unreachable!() };
+    assert_eq!(header(headers, "www-authenticate"), None, "a good token must not be called invalid");
+    let body = body_of(&answer);
+    assert_eq!(body["error"], "temporarily_unavailable");
+    assert!(body["reason"].as_str().unwrap().contains("unavailable"), "{body}");
 }
