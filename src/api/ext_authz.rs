@@ -149,3 +149,96 @@ fn metadata(decision: &Decision) -> Struct {
     }
     Struct { fields }
 }
+
+#[cfg(test)]
+mod tests {
+    use envoy_types::pb::envoy::config::core::v3::{self as core, socket_address::PortSpecifier};
+    use envoy_types::pb::envoy::service::auth::v3::{attribute_context, AttributeContext};
+
+    use super::*;
+
+    fn check_request(http: attribute_context::HttpRequest) -> CheckRequest {
+        CheckRequest {
+            attributes: Some(AttributeContext {
+                source: Some(attribute_context::Peer {
+                    address: Some(core::Address {
+                        address: Some(Address::SocketAddress(core::SocketAddress {
+                            address: "10.1.2.3".into(),
+                            port_specifier: Some(PortSpecifier::PortValue(4242)),
+                            ..Default::default()
+                        })),
+                    }),
+                    principal: "spiffe://example.org/client".into(),
+                    ..Default::default()
+                }),
+                request: Some(attribute_context::Request { http: Some(http), ..Default::default() }),
+                context_extensions: [("tool".to_owned(), "echo".to_owned())].into(),
+                ..Default::default()
+            }),
+        }
+    }
+
+    #[test]
+    fn header_map_raw_values_source_and_extensions_are_read() {
+        let http = attribute_context::HttpRequest {
+            method: "POST".into(),
+            path: "/mcp?x=1".into(),
+            host: "api.example".into(),
+            header_map: Some(core::HeaderMap {
+                headers: vec![
+                    HeaderValue {
+                        key: "Authorization".into(),
+                        raw_value: b"Bearer t".to_vec(),
+                        ..Default::default()
+                    },
+                    HeaderValue { key: "x-plain".into(), value: "v".into(), ..Default::default() },
+                ],
+            }),
+            raw_body: b"{}".to_vec(),
+            ..Default::default()
+        };
+        let request = gateway_request(check_request(http));
+        assert_eq!((request.method.as_str(), request.path.as_str()), ("POST", "/mcp?x=1"));
+        assert_eq!(request.header("authorization"), Some("Bearer t"));
+        assert_eq!(request.header("x-plain"), Some("v"));
+        assert_eq!(request.body, b"{}");
+        assert_eq!(request.source_ip, "10.1.2.3");
+        assert_eq!(request.source_principal, "spiffe://example.org/client");
+        assert_eq!(request.extensions, [("tool".to_owned(), "echo".to_owned())]);
+    }
+
+    #[test]
+    fn the_headers_map_and_a_text_body_are_read_too() {
+        let http = attribute_context::HttpRequest {
+            headers: [("Authorization".to_owned(), "Bearer u".to_owned())].into(),
+            body: "text".into(),
+            ..Default::default()
+        };
+        let request = gateway_request(check_request(http));
+        assert_eq!(request.header("authorization"), Some("Bearer u"));
+        assert_eq!(request.body, b"text");
+    }
+
+    #[test]
+    fn denials_map_onto_grpc_codes_and_an_http_response() {
+        for (status, code) in [
+            (400, tonic::Code::InvalidArgument),
+            (401, tonic::Code::Unauthenticated),
+            (403, tonic::Code::PermissionDenied),
+            (503, tonic::Code::Unavailable),
+        ] {
+            let answer = GatewayAnswer::Deny {
+                status,
+                headers: vec![("www-authenticate".into(), "Bearer realm=\"x\"".into())],
+                body: "{}".into(),
+                decision: None,
+            };
+            let response = check_response(answer);
+            assert_eq!(response.status.unwrap().code, code as i32);
+            let Some(HttpResponse::DeniedResponse(denied)) = response.http_response else { panic!() };
+            assert_eq!(denied.status.unwrap().code, i32::from(status));
+            assert_eq!(denied.headers[0].header.as_ref().unwrap().key, "www-authenticate");
+            assert_eq!(denied.body, "{}");
+        }
+    }
+}
