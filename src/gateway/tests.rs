@@ -159,6 +159,9 @@ async fn json_rpc_requests_are_decided_per_tool_argument_prompt_and_method() {
             assert!(error["id"].is_number(), "{error}");
         }
     }
+    // GET (event stream) and DELETE (end of session) are decided as the endpoint's route.
+    assert!(gateway.check(&request("GET", "/mcp", &[USER], "")).await.allowed());
+    assert_eq!(gateway.check(&request("DELETE", "/mcp", &[], "")).await.status(), 401);
     let notification = json!({ "jsonrpc": "2.0", "method": "notifications/initialized" }).to_string();
     assert!(gateway.check(&request("POST", "/mcp", &[USER], &notification)).await.allowed());
 }
