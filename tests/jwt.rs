@@ -79,7 +79,7 @@ async fn jwt_access_tokens_decide_like_any_credential() {
     let refused = check(&mut client, &elsewhere, route("GET", "/user/profile")).await;
     assert_eq!(refused.outcome(), Outcome::Unauthenticated);
     assert_eq!(refused.reason, "JWT audience is not this resource");
-    assert!(refused.www_authenticate.starts_with("Bearer error=\"invalid_token\""));
+    assert!(refused.www_authenticate.starts_with("Bearer realm=\"cedargate\", error=\"invalid_token\""));
 }
 
 #[tokio::test]
