@@ -1,11 +1,15 @@
-//! `cedargate-load`: drives `cedargate.v1.Authorizer/Check` over gRPC and reports throughput
-//! and latency percentiles from an HDR histogram.
+//! `cedargate-load`: drives `cedargate.v1.Authorizer/Check` over gRPC, or any HTTP endpoint
+//! (`--http-url`, e.g. a proxy in front of cedargate), and reports throughput and latency
+//! percentiles from an HDR histogram.
 //!
 //! Closed loop (default): `--concurrency` requests always in flight for `--duration`.
 //! Open loop (`--rate`): requests start on a fixed schedule whatever the answers do, so a slow
 //! answer cannot delay the next request and hide a stall (no coordinated omission). Latency is
 //! measured from each request's actual start; how late starts were against the schedule (the
 //! timer has millisecond resolution) is reported separately as the schedule lag.
+//!
+//! gRPC mode counts `allowed` answers as allowed and the rest as denied; HTTP mode counts a 2xx
+//! as allowed and any other status as denied. Transport failures are errors in both.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -16,16 +20,27 @@ use cedargate::api::proto::authorizer_client::AuthorizerClient;
 use cedargate::api::proto::{self, target::Kind};
 use clap::Parser;
 use hdrhistogram::Histogram;
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use tokio::sync::mpsc;
 use tonic::transport::{Channel, Endpoint};
 
-/// Load generator for cedargate's gRPC Check.
+/// Load generator for cedargate's gRPC Check, or for an HTTP endpoint.
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Args {
-    /// Server address.
+    /// Server address (gRPC mode).
     #[arg(long, default_value = "http://127.0.0.1:50051")]
     addr: String,
+    /// HTTP mode: send `--method` requests to this URL instead of gRPC Checks, over HTTP/1.1
+    /// keep-alive connections (as many as requests in flight).
+    #[arg(long, conflicts_with_all = ["tool", "route", "authorization", "connections"])]
+    http_url: Option<String>,
+    /// HTTP mode: the request method.
+    #[arg(long, default_value = "GET", requires = "http_url")]
+    method: String,
+    /// HTTP mode: a request header, `name: value`; repeatable.
+    #[arg(long = "header", value_name = "NAME: VALUE", requires = "http_url")]
+    headers: Vec<String>,
     /// Requests in flight (closed loop).
     #[arg(long, default_value_t = 32)]
     concurrency: usize,
@@ -38,16 +53,16 @@ struct Args {
     /// Unmeasured warm-up before, e.g. `2s`.
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     warmup: Duration,
-    /// HTTP/2 connections to spread requests over.
+    /// HTTP/2 connections to spread requests over (gRPC mode).
     #[arg(long, default_value_t = 4)]
     connections: usize,
-    /// `Authorization` value sent with every request.
+    /// `Authorization` value sent with every request (gRPC mode).
     #[arg(long, default_value = "Bearer user-token-123")]
     authorization: String,
-    /// Route target, `METHOD /path`.
+    /// Route target, `METHOD /path` (gRPC mode).
     #[arg(long, default_value = "GET /user/profile", conflicts_with = "tool")]
     route: String,
-    /// Tool target instead of a route.
+    /// Tool target instead of a route (gRPC mode).
     #[arg(long)]
     tool: Option<String>,
 }
@@ -62,12 +77,110 @@ struct Counters {
     lag_micros_max: AtomicU64,
 }
 
+/// How one request ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Allowed,
+    Denied,
+    Error,
+}
+
+/// The request under test and the connection(s) it goes over; cheap to clone (clones share the
+/// connections).
+#[derive(Debug, Clone)]
+enum Probe {
+    /// One gRPC client per HTTP/2 connection.
+    Grpc { client: AuthorizerClient<Channel>, request: proto::CheckRequest },
+    /// One client whose pool holds the keep-alive connections.
+    Http { client: reqwest::Client, method: reqwest::Method, url: String, headers: HeaderMap },
+}
+
+/// What came back for one request.
+#[derive(Debug)]
+enum Answer {
+    Grpc { allowed: bool, http_status: u32, reason: String },
+    Http { status: reqwest::StatusCode, body_bytes: usize },
+}
+
+impl Answer {
+    fn outcome(&self) -> Outcome {
+        let allowed = match self {
+            Self::Grpc { allowed, .. } => *allowed,
+            Self::Http { status, .. } => status.is_success(),
+        };
+        if allowed {
+            Outcome::Allowed
+        } else {
+            Outcome::Denied
+        }
+    }
+
+    /// One line, for the sanity request.
+    fn summary(&self) -> String {
+        match self {
+            Self::Grpc { allowed, http_status, reason } => {
+                format!("allowed={allowed} status={http_status} reason={reason:?}")
+            }
+            Self::Http { status, body_bytes } => {
+                format!("status={} body_bytes={body_bytes}", status.as_u16())
+            }
+        }
+    }
+}
+
+impl Probe {
+    /// Sends the request once. Fails on a transport error or a gRPC status.
+    async fn send(&mut self) -> anyhow::Result<Answer> {
+        match self {
+            Self::Grpc { client, request } => {
+                let response = client.check(request.clone()).await?.into_inner();
+                let proto::CheckResponse { allowed, http_status, reason, .. } = response;
+                Ok(Answer::Grpc { allowed, http_status, reason })
+            }
+            Self::Http { client, method, url, headers } => {
+                let response =
+                    client.request(method.clone(), url.as_str()).headers(headers.clone()).send().await?;
+                let status = response.status();
+                // Read the whole body, so the connection goes back to the pool for the next request.
+                let body_bytes = response.bytes().await?.len();
+                Ok(Answer::Http { status, body_bytes })
+            }
+        }
+    }
+
+    /// Sends the request once, for the measurement.
+    async fn outcome(&mut self) -> Outcome {
+        match self.send().await {
+            Ok(answer) => answer.outcome(),
+            Err(_) => Outcome::Error,
+        }
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     if args.connections == 0 || args.concurrency == 0 {
         bail!("--connections and --concurrency must be at least 1");
     }
+    let probes = match &args.http_url {
+        Some(url) => vec![http_probe(&args, url)?],
+        None => grpc_probes(&args).await?,
+    };
+    // A sanity request, so a wrong target or credential is visible before the run.
+    let first = probes[0].clone().send().await.context("first request failed")?;
+    println!("first answer: {}", first.summary());
+
+    if !args.warmup.is_zero() {
+        run(&args, &probes, args.warmup).await?;
+    }
+    let (histogram, counters, elapsed) = run(&args, &probes, args.duration).await?;
+    report(&args, &histogram, &counters, elapsed);
+    Ok(())
+}
+
+/// One probe per HTTP/2 connection.
+async fn grpc_probes(args: &Args) -> anyhow::Result<Vec<Probe>> {
     let target = match &args.tool {
         Some(name) => Kind::Tool(proto::Tool { name: name.clone(), ..Default::default() }),
         None => {
@@ -84,38 +197,53 @@ async fn main() -> anyhow::Result<()> {
         target: Some(proto::Target { kind: Some(target) }),
         context: None,
     };
-    let mut clients = Vec::with_capacity(args.connections);
+    let mut probes = Vec::with_capacity(args.connections);
     for _ in 0..args.connections {
         let channel: Channel = Endpoint::from_shared(args.addr.clone())?
             .tcp_nodelay(true)
             .connect()
             .await
             .with_context(|| format!("cannot connect to {}", args.addr))?;
-        clients.push(AuthorizerClient::new(channel));
+        probes.push(Probe::Grpc { client: AuthorizerClient::new(channel), request: request.clone() });
     }
-    // A sanity request, so a wrong target or credential is visible before the run.
-    let first = AuthorizerClient::clone(&clients[0])
-        .check(request.clone())
-        .await
-        .context("first Check failed")?
-        .into_inner();
-    println!(
-        "first answer: allowed={} status={} reason={:?}",
-        first.allowed, first.http_status, first.reason
-    );
+    Ok(probes)
+}
 
-    if !args.warmup.is_zero() {
-        run(&args, &clients, &request, args.warmup).await?;
+/// One probe whose client keeps a keep-alive connection per request in flight.
+fn http_probe(args: &Args, url: &str) -> anyhow::Result<Probe> {
+    let method = reqwest::Method::from_bytes(args.method.as_bytes())
+        .with_context(|| format!("bad --method `{}`", args.method))?;
+    let mut headers = HeaderMap::new();
+    for header in &args.headers {
+        let (name, value) = parse_header(header)?;
+        headers.append(name, value);
     }
-    let (histogram, counters, elapsed) = run(&args, &clients, &request, args.duration).await?;
-    report(&args, &histogram, &counters, elapsed);
-    Ok(())
+    let mut builder = reqwest::Client::builder()
+        // Loopback targets: never through a proxy from the environment.
+        .no_proxy()
+        .http1_only()
+        .tcp_nodelay(true);
+    if args.rate.is_none() {
+        // Closed loop: exactly one connection per worker stays open; open loop keeps them all.
+        builder = builder.pool_max_idle_per_host(args.concurrency);
+    }
+    let client = builder.build().context("cannot build the HTTP client")?;
+    Ok(Probe::Http { client, method, url: url.to_owned(), headers })
+}
+
+/// `name: value`, as curl's `-H`.
+fn parse_header(header: &str) -> anyhow::Result<(HeaderName, HeaderValue)> {
+    let (name, value) = header.split_once(':').with_context(|| format!("--header `{header}` has no `:`"))?;
+    let name = HeaderName::from_bytes(name.trim().as_bytes())
+        .with_context(|| format!("bad header name in `{header}`"))?;
+    let value =
+        HeaderValue::from_str(value.trim()).with_context(|| format!("bad header value for `{name}`"))?;
+    Ok((name, value))
 }
 
 async fn run(
     args: &Args,
-    clients: &[AuthorizerClient<Channel>],
-    request: &proto::CheckRequest,
+    probes: &[Probe],
     duration: Duration,
 ) -> anyhow::Result<(Histogram<u64>, Arc<Counters>, Duration)> {
     let counters = Arc::new(Counters::default());
@@ -123,43 +251,8 @@ async fn run(
     let started = Instant::now();
     let deadline = started + duration;
     match args.rate {
-        None => {
-            for worker in 0..args.concurrency {
-                let mut client = clients[worker % clients.len()].clone();
-                let (request, counters, sender) = (request.clone(), Arc::clone(&counters), sender.clone());
-                tokio::spawn(async move {
-                    while Instant::now() < deadline {
-                        let start = Instant::now();
-                        let answer = client.check(request.clone()).await;
-                        record(&counters, &sender, start, answer);
-                    }
-                });
-            }
-        }
-        Some(rate) => {
-            let interval = Duration::from_secs_f64(1.0 / rate.max(1) as f64);
-            let clients = clients.to_vec();
-            let (request, counters, sender) = (request.clone(), Arc::clone(&counters), sender.clone());
-            tokio::spawn(async move {
-                let mut scheduled = Instant::now();
-                let mut index = 0usize;
-                while scheduled < deadline {
-                    tokio::time::sleep_until(scheduled.into()).await;
-                    let mut client = clients[index % clients.len()].clone();
-                    let (request, counters, sender) =
-                        (request.clone(), Arc::clone(&counters), sender.clone());
-                    let lag = u64::try_from(scheduled.elapsed().as_micros()).unwrap_or(u64::MAX);
-                    counters.lag_micros_max.fetch_max(lag, Ordering::Relaxed);
-                    tokio::spawn(async move {
-                        let start = Instant::now();
-                        let answer = client.check(request).await;
-                        record(&counters, &sender, start, answer);
-                    });
-                    index += 1;
-                    scheduled += interval;
-                }
-            });
-        }
+        None => closed_loop(args.concurrency, probes, deadline, &counters, &sender),
+        Some(rate) => open_loop(rate, probes, deadline, &counters, &sender),
     }
     drop(sender);
     // Microseconds, 1 µs to 60 s, 3 significant figures.
@@ -171,18 +264,66 @@ async fn run(
     Ok((histogram, counters, started.elapsed()))
 }
 
-fn record(
-    counters: &Counters,
+/// `concurrency` workers, each sending its next request as soon as the last one answered.
+fn closed_loop(
+    concurrency: usize,
+    probes: &[Probe],
+    deadline: Instant,
+    counters: &Arc<Counters>,
     sender: &mpsc::UnboundedSender<u64>,
-    start: Instant,
-    answer: Result<tonic::Response<proto::CheckResponse>, tonic::Status>,
 ) {
+    for worker in 0..concurrency {
+        let mut probe = probes[worker % probes.len()].clone();
+        let (counters, sender) = (Arc::clone(counters), sender.clone());
+        tokio::spawn(async move {
+            while Instant::now() < deadline {
+                let start = Instant::now();
+                let outcome = probe.outcome().await;
+                record(&counters, &sender, start, outcome);
+            }
+        });
+    }
+}
+
+/// A request every `1 / rate` seconds, each on its own task.
+fn open_loop(
+    rate: u64,
+    probes: &[Probe],
+    deadline: Instant,
+    counters: &Arc<Counters>,
+    sender: &mpsc::UnboundedSender<u64>,
+) {
+    let interval = Duration::from_secs_f64(1.0 / rate.max(1) as f64);
+    let probes = probes.to_vec();
+    let (counters, sender) = (Arc::clone(counters), sender.clone());
+    tokio::spawn(async move {
+        let mut scheduled = Instant::now();
+        let mut index = 0usize;
+        while scheduled < deadline {
+            tokio::time::sleep_until(scheduled.into()).await;
+            let mut probe = probes[index % probes.len()].clone();
+            let (counters, sender) = (Arc::clone(&counters), sender.clone());
+            let lag = u64::try_from(scheduled.elapsed().as_micros()).unwrap_or(u64::MAX);
+            counters.lag_micros_max.fetch_max(lag, Ordering::Relaxed);
+            tokio::spawn(async move {
+                let start = Instant::now();
+                let outcome = probe.outcome().await;
+                record(&counters, &sender, start, outcome);
+            });
+            index += 1;
+            scheduled += interval;
+        }
+    });
+}
+
+fn record(counters: &Counters, sender: &mpsc::UnboundedSender<u64>, start: Instant, outcome: Outcome) {
     let micros = u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX);
-    match answer {
-        Ok(response) if response.get_ref().allowed => counters.allowed.fetch_add(1, Ordering::Relaxed),
-        Ok(_) => counters.denied.fetch_add(1, Ordering::Relaxed),
-        Err(_) => counters.errors.fetch_add(1, Ordering::Relaxed),
+    let counter = match outcome {
+        Outcome::Allowed => &counters.allowed,
+        Outcome::Denied => &counters.denied,
+        Outcome::Error => &counters.errors,
     };
+    counter.fetch_add(1, Ordering::Relaxed);
     let _ = sender.send(micros);
 }
 
@@ -193,7 +334,11 @@ fn report(args: &Args, histogram: &Histogram<u64>, counters: &Counters, elapsed:
         Some(rate) => format!("open loop at {rate}/s"),
         None => format!("closed loop, {} in flight", args.concurrency),
     };
-    println!("mode: {mode}, {} connection(s), {:.1}s measured", args.connections, seconds);
+    let transport = match &args.http_url {
+        Some(url) => format!("HTTP/1.1 keep-alive to {url}"),
+        None => format!("{} connection(s)", args.connections),
+    };
+    println!("mode: {mode}, {transport}, {seconds:.1}s measured");
     println!(
         "requests: {total} (allowed {}, denied {}, errors {})",
         counters.allowed.load(Ordering::Relaxed),
