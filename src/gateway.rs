@@ -345,11 +345,6 @@ impl Gateway {
         }
         GatewayAnswer::Allow { set_headers, remove_headers, remove_query, decision: Box::new(decision) }
     }
-
-    /// The engine deciding.
-    pub fn engine(&self) -> &Arc<Engine> {
-        &self.engine
-    }
 }
 
 /// A 400 for a request that cannot be decided on; `jsonrpc_id` is set for JSON-RPC endpoints,

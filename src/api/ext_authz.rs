@@ -49,7 +49,7 @@ fn gateway_request(request: CheckRequest) -> GatewayRequest {
     let attributes = request.attributes.unwrap_or_default();
     let http = attributes.request.and_then(|request| request.http).unwrap_or_default();
     // Envoy sends either the `headers` map or, with `encode_raw_headers`, the `header_map`.
-    let mut headers: Vec<(String, String)> = if http.headers.is_empty() {
+    let headers: Vec<(String, String)> = if http.headers.is_empty() {
         http.header_map
             .map(|map| {
                 map.headers
@@ -68,7 +68,6 @@ fn gateway_request(request: CheckRequest) -> GatewayRequest {
     } else {
         http.headers.into_iter().map(|(key, value)| (key.to_ascii_lowercase(), value)).collect()
     };
-    headers.sort_by(|left, right| left.0.cmp(&right.0));
     let body = if http.raw_body.is_empty() { http.body.into_bytes() } else { http.raw_body };
     let source = attributes.source.unwrap_or_default();
     let source_ip = match source.address.and_then(|address| address.address) {

@@ -298,11 +298,10 @@ async fn forward_auth(
 }
 
 fn gateway_request(method: &str, path: &str, headers: &HeaderMap, body: Bytes) -> GatewayRequest {
-    let mut pairs: Vec<(String, String)> = headers
+    let pairs: Vec<(String, String)> = headers
         .iter()
         .filter_map(|(name, value)| Some((name.as_str().to_owned(), value.to_str().ok()?.to_owned())))
         .collect();
-    pairs.sort_by(|left, right| left.0.cmp(&right.0));
     let host = headers.get(header::HOST).and_then(|value| value.to_str().ok()).unwrap_or_default();
     GatewayRequest {
         method: method.to_owned(),
