@@ -25,6 +25,7 @@ use crate::credential::{
 };
 use crate::engine::{Engine, EngineSettings};
 use crate::gateway::Gateway;
+use crate::gateway::TrustedProxies;
 use crate::model::{AuthInfo, CredentialKind, Scheme};
 use crate::policy::{PolicyEngine, PolicyError, PolicySources};
 use crate::route::RouteTable;
@@ -86,7 +87,8 @@ impl App {
             None => PolicySources::embedded_demo(),
         };
         let policies = Arc::new(PolicyEngine::new(&sources)?);
-        let routes = RouteTable::new(config.routes.iter().map(String::as_str)).map_err(AppError::Setup)?;
+        let routes = RouteTable::new(config.routes.iter().map(String::as_str), config.paths.rules())
+            .map_err(AppError::Setup)?;
 
         let limits = &config.sessions.login_rate_limit;
         let limiter = Arc::new(MemoryRateLimiter::new(
@@ -255,9 +257,10 @@ impl App {
             .add_service(proto::authorizer_server::AuthorizerServer::new(AuthorizerService::new(Arc::clone(
                 &self.engine,
             ))))
-            .add_service(proto::sessions_server::SessionsServer::new(SessionsService::new(Arc::clone(
-                &self.sessions,
-            ))))
+            .add_service(proto::sessions_server::SessionsServer::new(SessionsService::new(
+                Arc::clone(&self.sessions),
+                TrustedProxies::new(self.config.gateway.trusted_proxies.clone()),
+            )))
             .add_service(AuthorizationServer::new(ExtAuthzService::new(Arc::clone(&self.gateway))))
             .add_service(proto::admin_server::AdminServer::new(AdminService::new(
                 self.config.admin.token_sha256.map(|digest| digest.0),
@@ -284,6 +287,8 @@ impl App {
                 .as_ref()
                 .map(|resource| Arc::new(ProtectedResource::new(resource))),
             max_gateway_body_bytes: self.config.gateway.max_body_bytes,
+            trusted_proxies: TrustedProxies::new(self.config.gateway.trusted_proxies.clone()),
+            forward_auth: self.config.gateway.forward_auth.convention,
         });
         let http_server = axum::serve(http, http_router.into_make_service_with_connect_info::<SocketAddr>())
             .with_graceful_shutdown(stopped(stop.clone()));

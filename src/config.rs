@@ -68,6 +68,9 @@ pub struct Config {
     /// `Route::"<template>"`, with the parameters as tags.
     #[serde(default)]
     pub routes: Vec<String>,
+    /// Which unusual path forms are accepted (each refused by default).
+    #[serde(default)]
+    pub paths: PathsConfig,
     /// Credentials known in advance.
     #[serde(default)]
     pub credentials: CredentialsConfig,
@@ -323,6 +326,93 @@ pub struct GatewayConfig {
     /// Largest request body parsed, in bytes. Default 1 MiB.
     #[serde(default = "default_max_body")]
     pub max_body_bytes: usize,
+    /// How `/auth/verify` learns the original request.
+    #[serde(default)]
+    pub forward_auth: ForwardAuthConfig,
+    /// Proxies (CIDRs) whose `X-Forwarded-For` is believed: only when the TCP peer is in one
+    /// of these does `X-Forwarded-For` set `source_ip` and the login rate-limit address.
+    /// Default none.
+    #[serde(default)]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// What to do with a request that carries a method or URL override
+    /// (`X-HTTP-Method-Override`, `X-Original-URL`, `?_method=`, …), which upstreams may
+    /// honour as a different request than the one decided. Default `refuse`.
+    #[serde(default)]
+    pub override_headers: OverrideHeaders,
+    /// Decide an MCP request on its `Mcp-Method`/`Mcp-Name` headers alone when the proxy does
+    /// not forward the body (nginx). Safe only when the MCP server rejects headers that
+    /// disagree with the body (MCP 2026-07-28 requires it). Default false: such requests are
+    /// refused.
+    #[serde(default)]
+    pub mcp_trust_headers: bool,
+}
+
+/// How the forward-auth endpoint reads the original request.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForwardAuthConfig {
+    /// Which proxy convention `/auth/verify` serves. Default `original` (nginx).
+    #[serde(default)]
+    pub convention: ForwardAuthConvention,
+}
+
+/// The headers a proxy describes the original request with.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ForwardAuthConvention {
+    /// `X-Original-Method`, `X-Original-URI`, `X-Original-Host` (nginx `auth_request`).
+    #[default]
+    Original,
+    /// `X-Forwarded-Method`, `X-Forwarded-Uri`, `X-Forwarded-Host` (Traefik `forwardAuth`,
+    /// Caddy `forward_auth`).
+    Forwarded,
+}
+
+/// Method and URL override headers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OverrideHeaders {
+    /// Answer 400: the upstream might act on the override.
+    #[default]
+    Refuse,
+    /// Let them through (the upstream is known to ignore them).
+    Allow,
+}
+
+/// Path forms refused by default, each because some upstream reads it as another path than
+/// cedargate would decide. `//`, dot segments, encoded slashes and percent-encoded unreserved
+/// characters are always refused.
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PathsConfig {
+    /// Accept `;` (and `%3B`) in a segment. Tomcat and Spring drop `;parameters`, so
+    /// `/user/..;/admin` reaches `/admin` there. Default false.
+    #[serde(default)]
+    pub allow_semicolons: bool,
+    /// Accept `%25` (an encoded `%`), which an upstream that decodes twice reads as another
+    /// escape. Default false.
+    #[serde(default)]
+    pub allow_encoded_percent: bool,
+    /// Accept percent-encoded bytes outside ASCII (`%C3%A9`); overlong UTF-8 (`%C0%AE`) and
+    /// full-width forms (`%EF%BC%8E`) are dots to some decoders. Default false.
+    #[serde(default)]
+    pub allow_non_ascii: bool,
+    /// Accept a trailing `/` and decide the path with it (`Route::"/users/"`), as the
+    /// upstream gets it. Default false: refused.
+    #[serde(default)]
+    pub allow_trailing_slash: bool,
+}
+
+impl PathsConfig {
+    /// As the route module's rules.
+    pub fn rules(&self) -> crate::route::PathRules {
+        crate::route::PathRules {
+            semicolons: self.allow_semicolons,
+            encoded_percent: self.allow_encoded_percent,
+            non_ascii: self.allow_non_ascii,
+            trailing_slash: self.allow_trailing_slash,
+        }
+    }
 }
 
 /// Alternative places for an API key.
@@ -601,6 +691,10 @@ impl Default for GatewayConfig {
             strip_authorization: false,
             mcp: default_mcp_endpoints(),
             max_body_bytes: default_max_body(),
+            forward_auth: ForwardAuthConfig::default(),
+            trusted_proxies: Vec::new(),
+            override_headers: OverrideHeaders::default(),
+            mcp_trust_headers: false,
         }
     }
 }
@@ -835,7 +929,9 @@ impl Config {
         if self.limits.max_batch_targets == 0 {
             report("max_batch_targets", "limits.max_batch_targets".into(), "must be at least 1".into());
         }
-        if let Err(error) = crate::route::RouteTable::new(self.routes.iter().map(String::as_str)) {
+        if let Err(error) =
+            crate::route::RouteTable::new(self.routes.iter().map(String::as_str), self.paths.rules())
+        {
             report("routes", "routes".into(), error);
         }
         let mut seen = std::collections::HashSet::new();
@@ -935,6 +1031,14 @@ impl Config {
                     format!("`{value}` is not an HTTP header name"),
                 );
             }
+            // Every `-`/`_` spelling of the name is removed from requests; keep that list short.
+            if value.bytes().filter(|byte| matches!(byte, b'-' | b'_')).count() > MAX_HEADER_SEPARATORS {
+                report(
+                    &format!("{name}:"),
+                    format!("gateway.identity_headers.{name}"),
+                    format!("`{value}` has more than {MAX_HEADER_SEPARATORS} `-` or `_`"),
+                );
+            }
         }
         for (name, value) in
             [("header", &self.gateway.api_key.header), ("cookie", &self.gateway.api_key.cookie)]
@@ -948,7 +1052,8 @@ impl Config {
             }
         }
         for (index, endpoint) in self.gateway.mcp.iter().enumerate() {
-            if crate::route::normalize_path(&endpoint.path).ok().as_deref() != Some(endpoint.path.as_str()) {
+            let canonical = crate::route::normalize_path(&endpoint.path, crate::route::PathRules::default());
+            if canonical.ok().as_deref() != Some(endpoint.path.as_str()) {
                 report(
                     &format!("path: {}", endpoint.path),
                     format!("gateway.mcp[{index}].path"),
@@ -1084,6 +1189,9 @@ impl KnownCredential {
             .or_else(|| self.value.as_ref().map(|value| SecretDigest::of(value.0.as_bytes())))
     }
 }
+
+/// Most `-` or `_` in an identity header name (its spellings number 2^n).
+pub const MAX_HEADER_SEPARATORS: usize = 6;
 
 /// An RFC 9110 token, which header, cookie and query parameter names here must be.
 fn is_header_name(name: &str) -> bool {

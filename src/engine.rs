@@ -165,7 +165,7 @@ impl Engine {
     fn prepare<'a>(&self, target: &'a Target) -> Result<PreparedTarget<'a>, TargetError> {
         match target {
             Target::Route(request) => Ok(PreparedTarget::Route(match &request.template {
-                Some(template) => route::resolve_as(&request.method, &request.path, template)?,
+                Some(template) => self.routes.resolve_as(&request.method, &request.path, template)?,
                 None => self.routes.resolve(&request.method, &request.path)?,
             })),
             Target::Mcp(kind, call) => {

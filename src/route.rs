@@ -89,13 +89,14 @@ pub struct ResolvedRoute {
 #[derive(Debug, Clone, Default)]
 pub struct RouteTable {
     router: matchit::Router<String>,
+    rules: PathRules,
 }
 
 impl RouteTable {
     /// Builds the table.
     ///
     /// Fails on a template that does not start with `/` or conflicts with another one.
-    pub fn new<'a>(templates: impl IntoIterator<Item = &'a str>) -> Result<Self, String> {
+    pub fn new<'a>(templates: impl IntoIterator<Item = &'a str>, rules: PathRules) -> Result<Self, String> {
         let mut router = matchit::Router::new();
         for template in templates {
             if !template.starts_with('/') {
@@ -105,7 +106,12 @@ impl RouteTable {
                 .insert(template, template.to_owned())
                 .map_err(|error| format!("route template `{}`: {error}", quote(template)))?;
         }
-        Ok(Self { router })
+        Ok(Self { router, rules })
+    }
+
+    /// The path forms this table accepts.
+    pub fn rules(&self) -> PathRules {
+        self.rules
     }
 
     /// Normalizes `method` and `path` and matches the path against the templates.
@@ -113,7 +119,7 @@ impl RouteTable {
     /// Fails when the method is not an HTTP token or the path is malformed or ambiguous.
     pub fn resolve(&self, method: &str, path: &str) -> Result<ResolvedRoute, TargetError> {
         let method = normalize_method(method)?;
-        let path = normalize_path(path)?;
+        let path = normalize_path(path, self.rules)?;
         let (template, params) = match self.router.at(&path) {
             Ok(matched) => (
                 matched.value.clone(),
@@ -123,25 +129,25 @@ impl RouteTable {
         };
         Ok(ResolvedRoute { method, path, template, params })
     }
-}
 
-/// Decides `path` as `template` (named by the caller, for example in an Envoy route's
-/// `context_extensions`) rather than by the configured templates. A path the template does not
-/// match keeps the template as its id, without parameters.
-///
-/// Fails when the method, the path or the template is malformed.
-pub fn resolve_as(method: &str, path: &str, template: &str) -> Result<ResolvedRoute, TargetError> {
-    let method = normalize_method(method)?;
-    let path = normalize_path(path)?;
-    let mut router = matchit::Router::new();
-    if !template.starts_with('/') || router.insert(template, ()).is_err() {
-        return Err(TargetError::Template(quote(template)));
+    /// Decides `path` as `template` (named by the caller, for example in an Envoy route's
+    /// `context_extensions`) rather than by the configured templates. A path the template does
+    /// not match keeps the template as its id, without parameters.
+    ///
+    /// Fails when the method, the path or the template is malformed.
+    pub fn resolve_as(&self, method: &str, path: &str, template: &str) -> Result<ResolvedRoute, TargetError> {
+        let method = normalize_method(method)?;
+        let path = normalize_path(path, self.rules)?;
+        let mut router = matchit::Router::new();
+        if !template.starts_with('/') || router.insert(template, ()).is_err() {
+            return Err(TargetError::Template(quote(template)));
+        }
+        let params = router.at(&path).map_or_else(
+            |_| Vec::new(),
+            |matched| matched.params.iter().map(|(key, value)| (key.to_owned(), value.to_owned())).collect(),
+        );
+        Ok(ResolvedRoute { method, path, template: template.to_owned(), params })
     }
-    let params = router.at(&path).map_or_else(
-        |_| Vec::new(),
-        |matched| matched.params.iter().map(|(key, value)| (key.to_owned(), value.to_owned())).collect(),
-    );
-    Ok(ResolvedRoute { method, path, template: template.to_owned(), params })
 }
 
 /// Upper-cases a method after checking it is an HTTP token of letters.
@@ -152,41 +158,78 @@ pub fn normalize_method(method: &str) -> Result<String, TargetError> {
     Ok(method.to_ascii_uppercase())
 }
 
-/// Normalizes a request path: drops the query and fragment, decodes percent-encoded unreserved
-/// characters, merges repeated slashes and drops a trailing one.
+/// Path forms that are refused unless allowed (`paths:` in the config). Each is refused by
+/// default because some upstream reads it as a different path than cedargate would decide.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PathRules {
+    /// `;` or `%3B` in a segment (path parameters, which Tomcat and Spring drop).
+    pub semicolons: bool,
+    /// `%25`, which an upstream that decodes twice reads as the start of another escape.
+    pub encoded_percent: bool,
+    /// Percent-encoded bytes outside ASCII (overlong UTF-8 and full-width dots among them).
+    pub non_ascii: bool,
+    /// A trailing `/`, decided as sent (`/users/` is not `/users`).
+    pub trailing_slash: bool,
+}
+
+/// Checks that a request path is in the one form cedargate decides, and returns it without
+/// its query or fragment, with percent escapes in upper-case hex.
 ///
-/// Fails on a path that does not start with `/`, is too long, holds control, non-ASCII or
-/// backslash characters, a bad or encoded-slash escape, or a `.`/`..` segment.
-pub fn normalize_path(path: &str) -> Result<String, TargetError> {
+/// The path is never rewritten into another one: the upstream gets the path as sent, so a
+/// form it could read differently (`//`, a trailing `/`, `%61`, `..`) is refused, not
+/// normalized.
+///
+/// Fails on a path that does not start with `/`, is too long, has an empty or dot segment,
+/// control, non-ASCII or backslash characters, a bad escape, an encoded slash, backslash,
+/// control or unreserved character, or a form `rules` do not allow.
+pub fn normalize_path(path: &str, rules: PathRules) -> Result<String, TargetError> {
     let path = path.split(['?', '#']).next().unwrap_or_default();
     if path.len() > MAX_PATH_BYTES {
         return Err(TargetError::Path("longer than 4096 bytes"));
     }
-    if !path.starts_with('/') {
+    let Some(rest) = path.strip_prefix('/') else {
         return Err(TargetError::Path("must start with `/`"));
+    };
+    if rest.is_empty() {
+        return Ok("/".to_owned());
     }
+    let (rest, trailing) = match rest.strip_suffix('/') {
+        Some(rest) if rules.trailing_slash => (rest, true),
+        Some(_) => {
+            return Err(TargetError::Path("a trailing `/` is not allowed (paths.allow_trailing_slash)"))
+        }
+        None => (rest, false),
+    };
     let mut normalized = String::with_capacity(path.len());
-    for segment in path.split('/').filter(|segment| !segment.is_empty()) {
-        let segment = decode_segment(segment)?;
-        if segment == "." || segment == ".." {
+    for segment in rest.split('/') {
+        if segment.is_empty() {
+            return Err(TargetError::Path("empty segments (`//`) are not allowed"));
+        }
+        // With path parameters allowed, `..;x` is still `..` to the servers that drop them.
+        let name = segment.split(';').next().unwrap_or_default();
+        let name = name.find("%3B").or_else(|| name.find("%3b")).map_or(name, |end| &name[..end]);
+        if name == "." || name == ".." {
             return Err(TargetError::Path("dot segments are not allowed"));
         }
         normalized.push('/');
-        normalized.push_str(&segment);
+        check_segment(segment, rules, &mut normalized)?;
     }
-    if normalized.is_empty() {
+    if trailing {
         normalized.push('/');
     }
     Ok(normalized)
 }
 
-fn decode_segment(segment: &str) -> Result<String, TargetError> {
+/// Appends `segment` to `out` after checking each byte and escape against `rules`.
+fn check_segment(segment: &str, rules: PathRules, out: &mut String) -> Result<(), TargetError> {
     let bytes = segment.as_bytes();
-    let mut out = String::with_capacity(segment.len());
     let mut index = 0;
     while let Some(&byte) = bytes.get(index) {
         if byte.is_ascii_control() || !byte.is_ascii() || byte == b'\\' {
             return Err(TargetError::Path("control, non-ASCII or backslash character"));
+        }
+        if byte == b';' && !rules.semicolons {
+            return Err(TargetError::Path("`;` is not allowed (paths.allow_semicolons)"));
         }
         if byte != b'%' {
             out.push(char::from(byte));
@@ -195,20 +238,29 @@ fn decode_segment(segment: &str) -> Result<String, TargetError> {
         }
         let decoded = bytes
             .get(index + 1..index + 3)
+            .filter(|hex| hex.iter().all(u8::is_ascii_hexdigit))
             .and_then(|hex| std::str::from_utf8(hex).ok())
             .and_then(|hex| u8::from_str_radix(hex, 16).ok())
             .ok_or(TargetError::Path("bad percent escape"))?;
-        if decoded.is_ascii_alphanumeric() || matches!(decoded, b'-' | b'.' | b'_' | b'~') {
-            out.push(char::from(decoded));
-        } else if matches!(decoded, b'/' | b'\\') || decoded.is_ascii_control() {
-            return Err(TargetError::Path("encoded slash, backslash or control character"));
-        } else {
-            out.push('%');
-            out.push_str(&format!("{decoded:02X}"));
+        let refusal = match decoded {
+            b'/' | b'\\' => Some("encoded slash or backslash"),
+            _ if decoded.is_ascii_control() => Some("encoded control character"),
+            _ if decoded.is_ascii_alphanumeric() || matches!(decoded, b'-' | b'.' | b'_' | b'~') => {
+                Some("percent-encoded unreserved character: send it unencoded")
+            }
+            b'%' if !rules.encoded_percent => Some("`%25` is not allowed (paths.allow_encoded_percent)"),
+            b';' if !rules.semicolons => Some("`%3B` is not allowed (paths.allow_semicolons)"),
+            0x80.. if !rules.non_ascii => Some("percent-encoded non-ASCII byte (paths.allow_non_ascii)"),
+            _ => None,
+        };
+        if let Some(reason) = refusal {
+            return Err(TargetError::Path(reason));
         }
+        out.push('%');
+        out.push_str(&format!("{decoded:02X}"));
         index += 3;
     }
-    Ok(out)
+    Ok(())
 }
 
 /// If `name` is a route-generated tool (`METHOD_/path`), the method and the path with its

@@ -1,46 +1,84 @@
 use super::*;
 use serde_json::json;
 
+const STRICT: PathRules =
+    PathRules { semicolons: false, encoded_percent: false, non_ascii: false, trailing_slash: false };
+
 #[test]
-fn paths_are_normalized() {
+fn paths_in_their_one_form_are_decided_as_sent() {
     let table = [
         ("/user/profile", "/user/profile"),
         ("/user/profile?x=1#frag", "/user/profile"),
-        ("//admin///users", "/admin/users"),
-        ("/admin/users/", "/admin/users"),
-        ("/%61dmin/users", "/admin/users"),
         ("/files/a%20b", "/files/a%20b"),
         ("/files/a%2a", "/files/a%2A"),
         ("/", "/"),
         ("/?q", "/"),
         ("/a.b/c..d", "/a.b/c..d"),
+        ("/a/%3A%40", "/a/%3A%40"),
     ];
     for (input, expected) in table {
-        assert_eq!(normalize_path(input).as_deref(), Ok(expected), "{input}");
+        assert_eq!(normalize_path(input, STRICT).as_deref(), Ok(expected), "{input}");
     }
 }
 
 #[test]
-fn ambiguous_paths_are_refused() {
+fn paths_the_upstream_could_read_differently_are_refused() {
     let table = [
         ("user/profile", "must start with `/`"),
         ("", "must start with `/`"),
+        ("//admin/users", "empty segments (`//`) are not allowed"),
+        ("/admin//users", "empty segments (`//`) are not allowed"),
+        ("/admin/users/", "a trailing `/` is not allowed (paths.allow_trailing_slash)"),
+        ("/mcp/", "a trailing `/` is not allowed (paths.allow_trailing_slash)"),
+        ("/%61dmin/users", "percent-encoded unreserved character: send it unencoded"),
+        ("/public/%2e%2e/admin", "percent-encoded unreserved character: send it unencoded"),
         ("/public/../admin/users", "dot segments are not allowed"),
-        ("/public/%2e%2e/admin", "dot segments are not allowed"),
         ("/./admin", "dot segments are not allowed"),
-        ("/admin%2Fusers", "encoded slash, backslash or control character"),
-        ("/admin%5cusers", "encoded slash, backslash or control character"),
-        ("/a%00", "encoded slash, backslash or control character"),
+        ("/admin%2Fusers", "encoded slash or backslash"),
+        ("/admin%5cusers", "encoded slash or backslash"),
+        ("/a%00", "encoded control character"),
         ("/a\\b", "control, non-ASCII or backslash character"),
         ("/a\tb", "control, non-ASCII or backslash character"),
         ("/ä", "control, non-ASCII or backslash character"),
         ("/a%zz", "bad percent escape"),
         ("/a%4", "bad percent escape"),
+        ("/a%+1", "bad percent escape"),
+        ("/user/..;/admin/users", "dot segments are not allowed"),
+        ("/user/x;jsessionid=1", "`;` is not allowed (paths.allow_semicolons)"),
+        ("/user/a%3Bb", "`%3B` is not allowed (paths.allow_semicolons)"),
+        ("/user/%252e%252e/admin/users", "`%25` is not allowed (paths.allow_encoded_percent)"),
+        ("/user/%C0%AE%C0%AE/admin", "percent-encoded non-ASCII byte (paths.allow_non_ascii)"),
+        ("/user/%EF%BC%8E%EF%BC%8E/admin", "percent-encoded non-ASCII byte (paths.allow_non_ascii)"),
     ];
     for (input, reason) in table {
-        assert_eq!(normalize_path(input), Err(TargetError::Path(reason)), "{input:?}");
+        assert_eq!(normalize_path(input, STRICT), Err(TargetError::Path(reason)), "{input:?}");
     }
-    assert!(normalize_path(&format!("/{}", "a".repeat(MAX_PATH_BYTES))).is_err());
+    assert!(normalize_path(&format!("/{}", "a".repeat(MAX_PATH_BYTES)), STRICT).is_err());
+}
+
+#[test]
+fn each_refused_form_has_a_setting_that_allows_it_as_sent() {
+    let table = [
+        (PathRules { semicolons: true, ..STRICT }, "/user/a;b/c%3Bd", "/user/a;b/c%3Bd"),
+        (PathRules { encoded_percent: true, ..STRICT }, "/files/100%25", "/files/100%25"),
+        (PathRules { non_ascii: true, ..STRICT }, "/caf%c3%a9", "/caf%C3%A9"),
+        (PathRules { trailing_slash: true, ..STRICT }, "/users/", "/users/"),
+    ];
+    for (rules, input, expected) in table {
+        assert_eq!(normalize_path(input, rules).as_deref(), Ok(expected), "{input}");
+    }
+    // Allowing one form never lets a `..` hidden in it through.
+    let all = PathRules { semicolons: true, encoded_percent: true, non_ascii: true, trailing_slash: true };
+    for input in ["/a/..;/b", "/a/../", "/a//", "//", "/a/..%3B/b"] {
+        let decided = normalize_path(input, all);
+        assert!(
+            decided.as_deref().map_or(true, |path| !path.split(['/', ';']).any(|segment| segment == "..")
+                && !path.contains("//")),
+            "{input:?} → {decided:?}"
+        );
+    }
+    assert_eq!(normalize_path("/a/..;x/b", all), Err(TargetError::Path("dot segments are not allowed")));
+    assert_eq!(normalize_path("/a/.%3bx/b", all), Err(TargetError::Path("dot segments are not allowed")));
 }
 
 #[test]
@@ -54,7 +92,8 @@ fn methods_are_upper_cased_tokens() {
 
 #[test]
 fn templates_match_and_yield_parameters() {
-    let table = RouteTable::new(["/users/{id}", "/users/{id}/posts/{post}", "/files/{*rest}"]).unwrap();
+    let table =
+        RouteTable::new(["/users/{id}", "/users/{id}/posts/{post}", "/files/{*rest}"], STRICT).unwrap();
     let resolved = table.resolve("get", "/users/42/posts/7?x").unwrap();
     assert_eq!(resolved.method, "GET");
     assert_eq!(resolved.template, "/users/{id}/posts/{post}");
@@ -69,8 +108,8 @@ fn templates_match_and_yield_parameters() {
 
 #[test]
 fn bad_templates_are_refused() {
-    assert!(RouteTable::new(["users/{id}"]).is_err());
-    assert!(RouteTable::new(["/users/{id}", "/users/{name}"]).is_err());
+    assert!(RouteTable::new(["users/{id}"], STRICT).is_err());
+    assert!(RouteTable::new(["/users/{id}", "/users/{name}"], STRICT).is_err());
 }
 
 #[test]
@@ -103,7 +142,7 @@ fn route_tool_arguments_cannot_escape_their_segment() {
     // `..` alone stays one segment; the path normalizer then refuses it.
     let dots = Extra::from([("id".into(), json!(".."))]);
     let (_, path) = route_of_tool("GET_/users/{id}", &dots).unwrap().unwrap();
-    assert!(normalize_path(&path).is_err());
+    assert!(normalize_path(&path, STRICT).is_err());
 }
 
 #[test]
