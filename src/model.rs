@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
@@ -264,6 +265,31 @@ pub struct RouteRequest {
     pub path: String,
     /// A route template to decide the path as, instead of the configured ones.
     pub template: Option<String>,
+}
+
+/// Where a request came from, as far as cedargate can tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ClientAddress {
+    /// The TCP peer, or the client a trusted proxy reported in `X-Forwarded-For`.
+    Known(IpAddr),
+    /// The TCP peer is not a trusted proxy but says, in `X-Forwarded-For`, that it forwards
+    /// for `claimed`. Only `peer` is believed; `claimed` merely keeps clients behind one
+    /// proxy apart for the login rate limit.
+    Untrusted {
+        /// The TCP peer.
+        peer: IpAddr,
+        /// The last address the peer put into `X-Forwarded-For`.
+        claimed: IpAddr,
+    },
+}
+
+impl ClientAddress {
+    /// The address to believe: the known client, or else the peer.
+    pub fn ip(&self) -> IpAddr {
+        match *self {
+            ClientAddress::Known(ip) | ClientAddress::Untrusted { peer: ip, .. } => ip,
+        }
+    }
 }
 
 /// The three answers a caller can get.

@@ -4,8 +4,8 @@
 mod rate_limit;
 mod store;
 
+use crate::model::ClientAddress;
 use std::collections::HashMap;
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -141,7 +141,7 @@ impl SessionManager {
         &self,
         username: &str,
         password: &Secret,
-        client: Option<IpAddr>,
+        client: Option<ClientAddress>,
     ) -> Result<SessionTokens, SessionError> {
         if username.is_empty() || username.len() > MAX_USERNAME_BYTES {
             return Err(SessionError::BadField { field: "username", max: MAX_USERNAME_BYTES });
@@ -150,7 +150,7 @@ impl SessionManager {
             return Err(SessionError::BadField { field: "password", max: MAX_PASSWORD_BYTES });
         }
         let keys: Vec<LoginKey> = std::iter::once(LoginKey::Username(username.to_owned()))
-            .chain(client.map(LoginKey::Address))
+            .chain(client.map(LoginKey::from))
             .collect();
         for key in &keys {
             self.limiter.check(key).await.map_err(|retry_after| SessionError::RateLimited { retry_after })?;

@@ -8,6 +8,7 @@ use tonic::{Request, Response, Status};
 use super::json::{extra_to_struct, struct_to_extra};
 use super::proto;
 use crate::engine::{Authentication, Engine};
+use crate::gateway::TrustedProxies;
 use crate::model::{AuthInfo, Decision, McpKind, Outcome, RouteRequest, Secret, Target, ToolCall};
 use crate::route::TargetError;
 use crate::session::{SessionError, SessionManager, SessionTokens};
@@ -29,12 +30,14 @@ impl AuthorizerService {
 #[derive(Debug, Clone)]
 pub struct SessionsService {
     sessions: Arc<SessionManager>,
+    /// Whose `x-forwarded-for` names the client for the login rate limit.
+    trusted_proxies: TrustedProxies,
 }
 
 impl SessionsService {
     /// Serves logins from `sessions`.
-    pub fn new(sessions: Arc<SessionManager>) -> Self {
-        Self { sessions }
+    pub fn new(sessions: Arc<SessionManager>, trusted_proxies: TrustedProxies) -> Self {
+        Self { sessions, trusted_proxies }
     }
 }
 
@@ -231,7 +234,9 @@ impl proto::sessions_server::Sessions for SessionsService {
         &self,
         request: Request<proto::LoginRequest>,
     ) -> Result<Response<proto::SessionTokens>, Status> {
-        let client = request.remote_addr().map(|address| address.ip());
+        let forwarded_for = request.metadata().get_all("x-forwarded-for");
+        let forwarded_for = forwarded_for.iter().filter_map(|value| value.to_str().ok());
+        let client = request.remote_addr().map(|peer| self.trusted_proxies.client(peer.ip(), forwarded_for));
         let request = request.into_inner();
         let tokens = self
             .sessions

@@ -17,8 +17,9 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::config::{ProtectedResourceConfig, WELL_KNOWN_RESOURCE};
-use crate::gateway::{Gateway, GatewayAnswer, GatewayRequest};
+use crate::config::{ForwardAuthConvention, ProtectedResourceConfig, WELL_KNOWN_RESOURCE};
+use crate::gateway::{Gateway, GatewayAnswer, GatewayRequest, TrustedProxies, Wire};
+use crate::model::ClientAddress;
 use crate::model::Secret;
 use crate::session::{SessionError, SessionManager, SessionTokens};
 
@@ -38,6 +39,10 @@ pub struct HttpState {
     pub protected_resource: Option<Arc<ProtectedResource>>,
     /// Largest gateway body accepted.
     pub max_gateway_body_bytes: usize,
+    /// Whose `X-Forwarded-For` names the client.
+    pub trusted_proxies: TrustedProxies,
+    /// The headers `/auth/verify` reads the original request from.
+    pub forward_auth: ForwardAuthConvention,
 }
 
 /// The RFC 9728 document and the path it is served at besides the root form.
@@ -83,6 +88,7 @@ pub fn router(state: HttpState) -> Router {
         .route(WELL_KNOWN_RESOURCE, get(resource_metadata))
         .route(&format!("{WELL_KNOWN_RESOURCE}/{{*path}}"), get(resource_metadata_at))
         .route("/ext_authz", any(envoy_check).layer(gateway_body))
+        .route("/ext_authz/", any(envoy_check).layer(gateway_body))
         .route("/ext_authz/{*path}", any(envoy_check).layer(gateway_body))
         .route("/auth/verify", any(forward_auth).layer(gateway_body))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -169,14 +175,16 @@ fn tokens_response(tokens: &SessionTokens) -> Response {
 
 async fn login(
     State(state): State<HttpState>,
-    ConnectInfo(client): ConnectInfo<SocketAddr>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Response {
     let body: LoginBody = match parse_body(&body) {
         Ok(body) => body,
         Err(response) => return *response,
     };
-    match state.sessions.login(&body.username, &Secret::new(body.password), Some(client.ip())).await {
+    let client = client_address(&state, peer, &headers);
+    match state.sessions.login(&body.username, &Secret::new(body.password), Some(client)).await {
         Ok(tokens) => tokens_response(&tokens),
         Err(error) => session_error_response(&error),
     }
@@ -253,10 +261,50 @@ fn metadata_response(resource: &ProtectedResource) -> Response {
     response
 }
 
+/// The client behind `peer`, believing `X-Forwarded-For` only from a trusted proxy.
+fn client_address(state: &HttpState, peer: SocketAddr, headers: &HeaderMap) -> ClientAddress {
+    let forwarded_for = headers.get_all("x-forwarded-for").iter().filter_map(|value| value.to_str().ok());
+    state.trusted_proxies.client(peer.ip(), forwarded_for)
+}
+
+/// The headers by which each proxy convention describes the original request: method, URI,
+/// host.
+fn convention_headers(convention: ForwardAuthConvention) -> [&'static str; 3] {
+    match convention {
+        ForwardAuthConvention::Original => ["x-original-method", "x-original-uri", "x-original-host"],
+        ForwardAuthConvention::Forwarded => ["x-forwarded-method", "x-forwarded-uri", "x-forwarded-host"],
+    }
+}
+
+/// A 400 when a header of a convention this request is not read by names another method, URI
+/// or host than the one decided: one of the two is a client's, and the upstream may act on it.
+fn disagreement(headers: &HeaderMap, others: [&str; 3], decided: [Option<&str>; 3]) -> Option<Response> {
+    others.iter().zip(decided).find_map(|(name, decided)| {
+        let values = headers.get_all(*name);
+        let disagrees = values.iter().any(|value| {
+            let agrees = match (value.to_str(), decided) {
+                // Methods compare without case, as routes decide them.
+                (Ok(value), Some(decided)) if name.ends_with("method") => value.eq_ignore_ascii_case(decided),
+                (Ok(value), Some(decided)) => value == decided,
+                _ => false,
+            };
+            !agrees
+        });
+        disagrees.then(|| {
+            error_response(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                &format!("the {name} header disagrees with the request decided: refused"),
+            )
+        })
+    })
+}
+
 /// Envoy's HTTP ext_authz mode: Envoy sends the original method, the original path after the
 /// configured `path_prefix` (`/ext_authz`), the allowed headers and, if configured, the body.
 async fn envoy_check(
     State(state): State<HttpState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
@@ -265,39 +313,58 @@ async fn envoy_check(
     let target = uri.path_and_query().map_or("/", |path| path.as_str());
     let original = target.strip_prefix("/ext_authz").unwrap_or(target);
     let path = if original.starts_with('/') { original.to_owned() } else { format!("/{original}") };
-    let request = gateway_request(method.as_str(), &path, &headers, body);
+    let host = headers.get(header::HOST).and_then(|value| value.to_str().ok());
+    for convention in [ForwardAuthConvention::Original, ForwardAuthConvention::Forwarded] {
+        let decided = [Some(method.as_str()), Some(path.as_str()), host];
+        if let Some(refused) = disagreement(&headers, convention_headers(convention), decided) {
+            return refused;
+        }
+    }
+    let mut request = gateway_request(method.as_str(), &path, &headers, body, Wire::EnvoyHttp);
+    request.source_ip = client_address(&state, peer, &headers).ip().to_string();
     gateway_response(state.gateway.check(&request).await)
 }
 
-/// nginx `auth_request` and Traefik `forwardAuth`: the original request is described by
-/// `X-Forwarded-Method`/`X-Original-Method`, `X-Forwarded-Uri`/`X-Original-URI` and
-/// `X-Forwarded-Host`.
+/// nginx `auth_request`, Traefik `forwardAuth` and Caddy `forward_auth`: the original request
+/// is described by the headers of the configured convention (`gateway.forward_auth`), and
+/// those of the other convention must agree with it when present.
 async fn forward_auth(
     State(state): State<HttpState>,
-    method: Method,
-    uri: Uri,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let first = |names: [&str; 2]| {
-        names.iter().find_map(|name| headers.get(*name).and_then(|value| value.to_str().ok()))
-    };
-    let original_method = first(["x-forwarded-method", "x-original-method"]).unwrap_or(method.as_str());
-    let Some(original_uri) = first(["x-forwarded-uri", "x-original-uri"]) else {
+    let names = convention_headers(state.forward_auth);
+    let read = |name: &str| headers.get(name).and_then(|value| value.to_str().ok());
+    let [method_header, uri_header, host_header] = names;
+    let (Some(original_method), Some(original_uri)) = (read(method_header), read(uri_header)) else {
         return error_response(
             StatusCode::BAD_REQUEST,
             "invalid_request",
-            &format!("{} needs the X-Forwarded-Uri or X-Original-URI header", uri.path()),
+            &format!(
+                "/auth/verify reads the original request from the {method_header} and {uri_header} headers \
+                 (gateway.forward_auth.convention)"
+            ),
         );
     };
-    let mut request = gateway_request(original_method, original_uri, &headers, body);
-    if let Some(host) = first(["x-forwarded-host", "x-original-host"]) {
+    let host = read(host_header).or_else(|| headers.get(header::HOST).and_then(|value| value.to_str().ok()));
+    let other = match state.forward_auth {
+        ForwardAuthConvention::Original => ForwardAuthConvention::Forwarded,
+        ForwardAuthConvention::Forwarded => ForwardAuthConvention::Original,
+    };
+    let decided = [Some(original_method), Some(original_uri), host];
+    if let Some(refused) = disagreement(&headers, convention_headers(other), decided) {
+        return refused;
+    }
+    let mut request = gateway_request(original_method, original_uri, &headers, body, Wire::ForwardAuth);
+    if let Some(host) = host {
         host.clone_into(&mut request.host);
     }
+    request.source_ip = client_address(&state, peer, &headers).ip().to_string();
     gateway_response(state.gateway.check(&request).await)
 }
 
-fn gateway_request(method: &str, path: &str, headers: &HeaderMap, body: Bytes) -> GatewayRequest {
+fn gateway_request(method: &str, path: &str, headers: &HeaderMap, body: Bytes, wire: Wire) -> GatewayRequest {
     let pairs: Vec<(String, String)> = headers
         .iter()
         .filter_map(|(name, value)| Some((name.as_str().to_owned(), value.to_str().ok()?.to_owned())))
@@ -309,6 +376,7 @@ fn gateway_request(method: &str, path: &str, headers: &HeaderMap, body: Bytes) -
         host: host.to_owned(),
         headers: pairs,
         body: body.to_vec(),
+        wire,
         ..Default::default()
     }
 }

@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use dashmap::DashMap;
 
+use crate::model::ClientAddress;
+
 /// What failures are counted against.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum LoginKey {
@@ -15,6 +17,24 @@ pub enum LoginKey {
     Username(String),
     /// The client address.
     Address(IpAddr),
+    /// A client behind a proxy that is not trusted: counted per (proxy, claimed client), so
+    /// one client cannot lock out every other user of the proxy. A client that forges the
+    /// claim escapes only this limit, never the per-username one.
+    Forwarded {
+        /// The TCP peer.
+        peer: IpAddr,
+        /// The client it claims to forward for.
+        claimed: IpAddr,
+    },
+}
+
+impl From<ClientAddress> for LoginKey {
+    fn from(client: ClientAddress) -> Self {
+        match client {
+            ClientAddress::Known(address) => LoginKey::Address(address),
+            ClientAddress::Untrusted { peer, claimed } => LoginKey::Forwarded { peer, claimed },
+        }
+    }
 }
 
 /// At most `max_failures` failed logins per `window`.
@@ -63,7 +83,7 @@ impl MemoryRateLimiter {
     fn rule(&self, key: &LoginKey) -> LimitRule {
         match key {
             LoginKey::Username(_) => self.per_username,
-            LoginKey::Address(_) => self.per_address,
+            LoginKey::Address(_) | LoginKey::Forwarded { .. } => self.per_address,
         }
     }
 

@@ -1,6 +1,8 @@
 use super::*;
 use crate::credential::CredentialChain;
+use crate::model::ClientAddress;
 use crate::model::{Scheme, SecretDigest};
+use std::net::IpAddr;
 use std::sync::OnceLock;
 
 /// One hash for the whole module: argon2 is slow on purpose.
@@ -96,7 +98,7 @@ async fn empty_and_oversized_fields_are_refused_before_hashing() {
 #[tokio::test]
 async fn repeated_failures_lock_the_username_then_the_address() {
     let manager = manager_with((2, 3), Arc::new(MemorySessionStore::default()));
-    let address: IpAddr = "192.0.2.7".parse().unwrap();
+    let address = ClientAddress::Known("192.0.2.7".parse().unwrap());
     for _ in 0..2 {
         assert_eq!(
             manager.login("alice", &password("nope"), Some(address)).await.unwrap_err(),
@@ -111,6 +113,21 @@ async fn repeated_failures_lock_the_username_then_the_address() {
     manager.login("bob", &password("nope"), Some(address)).await.unwrap_err();
     let by_address = manager.login("carol", &password("nope"), Some(address)).await.unwrap_err();
     assert!(matches!(by_address, SessionError::RateLimited { .. }), "{by_address:?}");
+}
+
+#[tokio::test]
+async fn clients_behind_an_untrusted_proxy_are_counted_apart() {
+    let manager = manager_with((100, 3), Arc::new(MemorySessionStore::default()));
+    let proxy: IpAddr = "192.0.2.1".parse().unwrap();
+    let behind =
+        |claimed: &str| Some(ClientAddress::Untrusted { peer: proxy, claimed: claimed.parse().unwrap() });
+    for username in ["bob", "carol", "dave"] {
+        manager.login(username, &password("nope"), behind("198.51.100.6")).await.unwrap_err();
+    }
+    let attacker = manager.login("erin", &password("nope"), behind("198.51.100.6")).await.unwrap_err();
+    assert!(matches!(attacker, SessionError::RateLimited { .. }), "{attacker:?}");
+    // Another client of the same proxy still logs in.
+    manager.login("alice", &password("password123"), behind("198.51.100.7")).await.unwrap();
 }
 
 #[tokio::test]
