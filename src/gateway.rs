@@ -5,17 +5,42 @@
 //!
 //! Wire-neutral: `api::ext_authz` and `api::http` translate to and from these types.
 
+pub mod forwarded;
 pub mod mcp;
 
 use std::sync::Arc;
 
 use serde_json::{json, Value};
 
-use crate::config::{GatewayConfig, McpShape};
+use crate::config::{GatewayConfig, McpShape, OverrideHeaders};
 use crate::engine::Engine;
 use crate::model::{AuthInfo, Decision, Extra, Outcome, RouteRequest, Target, ToolCall};
-use crate::route;
+pub use forwarded::TrustedProxies;
 use mcp::{McpError, McpHeaders, McpRequest};
+
+/// Request headers (with `_` read as `-`) and the query parameter by which upstreams let a
+/// client replace the method or the URL after the decision.
+const OVERRIDE_HEADERS: [&str; 5] =
+    ["x-http-method-override", "x-http-method", "x-method-override", "x-original-url", "x-rewrite-url"];
+const OVERRIDE_QUERY: &str = "_method";
+
+/// Which wire a gateway request came over: what the proxy can be asked to change differs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Wire {
+    /// Envoy ext_authz over gRPC: headers and query parameters can be removed.
+    #[default]
+    EnvoyGrpc,
+    /// Envoy ext_authz in HTTP mode (`/ext_authz`): headers only.
+    EnvoyHttp,
+    /// nginx `auth_request`, Traefik `forwardAuth` (`/auth/verify`): headers only.
+    ForwardAuth,
+}
+
+impl Wire {
+    fn removes_query_parameters(self) -> bool {
+        self == Wire::EnvoyGrpc
+    }
+}
 
 /// A request as the gateway saw it.
 #[derive(Debug, Clone, Default)]
@@ -37,12 +62,19 @@ pub struct GatewayRequest {
     /// Per-route settings from the gateway (Envoy's `context_extensions`): `tool`, `server`,
     /// `route` (a template) have a meaning here; all of them become request facts.
     pub extensions: Vec<(String, String)>,
+    /// The wire it came over.
+    pub wire: Wire,
 }
 
 impl GatewayRequest {
     /// The first header named `name` (lower case).
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.iter().find(|(key, _)| key == name).map(|(_, value)| value.as_str())
+    }
+
+    /// Every value of the header named `name` (lower case), in order.
+    pub fn header_values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.headers.iter().filter(move |(key, _)| key == name).map(|(_, value)| value.as_str())
     }
 
     fn extension(&self, name: &str) -> Option<&str> {
@@ -118,9 +150,16 @@ struct Settings {
     api_key_query: Option<String>,
     /// (header name, field) for each identity header in use.
     identity: Vec<(String, IdentityField)>,
+    /// Every other `-`/`_` spelling of the identity headers: always removed, because many
+    /// upstreams (WSGI, CGI, frameworks) read `x_auth_subject` as `x-auth-subject`.
+    identity_spellings: Vec<String>,
+    /// The same for the API key header, removed with it when stripping credentials.
+    api_key_spellings: Vec<String>,
     strip_authorization: bool,
     mcp: Vec<(String, McpShape, String)>,
     max_body_bytes: usize,
+    refuse_overrides: bool,
+    mcp_trust_headers: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -151,11 +190,13 @@ pub struct Gateway {
     settings: Settings,
 }
 
-/// The credential found in a request, as an `Authorization` value.
-enum Found {
-    None,
-    One(String),
-    Several,
+/// Where the credential of a request was found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    Authorization,
+    Header,
+    Cookie,
+    Query,
 }
 
 impl Gateway {
@@ -172,12 +213,16 @@ impl Gateway {
         .into_iter()
         .filter(|(name, _)| !name.is_empty())
         .map(|(name, field)| (name.to_ascii_lowercase(), field))
-        .collect();
+        .collect::<Vec<_>>();
+        let identity_spellings = identity.iter().flat_map(|(name, _)| other_spellings(name)).collect();
+        let api_key_header = config.api_key.header.as_ref().map(|name| name.to_ascii_lowercase());
         let settings = Settings {
-            api_key_header: config.api_key.header.as_ref().map(|name| name.to_ascii_lowercase()),
+            api_key_spellings: api_key_header.iter().flat_map(|name| other_spellings(name)).collect(),
+            api_key_header,
             api_key_cookie: config.api_key.cookie.clone(),
             api_key_query: config.api_key.query.clone(),
             identity,
+            identity_spellings,
             strip_authorization: config.strip_authorization,
             mcp: config
                 .mcp
@@ -185,6 +230,8 @@ impl Gateway {
                 .map(|endpoint| (endpoint.path.clone(), endpoint.shape, endpoint.server.clone()))
                 .collect(),
             max_body_bytes: config.max_body_bytes,
+            refuse_overrides: config.override_headers == OverrideHeaders::Refuse,
+            mcp_trust_headers: config.mcp_trust_headers,
         };
         Self { engine, settings }
     }
@@ -195,17 +242,13 @@ impl Gateway {
         // Only JSON-RPC endpoints answer in JSON-RPC; the example's invoke shape in plain JSON.
         let speaks_jsonrpc = matches!(shape, Some((McpShape::Jsonrpc, _)));
         let jsonrpc = |id: Value| speaks_jsonrpc.then_some(id);
-        let authorization = match self.credential(request) {
-            Found::None => String::new(),
-            Found::One(value) => value,
-            Found::Several => {
-                return invalid(
-                    jsonrpc(Value::Null),
-                    mcp::code::INVALID_REQUEST,
-                    "send one credential only: more than one of the Authorization header, the API key \
-                     header, cookie and query parameter is set",
-                )
-            }
+        if let Some(reason) = self.override_in(request) {
+            return invalid(jsonrpc(Value::Null), mcp::code::INVALID_REQUEST, &reason);
+        }
+        let (authorization, source) = match self.credential(request) {
+            Ok(Some((value, source))) => (value, Some(source)),
+            Ok(None) => (String::new(), None),
+            Err(reason) => return invalid(jsonrpc(Value::Null), mcp::code::INVALID_REQUEST, reason),
         };
         let (target, mcp_method, id) = match self.target(request, shape) {
             Ok(found) => found,
@@ -213,56 +256,95 @@ impl Gateway {
         };
         let facts = facts(request, mcp_method.as_deref());
         match self.engine.check(&authorization, &target, &facts).await {
-            Ok(decision) => self.answer(decision, jsonrpc(id)),
+            Ok(decision) if decision.allowed() => self.allow(decision, request, source),
+            Ok(decision) => deny(decision, jsonrpc(id)),
             Err(error) => invalid(jsonrpc(id), mcp::code::INVALID_PARAMS, &error.to_string()),
         }
     }
 
-    /// Whether `request` is a POST to an MCP endpoint, and of which shape and server.
+    /// Whether `request` is a POST to an MCP endpoint, and of which shape and server. The path
+    /// must be the endpoint's exactly, as the proxy routes it: `/mcp/` is not `/mcp`.
     fn mcp_endpoint(&self, request: &GatewayRequest) -> Option<(McpShape, &str)> {
         if !request.method.eq_ignore_ascii_case("POST") {
             return None;
         }
-        let path = route::normalize_path(request.path_only()).ok()?;
+        let path = request.path_only();
         self.settings
             .mcp
             .iter()
-            .find(|(endpoint, _, _)| *endpoint == path)
+            .find(|(endpoint, _, _)| endpoint == path)
             .map(|(_, shape, server)| (*shape, server.as_str()))
     }
 
-    fn credential(&self, request: &GatewayRequest) -> Found {
+    /// Why `request` is refused for carrying a method or URL override, if it is.
+    fn override_in(&self, request: &GatewayRequest) -> Option<String> {
+        if !self.settings.refuse_overrides {
+            return None;
+        }
+        let header = request.headers.iter().find_map(|(name, _)| {
+            let name = name.replace('_', "-");
+            OVERRIDE_HEADERS.contains(&name.as_str()).then_some(name)
+        });
+        let query = || {
+            url::form_urlencoded::parse(request.query().as_bytes())
+                .any(|(key, _)| key == OVERRIDE_QUERY)
+                .then(|| format!("the `{OVERRIDE_QUERY}` query parameter"))
+        };
+        header.or_else(query).map(|found| {
+            format!(
+                "the request carries {found}, which an upstream may act on as another method or URL \
+                 than the one decided: refused (gateway.override_headers)"
+            )
+        })
+    }
+
+    /// The one credential of `request` as an `Authorization` value, and where it was.
+    ///
+    /// Fails when there is more than one, when the API key's query parameter name is
+    /// percent-encoded (the proxy removes parameters by their literal name), or when it would
+    /// have to be removed from the query on a wire whose proxy cannot do that.
+    fn credential(&self, request: &GatewayRequest) -> Result<Option<(String, Source)>, &'static str> {
         let mut found = Vec::new();
         if let Some(value) = request.header("authorization") {
-            found.push(value.to_owned());
+            found.push((value.to_owned(), Source::Authorization));
         }
         let api_key = |key: &str| format!("ApiKey {key}");
         if let Some(value) = self.settings.api_key_header.as_deref().and_then(|name| request.header(name)) {
-            found.push(api_key(value));
+            found.push((api_key(value), Source::Header));
         }
         if let Some(name) = &self.settings.api_key_cookie {
-            let cookies = request.headers.iter().filter(|(key, _)| key == "cookie");
-            for (_, header) in cookies {
-                for pair in header.split(';') {
-                    if let Some((key, value)) = pair.trim().split_once('=') {
-                        if key == name {
-                            found.push(api_key(value.trim_matches('"')));
-                        }
-                    }
+            for (key, value) in cookies(request) {
+                if key == name {
+                    found.push((api_key(value.trim_matches('"')), Source::Cookie));
                 }
             }
         }
         if let Some(name) = &self.settings.api_key_query {
-            for (key, value) in url::form_urlencoded::parse(request.query().as_bytes()) {
-                if key == name.as_str() {
-                    found.push(api_key(&value));
+            for pair in request.query().split('&').filter(|pair| !pair.is_empty()) {
+                let raw_key = pair.split_once('=').map_or(pair, |(key, _)| key);
+                let Some((key, value)) = url::form_urlencoded::parse(pair.as_bytes()).next() else {
+                    continue;
+                };
+                if key != name.as_str() {
+                    continue;
                 }
+                if raw_key != name {
+                    return Err("the API key's query parameter name is percent-encoded: send it as is");
+                }
+                if self.settings.strip_authorization && !request.wire.removes_query_parameters() {
+                    return Err(
+                        "an API key in the query cannot be removed before the request goes upstream \
+                                on this wire: send it in a header",
+                    );
+                }
+                found.push((api_key(&value), Source::Query));
             }
         }
         match found.len() {
-            0 => Found::None,
-            1 => found.pop().map_or(Found::None, Found::One),
-            _ => Found::Several,
+            0 => Ok(None),
+            1 => Ok(found.pop()),
+            _ => Err("send one credential only: more than one of the Authorization header, the API key \
+                      header, cookie and query parameter is set"),
         }
     }
 
@@ -286,8 +368,11 @@ impl Gateway {
             let server = if server.is_empty() { configured_server } else { server };
             let McpRequest { target, method, id } = match shape {
                 McpShape::Jsonrpc => {
-                    let headers =
-                        McpHeaders { method: request.header("mcp-method"), name: request.header("mcp-name") };
+                    let headers = McpHeaders {
+                        method: request.header("mcp-method"),
+                        name: request.header("mcp-name"),
+                        trusted: self.settings.mcp_trust_headers,
+                    };
                     mcp::parse_jsonrpc(&request.body, server, headers)?
                 }
                 McpShape::Invoke => mcp::parse_invoke(&request.body, server)?,
@@ -302,32 +387,7 @@ impl Gateway {
         Ok((target, None, Value::Null))
     }
 
-    fn answer(&self, decision: Decision, jsonrpc_id: Option<Value>) -> GatewayAnswer {
-        if decision.allowed() {
-            return self.allow(decision);
-        }
-        let status = decision.outcome.http_status();
-        let code = error_code(&decision);
-        let mut headers = Vec::new();
-        if let Some(challenge) = &decision.www_authenticate {
-            headers.push(("www-authenticate".to_owned(), challenge.clone()));
-        }
-        let body = match jsonrpc_id {
-            // MCP endpoints answer in the protocol the client speaks.
-            Some(id) => jsonrpc_error(
-                &id,
-                mcp::code::UNAUTHORIZED,
-                &decision.reason,
-                Some(json!({ "error": code, "status": status, "decision_id": decision.decision_id })),
-            ),
-            None => json!({ "error": code, "reason": decision.reason, "decision_id": decision.decision_id })
-                .to_string(),
-        };
-        headers.push(("content-type".to_owned(), "application/json".to_owned()));
-        GatewayAnswer::Deny { status, headers, body, decision: Some(Box::new(decision)) }
-    }
-
-    fn allow(&self, decision: Decision) -> GatewayAnswer {
+    fn allow(&self, decision: Decision, request: &GatewayRequest, source: Option<Source>) -> GatewayAnswer {
         let mut set_headers = Vec::new();
         let mut remove_headers = Vec::new();
         for (name, field) in &self.settings.identity {
@@ -337,14 +397,85 @@ impl Gateway {
                 _ => remove_headers.push(name.clone()),
             }
         }
+        remove_headers.extend(self.settings.identity_spellings.iter().cloned());
         let mut remove_query = Vec::new();
         if self.settings.strip_authorization {
             remove_headers.push("authorization".to_owned());
             remove_headers.extend(self.settings.api_key_header.iter().cloned());
-            remove_query.extend(self.settings.api_key_query.iter().cloned());
+            remove_headers.extend(self.settings.api_key_spellings.iter().cloned());
+            if source == Some(Source::Query) {
+                remove_query.extend(self.settings.api_key_query.iter().cloned());
+            }
+            // The upstream gets every cookie but the key: cedargate says what `Cookie` is.
+            if let Some(name) = &self.settings.api_key_cookie {
+                let rest: Vec<String> = cookies(request)
+                    .filter(|(key, _)| key != name)
+                    .map(|(key, value)| format!("{key}={value}"))
+                    .collect();
+                if rest.is_empty() {
+                    remove_headers.push("cookie".to_owned());
+                } else {
+                    set_headers.push(("cookie".to_owned(), rest.join("; ")));
+                }
+            }
         }
         GatewayAnswer::Allow { set_headers, remove_headers, remove_query, decision: Box::new(decision) }
     }
+}
+
+/// The answer to a decision that is not an allow.
+fn deny(decision: Decision, jsonrpc_id: Option<Value>) -> GatewayAnswer {
+    let status = decision.outcome.http_status();
+    let code = error_code(&decision);
+    let mut headers = Vec::new();
+    if let Some(challenge) = &decision.www_authenticate {
+        headers.push(("www-authenticate".to_owned(), challenge.clone()));
+    }
+    let body = match jsonrpc_id {
+        // MCP endpoints answer in the protocol the client speaks.
+        Some(id) => jsonrpc_error(
+            &id,
+            mcp::code::UNAUTHORIZED,
+            &decision.reason,
+            Some(json!({ "error": code, "status": status, "decision_id": decision.decision_id })),
+        ),
+        None => json!({ "error": code, "reason": decision.reason, "decision_id": decision.decision_id })
+            .to_string(),
+    };
+    headers.push(("content-type".to_owned(), "application/json".to_owned()));
+    GatewayAnswer::Deny { status, headers, body, decision: Some(Box::new(decision)) }
+}
+
+/// The request's cookies as (name, value) pairs, from every `Cookie` header. A comma splits
+/// too: a proxy may join repeated headers with one, and no cookie value may hold it (RFC 6265).
+fn cookies(request: &GatewayRequest) -> impl Iterator<Item = (&str, &str)> {
+    request
+        .header_values("cookie")
+        .flat_map(|header| header.split([';', ',']))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .map(|(key, value)| (key.trim(), value.trim()))
+}
+
+/// Every spelling of `name` with each `-` or `_` as either, except `name` itself.
+fn other_spellings(name: &str) -> Vec<String> {
+    let separators: Vec<usize> = name
+        .bytes()
+        .enumerate()
+        .filter(|(_, byte)| matches!(byte, b'-' | b'_'))
+        .map(|(index, _)| index)
+        .collect();
+    // Config validation caps the separators; the cap here only bounds the work.
+    let count = separators.len().min(crate::config::MAX_HEADER_SEPARATORS);
+    (0..1u32 << count)
+        .map(|mask| {
+            let mut spelling = name.as_bytes().to_vec();
+            for (bit, &index) in separators.iter().take(count).enumerate() {
+                spelling[index] = if mask & (1 << bit) == 0 { b'-' } else { b'_' };
+            }
+            String::from_utf8_lossy(&spelling).into_owned()
+        })
+        .filter(|spelling| spelling != name)
+        .collect()
 }
 
 /// A 400 for a request that cannot be decided on; `jsonrpc_id` is set for JSON-RPC endpoints,

@@ -274,8 +274,9 @@ async fn mcp_tool_calls_are_authorized_per_tool_and_argument_through_envoy() {
 
     // Denied per tool and per argument, with a JSON-RPC error that keeps the request id.
     for (id, tool, arguments, reason) in [
-        (5, "read_file", json!({ "path": "/secret/k" }), "Files under /secret need the admin role"),
-        (6, "read_file", json!({ "path": "/docs/../secret/k" }), "Files under /secret need the admin role"),
+        // The demo's argument rule is an allow-list: these match no permit.
+        (5, "read_file", json!({ "path": "/secret/k" }), "no policy permits this request"),
+        (6, "read_file", json!({ "path": "/docs/../secret/k" }), "no policy permits this request"),
         (7, "delete_file", json!({ "path": "/docs/a" }), "no policy permits this request"),
     ] {
         let answer = mcp(&envoy, &[USER], id, "tools/call", call(tool, arguments)).await;

@@ -18,7 +18,7 @@ use envoy_types::pb::google::protobuf::{value::Kind, ListValue, Struct, Value};
 use envoy_types::pb::google::rpc;
 use tonic::{Request, Response, Status};
 
-use crate::gateway::{Gateway, GatewayAnswer, GatewayRequest};
+use crate::gateway::{Gateway, GatewayAnswer, GatewayRequest, Wire};
 
 use crate::model::Decision;
 pub use envoy_types::ext_authz::v3::pb::AuthorizationServer;
@@ -85,6 +85,7 @@ fn gateway_request(request: CheckRequest) -> GatewayRequest {
         source_ip,
         source_principal: source.principal,
         extensions,
+        wire: Wire::EnvoyGrpc,
     }
 }
 

@@ -56,20 +56,91 @@ pub struct McpHeaders<'a> {
     pub method: Option<&'a str>,
     /// `Mcp-Name`: the tool or prompt name, or the resource URI.
     pub name: Option<&'a str>,
+    /// Whether a request without a body may be decided on these headers alone
+    /// (`gateway.mcp_trust_headers`).
+    pub trusted: bool,
+}
+
+/// The protocol's methods (MCP 2025-06-18 and later), matched exactly: a near miss such as
+/// `Tools/Call` or `tools/call ` is refused rather than decided as an unknown method, since a
+/// lenient server might still run it as the real one.
+const METHODS: [&str; 25] = [
+    "initialize",
+    "ping",
+    "tools/list",
+    "tools/call",
+    "prompts/list",
+    "prompts/get",
+    "resources/list",
+    "resources/templates/list",
+    "resources/read",
+    "resources/subscribe",
+    "resources/unsubscribe",
+    "logging/setLevel",
+    "completion/complete",
+    "roots/list",
+    "sampling/createMessage",
+    "elicitation/create",
+    "notifications/initialized",
+    "notifications/cancelled",
+    "notifications/progress",
+    "notifications/message",
+    "notifications/roots/list_changed",
+    "notifications/resources/updated",
+    "notifications/resources/list_changed",
+    "notifications/tools/list_changed",
+    "notifications/prompts/list_changed",
+];
+
+/// Refuses a method name with whitespace or control characters, or one that is a protocol
+/// method in another case or spelling.
+fn check_method(method: &str, id: &Value) -> Result<(), McpError> {
+    if method.is_empty() || method.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(McpError::new(
+            code::INVALID_REQUEST,
+            format!("`method` `{}` is not a method name", crate::route::quote(method)),
+            id,
+        ));
+    }
+    if let Some(meant) = METHODS.iter().find(|known| known.eq_ignore_ascii_case(method) && **known != method)
+    {
+        return Err(McpError::new(
+            code::INVALID_REQUEST,
+            format!(
+                "`method` `{}` is not an MCP method; methods match exactly (`{meant}`)",
+                crate::route::quote(method)
+            ),
+            id,
+        ));
+    }
+    Ok(())
 }
 
 /// Reads a JSON-RPC message for the MCP server `server`.
 ///
-/// With no body, the request is decided by the `Mcp-Method`/`Mcp-Name` headers alone;
-/// with a body, those headers must agree with it.
+/// With no body, the request is decided by the `Mcp-Method`/`Mcp-Name` headers alone, if
+/// they are trusted; with a body, those headers must agree with it.
 ///
-/// Fails on a body that is not one JSON-RPC 2.0 request, notification or response, on
-/// `params` a method needs that are missing or mistyped, and on headers that disagree.
+/// Fails on a body that is not one JSON-RPC 2.0 request, notification or response, on a
+/// method name that is not one, on `params` a method needs that are missing or mistyped, on
+/// headers that disagree, and on a missing body when the headers are not trusted.
 pub fn parse_jsonrpc(body: &[u8], server: &str, headers: McpHeaders<'_>) -> Result<McpRequest, McpError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         let Some(method) = headers.method else {
             return Err(McpError::new(code::INVALID_REQUEST, "the MCP request has no body", &Value::Null));
         };
+        // INVARIANT: without the body, the headers are all there is to decide on, and nothing
+        // here can check them against what the MCP server will run.
+        if !headers.trusted {
+            return Err(McpError::new(
+                code::INVALID_REQUEST,
+                "the MCP request reached cedargate without its body: forward the body, or set \
+                 gateway.mcp_trust_headers if the MCP server rejects Mcp-Method/Mcp-Name headers \
+                 that disagree with the body",
+                &Value::Null,
+            ));
+        }
+        check_method(method, &Value::Null)?;
         let name = headers.name.unwrap_or_default();
         let params = match method {
             "resources/read" => json_object([("uri", name)]),
@@ -103,6 +174,7 @@ pub fn parse_jsonrpc(body: &[u8], server: &str, headers: McpHeaders<'_>) -> Resu
         None if message.contains_key("result") || message.contains_key("error") => "response",
         None => return Err(McpError::new(code::INVALID_REQUEST, "`method` is missing", &id)),
     };
+    check_method(method, &id)?;
     let empty = Map::new();
     let params = match message.get("params") {
         None | Some(Value::Null) => &empty,

@@ -69,7 +69,23 @@ async fn an_anonymous_allow_removes_every_identity_header() {
         panic!("expected allow, got {answer:?}");
     };
     assert!(set_headers.is_empty());
-    assert_eq!(remove_headers.len(), 5);
+    // Every spelling an upstream could read as an identity header: `-` and `_` are one to
+    // WSGI, CGI and many frameworks.
+    for name in ["x-auth-subject", "x_auth_subject", "x-auth_subject", "x_auth-client_id", "x_auth_roles"] {
+        assert!(remove_headers.iter().any(|removed| removed == name), "{name} in {remove_headers:?}");
+    }
+    assert_eq!(remove_headers.len(), 4 + 8 + 4 + 4 + 4, "{remove_headers:?}");
+}
+
+#[tokio::test]
+async fn identity_headers_set_are_never_also_removed() {
+    let answer =
+        demo().check(&request("GET", "/user/profile", &[USER, ("x_auth_subject", "root")], "")).await;
+    let GatewayAnswer::Allow { set_headers, remove_headers, .. } = answer else { panic!("{answer:?}") };
+    assert!(remove_headers.iter().any(|removed| removed == "x_auth_subject"));
+    for (name, _) in &set_headers {
+        assert!(!remove_headers.contains(name), "{name} is both set and removed");
+    }
 }
 
 #[tokio::test]
@@ -137,6 +153,14 @@ async fn json_rpc_requests_are_decided_per_tool_argument_prompt_and_method() {
         (vec![USER], call("read_file", json!({ "path": "/docs/a" })), 200),
         (vec![USER], call("read_file", json!({ "path": "/secret/key" })), 403),
         (vec![USER], call("read_file", json!({ "path": "/docs/../secret/key" })), 403),
+        // The rule is an allow-list: what slipped past the old deny-list matches no permit.
+        (vec![USER], call("read_file", json!({ "path": "/SECRET/a" })), 403),
+        (vec![USER], call("read_file", json!({ "path": "//secret/a" })), 403),
+        (vec![USER], call("read_file", json!({ "path": "/docs//../secret/a" })), 403),
+        (vec![USER], call("read_file", json!({ "path": "/docs/%2e%2e/secret/a" })), 403),
+        (vec![USER], call("read_file", json!({ "path": "/docs/..\\secret" })), 403),
+        (vec![USER], call("read_file", json!({ "path": 7 })), 403),
+        (vec![USER], call("read_file", json!({})), 403),
         (vec![ADMIN], call("read_file", json!({ "path": "/secret/key" })), 200),
         (vec![USER], call("delete_file", json!({ "path": "/docs/a" })), 403),
         (vec![USER], call("GET_/admin/users", json!({})), 403),
@@ -171,7 +195,7 @@ async fn malformed_mcp_bodies_and_disagreeing_headers_are_a_json_rpc_400() {
     let gateway = demo();
     let echo = rpc(9, "tools/call", &json!({ "name": "echo", "arguments": {} }));
     let truncated = &echo[..echo.len() / 2];
-    let cases: [(&str, Headers<'_>, i64, &str); 9] = [
+    let cases: [(&str, Headers<'_>, i64, &str); 14] = [
         (truncated, &[], mcp::code::PARSE_ERROR, "Parse error"),
         ("", &[], mcp::code::INVALID_REQUEST, "no body"),
         ("[]", &[], mcp::code::INVALID_REQUEST, "batches"),
@@ -186,6 +210,13 @@ async fn malformed_mcp_bodies_and_disagreeing_headers_are_a_json_rpc_400() {
         (&echo, &[("mcp-method", "tools/list")], mcp::code::INVALID_REQUEST, "Mcp-Method"),
         (&echo, &[("mcp-name", "delete_file")], mcp::code::INVALID_REQUEST, "Mcp-Name"),
         ("{\"jsonrpc\":\"2.0\",\"id\":{},\"method\":\"ping\"}", &[], mcp::code::INVALID_REQUEST, "`id`"),
+        // Protocol methods match exactly; a near miss is refused, not decided as another method.
+        (&rpc(9, "Tools/Call", &json!({ "name": "echo" })), &[], mcp::code::INVALID_REQUEST, "match exactly"),
+        (&rpc(9, "tools/call ", &json!({ "name": "echo" })), &[], mcp::code::INVALID_REQUEST, "not a method name"),
+        (&rpc(9, "TOOLS/LIST", &json!({})), &[], mcp::code::INVALID_REQUEST, "`tools/list`"),
+        // Headers alone are not trusted by default: the body could call another tool.
+        ("", &[("mcp-method", "tools/call"), ("mcp-name", "echo")], mcp::code::INVALID_REQUEST, "without its body"),
+        ("", &[("mcp-method", "ping")], mcp::code::INVALID_REQUEST, "mcp_trust_headers"),
     ];
     for (body, headers, code, needle) in cases {
         let headers = [headers, &[USER]].concat();
@@ -196,12 +227,60 @@ async fn malformed_mcp_bodies_and_disagreeing_headers_are_a_json_rpc_400() {
         let message = error["error"]["message"].as_str().unwrap();
         assert!(message.contains(needle), "{message} should name {needle}");
     }
-    // Matching headers are fine; headers alone decide when no body is forwarded.
+    // Matching headers are fine.
     let headers = [USER, ("mcp-method", "tools/call"), ("mcp-name", "echo")];
     assert!(gateway.check(&request("POST", "/mcp", &headers, &echo)).await.allowed());
+}
+
+#[tokio::test]
+async fn trusted_mcp_headers_decide_alone_when_no_body_is_forwarded() {
+    let gateway = gateway_with("gateway:\n  mcp_trust_headers: true\n");
+    let headers = [USER, ("mcp-method", "tools/call"), ("mcp-name", "echo")];
     assert!(gateway.check(&request("POST", "/mcp", &headers, "")).await.allowed());
     let headers = [USER, ("mcp-method", "tools/call"), ("mcp-name", "delete_file")];
     assert_eq!(gateway.check(&request("POST", "/mcp", &headers, "")).await.status(), 403);
+    let headers = [USER, ("mcp-method", "Tools/Call"), ("mcp-name", "echo")];
+    assert_eq!(gateway.check(&request("POST", "/mcp", &headers, "")).await.status(), 400);
+}
+
+#[tokio::test]
+async fn mcp_endpoints_match_exactly_as_the_proxy_routes_them() {
+    let gateway = demo();
+    let call = rpc(1, "tools/call", &json!({ "name": "GET_/public/info", "arguments": {} }));
+    // `/mcp/` is not the MCP endpoint; a proxy routes it elsewhere, so it is refused as a path
+    // cedargate would otherwise have to rewrite.
+    for path in ["/mcp/", "//mcp", "/%6Dcp"] {
+        let answer = gateway.check(&request("POST", path, &[], &call)).await;
+        assert_eq!(answer.status(), 400, "{path}: {answer:?}");
+    }
+    // `/MCP` is another path to the proxy too: decided as a route, not by the body.
+    let answer = gateway.check(&request("POST", "/MCP", &[], &call)).await;
+    assert_eq!(answer.status(), 401, "{answer:?}");
+    assert!(gateway.check(&request("POST", "/mcp?session=1", &[], &call)).await.allowed());
+}
+
+#[tokio::test]
+async fn method_and_url_overrides_are_refused_unless_allowed() {
+    let gateway = demo();
+    let overrides: [(&str, Headers<'_>); 8] = [
+        ("/public/info", &[("x-http-method-override", "DELETE")]),
+        ("/public/info", &[("x_http_method_override", "DELETE")]),
+        ("/public/info", &[("x-http-method", "DELETE")]),
+        ("/public/info", &[("x-method-override", "DELETE")]),
+        ("/public/info", &[("x-original-url", "/admin/users")]),
+        ("/public/info", &[("x-rewrite-url", "/admin/users")]),
+        ("/public/info?_method=DELETE", &[]),
+        ("/public/info?%5Fmethod=DELETE", &[]),
+    ];
+    for (path, headers) in overrides {
+        let answer = gateway.check(&request("GET", path, headers, "")).await;
+        assert_eq!(answer.status(), 400, "{path} {headers:?}");
+        assert!(body_of(&answer)["reason"].as_str().unwrap().contains("gateway.override_headers"));
+    }
+    let allowing = gateway_with("gateway:\n  override_headers: allow\n");
+    for (path, headers) in overrides {
+        assert!(allowing.check(&request("GET", path, headers, "")).await.allowed(), "{path} {headers:?}");
+    }
 }
 
 #[tokio::test]
@@ -213,13 +292,36 @@ async fn api_keys_come_from_the_configured_header_cookie_or_query_and_only_one_c
     let by_header = gateway.check(&from(&[("x-api-key", "api-key-789")], "/service/metrics")).await;
     assert!(by_header.allowed(), "{by_header:?}");
     let GatewayAnswer::Allow { remove_headers, remove_query, .. } = by_header else { unreachable!() };
-    assert!(remove_headers.contains(&"authorization".to_owned()));
-    assert!(remove_headers.contains(&"x-api-key".to_owned()));
-    assert_eq!(remove_query, ["api_key"]);
-    let by_cookie = gateway.check(&from(&[("cookie", "a=b; api_key=api-key-789")], "/service/metrics")).await;
-    assert!(by_cookie.allowed(), "{by_cookie:?}");
-    let by_query = gateway.check(&from(&[], "/service/metrics?api_key=api-key-789")).await;
-    assert!(by_query.allowed(), "{by_query:?}");
+    for name in ["authorization", "x-api-key", "x_api_key", "cookie"] {
+        assert!(remove_headers.contains(&name.to_owned()), "{name} in {remove_headers:?}");
+    }
+    assert!(remove_query.is_empty());
+    // The upstream gets every cookie but the key, however the client split them.
+    for cookie in [
+        &[("cookie", "a=b; api_key=api-key-789")][..],
+        &[("cookie", "a=b"), ("cookie", "api_key=api-key-789")],
+    ] {
+        let by_cookie = gateway.check(&from(cookie, "/service/metrics")).await;
+        let GatewayAnswer::Allow { set_headers, remove_headers, .. } = &by_cookie else {
+            panic!("{by_cookie:?}")
+        };
+        assert_eq!(header(set_headers, "cookie"), Some("a=b"));
+        assert!(!remove_headers.contains(&"cookie".to_owned()));
+    }
+    let by_query = gateway.check(&from(&[], "/service/metrics?x=1&api_key=api-key-789")).await;
+    let GatewayAnswer::Allow { remove_query, .. } = &by_query else { panic!("{by_query:?}") };
+    assert_eq!(remove_query, &["api_key"]);
+    // Envoy removes parameters by their literal name: an encoded one would stay.
+    let encoded = gateway.check(&from(&[], "/service/metrics?api%5Fkey=api-key-789")).await;
+    assert_eq!(encoded.status(), 400);
+    assert!(body_of(&encoded)["reason"].as_str().unwrap().contains("percent-encoded"));
+    // Over HTTP the proxy cannot remove a query parameter at all.
+    for wire in [Wire::EnvoyHttp, Wire::ForwardAuth] {
+        let over_http = GatewayRequest { wire, ..from(&[], "/service/metrics?api_key=api-key-789") };
+        assert_eq!(gateway.check(&over_http).await.status(), 400, "{wire:?}");
+        let by_header = GatewayRequest { wire, ..from(&[("x-api-key", "api-key-789")], "/service/metrics") };
+        assert!(gateway.check(&by_header).await.allowed(), "{wire:?}");
+    }
     let wrong = gateway.check(&from(&[("x-api-key", "nope")], "/service/metrics")).await;
     assert_eq!(wrong.status(), 401);
     let two = gateway.check(&from(&[USER, ("x-api-key", "api-key-789")], "/service/metrics")).await;
