@@ -39,9 +39,10 @@ pub enum CredentialError {
     /// Not `<scheme> <credential>`.
     #[error("authorization value is not `<scheme> <credential>`")]
     Malformed,
-    /// A scheme no backend handles.
-    #[error("unsupported authorization scheme `{0}`")]
-    UnsupportedScheme(String),
+    /// A scheme no backend handles. The text is never quoted: a value without a scheme is
+    /// the credential itself (`admin-token-456`), read as the scheme.
+    #[error("unsupported authorization scheme: send `Bearer <token>` or `ApiKey <key>`")]
+    UnsupportedScheme,
     /// The scheme came with nothing after it.
     #[error("empty credential after `{0}`")]
     Empty(&'static str),

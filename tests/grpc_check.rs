@@ -109,7 +109,7 @@ async fn malformed_credentials_are_refused_with_a_precise_reason() {
     let mut client = server.authorizer().await;
     let oversized = format!("Bearer {}", "x".repeat(8 * 1024));
     let table = [
-        ("Basic dXNlcjpwYXNz", "unsupported authorization scheme `Basic`"),
+        ("Basic dXNlcjpwYXNz", "unsupported authorization scheme: send `Bearer <token>` or `ApiKey <key>`"),
         ("Bearer ", "empty credential after `Bearer`"),
         ("Bearer two words", "credential is not valid token68 syntax"),
         ("Bearer tok\u{0}en", "authorization value contains a control or non-ASCII character"),

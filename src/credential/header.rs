@@ -26,7 +26,7 @@ pub fn parse_authorization(value: &str, max_bytes: usize) -> Result<Option<Crede
     } else if scheme_text.eq_ignore_ascii_case("apikey") {
         Scheme::ApiKey
     } else {
-        return Err(CredentialError::UnsupportedScheme(crate::route::quote(scheme_text)));
+        return Err(CredentialError::UnsupportedScheme);
     };
     let token = token.trim_start_matches(' ');
     if token.is_empty() {
@@ -81,7 +81,7 @@ mod tests {
     #[test]
     fn refuses_bad_values_with_a_precise_reason() {
         let table = [
-            ("Basic dXNlcjpwYXNz", CredentialError::UnsupportedScheme("Basic".into())),
+            ("Basic dXNlcjpwYXNz", CredentialError::UnsupportedScheme),
             ("Bearer", CredentialError::Empty("Bearer")),
             ("Bearer    ", CredentialError::Empty("Bearer")),
             ("ApiKey ", CredentialError::Empty("ApiKey")),
@@ -93,7 +93,7 @@ mod tests {
             ("Bearer a=b", CredentialError::Syntax),
             (" Bearer abc", CredentialError::Malformed),
             ("Bea(rer abc", CredentialError::Malformed),
-            ("user-token-123", CredentialError::UnsupportedScheme("user-token-123".into())),
+            ("user-token-123", CredentialError::UnsupportedScheme),
         ];
         for (value, error) in table {
             assert_eq!(check(value), Err(error), "{value:?}");

@@ -96,7 +96,7 @@ async fn malformed_credentials_are_unauthenticated_with_a_precise_reason() {
     let app = demo();
     let oversized = format!("Bearer {}", "a".repeat(9000));
     let table = [
-        ("Basic dXNlcjpwYXNz", "unsupported authorization scheme `Basic`"),
+        ("Basic dXNlcjpwYXNz", "unsupported authorization scheme: send `Bearer <token>` or `ApiKey <key>`"),
         ("Bearer", "empty credential after `Bearer`"),
         ("Bearer a\u{7}b", "authorization value contains a control or non-ASCII character"),
         (oversized.as_str(), "authorization value exceeds 8192 bytes"),
