@@ -305,12 +305,16 @@ impl Gateway {
     /// have to be removed from the query on a wire whose proxy cannot do that.
     fn credential(&self, request: &GatewayRequest) -> Result<Option<(String, Source)>, &'static str> {
         let mut found = Vec::new();
-        if let Some(value) = request.header("authorization") {
-            found.push((value.to_owned(), Source::Authorization));
+        // A comma cannot be in a token68 credential: it is Envoy joining repeated headers.
+        for value in request.header_values("authorization") {
+            let parts = value.split(',').map(str::trim).filter(|part| !part.is_empty()).count();
+            found.extend(std::iter::repeat_n((value.to_owned(), Source::Authorization), parts.max(1)));
         }
         let api_key = |key: &str| format!("ApiKey {key}");
-        if let Some(value) = self.settings.api_key_header.as_deref().and_then(|name| request.header(name)) {
-            found.push((api_key(value), Source::Header));
+        if let Some(name) = self.settings.api_key_header.as_deref() {
+            for value in request.header_values(name) {
+                found.push((api_key(value), Source::Header));
+            }
         }
         if let Some(name) = &self.settings.api_key_cookie {
             for (key, value) in cookies(request) {

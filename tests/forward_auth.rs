@@ -198,3 +198,27 @@ async fn x_forwarded_for_sets_source_ip_only_from_a_trusted_proxy() {
     assert_eq!(office(&trusting, "203.0.113.9").await, 200, "the trusted proxy's report is");
     assert_eq!(office(&trusting, "203.0.113.9, 198.51.100.1").await, 401, "only the last hop counts");
 }
+
+#[tokio::test]
+async fn an_authorization_header_that_is_not_ascii_is_an_invalid_credential_not_none() {
+    let server = TestServer::demo().await;
+    let client = reqwest::Client::new();
+    let value = reqwest::header::HeaderValue::from_bytes(b"Bearer caf\xc3\xa9").unwrap();
+    let answer = client
+        .get(server.http_url("/ext_authz/public/info"))
+        .header("authorization", value.clone())
+        .send()
+        .await;
+    let answer = answer.unwrap();
+    assert_eq!(answer.status(), 401, "a public route must not treat it as anonymous");
+    assert!(answer.headers()["www-authenticate"].to_str().unwrap().contains("invalid_token"));
+    // Two Authorization headers over HTTP are two credentials.
+    let twice = client
+        .get(server.http_url("/ext_authz/public/info"))
+        .header("authorization", "Bearer user-token-123")
+        .header("authorization", "Bearer admin-token-456")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(twice.status(), 400);
+}

@@ -365,9 +365,13 @@ async fn forward_auth(
 }
 
 fn gateway_request(method: &str, path: &str, headers: &HeaderMap, body: Bytes, wire: Wire) -> GatewayRequest {
+    // A value that is not visible ASCII is kept (lossily), never dropped: an `Authorization`
+    // header cedargate cannot read is an invalid credential, not an absent one.
     let pairs: Vec<(String, String)> = headers
         .iter()
-        .filter_map(|(name, value)| Some((name.as_str().to_owned(), value.to_str().ok()?.to_owned())))
+        .map(|(name, value)| {
+            (name.as_str().to_owned(), String::from_utf8_lossy(value.as_bytes()).into_owned())
+        })
         .collect();
     let host = headers.get(header::HOST).and_then(|value| value.to_str().ok()).unwrap_or_default();
     GatewayRequest {

@@ -390,3 +390,22 @@ async fn an_unreachable_credential_backend_is_a_503_without_a_token_challenge() 
     assert_eq!(body["error"], "temporarily_unavailable");
     assert!(body["reason"].as_str().unwrap().contains("unavailable"), "{body}");
 }
+
+#[tokio::test]
+async fn repeated_credentials_are_refused_however_the_proxy_passes_them() {
+    let gateway = gateway_with("gateway:\n  api_key: { header: x-api-key }\n");
+    let cases: [Headers<'_>; 4] = [
+        // Envoy's `header_map` (and HTTP) keep repeated headers apart...
+        &[USER, ("authorization", "Bearer admin-token-456")],
+        &[("x-api-key", "api-key-789"), ("x-api-key", "other")],
+        // ...its `headers` map joins them with a comma, which no token68 credential holds.
+        &[("authorization", "Bearer user-token-123,Bearer admin-token-456")],
+        &[("authorization", "Bearer user-token-123, ApiKey api-key-789")],
+    ];
+    for headers in cases {
+        let answer = gateway.check(&request("GET", "/public/info", headers, "")).await;
+        assert_eq!(answer.status(), 400, "{headers:?}");
+        assert!(body_of(&answer)["reason"].as_str().unwrap().contains("one credential"));
+    }
+    assert!(gateway.check(&request("GET", "/public/info", &[USER], "")).await.allowed());
+}
