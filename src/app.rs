@@ -321,7 +321,12 @@ impl App {
             () = &mut shutdown => {
                 tracing::info!("shutting down: finishing in-flight requests");
                 ready.store(false, Ordering::Release);
+                // Every service and the server as a whole, so a balancer probing any of them
+                // stops sending new work.
                 health.set_not_serving::<proto::authorizer_server::AuthorizerServer<AuthorizerService>>().await;
+                health.set_not_serving::<proto::sessions_server::SessionsServer<SessionsService>>().await;
+                health.set_not_serving::<AuthorizationServer<ExtAuthzService>>().await;
+                health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
                 let _ = stop_sender.send(true);
                 let grace = self.config.listen.shutdown_grace.0;
                 match tokio::time::timeout(grace, &mut servers).await {

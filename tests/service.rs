@@ -140,3 +140,28 @@ async fn shutdown_closes_connections_still_open_after_the_grace_period() {
     let stopped = tokio::time::timeout(std::time::Duration::from_secs(30), server.stop()).await;
     assert!(matches!(stopped, Ok(Ok(()))), "shutdown did not end: {stopped:?}");
 }
+
+#[tokio::test]
+async fn shutdown_reports_every_service_not_serving() {
+    use tokio_stream::StreamExt;
+    let mut config = Config::demo().unwrap();
+    config.listen.shutdown_grace = cedargate::config::HumanDuration(std::time::Duration::from_secs(2));
+    let server = TestServer::start(config).await;
+    let mut health = HealthClient::new(server.channel().await);
+    let services =
+        ["", "cedargate.v1.Authorizer", "cedargate.v1.Sessions", "envoy.service.auth.v3.Authorization"];
+    let mut watches = Vec::new();
+    for service in services {
+        let mut watch =
+            health.watch(HealthCheckRequest { service: service.into() }).await.unwrap().into_inner();
+        assert_eq!(watch.next().await.unwrap().unwrap().status, 1, "{service:?} starts SERVING");
+        watches.push((service, watch));
+    }
+    let stopping = tokio::spawn(server.stop());
+    for (service, mut watch) in watches {
+        let next = tokio::time::timeout(std::time::Duration::from_secs(5), watch.next()).await;
+        let status = next.expect("an update within 5 s").expect("the watch is open").unwrap().status;
+        assert_eq!(status, 2, "{service:?} is NOT_SERVING during shutdown");
+    }
+    stopping.await.unwrap().unwrap();
+}
