@@ -94,6 +94,9 @@ pub struct SessionSettings {
     pub access_ttl: Duration,
     /// Refresh token lifetime.
     pub refresh_ttl: Duration,
+    /// How long after its rotation a refresh token presented again is merely refused rather
+    /// than taken for theft (which revokes the session).
+    pub refresh_reuse_grace: Duration,
 }
 
 /// Logs users in and out, rotates sessions, and resolves session tokens.
@@ -152,30 +155,50 @@ impl SessionManager {
         let keys: Vec<LoginKey> = std::iter::once(LoginKey::Username(username.to_owned()))
             .chain(client.map(LoginKey::from))
             .collect();
-        for key in &keys {
-            self.limiter.check(key).await.map_err(|retry_after| SessionError::RateLimited { retry_after })?;
+        // Each attempt is counted before the password is checked, so a burst of concurrent
+        // guesses gets no more checks than the budget.
+        for (index, key) in keys.iter().enumerate() {
+            if let Err(retry_after) = self.limiter.reserve(key).await {
+                for reserved in keys.iter().take(index) {
+                    self.limiter.finish(reserved, false).await;
+                }
+                return Err(SessionError::RateLimited { retry_after });
+            }
         }
 
         let account = self.accounts.get(username);
         let hash = account.map_or_else(|| self.decoy_hash.clone(), |account| account.password_hash.clone());
-        let verified = self.verify(hash, password.clone()).await? && account.is_some();
-        let Some(account) = account.filter(|_| verified) else {
-            for key in &keys {
-                self.limiter.record_failure(key).await;
+        let verified = match self.verify(hash, password.clone()).await {
+            Ok(verified) => verified && account.is_some(),
+            Err(error) => {
+                for key in &keys {
+                    self.limiter.finish(key, false).await;
+                }
+                return Err(error);
             }
+        };
+        for key in &keys {
+            self.limiter.finish(key, !verified).await;
+        }
+        let Some(account) = account.filter(|_| verified) else {
             tracing::info!(username = %crate::route::quote(username), "login failed");
             return Err(SessionError::InvalidLogin);
         };
-        self.limiter.clear(&LoginKey::Username(username.to_owned())).await;
+        // A success forgets the username's failures (not the address's).
+        for key in keys.iter().filter(|key| matches!(key, LoginKey::Username(_))) {
+            self.limiter.clear(key).await;
+        }
         self.open(username, &account.identity, rand::random()).await
     }
 
     /// Exchanges a refresh token for new tokens; the old access and refresh tokens stop working.
-    /// A refresh token presented a second time revokes the whole session.
+    /// A refresh token presented again later than `refresh_reuse_grace` after its rotation
+    /// revokes the whole session; within it, it is only refused.
     ///
     /// Fails on an unknown, expired or reused refresh token.
     pub async fn refresh(&self, refresh_token: &Secret) -> Result<SessionTokens, SessionError> {
-        match self.store.consume_refresh(&refresh_token.digest(), unix_now()).await? {
+        let grace = self.settings.refresh_reuse_grace;
+        match self.store.consume_refresh(&refresh_token.digest(), unix_now(), grace).await? {
             RefreshOutcome::Rotated(record) => {
                 let mut identity = (*record.auth).clone();
                 identity.expires_at = None;
@@ -188,7 +211,8 @@ impl SessionManager {
                 );
                 Err(SessionError::InvalidRefresh)
             }
-            RefreshOutcome::Invalid => Err(SessionError::InvalidRefresh),
+            // A client's concurrent or retried refresh: the winner's tokens stay good.
+            RefreshOutcome::JustRotated | RefreshOutcome::Invalid => Err(SessionError::InvalidRefresh),
         }
     }
 

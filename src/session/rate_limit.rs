@@ -3,10 +3,12 @@
 
 use std::fmt::Debug;
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use dashmap::DashMap;
+use tokio::sync::Notify;
 
 use crate::model::ClientAddress;
 
@@ -47,20 +49,43 @@ pub struct LimitRule {
 }
 
 /// Counts failed logins.
+///
+/// An attempt takes a slot from its key's budget *before* the password is checked
+/// ([`reserve`]) and gives it back as a failure or not when the check is done ([`finish`]), so
+/// a burst of concurrent attempts gets at most the budget of checks, never one per request.
+///
+/// [`reserve`]: LoginRateLimiter::reserve
+/// [`finish`]: LoginRateLimiter::finish
 #[async_trait]
 pub trait LoginRateLimiter: Debug + Send + Sync {
-    /// `Err(retry_after)` when `key` is locked out.
-    async fn check(&self, key: &LoginKey) -> Result<(), Duration>;
-    /// Counts one failed attempt against `key`.
-    async fn record_failure(&self, key: &LoginKey);
+    /// Takes one attempt from `key`'s budget, waiting while attempts in flight could use up
+    /// the rest. `Err(retry_after)` when the failures have used it up (or, failing closed,
+    /// when nothing more can be tracked, or the wait is too long).
+    async fn reserve(&self, key: &LoginKey) -> Result<(), Duration>;
+    /// Ends an attempt reserved for `key`: a failure counts against the window, anything else
+    /// gives the attempt back.
+    async fn finish(&self, key: &LoginKey, failed: bool);
     /// Forgets `key`'s failures (after a successful login).
     async fn clear(&self, key: &LoginKey);
 }
 
-#[derive(Debug, Clone, Copy)]
+/// Longest an attempt waits for the ones in flight before it is refused.
+const MAX_WAIT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone)]
 struct Window {
     started: Instant,
     failures: u32,
+    /// Attempts reserved and not yet finished.
+    in_flight: u32,
+    /// Wakes attempts waiting for one in flight to finish.
+    finished: Arc<Notify>,
+}
+
+impl Window {
+    fn new(started: Instant) -> Self {
+        Self { started, failures: 0, in_flight: 0, finished: Arc::new(Notify::new()) }
+    }
 }
 
 /// Counters in this process's memory, bounded in size.
@@ -69,8 +94,8 @@ pub struct MemoryRateLimiter {
     per_username: LimitRule,
     per_address: LimitRule,
     windows: DashMap<LoginKey, Window>,
-    /// Above this many keys, expired windows are dropped before a new one is added, so random
-    /// usernames cannot grow the map without bound.
+    /// At most this many keys: expired windows are dropped to make room, and when there is
+    /// none, a new key is refused (fail closed) rather than added.
     max_keys: usize,
 }
 
@@ -87,45 +112,73 @@ impl MemoryRateLimiter {
         }
     }
 
-    /// Drops windows that have ended.
+    /// Drops windows that have ended and have nothing in flight.
     pub fn purge_expired(&self) {
-        self.windows.retain(|key, window| window.started.elapsed() < self.rule(key).window);
+        self.windows
+            .retain(|key, window| window.in_flight > 0 || window.started.elapsed() < self.rule(key).window);
     }
 }
 
 #[async_trait]
 impl LoginRateLimiter for MemoryRateLimiter {
-    async fn check(&self, key: &LoginKey) -> Result<(), Duration> {
+    async fn reserve(&self, key: &LoginKey) -> Result<(), Duration> {
         let rule = self.rule(key);
-        let Some(window) = self.windows.get(key).map(|window| *window) else {
-            return Ok(());
-        };
-        let elapsed = window.started.elapsed();
-        if elapsed < rule.window && window.failures >= rule.max_failures {
-            return Err(rule.window.saturating_sub(elapsed).max(Duration::from_secs(1)));
+        let deadline = Instant::now() + MAX_WAIT;
+        loop {
+            if self.windows.len() >= self.max_keys && !self.windows.contains_key(key) {
+                self.purge_expired();
+                if self.windows.len() >= self.max_keys {
+                    // INVARIANT: bounded. A key that cannot be counted cannot be let through.
+                    return Err(rule.window);
+                }
+            }
+            let finished = {
+                // The entry holds its shard's lock: check and count are one step.
+                let mut window =
+                    self.windows.entry(key.clone()).or_insert_with(|| Window::new(Instant::now()));
+                let elapsed = window.started.elapsed();
+                if elapsed >= rule.window {
+                    window.started = Instant::now();
+                    window.failures = 0;
+                } else if window.failures >= rule.max_failures {
+                    return Err(rule.window.saturating_sub(elapsed).max(Duration::from_secs(1)));
+                }
+                if window.failures.saturating_add(window.in_flight) < rule.max_failures {
+                    window.in_flight += 1;
+                    return Ok(());
+                }
+                Arc::clone(&window.finished)
+            };
+            // Every slot left is held by an attempt in flight: wait for one to finish, then
+            // look again (it may have failed and used up the budget).
+            let notified = finished.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let still_full = self
+                .windows
+                .get(key)
+                .is_some_and(|window| window.failures.saturating_add(window.in_flight) >= rule.max_failures);
+            if still_full && tokio::time::timeout_at(deadline.into(), notified).await.is_err() {
+                return Err(Duration::from_secs(1));
+            }
         }
-        Ok(())
     }
 
-    async fn record_failure(&self, key: &LoginKey) {
-        let rule = self.rule(key);
-        if self.windows.len() >= self.max_keys && !self.windows.contains_key(key) {
-            self.purge_expired();
-        }
-        let now = Instant::now();
-        self.windows
-            .entry(key.clone())
-            .and_modify(|window| {
-                if window.started.elapsed() >= rule.window {
-                    *window = Window { started: now, failures: 0 };
-                }
+    async fn finish(&self, key: &LoginKey, failed: bool) {
+        if let Some(mut window) = self.windows.get_mut(key) {
+            window.in_flight = window.in_flight.saturating_sub(1);
+            if failed {
                 window.failures = window.failures.saturating_add(1);
-            })
-            .or_insert(Window { started: now, failures: 1 });
+            }
+            window.finished.notify_waiters();
+        }
     }
 
     async fn clear(&self, key: &LoginKey) {
-        self.windows.remove(key);
+        if let Some(mut window) = self.windows.get_mut(key) {
+            window.failures = 0;
+            window.finished.notify_waiters();
+        }
     }
 }
 
@@ -138,45 +191,89 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn locks_a_username_after_its_failures_and_not_others() {
+    async fn locks_a_username_after_its_budget_and_not_others() {
         let limiter = limiter(Duration::from_secs(60));
         let alice = LoginKey::Username("alice".into());
         let bob = LoginKey::Username("bob".into());
-        limiter.record_failure(&alice).await;
-        assert!(limiter.check(&alice).await.is_ok());
-        limiter.record_failure(&alice).await;
-        let retry = limiter.check(&alice).await.unwrap_err();
+        for _ in 0..2 {
+            limiter.reserve(&alice).await.unwrap();
+            limiter.finish(&alice, true).await;
+        }
+        let retry = limiter.reserve(&alice).await.unwrap_err();
         assert!(retry <= Duration::from_secs(60) && retry >= Duration::from_secs(1));
-        assert!(limiter.check(&bob).await.is_ok());
+        assert!(limiter.reserve(&bob).await.is_ok());
     }
 
     #[tokio::test]
-    async fn addresses_have_their_own_rule() {
+    async fn addresses_have_their_own_rule_and_released_attempts_do_not_count() {
         let limiter = limiter(Duration::from_secs(60));
         let address = LoginKey::Address("127.0.0.1".parse().unwrap());
-        for _ in 0..2 {
-            limiter.record_failure(&address).await;
+        limiter.reserve(&address).await.unwrap();
+        limiter.finish(&address, false).await;
+        for _ in 0..3 {
+            limiter.reserve(&address).await.unwrap();
+            limiter.finish(&address, true).await;
         }
-        assert!(limiter.check(&address).await.is_ok(), "address rule allows 3");
-        limiter.record_failure(&address).await;
-        assert!(limiter.check(&address).await.is_err());
+        assert!(limiter.reserve(&address).await.is_err(), "address rule allows 3 failures, not 3 attempts");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_burst_gets_the_budget_of_failures_and_every_success() {
+        let limiter = Arc::new(limiter(Duration::from_secs(60)));
+        let alice = LoginKey::Username("alice".into());
+        // 100 concurrent attempts, the even ones right: each that gets a slot takes a while.
+        let attempts = (0..100).map(|attempt| {
+            let (limiter, alice) = (Arc::clone(&limiter), alice.clone());
+            tokio::spawn(async move {
+                limiter.reserve(&alice).await.ok()?;
+                tokio::time::sleep(Duration::from_millis(2)).await;
+                let failed = attempt % 2 == 1;
+                limiter.finish(&alice, failed).await;
+                Some(failed)
+            })
+        });
+        let (mut failures, mut successes) = (0, 0);
+        for attempt in attempts.collect::<Vec<_>>() {
+            match attempt.await.unwrap() {
+                Some(true) => failures += 1,
+                Some(false) => successes += 1,
+                None => {}
+            }
+        }
+        assert_eq!(failures, 2, "no more wrong guesses are checked than the budget");
+        assert!(successes >= 1, "right answers get through while the budget lasts");
     }
 
     #[tokio::test]
     async fn a_window_ends_and_clear_forgets() {
         let limiter = limiter(Duration::from_millis(30));
         let alice = LoginKey::Username("alice".into());
-        limiter.record_failure(&alice).await;
-        limiter.record_failure(&alice).await;
-        assert!(limiter.check(&alice).await.is_err());
+        for _ in 0..2 {
+            limiter.reserve(&alice).await.unwrap();
+            limiter.finish(&alice, true).await;
+        }
+        assert!(limiter.reserve(&alice).await.is_err());
         tokio::time::sleep(Duration::from_millis(40)).await;
-        assert!(limiter.check(&alice).await.is_ok());
         limiter.purge_expired();
         assert_eq!(limiter.windows.len(), 0);
-
-        limiter.record_failure(&alice).await;
-        limiter.record_failure(&alice).await;
+        limiter.reserve(&alice).await.unwrap();
+        limiter.finish(&alice, true).await;
         limiter.clear(&alice).await;
-        assert!(limiter.check(&alice).await.is_ok());
+        limiter.reserve(&alice).await.unwrap();
+        limiter.finish(&alice, true).await;
+        limiter.reserve(&alice).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_full_table_refuses_new_keys_instead_of_growing() {
+        let mut limiter = limiter(Duration::from_secs(60));
+        limiter.max_keys = 3;
+        for name in ["a", "b", "c"] {
+            limiter.reserve(&LoginKey::Username(name.into())).await.unwrap();
+            limiter.finish(&LoginKey::Username(name.into()), true).await;
+        }
+        assert!(limiter.reserve(&LoginKey::Username("d".into())).await.is_err());
+        assert_eq!(limiter.windows.len(), 3);
+        assert!(limiter.reserve(&LoginKey::Username("a".into())).await.is_ok(), "known keys still count");
     }
 }

@@ -24,7 +24,11 @@ fn manager_with(limits: (u32, u32), store: Arc<MemorySessionStore>) -> SessionMa
         accounts,
         store,
         Arc::new(limiter),
-        SessionSettings { access_ttl: Duration::from_secs(3600), refresh_ttl: Duration::from_secs(7200) },
+        SessionSettings {
+            access_ttl: Duration::from_secs(3600),
+            refresh_ttl: Duration::from_secs(7200),
+            refresh_reuse_grace: Duration::from_millis(200),
+        },
     )
     .unwrap()
 }
@@ -148,7 +152,11 @@ async fn refresh_rotates_and_retires_the_old_tokens() {
     assert_eq!(subject_of(&manager, &second.access_token).await.unwrap(), "alice");
     assert!(subject_of(&manager, &first.access_token).await.is_err(), "old access token must stop working");
 
-    // Reusing the spent refresh token revokes the whole session, including the new tokens.
+    // Presented again at once (a retry, a second tab), it is only refused...
+    assert_eq!(manager.refresh(&first.refresh_token).await.unwrap_err(), SessionError::InvalidRefresh);
+    assert_eq!(subject_of(&manager, &second.access_token).await.unwrap(), "alice");
+    // ...but reused after the grace period it revokes the whole session, new tokens too.
+    tokio::time::sleep(Duration::from_millis(250)).await;
     assert_eq!(manager.refresh(&first.refresh_token).await.unwrap_err(), SessionError::InvalidRefresh);
     assert!(subject_of(&manager, &second.access_token).await.is_err());
     assert_eq!(manager.refresh(&second.refresh_token).await.unwrap_err(), SessionError::InvalidRefresh);
@@ -260,4 +268,57 @@ fn password_hashes_must_be_argon2id() {
     assert!(check_password_hash("password123").is_err());
     let argon2i = "$argon2i$v=19$m=16,t=2,p=1$c2FsdHNhbHQ$L5kF1O6bWJ7hYfUOXW1o3A";
     assert!(check_password_hash(argon2i).unwrap_err().contains("argon2id"));
+}
+
+#[tokio::test]
+async fn a_burst_of_wrong_passwords_gets_no_more_checks_than_the_budget() {
+    let manager = Arc::new(manager_with((5, 1000), Arc::new(MemorySessionStore::default())));
+    let attempts: Vec<_> = (0..100)
+        .map(|_| {
+            let manager = Arc::clone(&manager);
+            tokio::spawn(async move { manager.login("alice", &password("wrong"), None).await.unwrap_err() })
+        })
+        .collect();
+    let mut checked = 0;
+    for attempt in attempts {
+        match attempt.await.unwrap() {
+            SessionError::InvalidLogin => checked += 1,
+            SessionError::RateLimited { .. } => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(checked, 5, "each check past the budget is a free guess");
+}
+
+#[tokio::test]
+async fn concurrent_refreshes_with_one_token_leave_the_winner_signed_in() {
+    let manager = Arc::new(manager());
+    let tokens = manager.login("alice", &password("password123"), None).await.unwrap();
+    let refreshes: Vec<_> = (0..50)
+        .map(|_| {
+            let (manager, refresh) = (Arc::clone(&manager), tokens.refresh_token.clone());
+            tokio::spawn(async move { manager.refresh(&refresh).await })
+        })
+        .collect();
+    let mut winners = Vec::new();
+    for refresh in refreshes {
+        match refresh.await.unwrap() {
+            Ok(tokens) => winners.push(tokens),
+            Err(error) => assert_eq!(error, SessionError::InvalidRefresh),
+        }
+    }
+    assert_eq!(winners.len(), 1, "exactly one rotation");
+    let winner = winners.pop().unwrap();
+    let credential =
+        crate::model::Credential::new(crate::model::Scheme::Bearer, winner.access_token.expose());
+    assert!(
+        matches!(manager.resolve(&credential).await, Ok(Resolution::Resolved(_))),
+        "the winner's token works"
+    );
+
+    // After the grace period a reuse is theft: the whole session goes.
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert_eq!(manager.refresh(&tokens.refresh_token).await.unwrap_err(), SessionError::InvalidRefresh);
+    assert!(manager.resolve(&credential).await.is_err(), "reuse after the grace revokes the family");
+    assert!(manager.refresh(&winner.refresh_token).await.is_err());
 }
