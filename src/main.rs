@@ -12,6 +12,12 @@ use cedargate::telemetry::{self, LogFormat};
 use cedargate::App;
 use clap::{Parser, Subcommand};
 
+/// Every password check allocates 19 MiB (argon2id, m=19456). glibc's malloc keeps freed
+/// blocks that size in its per-thread arenas, so a burst of logins left hundreds of MiB
+/// resident for good; mimalloc returns them to the OS (`tests/login_storm.rs`).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// cedargate: authorization decisions for gateways and MCP servers.
 #[derive(Debug, Parser)]
 #[command(version, about)]
@@ -133,7 +139,12 @@ fn load_config(path: Option<&PathBuf>) -> anyhow::Result<Config> {
 }
 
 fn serve(config: Config) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    // Password checks run on the blocking pool; an idle thread exits after a second, and with
+    // it the allocator's cache of its 19 MiB argon2 buffers.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_keep_alive(std::time::Duration::from_secs(1))
+        .build()?;
     runtime.block_on(async {
         let app = Arc::new(App::build(config)?);
         #[cfg(unix)]

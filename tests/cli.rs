@@ -6,15 +6,14 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
-use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
 
 use cedargate::api::proto::authorizer_client::AuthorizerClient;
 use cedargate::api::proto::Outcome;
 use cedargate::model::SecretDigest;
+use common::served::Served;
 use common::{check, route};
 use serde_json::Value;
 
@@ -142,59 +141,6 @@ when { context.nope };
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("bad.cedar:2:"), "{stderr}");
     assert!(stderr.contains("nope"), "{stderr}");
-}
-
-/// A `cedargate serve` process; killed if the test fails midway.
-struct Served {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Served {
-    fn start(config: &Path) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_cedargate"))
-            .args(["--config", config.to_str().unwrap(), "--log-format", "json"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (sender, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if sender.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Self { child, lines }
-    }
-
-    /// The next log event matching `wanted`, waiting at most 30 s.
-    fn wait_for(&self, wanted: impl Fn(&Value) -> bool, seen: &mut Vec<String>) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while let Ok(line) = self.lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-            seen.push(line.clone());
-            if let Ok(event) = serde_json::from_str::<Value>(&line) {
-                if wanted(&event) {
-                    return event;
-                }
-            }
-        }
-        panic!("log event not seen; log so far:\n{}", seen.join("\n"));
-    }
-
-    fn signal(&self, name: &str) {
-        let status = Command::new("kill").args(["-s", name, &self.child.id().to_string()]).status().unwrap();
-        assert!(status.success());
-    }
 }
 
 // Multi-threaded: the test blocks on log lines while the client's connection task must keep

@@ -4,6 +4,7 @@
 
 pub mod envoy;
 pub mod nginx;
+pub mod served;
 pub mod upstream;
 
 use std::net::SocketAddr;
