@@ -122,6 +122,7 @@ impl App {
                 SessionSettings {
                     access_ttl: config.sessions.access_ttl.0,
                     refresh_ttl: config.sessions.refresh_ttl.0,
+                    refresh_reuse_grace: config.sessions.refresh_reuse_grace.0,
                 },
             )
             .map_err(|error| AppError::Setup(error.to_string()))?,

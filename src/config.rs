@@ -535,6 +535,11 @@ pub struct SessionsConfig {
     /// Refresh token lifetime. Default 24 hours.
     #[serde(default = "default_refresh_ttl")]
     pub refresh_ttl: HumanDuration,
+    /// A refresh token presented again within this long after its rotation is refused without
+    /// revoking the session (a client's concurrent or retried refresh, as Auth0's reuse
+    /// interval and Okta's grace period allow); later, reuse revokes it. Default 2s.
+    #[serde(default = "default_refresh_reuse_grace")]
+    pub refresh_reuse_grace: HumanDuration,
     /// Users who may log in.
     #[serde(default)]
     pub users: Vec<UserConfig>,
@@ -671,6 +676,9 @@ fn default_access_ttl() -> HumanDuration {
 fn default_refresh_ttl() -> HumanDuration {
     HumanDuration(Duration::from_secs(24 * 3600))
 }
+fn default_refresh_reuse_grace() -> HumanDuration {
+    HumanDuration(Duration::from_secs(2))
+}
 fn default_per_username() -> LimitConfig {
     LimitConfig { max_failures: 5, window: HumanDuration(Duration::from_secs(15 * 60)) }
 }
@@ -738,6 +746,7 @@ impl Default for SessionsConfig {
         Self {
             access_ttl: default_access_ttl(),
             refresh_ttl: default_refresh_ttl(),
+            refresh_reuse_grace: default_refresh_reuse_grace(),
             users: Vec::new(),
             login_rate_limit: LoginRateLimitConfig::default(),
         }

@@ -91,7 +91,10 @@ async fn http_refresh_rotates_and_logout_revokes_at_once() {
 
 #[tokio::test]
 async fn grpc_sessions_login_refresh_and_logout() {
-    let server = TestServer::demo().await;
+    // No grace: a reuse right after the rotation is taken for theft (the grace has its own test).
+    let mut config = Config::demo().unwrap();
+    config.sessions.refresh_reuse_grace = cedargate::config::HumanDuration(std::time::Duration::ZERO);
+    let server = TestServer::start(config).await;
     let mut sessions = server.sessions().await;
     let mut client = server.authorizer().await;
     let tokens = sessions
@@ -198,4 +201,34 @@ async fn broken_login_bodies_get_a_400_naming_the_problem() {
     }
     let huge = http.post(server.http_url("/auth/login")).body(vec![b'a'; 64 * 1024]).send().await.unwrap();
     assert_eq!(huge.status(), 413);
+}
+
+#[tokio::test]
+async fn fifty_concurrent_refreshes_with_one_token_leave_the_winner_signed_in() {
+    let server = TestServer::demo().await;
+    let tokens = http_login(&server, "alice", "password123").await.json::<Value>().await.unwrap();
+    let refresh_token = tokens["refresh_token"].as_str().unwrap().to_owned();
+    let refreshes: Vec<_> = (0..50)
+        .map(|_| {
+            let url = server.http_url("/auth/refresh");
+            let body = serde_json::json!({ "refresh_token": refresh_token });
+            tokio::spawn(async move {
+                let response = reqwest::Client::new().post(url).json(&body).send().await.unwrap();
+                (response.status().as_u16(), response.json::<Value>().await.unwrap())
+            })
+        })
+        .collect();
+    let mut winners = Vec::new();
+    for refresh in refreshes {
+        let (status, body) = refresh.await.unwrap();
+        match status {
+            200 => winners.push(body),
+            401 => assert_eq!(body["error"], "invalid_grant"),
+            other => panic!("{other}: {body}"),
+        }
+    }
+    assert_eq!(winners.len(), 1, "exactly one rotation");
+    let bearer = format!("Bearer {}", winners[0]["token"].as_str().unwrap());
+    let mut client = server.authorizer().await;
+    assert_eq!(check(&mut client, &bearer, route("GET", "/user/profile")).await.outcome(), Outcome::Allowed);
 }

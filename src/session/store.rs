@@ -3,6 +3,7 @@
 
 use std::fmt::Debug;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use dashmap::DashMap;
@@ -36,6 +37,9 @@ pub enum RefreshOutcome {
     Rotated(SessionRecord),
     /// The token had already been used: the whole family is now revoked.
     Reused,
+    /// The token was rotated moments ago (within the reuse grace): refused, but the family
+    /// lives on, so a client's concurrent or retried refresh does not kill the winner's tokens.
+    JustRotated,
     /// Unknown or expired.
     Invalid,
 }
@@ -57,8 +61,14 @@ pub trait SessionStore: Debug + Send + Sync {
     async fn lookup_access(&self, access: &SecretDigest) -> Result<Option<Arc<AuthInfo>>, StoreError>;
 
     /// Retires a refresh token atomically: of concurrent callers with the same token, at most
-    /// one gets `Rotated`.
-    async fn consume_refresh(&self, refresh: &SecretDigest, now: i64) -> Result<RefreshOutcome, StoreError>;
+    /// one gets `Rotated`. A token presented again within `reuse_grace` of its rotation is
+    /// `JustRotated`; later, `Reused`.
+    async fn consume_refresh(
+        &self,
+        refresh: &SecretDigest,
+        now: i64,
+        reuse_grace: Duration,
+    ) -> Result<RefreshOutcome, StoreError>;
 
     /// Revokes the session holding this access or refresh token; false if there is none.
     async fn revoke(&self, token: &SecretDigest) -> Result<bool, StoreError>;
@@ -74,8 +84,9 @@ pub struct MemorySessionStore {
     refresh: DashMap<SecretDigest, SessionRecord>,
     /// The current tokens of each live family, to revoke a family from either token.
     families: DashMap<FamilyId, (SecretDigest, SecretDigest)>,
-    /// Refresh tokens already used, kept until they would have expired, to detect reuse.
-    spent: DashMap<SecretDigest, (FamilyId, i64)>,
+    /// Refresh tokens already used, kept until they would have expired, to detect reuse: the
+    /// family, when the token would have expired, and when it was rotated.
+    spent: DashMap<SecretDigest, (FamilyId, i64, Instant)>,
     /// Families revoked (by logout or reuse), kept until their refresh tokens would expire,
     /// so a rotation racing the revocation cannot resurrect them.
     revoked: DashMap<FamilyId, i64>,
@@ -121,19 +132,29 @@ impl SessionStore for MemorySessionStore {
         Ok(self.access.get(access).map(|entry| Arc::clone(&entry.1)))
     }
 
-    async fn consume_refresh(&self, refresh: &SecretDigest, now: i64) -> Result<RefreshOutcome, StoreError> {
-        if let Some((_, record)) = self.refresh.remove(refresh) {
+    async fn consume_refresh(
+        &self,
+        refresh: &SecretDigest,
+        now: i64,
+        reuse_grace: Duration,
+    ) -> Result<RefreshOutcome, StoreError> {
+        // The spent entry is written while the live one is still held, so a concurrent caller
+        // finds one or the other, never neither.
+        if let dashmap::Entry::Occupied(live) = self.refresh.entry(*refresh) {
+            let record = live.get().clone();
+            let expired = record.refresh_expires_at <= now;
+            if !expired {
+                self.spent.insert(*refresh, (record.family, record.refresh_expires_at, Instant::now()));
+            }
+            live.remove();
             self.access.remove(&record.access);
             self.families.remove(&record.family);
-            if record.refresh_expires_at <= now {
-                return Ok(RefreshOutcome::Invalid);
-            }
-            self.spent.insert(*refresh, (record.family, record.refresh_expires_at));
-            return Ok(RefreshOutcome::Rotated(record));
+            return Ok(if expired { RefreshOutcome::Invalid } else { RefreshOutcome::Rotated(record) });
         }
         let spent = self.spent.get(refresh).map(|entry| *entry.value());
         match spent {
-            Some((family, until)) => {
+            Some((_, _, rotated)) if rotated.elapsed() < reuse_grace => Ok(RefreshOutcome::JustRotated),
+            Some((family, until, _)) => {
                 self.revoke_family(family, until);
                 Ok(RefreshOutcome::Reused)
             }
@@ -171,7 +192,7 @@ impl SessionStore for MemorySessionStore {
             self.families.remove(&record.family);
         }
         self.access.retain(|_, (_, auth)| !auth.is_expired(now));
-        self.spent.retain(|_, (_, until)| *until > now);
+        self.spent.retain(|_, (_, until, _)| *until > now);
         self.revoked.retain(|_, until| *until > now);
         Ok(())
     }
