@@ -10,6 +10,13 @@ use crate::model::Extra;
 /// Longest path accepted, in bytes.
 pub const MAX_PATH_BYTES: usize = 4096;
 
+/// Most `{parameters}` a route template may have. matchit panics from 26 on; no real route
+/// needs more than a handful.
+pub const MAX_TEMPLATE_PARAMS: usize = 16;
+
+/// Longest route template accepted, in bytes.
+pub const MAX_TEMPLATE_BYTES: usize = 1024;
+
 /// Methods that can appear in a route-generated tool name.
 const TOOL_METHODS: [&str; 7] = ["GET", "HEAD", "OPTIONS", "POST", "PUT", "PATCH", "DELETE"];
 
@@ -53,6 +60,9 @@ pub enum TargetError {
         /// Template parameter.
         parameter: String,
     },
+    /// Arguments or context nest too deep or hold too many values.
+    #[error("arguments and context may nest at most 32 deep and hold at most 10000 values")]
+    Structure,
     /// Too many targets in one batch.
     #[error("too many targets: {count} (at most {max})")]
     TooMany {
@@ -99,9 +109,8 @@ impl RouteTable {
     pub fn new<'a>(templates: impl IntoIterator<Item = &'a str>, rules: PathRules) -> Result<Self, String> {
         let mut router = matchit::Router::new();
         for template in templates {
-            if !template.starts_with('/') {
-                return Err(format!("route template `{}` must start with `/`", quote(template)));
-            }
+            check_template(template)
+                .map_err(|reason| format!("route template `{}` {reason}", quote(template)))?;
             router
                 .insert(template, template.to_owned())
                 .map_err(|error| format!("route template `{}`: {error}", quote(template)))?;
@@ -139,7 +148,7 @@ impl RouteTable {
         let method = normalize_method(method)?;
         let path = normalize_path(path, self.rules)?;
         let mut router = matchit::Router::new();
-        if !template.starts_with('/') || router.insert(template, ()).is_err() {
+        if check_template(template).is_err() || router.insert(template, ()).is_err() {
             return Err(TargetError::Template(quote(template)));
         }
         let params = router.at(&path).map_or_else(
@@ -148,6 +157,24 @@ impl RouteTable {
         );
         Ok(ResolvedRoute { method, path, template: template.to_owned(), params })
     }
+}
+
+/// What matchit is never given: a template that does not start with `/`, is too long, holds
+/// control characters or has more than [`MAX_TEMPLATE_PARAMS`] parameters.
+fn check_template(template: &str) -> Result<(), String> {
+    if !template.starts_with('/') {
+        return Err("must start with `/`".to_owned());
+    }
+    if template.len() > MAX_TEMPLATE_BYTES {
+        return Err(format!("is longer than {MAX_TEMPLATE_BYTES} bytes"));
+    }
+    if template.chars().any(char::is_control) {
+        return Err("holds a control character".to_owned());
+    }
+    if template.matches('{').count() > MAX_TEMPLATE_PARAMS {
+        return Err(format!("has more than {MAX_TEMPLATE_PARAMS} parameters"));
+    }
+    Ok(())
 }
 
 /// Upper-cases a method after checking it is an HTTP token of letters.

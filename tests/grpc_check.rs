@@ -211,3 +211,30 @@ async fn introspect_resolves_auth_info_or_says_why_not() {
     assert_eq!(none.www_authenticate, NO_ERROR_CHALLENGE);
     let _ = client.introspect(proto::IntrospectRequest::default()).await.unwrap();
 }
+
+#[tokio::test]
+async fn hostile_templates_and_structures_are_invalid_arguments_and_the_server_keeps_answering() {
+    let server = TestServer::demo().await;
+    let mut client = server.authorizer().await;
+    // 26 parameters made matchit panic and reset the stream.
+    let template: String = (0..26).map(|index| format!("/{{p{index}}}")).collect();
+    let path: String = (0..26).map(|index| format!("/v{index}")).collect();
+    let target = proto::Target {
+        kind: Some(proto::target::Kind::Route(proto::Route { method: "GET".into(), path, template })),
+    };
+    let error = client.check(common::check_request("", target)).await.unwrap_err();
+    assert_eq!(error.code(), tonic::Code::InvalidArgument, "{error:?}");
+    // A context nested past the cap.
+    let mut value = prost_types::Value { kind: Some(prost_types::value::Kind::BoolValue(true)) };
+    for _ in 0..40 {
+        let list = prost_types::ListValue { values: vec![value] };
+        value = prost_types::Value { kind: Some(prost_types::value::Kind::ListValue(list)) };
+    }
+    let mut request = common::check_request("", route("GET", "/public/info"));
+    request.context = Some(prost_types::Struct { fields: [("deep".to_owned(), value)].into() });
+    let error = client.check(request).await.unwrap_err();
+    assert_eq!(error.code(), tonic::Code::InvalidArgument, "{error:?}");
+    assert!(error.message().contains("nest"), "{}", error.message());
+    // The same connection still decides.
+    assert_eq!(check(&mut client, "", route("GET", "/public/info")).await.outcome(), Outcome::Allowed);
+}

@@ -60,14 +60,14 @@ fn target_from_proto(target: Option<&proto::Target>) -> Result<Target, TargetErr
                 ToolCall {
                     name: request.name.clone(),
                     server: request.server.clone(),
-                    arguments: struct_to_extra(request.arguments.as_ref()),
+                    arguments: struct_to_extra(request.arguments.as_ref())?,
                 },
             ))
         }
         Some(proto::target::Kind::Tool(tool)) => Ok(Target::Tool(ToolCall {
             name: tool.name.clone(),
             server: tool.server.clone(),
-            arguments: struct_to_extra(tool.arguments.as_ref()),
+            arguments: struct_to_extra(tool.arguments.as_ref())?,
         })),
         None => Err(TargetError::Missing),
     }
@@ -168,7 +168,7 @@ impl proto::authorizer_server::Authorizer for AuthorizerService {
     ) -> Result<Response<proto::CheckResponse>, Status> {
         let request = request.into_inner();
         let target = target_from_proto(request.target.as_ref()).map_err(|error| target_status(&error))?;
-        let facts = struct_to_extra(request.context.as_ref());
+        let facts = struct_to_extra(request.context.as_ref()).map_err(|error| target_status(&error))?;
         let decision = self
             .engine
             .check(&request.authorization, &target, &facts)
@@ -183,7 +183,7 @@ impl proto::authorizer_server::Authorizer for AuthorizerService {
     ) -> Result<Response<proto::BatchCheckResponse>, Status> {
         let request = request.into_inner();
         self.engine.check_batch_size(request.targets.len()).map_err(|error| target_status(&error))?;
-        let facts = struct_to_extra(request.context.as_ref());
+        let facts = struct_to_extra(request.context.as_ref()).map_err(|error| target_status(&error))?;
         let authentication = self.engine.authenticate(&request.authorization).await;
         let results = request
             .targets

@@ -150,3 +150,74 @@ fn quote_shortens_and_escapes() {
     assert_eq!(quote("a\"b\n"), "a\\\"b\\n");
     assert_eq!(quote(&"x".repeat(100)).chars().count(), 65);
 }
+
+#[test]
+fn templates_with_too_many_parameters_are_refused_not_a_panic() {
+    // matchit panics from 26 parameters on; cedargate never lets it see such a template.
+    let template: String = (0..30).map(|index| format!("/{{p{index}}}")).collect();
+    let path: String = (0..30).map(|index| format!("/v{index}")).collect();
+    let table = RouteTable::new([], STRICT).unwrap();
+    assert_eq!(table.resolve_as("GET", &path, &template), Err(TargetError::Template(quote(&template))));
+    assert!(RouteTable::new([template.as_str()], STRICT).unwrap_err().contains("more than 16 parameters"));
+    let most: String = (0..MAX_TEMPLATE_PARAMS).map(|index| format!("/{{p{index}}}")).collect();
+    let path: String = (0..MAX_TEMPLATE_PARAMS).map(|index| format!("/v{index}")).collect();
+    assert_eq!(table.resolve_as("GET", &path, &most).unwrap().params.len(), MAX_TEMPLATE_PARAMS);
+}
+
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Paths built from the pieces attackers use.
+    fn path() -> impl Strategy<Value = String> {
+        let piece = prop_oneof![
+            Just("/".to_owned()),
+            Just("//".to_owned()),
+            Just(".".to_owned()),
+            Just("..".to_owned()),
+            Just(";".to_owned()),
+            "%[0-9A-Fa-f]{2}",
+            "%[0-9A-Za-z]{0,2}",
+            "[a-z0-9_~-]{1,4}",
+            Just("?q=1".to_owned()),
+            Just("#f".to_owned()),
+            any::<char>().prop_map(String::from),
+        ];
+        prop::collection::vec(piece, 0..12).prop_map(|pieces| pieces.concat())
+    }
+
+    proptest! {
+        /// Never a panic; what is accepted is its own canonical form, with no empty or dot
+        /// segment, and deciding it again changes nothing.
+        #[test]
+        fn normalize_path_accepts_only_fixed_points(path in path(), trailing in any::<bool>()) {
+            let rules = PathRules { trailing_slash: trailing, ..STRICT };
+            if let Ok(normalized) = normalize_path(&path, rules) {
+                let again = normalize_path(&normalized, rules);
+                prop_assert_eq!(again.as_ref(), Ok(&normalized));
+                prop_assert!(normalized.starts_with('/'));
+                prop_assert!(!normalized.contains("//"), "{normalized}");
+                let segments: Vec<&str> = normalized.split('/').collect();
+                prop_assert!(!segments.contains(&"..") && !segments.contains(&"."), "{normalized}");
+                prop_assert!(!normalized.contains(['?', '#', ';', '\\']), "{normalized}");
+                prop_assert_eq!(normalized.to_ascii_lowercase(), path.split(['?', '#']).next().unwrap_or_default().to_ascii_lowercase());
+            }
+        }
+
+        /// Any template and path: an answer or an error, never a panic.
+        #[test]
+        fn templates_never_panic(template in "(/|\\{|\\}|\\*|[a-z]{1,3}|:){0,80}", path in path()) {
+            let _ = RouteTable::new([template.as_str()], STRICT);
+            let table = RouteTable::new([], STRICT).unwrap();
+            let _ = table.resolve_as("GET", &path, &template);
+        }
+
+        /// Route tools fill their template or refuse; never a panic.
+        #[test]
+        fn route_tools_never_panic(name in "(GET_)?(/|\\{|\\}|\\*|[a-z]{1,3}){0,40}", value in ".{0,8}") {
+            let arguments = Extra::from([("id".to_owned(), serde_json::Value::String(value))]);
+            let _ = route_of_tool(&name, &arguments);
+        }
+    }
+}
