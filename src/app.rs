@@ -252,6 +252,7 @@ impl App {
         let grpc_address = local_address(&grpc);
         let http_address = local_address(&http);
         let grpc_server = tonic::transport::Server::builder()
+            .layer(crate::api::panic::grpc_layer())
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)

@@ -31,5 +31,17 @@ pub fn init(format: LogFormat) -> WorkerGuard {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
+    // One log line per panic, in the log's own format: the default hook would write raw
+    // lines (and a backtrace) past the JSON log. The server layers answer fail-closed.
+    std::panic::set_hook(Box::new(|info| {
+        let message = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|text| (*text).to_owned())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        let location = info.location().map(|at| format!("{}:{}", at.file(), at.line())).unwrap_or_default();
+        tracing::error!(target: "cedargate::panic", location, message = %crate::route::quote(&message), "panic");
+    }));
     guard
 }

@@ -92,6 +92,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/ext_authz/{*path}", any(envoy_check).layer(gateway_body))
         .route("/auth/verify", any(forward_auth).layer(gateway_body))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(super::panic::http_layer())
         .with_state(state)
 }
 

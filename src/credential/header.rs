@@ -114,4 +114,31 @@ mod tests {
         let error = parse_authorization(value, 1024).unwrap_err();
         assert!(!error.to_string().contains("secret-value"), "{error}");
     }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        proptest! {
+            /// Any value: a credential, none, or an error; never a panic, and a credential is
+            /// exactly the token after a known scheme.
+            #[test]
+            fn any_value_parses_or_is_refused(value in ".{0,80}") {
+                if let Ok(Some(credential)) = parse_authorization(&value, 64) {
+                    let (scheme, token) = value.split_once(' ').unwrap();
+                    prop_assert!(scheme.eq_ignore_ascii_case(credential.scheme.as_str()));
+                    prop_assert_eq!(token.trim_start_matches(' '), credential.secret.expose());
+                }
+            }
+
+            /// Well-formed values always parse, whatever the case of the scheme.
+            #[test]
+            fn well_formed_values_parse(scheme in "[Bb][Ee][Aa][Rr][Ee][Rr]|[Aa][Pp][Ii][Kk][Ee][Yy]", token in "[A-Za-z0-9._~+/-]{1,40}=*") {
+                let value = format!("{scheme} {token}");
+                let parsed = parse_authorization(&value, 128).unwrap().unwrap();
+                prop_assert_eq!(parsed.secret.expose(), token.as_str());
+            }
+        }
+    }
 }

@@ -409,3 +409,59 @@ async fn repeated_credentials_are_refused_however_the_proxy_passes_them() {
     }
     assert!(gateway.check(&request("GET", "/public/info", &[USER], "")).await.allowed());
 }
+
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// JSON-RPC-shaped messages with every field sometimes missing, mistyped or odd.
+    fn message() -> impl Strategy<Value = Value> {
+        let scalar = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(|number| json!(number)),
+            ".{0,12}".prop_map(Value::String),
+            Just(json!("tools/call")),
+            Just(json!("Tools/Call")),
+            Just(json!("resources/read")),
+            Just(json!("2.0")),
+        ];
+        let value = scalar.prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                prop::collection::btree_map("name|uri|arguments|path|[a-z]{1,3}", inner, 0..4)
+                    .prop_map(|fields| Value::Object(fields.into_iter().collect())),
+            ]
+        });
+        prop::collection::btree_map("jsonrpc|id|method|params|result|error|toolName|args", value, 0..6)
+            .prop_map(|fields| Value::Object(fields.into_iter().collect()))
+    }
+
+    proptest! {
+        /// Any bytes: a target or a JSON-RPC error code, never a panic.
+        #[test]
+        fn any_body_is_decided_or_refused(body in prop::collection::vec(any::<u8>(), 0..64), trusted in any::<bool>()) {
+            let headers = mcp::McpHeaders { method: Some("tools/call"), name: Some("echo"), trusted };
+            if let Err(error) = mcp::parse_jsonrpc(&body, "files", headers) {
+                prop_assert!([mcp::code::PARSE_ERROR, mcp::code::INVALID_REQUEST, mcp::code::INVALID_PARAMS].contains(&error.code));
+            }
+            let _ = mcp::parse_invoke(&body, "files");
+        }
+
+        /// Any JSON-RPC-shaped message: never a panic, and a `tools/call` is only ever the
+        /// tool its body names.
+        #[test]
+        fn any_message_is_decided_as_itself_or_refused(message in message()) {
+            let body = message.to_string();
+            let headers = mcp::McpHeaders::default();
+            if let Ok(parsed) = mcp::parse_jsonrpc(body.as_bytes(), "files", headers) {
+                if let Target::Tool(call) = &parsed.target {
+                    prop_assert_eq!(message["method"].as_str(), Some("tools/call"));
+                    prop_assert_eq!(message["params"]["name"].as_str(), Some(call.name.as_str()));
+                }
+            }
+            let _ = mcp::parse_invoke(body.as_bytes(), "files");
+        }
+    }
+}
