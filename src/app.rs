@@ -192,11 +192,6 @@ impl App {
         &self.sessions
     }
 
-    /// The configuration in force.
-    pub fn config(&self) -> &Config {
-        &self.config
-    }
-
     /// Re-reads the policy directory; on any problem the last good set stays in force.
     ///
     /// Fails with the diagnostics of the rejected set; embedded policies cannot be reloaded.

@@ -100,11 +100,6 @@ impl Engine {
         &self.policies
     }
 
-    /// The settings in force.
-    pub fn settings(&self) -> &EngineSettings {
-        &self.settings
-    }
-
     /// Resolves an `Authorization` value into an identity (the introspection seed's
     /// `resolveAuthInfo`).
     pub async fn authenticate(&self, authorization: &str) -> Authentication {
@@ -366,7 +361,7 @@ fn log_decision(decision: &Decision, target: &PreparedTarget<'_>) {
         decision_id = %decision.decision_id,
         outcome = decision.outcome.as_str(),
         target_kind = kind,
-        request = %route::quote(&name),
+        request = %crate::model::quote(&name),
         subject = decision.auth_info.as_ref().map_or("", |auth| auth.subject.as_str()),
         credential_kind = decision.auth_info.as_ref().map_or("", |auth| auth.kind.as_str()),
         fingerprint = decision.credential_fingerprint.as_deref().unwrap_or(""),

@@ -159,6 +159,8 @@ struct Settings {
     mcp: Vec<(String, McpShape, String)>,
     max_body_bytes: usize,
     refuse_overrides: bool,
+    /// Every `-`/`_` spelling of the override headers, removed on each allow when refused.
+    override_spellings: Vec<String>,
     mcp_trust_headers: bool,
 }
 
@@ -231,6 +233,13 @@ impl Gateway {
                 .collect(),
             max_body_bytes: config.max_body_bytes,
             refuse_overrides: config.override_headers == OverrideHeaders::Refuse,
+            override_spellings: match config.override_headers {
+                OverrideHeaders::Refuse => OVERRIDE_HEADERS
+                    .iter()
+                    .flat_map(|name| std::iter::once((*name).to_owned()).chain(other_spellings(name)))
+                    .collect(),
+                OverrideHeaders::Allow => Vec::new(),
+            },
             mcp_trust_headers: config.mcp_trust_headers,
         };
         Self { engine, settings }
@@ -250,6 +259,13 @@ impl Gateway {
             Ok(None) => (String::new(), None),
             Err(reason) => return invalid(jsonrpc(Value::Null), mcp::code::INVALID_REQUEST, reason),
         };
+        if shape.is_none() && self.near_mcp_endpoint(request) {
+            return invalid(
+                None,
+                mcp::code::INVALID_REQUEST,
+                "the path is an MCP endpoint's in another case: send it exactly as configured",
+            );
+        }
         let (target, mcp_method, id) = match self.target(request, shape) {
             Ok(found) => found,
             Err(error) => return invalid(jsonrpc(error.id), error.code, &error.message),
@@ -276,6 +292,17 @@ impl Gateway {
             .map(|(_, shape, server)| (*shape, server.as_str()))
     }
 
+    /// Whether `request` is a POST to an MCP endpoint's path in another case (`/MCP`): servers
+    /// that route without case would run it as MCP, while it is not decided as MCP here.
+    fn near_mcp_endpoint(&self, request: &GatewayRequest) -> bool {
+        request.method.eq_ignore_ascii_case("POST")
+            && self
+                .settings
+                .mcp
+                .iter()
+                .any(|(endpoint, _, _)| endpoint.eq_ignore_ascii_case(request.path_only()))
+    }
+
     /// Why `request` is refused for carrying a method or URL override, if it is.
     fn override_in(&self, request: &GatewayRequest) -> Option<String> {
         if !self.settings.refuse_overrides {
@@ -290,7 +317,14 @@ impl Gateway {
                 .any(|(key, _)| key == OVERRIDE_QUERY)
                 .then(|| format!("the `{OVERRIDE_QUERY}` query parameter"))
         };
-        header.or_else(query).map(|found| {
+        let form = || {
+            let is_form = request
+                .header("content-type")
+                .is_some_and(|value| value.trim_start().starts_with("application/x-www-form-urlencoded"));
+            (is_form && url::form_urlencoded::parse(&request.body).any(|(key, _)| key == OVERRIDE_QUERY))
+                .then(|| format!("`{OVERRIDE_QUERY}` in its form body"))
+        };
+        header.or_else(query).or_else(form).map(|found| {
             format!(
                 "the request carries {found}, which an upstream may act on as another method or URL \
                  than the one decided: refused (gateway.override_headers)"
@@ -402,6 +436,9 @@ impl Gateway {
             }
         }
         remove_headers.extend(self.settings.identity_spellings.iter().cloned());
+        // Whatever the proxy did not show cedargate (Envoy's HTTP mode sends only its
+        // `allowed_headers`) must not reach the upstream either.
+        remove_headers.extend(self.settings.override_spellings.iter().cloned());
         let mut remove_query = Vec::new();
         if self.settings.strip_authorization {
             remove_headers.push("authorization".to_owned());
@@ -410,16 +447,12 @@ impl Gateway {
             if source == Some(Source::Query) {
                 remove_query.extend(self.settings.api_key_query.iter().cloned());
             }
-            // The upstream gets every cookie but the key: cedargate says what `Cookie` is.
+            // The upstream gets every cookie but the key, each as sent: cedargate says what
+            // `Cookie` is.
             if let Some(name) = &self.settings.api_key_cookie {
-                let rest: Vec<String> = cookies(request)
-                    .filter(|(key, _)| key != name)
-                    .map(|(key, value)| format!("{key}={value}"))
-                    .collect();
-                if rest.is_empty() {
-                    remove_headers.push("cookie".to_owned());
-                } else {
-                    set_headers.push(("cookie".to_owned(), rest.join("; ")));
+                match cookies_without(request, name) {
+                    Some(rest) => set_headers.push(("cookie".to_owned(), rest)),
+                    None => remove_headers.push("cookie".to_owned()),
                 }
             }
         }
@@ -458,6 +491,29 @@ fn cookies(request: &GatewayRequest) -> impl Iterator<Item = (&str, &str)> {
         .flat_map(|header| header.split([';', ',']))
         .filter_map(|pair| pair.trim().split_once('='))
         .map(|(key, value)| (key.trim(), value.trim()))
+}
+
+/// The request's `Cookie` headers as one value without the cookie `name`, every other piece
+/// byte for byte as sent (`prefs=en,fr`, a bare `flag`); `None` when nothing is left. A
+/// comma-joined piece (a proxy joining repeated headers) loses only its `name=` parts.
+fn cookies_without(request: &GatewayRequest, name: &str) -> Option<String> {
+    let is_key = |part: &str| part.split_once('=').is_some_and(|(key, _)| key.trim() == name);
+    let mut kept = Vec::new();
+    for piece in request.header_values("cookie").flat_map(|header| header.split(';')) {
+        let piece = piece.trim();
+        if piece.is_empty() {
+            continue;
+        }
+        if piece.split(',').any(is_key) {
+            let rest: Vec<&str> = piece.split(',').filter(|part| !is_key(part)).collect();
+            if !rest.is_empty() {
+                kept.push(rest.join(","));
+            }
+        } else {
+            kept.push(piece.to_owned());
+        }
+    }
+    (!kept.is_empty()).then(|| kept.join("; "))
 }
 
 /// Every spelling of `name` with each `-` or `_` as either, except `name` itself.
@@ -526,11 +582,19 @@ pub fn jsonrpc_error(id: &Value, code: i64, message: &str, data: Option<Value>) 
     json!({ "jsonrpc": "2.0", "id": id, "error": error }).to_string()
 }
 
+/// The facts cedargate itself knows about a request; no extension may set them, not even
+/// when cedargate has no value for one.
+const OWN_FACTS: [&str; 4] = ["host", "source_ip", "source_principal", "mcp_method"];
+
 /// Request facts for policies: the context extensions, then `host`, `source_ip`,
-/// `source_principal` and `mcp_method` (which extensions cannot override).
+/// `source_principal` and `mcp_method` (which extensions cannot set).
 fn facts(request: &GatewayRequest, mcp_method: Option<&str>) -> Extra {
-    let mut facts: Extra =
-        request.extensions.iter().map(|(key, value)| (key.clone(), Value::from(value.as_str()))).collect();
+    let mut facts: Extra = request
+        .extensions
+        .iter()
+        .filter(|(key, _)| !OWN_FACTS.contains(&key.as_str()))
+        .map(|(key, value)| (key.clone(), Value::from(value.as_str())))
+        .collect();
     let mut put = |key: &str, value: &str| {
         if !value.is_empty() {
             facts.insert(key.to_owned(), Value::from(value));

@@ -19,11 +19,6 @@ impl SecretDigest {
         Self(Sha256::digest(secret).into())
     }
 
-    /// Wraps an already computed digest.
-    pub fn from_bytes(bytes: [u8; 32]) -> Self {
-        Self(bytes)
-    }
-
     /// Parses 64 hex characters.
     ///
     /// Fails when the text is not exactly 64 hex digits.
@@ -265,6 +260,16 @@ pub struct RouteRequest {
     pub path: String,
     /// A route template to decide the path as, instead of the configured ones.
     pub template: Option<String>,
+}
+
+/// Shortens and escapes user input for error messages and log lines: at most 64 characters,
+/// control and quote characters escaped. Never for a credential: those are fingerprinted.
+pub fn quote(text: &str) -> String {
+    let mut shown: String = text.chars().take(64).flat_map(char::escape_debug).collect();
+    if text.chars().count() > 64 {
+        shown.push('…');
+    }
+    shown
 }
 
 /// Where a request came from, as far as cedargate can tell.

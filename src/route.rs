@@ -5,7 +5,7 @@
 //! sidestepped by `/public/../admin/users`, `//admin/users`, `/admin/users/` or
 //! `/%61dmin/users`. Ambiguous forms are refused rather than guessed at.
 
-use crate::model::Extra;
+use crate::model::{quote, Extra};
 
 /// Longest path accepted, in bytes.
 pub const MAX_PATH_BYTES: usize = 4096;
@@ -71,15 +71,6 @@ pub enum TargetError {
         /// The configured cap.
         max: usize,
     },
-}
-
-/// Shortens and escapes user input for error messages.
-pub fn quote(text: &str) -> String {
-    let mut shown: String = text.chars().take(64).flat_map(char::escape_debug).collect();
-    if text.chars().count() > 64 {
-        shown.push('…');
-    }
-    shown
 }
 
 /// A route after normalization and template matching.
@@ -200,7 +191,7 @@ pub struct PathRules {
 }
 
 /// Checks that a request path is in the one form cedargate decides, and returns it without
-/// its query or fragment, with percent escapes in upper-case hex.
+/// its query, with percent escapes in upper-case hex.
 ///
 /// The path is never rewritten into another one: the upstream gets the path as sent, so a
 /// form it could read differently (`//`, a trailing `/`, `%61`, `..`) is refused, not
@@ -210,7 +201,12 @@ pub struct PathRules {
 /// control, non-ASCII or backslash characters, a bad escape, an encoded slash, backslash,
 /// control or unreserved character, or a form `rules` do not allow.
 pub fn normalize_path(path: &str, rules: PathRules) -> Result<String, TargetError> {
-    let path = path.split(['?', '#']).next().unwrap_or_default();
+    let path = path.split('?').next().unwrap_or_default();
+    // A fragment is never sent: a `#` in a request target is an attempt to hide what follows
+    // it from cedargate while the proxy forwards it all.
+    if path.contains('#') {
+        return Err(TargetError::Path("`#` is not allowed in a request path"));
+    }
     if path.len() > MAX_PATH_BYTES {
         return Err(TargetError::Path("longer than 4096 bytes"));
     }

@@ -181,7 +181,7 @@ impl SessionManager {
             self.limiter.finish(key, !verified).await;
         }
         let Some(account) = account.filter(|_| verified) else {
-            tracing::info!(username = %crate::route::quote(username), "login failed");
+            tracing::info!(username = %crate::model::quote(username), "login failed");
             return Err(SessionError::InvalidLogin);
         };
         // A success forgets the username's failures (not the address's).

@@ -41,7 +41,7 @@ pub fn init(format: LogFormat) -> WorkerGuard {
             .or_else(|| info.payload().downcast_ref::<String>().cloned())
             .unwrap_or_default();
         let location = info.location().map(|at| format!("{}:{}", at.file(), at.line())).unwrap_or_default();
-        tracing::error!(target: "cedargate::panic", location, message = %crate::route::quote(&message), "panic");
+        tracing::error!(target: "cedargate::panic", location, message = %crate::model::quote(&message), "panic");
     }));
     guard
 }

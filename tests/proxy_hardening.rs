@@ -185,6 +185,8 @@ async fn paths_an_upstream_reads_differently_are_refused_before_it() {
         "/user/profile/",
         "/user//profile",
         "/user/%70rofile",
+        // nginx forwards the target byte for byte: what follows `#` must not go undecided.
+        "/public/x#/../../admin/users",
     ];
     let nginx = nginx_stack(|_| {}).await;
     let envoy = envoy_stack(|_| {}).await;
@@ -320,6 +322,20 @@ async fn method_and_url_overrides_are_refused_before_the_upstream() {
     }
     assert_eq!(nginx.upstream.count() + envoy.reached(), 0);
     assert_eq!(get(envoy.envoy.url("/public/info"), &[]).await, 200);
+
+    // Envoy's HTTP mode shows cedargate only its `allowed_headers`: the overrides it does not
+    // see are removed on the allow all the same.
+    let server = TestServer::demo().await;
+    let upstream = Upstream::start().await;
+    let auth = Auth::ExtAuthzHttp { addr: server.http, path_prefix: "/ext_authz".into(), with_body: false };
+    let http_envoy = Envoy::start(&EnvoyConfig::new(upstream.addr).with_auth(auth)).await;
+    for (_, headers) in &overrides[..4] {
+        assert_eq!(get(http_envoy.url("/public/info"), headers).await, 200, "{headers:?}");
+        let seen = upstream.last();
+        for (name, _) in headers.iter() {
+            assert_eq!(seen.header(name), None, "{name} reached the upstream");
+        }
+    }
 }
 
 #[tokio::test]

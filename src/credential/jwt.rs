@@ -15,8 +15,8 @@ use jsonwebtoken::{Algorithm, DecodingKey, Header, Validation};
 use serde_json::{Map, Value};
 
 use super::{ClaimMapping, CredentialError, CredentialResolver, Resolution};
+use crate::model::quote;
 use crate::model::{Credential, CredentialKind};
-use crate::route::quote;
 
 /// The algorithms an issuer may use when its config names none.
 pub const DEFAULT_ALGORITHMS: [Algorithm; 5] =

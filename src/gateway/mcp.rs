@@ -98,7 +98,7 @@ fn check_method(method: &str, id: &Value) -> Result<(), McpError> {
     if method.is_empty() || method.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err(McpError::new(
             code::INVALID_REQUEST,
-            format!("`method` `{}` is not a method name", crate::route::quote(method)),
+            format!("`method` `{}` is not a method name", crate::model::quote(method)),
             id,
         ));
     }
@@ -108,7 +108,7 @@ fn check_method(method: &str, id: &Value) -> Result<(), McpError> {
             code::INVALID_REQUEST,
             format!(
                 "`method` `{}` is not an MCP method; methods match exactly (`{meant}`)",
-                crate::route::quote(method)
+                crate::model::quote(method)
             ),
             id,
         ));
@@ -187,8 +187,8 @@ pub fn parse_jsonrpc(body: &[u8], server: &str, headers: McpHeaders<'_>) -> Resu
             code::INVALID_REQUEST,
             format!(
                 "the Mcp-Method header `{}` does not match the body's method `{}`",
-                crate::route::quote(expected),
-                crate::route::quote(method)
+                crate::model::quote(expected),
+                crate::model::quote(method)
             ),
             &id,
         ));
@@ -198,8 +198,8 @@ pub fn parse_jsonrpc(body: &[u8], server: &str, headers: McpHeaders<'_>) -> Resu
             code::INVALID_REQUEST,
             format!(
                 "the Mcp-Name header `{}` does not match the body's `{}`",
-                crate::route::quote(expected),
-                crate::route::quote(name.unwrap_or_default())
+                crate::model::quote(expected),
+                crate::model::quote(name.unwrap_or_default())
             ),
             &id,
         ));
