@@ -168,7 +168,7 @@ impl Engine {
                     return Err(TargetError::McpName);
                 }
                 Ok(PreparedTarget::Mcp {
-                    kind: *kind,
+                    kind: (*kind).into(),
                     name: &call.name,
                     server: &call.server,
                     arguments: &call.arguments,
@@ -218,6 +218,7 @@ impl Engine {
                     decision_id,
                     errors: Vec::new(),
                     credential_fingerprint: fingerprint,
+                    required_scopes: Vec::new(),
                 }
             }
             Authentication::Anonymous => {
@@ -323,6 +324,8 @@ fn from_verdict(
         decision_id,
         errors: verdict.errors,
         credential_fingerprint,
+        // Only a 403 names missing scopes; an allow or a 401 has nothing to ask for.
+        required_scopes: if outcome == Outcome::Forbidden { verdict.required_scopes } else { Vec::new() },
     }
 }
 

@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 
 use crate::config::{GatewayConfig, McpShape, OverrideHeaders};
 use crate::engine::Engine;
-use crate::model::{AuthInfo, Decision, Extra, Outcome, RouteRequest, Target, ToolCall};
+use crate::model::{AuthInfo, Decision, Extra, Refusal, RouteRequest, Target, ToolCall};
 pub use forwarded::TrustedProxies;
 use mcp::{McpError, McpHeaders, McpRequest};
 
@@ -108,8 +108,8 @@ pub enum GatewayAnswer {
     },
     /// Answer the client directly.
     Deny {
-        /// 400, 401, 403 or 503.
-        status: u16,
+        /// Why: 400, 401, 403 or 503.
+        refusal: Refusal,
         /// Response headers (`www-authenticate`, `content-type`).
         headers: Vec<(String, String)>,
         /// JSON body: `{error, reason, decision_id}`, or a JSON-RPC error for MCP requests.
@@ -129,7 +129,7 @@ impl GatewayAnswer {
     pub fn status(&self) -> u16 {
         match self {
             GatewayAnswer::Allow { .. } => 200,
-            GatewayAnswer::Deny { status, .. } => *status,
+            GatewayAnswer::Deny { refusal, .. } => refusal.http_status(),
         }
     }
 
@@ -462,8 +462,8 @@ impl Gateway {
 
 /// The answer to a decision that is not an allow.
 fn deny(decision: Decision, jsonrpc_id: Option<Value>) -> GatewayAnswer {
-    let status = decision.outcome.http_status();
-    let code = error_code(&decision);
+    let refusal = decision.refusal().unwrap_or(Refusal::Forbidden);
+    let code = decision.error_code();
     let mut headers = Vec::new();
     if let Some(challenge) = &decision.www_authenticate {
         headers.push(("www-authenticate".to_owned(), challenge.clone()));
@@ -474,13 +474,15 @@ fn deny(decision: Decision, jsonrpc_id: Option<Value>) -> GatewayAnswer {
             &id,
             mcp::code::UNAUTHORIZED,
             &decision.reason,
-            Some(json!({ "error": code, "status": status, "decision_id": decision.decision_id })),
+            Some(
+                json!({ "error": code, "status": refusal.http_status(), "decision_id": decision.decision_id }),
+            ),
         ),
         None => json!({ "error": code, "reason": decision.reason, "decision_id": decision.decision_id })
             .to_string(),
     };
     headers.push(("content-type".to_owned(), "application/json".to_owned()));
-    GatewayAnswer::Deny { status, headers, body, decision: Some(Box::new(decision)) }
+    GatewayAnswer::Deny { refusal, headers, body, decision: Some(Box::new(decision)) }
 }
 
 /// The request's cookies as (name, value) pairs, from every `Cookie` header. A comma splits
@@ -547,29 +549,10 @@ fn invalid(jsonrpc_id: Option<Value>, code: i64, reason: &str) -> GatewayAnswer 
         None => json!({ "error": "invalid_request", "reason": reason }).to_string(),
     };
     GatewayAnswer::Deny {
-        status: 400,
+        refusal: Refusal::InvalidRequest,
         headers: vec![("content-type".to_owned(), "application/json".to_owned())],
         body,
         decision: None,
-    }
-}
-
-/// `invalid_token`, `insufficient_scope` and friends, for the JSON body of a denial.
-fn error_code(decision: &Decision) -> &'static str {
-    match decision.outcome {
-        Outcome::Allowed => "",
-        Outcome::Unauthenticated if decision.credential_fingerprint.is_some() => "invalid_token",
-        Outcome::Unauthenticated => "unauthorized",
-        Outcome::Forbidden
-            if decision
-                .www_authenticate
-                .as_deref()
-                .is_some_and(|value| value.contains("insufficient_scope")) =>
-        {
-            "insufficient_scope"
-        }
-        Outcome::Forbidden => "forbidden",
-        Outcome::Unavailable => "temporarily_unavailable",
     }
 }
 

@@ -209,11 +209,35 @@ pub enum Target {
     Tool(ToolCall),
     /// An HTTP request.
     Route(RouteRequest),
-    /// Any other MCP request: a prompt, a resource, or a method such as `tools/list`.
-    Mcp(McpKind, ToolCall),
+    /// Any other MCP request: a prompt, a resource, or a method such as `tools/list`. A tool
+    /// call is never one of these: [`McpRequest`] has no tool kind, so a route-generated tool
+    /// cannot be built past its route mapping (only [`Target::Tool`] reaches it).
+    Mcp(McpRequest, ToolCall),
 }
 
-/// What an MCP request is about; each kind is its own Cedar action and entity type.
+/// The MCP requests besides tool calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum McpRequest {
+    /// `prompts/get`.
+    Prompt,
+    /// `resources/read`.
+    Resource,
+    /// Any other method (`initialize`, `tools/list`, notifications).
+    Method,
+}
+
+impl From<McpRequest> for McpKind {
+    fn from(request: McpRequest) -> Self {
+        match request {
+            McpRequest::Prompt => McpKind::Prompt,
+            McpRequest::Resource => McpKind::Resource,
+            McpRequest::Method => McpKind::Method,
+        }
+    }
+}
+
+/// What an MCP request is about, as the policies see it; each kind is its own Cedar action
+/// and entity type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum McpKind {
     /// `tools/call`: `Action::"call"` on `Tool::"<name>"`.
@@ -333,6 +357,38 @@ impl Outcome {
     }
 }
 
+/// Why a request is refused, on any wire. Built once where the refusal is decided; each wire
+/// renders it in one place (`api::grpc::code_of`, the HTTP status here).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The request cannot be decided on: 400, `INVALID_ARGUMENT`.
+    InvalidRequest,
+    /// No valid credential: 401, `UNAUTHENTICATED`.
+    Unauthenticated,
+    /// Valid credential, not allowed: 403, `PERMISSION_DENIED`.
+    Forbidden,
+    /// Too many attempts: 429, `RESOURCE_EXHAUSTED`.
+    RateLimited,
+    /// A backend that had to be asked could not answer: 503, `UNAVAILABLE`.
+    Unavailable,
+    /// cedargate itself failed: 500, `INTERNAL`.
+    Internal,
+}
+
+impl Refusal {
+    /// The HTTP status.
+    pub fn http_status(self) -> u16 {
+        match self {
+            Refusal::InvalidRequest => 400,
+            Refusal::Unauthenticated => 401,
+            Refusal::Forbidden => 403,
+            Refusal::RateLimited => 429,
+            Refusal::Unavailable => 503,
+            Refusal::Internal => 500,
+        }
+    }
+}
+
 /// A decision with everything a caller needs to answer its client.
 #[derive(Debug, Clone)]
 pub struct Decision {
@@ -352,12 +408,36 @@ pub struct Decision {
     pub errors: Vec<String>,
     /// Credential fingerprint, `None` when no credential was sent.
     pub credential_fingerprint: Option<String>,
+    /// On a 403, the scopes the denying policy names (`@scopes`): the client lacks them.
+    pub required_scopes: Vec<String>,
 }
 
 impl Decision {
     /// True for `Outcome::Allowed`.
     pub fn allowed(&self) -> bool {
         self.outcome == Outcome::Allowed
+    }
+
+    /// The refusal, `None` on an allow.
+    pub fn refusal(&self) -> Option<Refusal> {
+        match self.outcome {
+            Outcome::Allowed => None,
+            Outcome::Unauthenticated => Some(Refusal::Unauthenticated),
+            Outcome::Forbidden => Some(Refusal::Forbidden),
+            Outcome::Unavailable => Some(Refusal::Unavailable),
+        }
+    }
+
+    /// The error code of a denial's body (RFC 6750 §3.1 where one applies), "" on an allow.
+    pub fn error_code(&self) -> &'static str {
+        match self.outcome {
+            Outcome::Allowed => "",
+            Outcome::Unauthenticated if self.credential_fingerprint.is_some() => "invalid_token",
+            Outcome::Unauthenticated => "unauthorized",
+            Outcome::Forbidden if !self.required_scopes.is_empty() => "insufficient_scope",
+            Outcome::Forbidden => "forbidden",
+            Outcome::Unavailable => "temporarily_unavailable",
+        }
     }
 }
 

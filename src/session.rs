@@ -4,7 +4,7 @@
 mod rate_limit;
 mod store;
 
-use crate::model::ClientAddress;
+use crate::model::{ClientAddress, Refusal};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -97,6 +97,46 @@ pub struct SessionSettings {
     /// How long after its rotation a refresh token presented again is merely refused rather
     /// than taken for theft (which revokes the session).
     pub refresh_reuse_grace: Duration,
+}
+
+impl SessionError {
+    /// The refusal this error is on every wire.
+    pub fn refusal(&self) -> Refusal {
+        match self {
+            SessionError::InvalidLogin | SessionError::InvalidRefresh => Refusal::Unauthenticated,
+            SessionError::RateLimited { .. } => Refusal::RateLimited,
+            SessionError::BadField { .. } => Refusal::InvalidRequest,
+            SessionError::Internal(_) => Refusal::Internal,
+        }
+    }
+
+    /// The error code of an HTTP answer (RFC 6749 §5.2 where one applies).
+    pub fn code(&self) -> &'static str {
+        match self {
+            SessionError::InvalidLogin => "invalid_credentials",
+            SessionError::InvalidRefresh => "invalid_grant",
+            SessionError::RateLimited { .. } => "rate_limited",
+            SessionError::BadField { .. } => "invalid_request",
+            SessionError::Internal(_) => "server_error",
+        }
+    }
+
+    /// The message a client may see: the error itself, except for an internal failure,
+    /// whose details stay in the log.
+    pub fn public_message(&self) -> String {
+        match self {
+            SessionError::Internal(_) => "session service failed".to_owned(),
+            _ => self.to_string(),
+        }
+    }
+
+    /// When a rate-limited client may try again.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            SessionError::RateLimited { retry_after } => Some(*retry_after),
+            _ => None,
+        }
+    }
 }
 
 /// Logs users in and out, rotates sessions, and resolves session tokens.

@@ -101,18 +101,13 @@ fn check_response(answer: GatewayAnswer) -> CheckResponse {
                 ..Default::default()
             })),
         },
-        GatewayAnswer::Deny { status, headers, body, decision } => {
-            let code = match status {
-                400 => tonic::Code::InvalidArgument,
-                401 => tonic::Code::Unauthenticated,
-                503 => tonic::Code::Unavailable,
-                _ => tonic::Code::PermissionDenied,
-            };
+        GatewayAnswer::Deny { refusal, headers, body, decision } => {
+            let code = super::grpc::code_of(refusal);
             CheckResponse {
                 status: Some(rpc::Status { code: code as i32, ..Default::default() }),
                 dynamic_metadata: decision.as_deref().map(metadata),
                 http_response: Some(HttpResponse::DeniedResponse(DeniedHttpResponse {
-                    status: Some(HttpStatus { code: i32::from(status) }),
+                    status: Some(HttpStatus { code: i32::from(refusal.http_status()) }),
                     headers: headers.into_iter().map(overwrite).collect(),
                     body,
                 })),
@@ -156,6 +151,7 @@ mod tests {
     use envoy_types::pb::envoy::service::auth::v3::{attribute_context, AttributeContext};
 
     use super::*;
+    use crate::model::Refusal;
 
     fn check_request(http: attribute_context::HttpRequest) -> CheckRequest {
         CheckRequest {
@@ -221,14 +217,14 @@ mod tests {
 
     #[test]
     fn denials_map_onto_grpc_codes_and_an_http_response() {
-        for (status, code) in [
-            (400, tonic::Code::InvalidArgument),
-            (401, tonic::Code::Unauthenticated),
-            (403, tonic::Code::PermissionDenied),
-            (503, tonic::Code::Unavailable),
+        for (refusal, status, code) in [
+            (Refusal::InvalidRequest, 400, tonic::Code::InvalidArgument),
+            (Refusal::Unauthenticated, 401, tonic::Code::Unauthenticated),
+            (Refusal::Forbidden, 403, tonic::Code::PermissionDenied),
+            (Refusal::Unavailable, 503, tonic::Code::Unavailable),
         ] {
             let answer = GatewayAnswer::Deny {
-                status,
+                refusal,
                 headers: vec![("www-authenticate".into(), "Bearer realm=\"x\"".into())],
                 body: "{}".into(),
                 decision: None,
@@ -236,7 +232,7 @@ mod tests {
             let response = check_response(answer);
             assert_eq!(response.status.unwrap().code, code as i32);
             let Some(HttpResponse::DeniedResponse(denied)) = response.http_response else { panic!() };
-            assert_eq!(denied.status.unwrap().code, i32::from(status));
+            assert_eq!(denied.status.unwrap().code, status);
             assert_eq!(denied.headers[0].header.as_ref().unwrap().key, "www-authenticate");
             assert_eq!(denied.body, "{}");
         }

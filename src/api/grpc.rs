@@ -9,7 +9,9 @@ use super::json::{extra_to_struct, struct_to_extra};
 use super::proto;
 use crate::engine::{Authentication, Engine};
 use crate::gateway::TrustedProxies;
-use crate::model::{AuthInfo, Decision, McpKind, Outcome, RouteRequest, Secret, Target, ToolCall};
+use crate::model::{
+    AuthInfo, Decision, McpRequest, Outcome, Refusal, RouteRequest, Secret, Target, ToolCall,
+};
 use crate::route::TargetError;
 use crate::session::{SessionError, SessionManager, SessionTokens};
 
@@ -50,9 +52,9 @@ fn target_from_proto(target: Option<&proto::Target>) -> Result<Target, TargetErr
         })),
         Some(proto::target::Kind::Mcp(request)) => {
             let kind = match request.kind() {
-                proto::mcp_request::Kind::Prompt => McpKind::Prompt,
-                proto::mcp_request::Kind::Resource => McpKind::Resource,
-                proto::mcp_request::Kind::Method => McpKind::Method,
+                proto::mcp_request::Kind::Prompt => McpRequest::Prompt,
+                proto::mcp_request::Kind::Resource => McpRequest::Resource,
+                proto::mcp_request::Kind::Method => McpRequest::Method,
                 proto::mcp_request::Kind::Unspecified => return Err(TargetError::McpKind),
             };
             Ok(Target::Mcp(
@@ -128,24 +130,27 @@ fn target_status(error: &TargetError) -> Status {
     Status::invalid_argument(error.to_string())
 }
 
-fn session_status(error: &SessionError) -> Status {
-    match error {
-        SessionError::InvalidLogin | SessionError::InvalidRefresh => {
-            Status::unauthenticated(error.to_string())
-        }
-        SessionError::BadField { .. } => Status::invalid_argument(error.to_string()),
-        SessionError::RateLimited { retry_after } => {
-            let mut status = Status::resource_exhausted(error.to_string());
-            if let Ok(value) = retry_after.as_secs().to_string().parse() {
-                status.metadata_mut().insert("retry-after", value);
-            }
-            status
-        }
-        SessionError::Internal(_) => {
-            tracing::error!("session operation failed: {error}");
-            Status::internal("session service failed")
-        }
+/// The gRPC code of a refusal: the one mapping, for cedargate's services and Envoy's.
+pub fn code_of(refusal: Refusal) -> tonic::Code {
+    match refusal {
+        Refusal::InvalidRequest => tonic::Code::InvalidArgument,
+        Refusal::Unauthenticated => tonic::Code::Unauthenticated,
+        Refusal::Forbidden => tonic::Code::PermissionDenied,
+        Refusal::RateLimited => tonic::Code::ResourceExhausted,
+        Refusal::Unavailable => tonic::Code::Unavailable,
+        Refusal::Internal => tonic::Code::Internal,
     }
+}
+
+fn session_status(error: &SessionError) -> Status {
+    if let SessionError::Internal(_) = error {
+        tracing::error!("session operation failed: {error}");
+    }
+    let mut status = Status::new(code_of(error.refusal()), error.public_message());
+    if let Some(value) = error.retry_after().and_then(|after| after.as_secs().to_string().parse().ok()) {
+        status.metadata_mut().insert("retry-after", value);
+    }
+    status
 }
 
 fn tokens_to_proto(tokens: SessionTokens) -> proto::SessionTokens {

@@ -132,29 +132,18 @@ fn parse_body<T: DeserializeOwned>(body: &Bytes) -> Result<T, Box<Response>> {
 }
 
 fn session_error_response(error: &SessionError) -> Response {
-    match error {
-        SessionError::InvalidLogin => {
-            error_response(StatusCode::UNAUTHORIZED, "invalid_credentials", &error.to_string())
-        }
-        SessionError::InvalidRefresh => {
-            error_response(StatusCode::UNAUTHORIZED, "invalid_grant", &error.to_string())
-        }
-        SessionError::BadField { .. } => {
-            error_response(StatusCode::BAD_REQUEST, "invalid_request", &error.to_string())
-        }
-        SessionError::RateLimited { retry_after } => {
-            let mut response =
-                error_response(StatusCode::TOO_MANY_REQUESTS, "rate_limited", &error.to_string());
-            if let Ok(value) = HeaderValue::from_str(&retry_after.as_secs().to_string()) {
-                response.headers_mut().insert(header::RETRY_AFTER, value);
-            }
-            response
-        }
-        SessionError::Internal(_) => {
-            tracing::error!("session operation failed: {error}");
-            error_response(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "session service failed")
-        }
+    if let SessionError::Internal(_) = error {
+        tracing::error!("session operation failed: {error}");
     }
+    let status =
+        StatusCode::from_u16(error.refusal().http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut response = error_response(status, error.code(), &error.public_message());
+    if let Some(value) =
+        error.retry_after().and_then(|after| HeaderValue::from_str(&after.as_secs().to_string()).ok())
+    {
+        response.headers_mut().insert(header::RETRY_AFTER, value);
+    }
+    response
 }
 
 fn tokens_response(tokens: &SessionTokens) -> Response {
@@ -393,9 +382,12 @@ fn gateway_response(answer: GatewayAnswer) -> Response {
         GatewayAnswer::Allow { set_headers, remove_headers, .. } => {
             (StatusCode::OK, set_headers, String::new(), remove_headers)
         }
-        GatewayAnswer::Deny { status, headers, body, .. } => {
-            (StatusCode::from_u16(status).unwrap_or(StatusCode::FORBIDDEN), headers, body, Vec::new())
-        }
+        GatewayAnswer::Deny { refusal, headers, body, .. } => (
+            StatusCode::from_u16(refusal.http_status()).unwrap_or(StatusCode::FORBIDDEN),
+            headers,
+            body,
+            Vec::new(),
+        ),
     };
     let mut response = (status, body).into_response();
     let map = response.headers_mut();

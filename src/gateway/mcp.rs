@@ -6,7 +6,7 @@
 
 use serde_json::{Map, Value};
 
-use crate::model::{Extra, McpKind, Target, ToolCall};
+use crate::model::{Extra, McpRequest as Kind, Target, ToolCall};
 
 /// JSON-RPC 2.0 error codes.
 pub mod code {
@@ -250,13 +250,13 @@ fn target_of<'p>(
         "prompts/get" => {
             let name = named("name")?;
             let arguments = arguments_of(params.get("arguments"), "params.arguments", id)?;
-            (Target::Mcp(McpKind::Prompt, call(name, arguments)), Some(name))
+            (Target::Mcp(Kind::Prompt, call(name, arguments)), Some(name))
         }
         "resources/read" => {
             let uri = named("uri")?;
-            (Target::Mcp(McpKind::Resource, call(uri, Extra::new())), Some(uri))
+            (Target::Mcp(Kind::Resource, call(uri, Extra::new())), Some(uri))
         }
-        _ => (Target::Mcp(McpKind::Method, call(method, Extra::new())), None),
+        _ => (Target::Mcp(Kind::Method, call(method, Extra::new())), None),
     })
 }
 
