@@ -184,4 +184,10 @@ async fn a_scope_denial_carries_an_insufficient_scope_challenge() {
              error_description=\"Requires the reports:read scope\", scope=\"reports:read\""
         )
     );
+    assert_eq!(
+        (denied.error_code(), denied.required_scopes.as_slice()),
+        ("insufficient_scope", &["reports:read".to_owned()][..])
+    );
+    assert_eq!(denied.refusal(), Some(crate::model::Refusal::Forbidden));
+    assert!(allowed.required_scopes.is_empty() && allowed.refusal().is_none());
 }
