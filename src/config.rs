@@ -619,8 +619,9 @@ fn default_tenant_header() -> String {
 fn default_bearer_methods() -> Vec<String> {
     vec!["header".into()]
 }
+// Defaults a component owns come from the component's own `Default`, so each lives once.
 fn default_realm() -> String {
-    "cedargate".to_owned()
+    crate::engine::EngineSettings::default().realm
 }
 fn default_grpc() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 50051))
@@ -647,28 +648,28 @@ fn default_jwks_refresh() -> HumanDuration {
     HumanDuration(Duration::from_secs(300))
 }
 fn default_subject_claim() -> String {
-    "sub".to_owned()
+    crate::credential::ClaimMapping::default().subject
 }
 fn default_client_id_claim() -> String {
-    "client_id".to_owned()
+    crate::credential::ClaimMapping::default().client_id
 }
 fn default_roles_claim() -> String {
-    "roles".to_owned()
+    crate::credential::ClaimMapping::default().roles
 }
 fn default_cache_max_ttl() -> HumanDuration {
-    HumanDuration(Duration::from_secs(300))
+    HumanDuration(crate::credential::CacheSettings::default().max_ttl)
 }
 fn default_cache_negative_ttl() -> HumanDuration {
-    HumanDuration(Duration::from_secs(10))
+    HumanDuration(crate::credential::CacheSettings::default().negative_ttl)
 }
 fn default_cache_max_entries() -> usize {
-    100_000
+    crate::credential::CacheSettings::default().max_entries
 }
 fn default_max_authorization() -> usize {
-    8 * 1024
+    crate::engine::EngineSettings::default().max_authorization_bytes
 }
 fn default_max_batch() -> usize {
-    1000
+    crate::engine::EngineSettings::default().max_batch_targets
 }
 fn default_access_ttl() -> HumanDuration {
     HumanDuration(Duration::from_secs(3600))
