@@ -219,7 +219,8 @@ pub struct JwtIssuerConfig {
     pub discovery: bool,
     /// The issuer's keys, inline (a JWKS document).
     pub jwks: Option<serde_json::Value>,
-    /// Clock skew allowed on `exp`/`nbf`. Default 30s.
+    /// Clock skew allowed on `exp`/`nbf`, wherever the token's expiry is checked (verification,
+    /// the credential chain, the token cache). Default 30s.
     #[serde(default = "default_leeway")]
     pub leeway: HumanDuration,
     /// Require RFC 9068 access tokens (`typ: at+jwt`, `sub`, `client_id`, `iat`, `jti`).

@@ -91,9 +91,11 @@ impl CachedResolver {
     }
 
     fn positive_lifetime(&self, auth: &AuthInfo) -> Duration {
-        let until_expiry = auth.expires_at.map(|expires_at| {
-            Duration::from_secs(u64::try_from(expires_at.saturating_sub(unix_now())).unwrap_or(0))
-        });
+        // Until the identity stops being accepted (its issuer's leeway included), the same
+        // bound the chain checks, so an answer accepted within the leeway is cached too.
+        let until_expiry = auth
+            .valid_until()
+            .map(|until| Duration::from_secs(u64::try_from(until.saturating_sub(unix_now())).unwrap_or(0)));
         until_expiry.map_or(self.settings.max_ttl, |left| left.min(self.settings.max_ttl))
     }
 
@@ -226,10 +228,16 @@ mod tests {
         let Ok(ref long) = resolved(Some(unix_now() + 10_000)) else { unreachable!() };
         let Ok(ref short) = resolved(Some(unix_now() + 5)) else { unreachable!() };
         let Ok(ref dead) = resolved(Some(unix_now() - 1)) else { unreachable!() };
+        let mut lenient = AuthInfo::new(CredentialKind::Jwt, "s", vec![]);
+        lenient.expires_at = Some(unix_now() - 10);
+        lenient.leeway = Duration::from_secs(30);
+        let lenient = Resolution::Resolved(Arc::new(lenient));
         let lifetime = |resolution: &Resolution| cache.lifetime(&Ok(resolution.clone()));
         assert_eq!(lifetime(long), Some(Duration::from_secs(300)));
         assert!(lifetime(short).unwrap() <= Duration::from_secs(5));
         assert_eq!(lifetime(dead), Some(Duration::ZERO));
+        let within_leeway = lifetime(&lenient).unwrap();
+        assert!(!within_leeway.is_zero() && within_leeway <= Duration::from_secs(20), "{within_leeway:?}");
     }
 
     #[tokio::test]

@@ -43,7 +43,8 @@ pub struct IssuerSettings {
     pub audiences: Vec<String>,
     /// Accepted algorithms; never `none` or HMAC.
     pub algorithms: Vec<Algorithm>,
-    /// Clock skew allowed on `exp` and `nbf`.
+    /// Clock skew allowed on `exp` and `nbf`, here and (through `AuthInfo::leeway`) wherever
+    /// else the token's expiry is checked.
     pub leeway: Duration,
     /// RFC 9068: require `typ: at+jwt` and the claims `sub`, `iat`, `jti`, `client_id`.
     pub strict_rfc9068: bool,
@@ -335,7 +336,10 @@ impl JwtResolver {
                 return Err(invalid(format!("JWT lacks the `{missing}` claim")));
             }
         }
-        let auth = settings.claims.auth_info(CredentialKind::Jwt, &data.claims)?;
+        let mut auth = settings.claims.auth_info(CredentialKind::Jwt, &data.claims)?;
+        // The chain and the cache check `exp` again; with the same leeway, so a token accepted
+        // here is not refused there.
+        auth.leeway = settings.leeway;
         Ok(Resolution::Resolved(Arc::new(auth)))
     }
 }

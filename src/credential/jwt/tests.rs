@@ -296,3 +296,34 @@ async fn an_unknown_kid_refetches_the_jwks_once_per_interval() {
     assert_eq!(fetches.load(Ordering::SeqCst), 2);
     server.abort();
 }
+
+#[tokio::test]
+async fn the_issuers_leeway_holds_wherever_expiry_is_checked() {
+    use crate::credential::{CacheSettings, CachedResolver, CredentialChain};
+    let signer = Signer::new(Algorithm::ES256, "es", "ec256");
+    let mut lenient = settings(KeySource::Inline(JwkSet { keys: vec![signer.jwk()] }));
+    lenient.leeway = Duration::from_secs(30);
+    let resolver = Arc::new(JwtResolver::new(vec![lenient], reqwest::Client::new()));
+    // As app.rs builds it: the chain checks expiry again, behind a cache that bounds by it.
+    let mut chain = CredentialChain::default();
+    chain.push(Scheme::Bearer, Arc::new(CachedResolver::new(resolver, CacheSettings::default())));
+    let with = |claim: &str, offset: i64| {
+        let mut claims = claims();
+        claims[claim] = json!(unix_now() + offset);
+        signer.sign(&claims)
+    };
+    let table = [
+        ("expired 10 s ago", with("exp", -10), Ok("alice".to_owned())),
+        ("valid from 10 s ahead", with("nbf", 10), Ok("alice".to_owned())),
+        ("expired 40 s ago", with("exp", -40), Err(CredentialError::Expired)),
+        ("valid from 40 s ahead", with("nbf", 40), Err(invalid("JWT is not valid yet (`nbf`)"))),
+    ];
+    for (label, token, expected) in table {
+        let credential = Credential::new(Scheme::Bearer, token);
+        // Twice: the second answer comes from the cache.
+        for round in ["first", "cached"] {
+            let answer = chain.resolve(&credential, unix_now()).await.map(|auth| auth.subject.clone());
+            assert_eq!(answer, expected, "{label}, {round}");
+        }
+    }
+}
