@@ -1,7 +1,8 @@
 //! Local JWT validation (RFC 7519, RFC 8725, RFC 9068): a token goes to the issuer named in
 //! its `iss`, is verified with that issuer's keys (JWKS inline or by URL), and its claims become
 //! an AuthInfo. A token never chooses its own key: `jku`, `x5u`, `x5c` and embedded `jwk`
-//! headers are ignored, and only asymmetric algorithms the issuer allows are accepted.
+//! headers are ignored, only asymmetric algorithms the issuer allows are accepted, and a
+//! header with `crit` is refused.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -172,9 +173,22 @@ pub struct JwtResolver {
     http: reqwest::Client,
 }
 
-/// Whether a token is shaped like a JWS compact serialization with a JSON header.
-fn looks_like_jwt(token: &str) -> bool {
-    token.starts_with("eyJ") && token.bytes().filter(|byte| *byte == b'.').count() == 2
+/// The protected header of a token shaped like a JWS compact serialization (RFC 7515 §7.1):
+/// three base64url segments, the first a JSON object. `None` for anything else, such as an
+/// opaque token. Nothing in it is trusted; it only says that the token is a JWT.
+pub(super) fn jws_header(token: &str) -> Option<Map<String, Value>> {
+    use base64::Engine as _;
+    let mut segments = token.split('.');
+    let (Some(header), Some(_payload), Some(_signature), None) =
+        (segments.next(), segments.next(), segments.next(), segments.next())
+    else {
+        return None;
+    };
+    if !token.bytes().all(|byte| byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.')) {
+        return None;
+    }
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(header).ok()?;
+    serde_json::from_slice(&bytes).ok()
 }
 
 fn invalid(reason: impl Into<String>) -> CredentialError {
@@ -352,9 +366,9 @@ impl CredentialResolver for JwtResolver {
 
     async fn resolve(&self, credential: &Credential) -> Result<Resolution, CredentialError> {
         let token = credential.secret.expose();
-        if !looks_like_jwt(token) {
+        let Some(protected) = jws_header(token) else {
             return Ok(Resolution::NotMine);
-        }
+        };
         let header = jsonwebtoken::decode_header(token).map_err(|_| invalid("JWT header is malformed"))?;
         // Only to route the token to its issuer; nothing here is trusted before verification.
         let unverified = jsonwebtoken::dangerous::insecure_decode::<Map<String, Value>>(token)
@@ -364,6 +378,12 @@ impl CredentialResolver for JwtResolver {
         else {
             return Ok(Resolution::NotMine);
         };
+        // RFC 7515 §4.1.11: a token naming an extension it must be understood by is refused
+        // unless it is understood; cedargate understands none, and an empty `crit` is invalid
+        // too. jsonwebtoken parses `crit` but does not enforce it, so the raw header decides.
+        if protected.contains_key("crit") {
+            return Err(invalid("JWT header has `crit`: cedargate understands no critical extension"));
+        }
         self.verify(issuer, token, header).await
     }
 }

@@ -154,6 +154,15 @@ async fn rfc_8725_attacks_and_bad_claims_are_refused() {
     let mut elevated = claims();
     elevated["roles"] = json!(["admin"]);
     let tampered = format!("{head}.{}.{signature}", b64(&elevated));
+    // Critical extensions cedargate does not understand, well signed otherwise.
+    let critical = |names: &[&str]| {
+        let mut header = Header::new(Algorithm::RS256);
+        header.kid = Some("rs".into());
+        header.crit = Some(names.iter().map(|name| (*name).to_owned()).collect());
+        header.extras.insert("urn:example:ext", true);
+        encode(&header, &claims(), &signer.key).unwrap()
+    };
+    let crit_refused = || invalid("JWT header has `crit`: cedargate understands no critical extension");
 
     let table: Vec<(&str, String, CredentialError)> = vec![
         ("alg none", none, invalid("JWT header is malformed")),
@@ -165,6 +174,9 @@ async fn rfc_8725_attacks_and_bad_claims_are_refused() {
         ("embedded jwk", self_keyed, invalid("JWT signature does not verify")),
         ("wrong key, same kid", impostor.sign(&claims()), invalid("JWT signature does not verify")),
         ("tampered payload", tampered, invalid("JWT signature does not verify")),
+        ("crit naming an extension", critical(&["urn:example:ext"]), crit_refused()),
+        ("crit naming a registered header", critical(&["kid"]), crit_refused()),
+        ("empty crit", critical(&[]), crit_refused()),
         (
             "kid injection",
             injected,
