@@ -199,6 +199,11 @@ pub struct IntrospectionConfig {
     /// Claim names.
     #[serde(default)]
     pub claims: ClaimsConfig,
+    /// Also send JWTs (three base64url segments with a JSON header) whose `iss` no
+    /// `credentials.jwt` entry trusts, for a provider whose JWT access tokens are introspected.
+    /// Default false: such a JWT is refused (401) and never sent to an introspection endpoint.
+    #[serde(default)]
+    pub accept_jwts: bool,
 }
 
 /// One trusted JWT issuer.

@@ -14,6 +14,8 @@ use common::{check, route, TestServer};
 use jsonwebtoken::jwk::{Jwk, JwkSet};
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::json;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 const ISSUER: &str = "https://issuer.test";
 const AUDIENCE: &str = "https://api.test";
@@ -23,13 +25,37 @@ fn signing_key() -> EncodingKey {
 }
 
 fn token(audience: &str, roles: &[&str]) -> String {
+    token_of(ISSUER, audience, roles)
+}
+
+fn token_of(issuer: &str, audience: &str, roles: &[&str]) -> String {
     let mut header = Header::new(Algorithm::ES256);
     header.kid = Some("k1".into());
     let claims = json!({
-        "iss": ISSUER, "aud": audience, "sub": "carol", "client_id": "cli",
+        "iss": issuer, "aud": audience, "sub": "carol", "client_id": "cli",
         "scope": "profile:read", "roles": roles, "exp": unix_now() + 600
     });
     encode(&header, &claims, &signing_key()).unwrap()
+}
+
+/// An introspection endpoint on 127.0.0.1:0 that says every token is active; returns its URL
+/// and how many tokens it was sent.
+async fn introspection_server() -> (String, Arc<AtomicUsize>) {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let app = axum::Router::new().route(
+        "/introspect",
+        axum::routing::post({
+            let calls = Arc::clone(&calls);
+            move || async move {
+                calls.fetch_add(1, Ordering::SeqCst);
+                axum::Json(json!({"active": true, "sub": "dan", "roles": ["user"], "exp": unix_now() + 600}))
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/introspect", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, calls)
 }
 
 /// Serves the JWKS of the fixture key on 127.0.0.1:0; returns its URL.
@@ -126,4 +152,52 @@ async fn the_admin_api_is_off_until_configured() {
     });
     request.metadata_mut().insert("authorization", "Bearer anything".parse().unwrap());
     assert_eq!(admin.evict_token(request).await.unwrap_err().code(), tonic::Code::FailedPrecondition);
+}
+
+#[tokio::test]
+async fn a_jwt_of_an_untrusted_issuer_reaches_introspection_only_where_accepted() {
+    let jwks_url = jwks_server().await;
+    let foreign = format!("Bearer {}", token_of("https://elsewhere.test", AUDIENCE, &["user"]));
+    // (accept_jwts, what the foreign JWT gets: the reason of a refusal or the subject of an
+    // allow, how many tokens introspection was sent)
+    let table = [
+        (false, (Outcome::Unauthenticated, "JWT issuer is not trusted"), 0),
+        (true, (Outcome::Allowed, "dan"), 1),
+    ];
+    for (accept_jwts, expected, sent) in table {
+        let (endpoint, calls) = introspection_server().await;
+        let text = format!(
+            "credentials:
+  jwt:
+    - issuer: {ISSUER}
+      audiences: [{AUDIENCE}]
+      jwks_url: {jwks_url}
+  introspection:
+    - endpoint: {endpoint}
+      client_id: c
+      client_secret: s
+      accept_jwts: {accept_jwts}
+"
+        );
+        let server = TestServer::start(Config::parse("untrusted.yaml", &text).unwrap()).await;
+        let mut client = server.authorizer().await;
+        let answer = check(&mut client, &foreign, route("GET", "/user/profile")).await;
+        let seen = match &answer.auth_info {
+            Some(auth) if answer.outcome() == Outcome::Allowed => auth.subject.clone(),
+            _ => answer.reason.clone(),
+        };
+        assert_eq!((answer.outcome(), seen.as_str()), expected, "accept_jwts: {accept_jwts}");
+        assert_eq!(calls.load(Ordering::SeqCst), sent, "accept_jwts: {accept_jwts}");
+        // Opaque tokens go to introspection either way; trusted JWTs never do.
+        let opaque = check(&mut client, "Bearer opaque-1", route("GET", "/user/profile")).await;
+        assert_eq!(opaque.outcome(), Outcome::Allowed, "{opaque:?}");
+        let trusted = check(
+            &mut client,
+            &format!("Bearer {}", token(AUDIENCE, &["user"])),
+            route("GET", "/user/profile"),
+        )
+        .await;
+        assert_eq!(trusted.auth_info.unwrap().credential_kind, "jwt");
+        assert_eq!(calls.load(Ordering::SeqCst), sent + 1, "accept_jwts: {accept_jwts}");
+    }
 }

@@ -80,6 +80,9 @@ pub struct IntrospectionSettings {
     pub claims: ClaimMapping,
     /// Whole-request timeout.
     pub timeout: Duration,
+    /// Whether JWTs are sent too. By default a token shaped like a JWT is not this backend's:
+    /// the JWT issuers decide those, and one no issuer trusts is refused without asking.
+    pub accept_jwts: bool,
 }
 
 /// Resolves tokens by introspection.
@@ -199,6 +202,9 @@ impl CredentialResolver for IntrospectionResolver {
         if !self.settings.prefixes.is_empty()
             && !self.settings.prefixes.iter().any(|prefix| token.starts_with(prefix))
         {
+            return Ok(Resolution::NotMine);
+        }
+        if !self.settings.accept_jwts && super::jwt::jws_header(token).is_some() {
             return Ok(Resolution::NotMine);
         }
         // INVARIANT: errors are described without the request (reqwest's errors may carry the

@@ -1,5 +1,5 @@
 //! Local JWT validation (RFC 7519, RFC 8725, RFC 9068): a token goes to the issuer named in
-//! its `iss`, is verified with that issuer's keys (JWKS inline or by URL), and its claims become
+//! its `iss` (a JWT of any other issuer is refused, unless passed on to introspection), is verified with that issuer's keys (JWKS inline or by URL), and its claims become
 //! an AuthInfo. A token never chooses its own key: `jku`, `x5u`, `x5c` and embedded `jwk`
 //! headers are ignored, only asymmetric algorithms the issuer allows are accepted, and a
 //! header with `crit` is refused.
@@ -171,6 +171,9 @@ struct Issuer {
 pub struct JwtResolver {
     issuers: HashMap<String, Arc<Issuer>>,
     http: reqwest::Client,
+    /// Whether a JWT of an issuer not configured here goes on down the chain (to an
+    /// introspection endpoint that accepts JWTs) instead of being refused.
+    pass_on_untrusted: bool,
 }
 
 /// The protected header of a token shaped like a JWS compact serialization (RFC 7515 §7.1):
@@ -218,7 +221,15 @@ impl JwtResolver {
                 (issuer.settings.issuer.clone(), Arc::new(issuer))
             })
             .collect();
-        Self { issuers, http }
+        Self { issuers, http, pass_on_untrusted: false }
+    }
+
+    /// Passes a JWT whose `iss` no configured issuer matches on to the next backend instead of
+    /// refusing it; only for a chain with an introspection endpoint that accepts JWTs.
+    #[must_use]
+    pub fn pass_on_untrusted(mut self, pass_on: bool) -> Self {
+        self.pass_on_untrusted = pass_on;
+        self
     }
 
     /// Fetches every issuer's JWKS from its URL; an issuer whose fetch fails keeps its keys.
@@ -376,7 +387,12 @@ impl CredentialResolver for JwtResolver {
         let Some(issuer) =
             unverified.claims.get("iss").and_then(Value::as_str).and_then(|iss| self.issuers.get(iss))
         else {
-            return Ok(Resolution::NotMine);
+            // Not sent anywhere by default: an introspection endpoint would learn a token meant
+            // for someone else, and could not vouch for it anyway.
+            if self.pass_on_untrusted {
+                return Ok(Resolution::NotMine);
+            }
+            return Err(invalid("JWT issuer is not trusted"));
         };
         // RFC 7515 §4.1.11: a token naming an extension it must be understood by is refused
         // unless it is understood; cedargate understands none, and an empty `crit` is invalid

@@ -70,6 +70,7 @@ fn settings(endpoint: String, auth: ClientAuth) -> IntrospectionSettings {
         audiences: vec!["https://api.test".into()],
         claims: ClaimMapping::default(),
         timeout: Duration::from_millis(300),
+        accept_jwts: false,
     }
 }
 
@@ -142,6 +143,25 @@ async fn only_tokens_with_a_configured_prefix_are_sent() {
     assert_eq!(fake.calls.load(Ordering::SeqCst), 0);
     assert!(resolve(&resolver, "at_unknown").await.is_err());
     assert_eq!(fake.calls.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn jwts_are_sent_only_to_an_endpoint_that_accepts_them() {
+    let (url, fake) = fake().await;
+    // Shaped like a JWT: `{"alg":"ES256"}`, `{}`, a signature.
+    let jwt = "eyJhbGciOiJFUzI1NiJ9.e30.c2ln";
+    let resolver = IntrospectionResolver::new(settings(url.clone(), basic()), reqwest::Client::new());
+    assert!(matches!(resolve(&resolver, jwt).await, Ok(Resolution::NotMine)));
+    assert_eq!(fake.calls.load(Ordering::SeqCst), 0, "a JWT must not be sent by default");
+    // Opaque tokens with dots are still sent.
+    assert!(resolve(&resolver, "not.a.jwt").await.is_err());
+    assert_eq!(fake.calls.load(Ordering::SeqCst), 1);
+
+    let mut accepting = settings(url, basic());
+    accepting.accept_jwts = true;
+    let resolver = IntrospectionResolver::new(accepting, reqwest::Client::new());
+    assert!(resolve(&resolver, jwt).await.is_err(), "the fake knows no such token");
+    assert_eq!(fake.calls.load(Ordering::SeqCst), 2, "sent with accept_jwts");
 }
 
 #[test]

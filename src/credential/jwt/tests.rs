@@ -103,13 +103,28 @@ async fn every_allowed_algorithm_verifies_and_maps_claims() {
 }
 
 #[tokio::test]
-async fn tokens_of_others_are_not_mine() {
+async fn opaque_tokens_are_not_mine_and_untrusted_jwts_are_refused() {
     let signer = Signer::new(Algorithm::ES256, "es", "ec256");
-    let resolver = resolver_for(&[&signer]);
+    let refusing = resolver_for(&[&signer]);
+    let passing = resolver_for(&[&signer]).pass_on_untrusted(true);
     let mut foreign = claims();
     foreign["iss"] = json!("https://elsewhere.test");
-    for token in ["user-token-123", "a.b.c", "eyJ.only-two", &signer.sign(&foreign)] {
-        assert!(matches!(resolve(&resolver, token).await, Ok(Resolution::NotMine)), "{token}");
+    let mut anonymous = claims();
+    anonymous.as_object_mut().unwrap().remove("iss");
+    let untrusted = || Err(invalid("JWT issuer is not trusted"));
+    let not_mine = || Ok("<not mine>".to_owned());
+    // (label, token, refusing resolver, resolver passing untrusted JWTs on)
+    let table = [
+        ("opaque", "user-token-123".to_owned(), not_mine(), not_mine()),
+        ("three segments, header not JSON", "a.b.c".to_owned(), not_mine(), not_mine()),
+        ("two segments", "eyJhbGciOiJFUzI1NiJ9.e30".to_owned(), not_mine(), not_mine()),
+        ("four segments", "eyJhbGciOiJFUzI1NiJ9.e30.e30.e30".to_owned(), not_mine(), not_mine()),
+        ("another issuer", signer.sign(&foreign), untrusted(), not_mine()),
+        ("no issuer", signer.sign(&anonymous), untrusted(), not_mine()),
+    ];
+    for (label, token, when_refusing, when_passing) in table {
+        assert_eq!(subject(&refusing, &token).await, when_refusing, "{label}");
+        assert_eq!(subject(&passing, &token).await, when_passing, "{label}, passed on");
     }
 }
 
