@@ -44,6 +44,18 @@ async fn introspect(
         "no-active" => axum::Json(json!({"sub": "dave"})).into_response(),
         "active-string" => axum::Json(json!({"active": "true", "sub": "dave"})).into_response(),
         "garbage" => (StatusCode::OK, "<html>oops").into_response(),
+        "refused-token" => (StatusCode::BAD_REQUEST, axum::Json(json!({"error": "invalid_token"}))).into_response(),
+        "refused-type" => {
+            (StatusCode::BAD_REQUEST, axum::Json(json!({"error": "unsupported_token_type"}))).into_response()
+        }
+        "refused-request" => (
+            StatusCode::BAD_REQUEST,
+            axum::Json(json!({"error": "invalid_request", "error_description": "token <b>bad</b>"})),
+        )
+            .into_response(),
+        "refused-client" => (StatusCode::BAD_REQUEST, axum::Json(json!({"error": "invalid_client"}))).into_response(),
+        "refused-garbage" => (StatusCode::BAD_REQUEST, "invalid_token").into_response(),
+        "forbidden" => (StatusCode::FORBIDDEN, axum::Json(json!({"error": "invalid_token"}))).into_response(),
         "slow" => {
             tokio::time::sleep(Duration::from_secs(5)).await;
             axum::Json(json!({"active": true, "sub": "late"})).into_response()
@@ -106,6 +118,8 @@ async fn every_unclear_answer_is_a_closed_door_with_its_own_reason() {
         backend: "introspection".into(),
         reason: reason.into(),
     };
+    let refused =
+        |code: &str| CredentialError::Invalid(format!("introspection endpoint refused the token: `{code}`"));
     let table = [
         ("inactive", CredentialError::Invalid("token is not active".into())),
         ("other-audience", CredentialError::Invalid("token audience is not this resource".into())),
@@ -113,6 +127,13 @@ async fn every_unclear_answer_is_a_closed_door_with_its_own_reason() {
         ("active-string", outage("introspection answer has no boolean `active`")),
         ("garbage", outage("introspection answer is not a JSON object")),
         ("explode", outage("endpoint answered HTTP 500")),
+        // A 400 about the token refuses it; about anything else, it is still an outage.
+        ("refused-token", refused("invalid_token")),
+        ("refused-type", refused("unsupported_token_type")),
+        ("refused-request", refused("invalid_request")),
+        ("refused-client", outage("endpoint answered HTTP 400")),
+        ("refused-garbage", outage("endpoint answered HTTP 400")),
+        ("forbidden", outage("endpoint answered HTTP 403")),
         ("slow", outage("no answer within 300 ms")),
     ];
     for (token, expected) in table {
