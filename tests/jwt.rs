@@ -201,3 +201,28 @@ async fn a_jwt_of_an_untrusted_issuer_reaches_introspection_only_where_accepted(
         assert_eq!(calls.load(Ordering::SeqCst), sent + 1, "accept_jwts: {accept_jwts}");
     }
 }
+
+#[tokio::test]
+async fn an_issuer_whose_keys_cannot_be_fetched_is_an_outage_without_a_challenge() {
+    let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let down = format!("http://{}/jwks", closed.local_addr().unwrap());
+    drop(closed);
+    let text = format!(
+        "credentials:\n  jwt:\n    - issuer: {ISSUER}\n      audiences: [{AUDIENCE}]\n      jwks_url: {down}\n"
+    );
+    let server = TestServer::start(Config::parse("down.yaml", &text).unwrap()).await;
+    let mut client = server.authorizer().await;
+    let bearer = format!("Bearer {}", token(AUDIENCE, &["user"]));
+    for round in ["first", "again"] {
+        let answer = check(&mut client, &bearer, route("GET", "/user/profile")).await;
+        assert_eq!(
+            (answer.outcome(), answer.reason.as_str()),
+            (
+                Outcome::Unavailable,
+                "credential backend `jwt` is unavailable: the keys of `https://issuer.test` could not be fetched"
+            ),
+            "{round}"
+        );
+        assert_eq!(answer.www_authenticate, "", "{round}: no challenge, the client keeps its token");
+    }
+}

@@ -161,9 +161,20 @@ struct Issuer {
     keys: ArcSwap<KeySet>,
     /// The JWKS URL, once known (configured, or discovered).
     jwks_url: tokio::sync::OnceCell<String>,
-    /// When keys were last fetched because of an unknown `kid`. An async lock, taken only on
-    /// that rare path, so concurrent tokens with a new `kid` wait for one fetch.
-    last_refetch: tokio::sync::Mutex<Option<Instant>>,
+    /// The issuer's fetches. An async lock, held for the whole fetch so that there is one at a
+    /// time, and taken on the request path only for an unknown `kid`, so concurrent tokens with
+    /// a new `kid` wait for one fetch.
+    fetches: tokio::sync::Mutex<FetchState>,
+}
+
+/// What cedargate knows about its copy of an issuer's keys.
+#[derive(Debug, Default)]
+struct FetchState {
+    /// When keys were last fetched because of an unknown `kid`.
+    last_refetch: Option<Instant>,
+    /// Why the last fetch failed, if it did: until one succeeds, a `kid` cedargate does not
+    /// know may be one the issuer published, so its token is an outage (503), not a refusal.
+    failure: Option<String>,
 }
 
 /// Verifies JWTs from the configured issuers.
@@ -216,7 +227,7 @@ impl JwtResolver {
                     settings,
                     keys: ArcSwap::from_pointee(keys),
                     jwks_url,
-                    last_refetch: tokio::sync::Mutex::new(None),
+                    fetches: tokio::sync::Mutex::new(FetchState::default()),
                 };
                 (issuer.settings.issuer.clone(), Arc::new(issuer))
             })
@@ -235,7 +246,11 @@ impl JwtResolver {
     /// Fetches every issuer's JWKS from its URL; an issuer whose fetch fails keeps its keys.
     pub async fn refresh(&self) {
         for issuer in self.issuers.values() {
-            if let Err(error) = self.fetch(issuer).await {
+            if matches!(issuer.settings.keys, KeySource::Inline(_)) {
+                continue;
+            }
+            let mut state = issuer.fetches.lock().await;
+            if let Err(error) = self.fetch(issuer, &mut state).await {
                 tracing::warn!(issuer = %issuer.settings.issuer, "JWKS refresh failed, keeping the current keys: {error}");
             }
         }
@@ -257,7 +272,14 @@ impl JwtResolver {
         }
     }
 
-    async fn fetch(&self, issuer: &Issuer) -> Result<(), String> {
+    /// Fetches the issuer's keys and records how that went; the caller holds `issuer.fetches`.
+    async fn fetch(&self, issuer: &Issuer, state: &mut FetchState) -> Result<(), String> {
+        let result = self.download(issuer).await;
+        state.failure = result.as_ref().err().cloned();
+        result
+    }
+
+    async fn download(&self, issuer: &Issuer) -> Result<(), String> {
         if matches!(issuer.settings.keys, KeySource::Inline(_)) {
             return Ok(());
         }
@@ -280,25 +302,43 @@ impl JwtResolver {
         Ok(())
     }
 
+    /// Lets every issuer fetch again at once, as if `refetch_interval` had passed.
+    #[cfg(test)]
+    pub(crate) async fn let_refetch_interval_pass(&self) {
+        for issuer in self.issuers.values() {
+            issuer.fetches.lock().await.last_refetch = None;
+        }
+    }
+
     /// The key for `header`, fetching the JWKS once more (rate-limited) for an unknown `kid`.
     async fn key_for(&self, issuer: &Issuer, header: &Header) -> Result<VerifyingKey, CredentialError> {
         if let Some(key) = issuer.keys.load().find(header.kid.as_deref()) {
             return Ok(key.clone());
         }
-        if !matches!(issuer.settings.keys, KeySource::Inline(_)) && header.kid.is_some() {
-            let mut last = issuer.last_refetch.lock().await;
+        if !matches!(issuer.settings.keys, KeySource::Inline(_))
+            && (header.kid.is_some() || issuer.keys.load().keys.is_empty())
+        {
+            let mut state = issuer.fetches.lock().await;
             // Another caller may have fetched while this one waited.
             if let Some(key) = issuer.keys.load().find(header.kid.as_deref()) {
                 return Ok(key.clone());
             }
-            if last.is_none_or(|at| at.elapsed() >= issuer.settings.refetch_interval) {
-                *last = Some(Instant::now());
-                if let Err(error) = self.fetch(issuer).await {
+            if state.last_refetch.is_none_or(|at| at.elapsed() >= issuer.settings.refetch_interval) {
+                state.last_refetch = Some(Instant::now());
+                if let Err(error) = self.fetch(issuer, &mut state).await {
                     tracing::warn!(issuer = %issuer.settings.issuer, "JWKS fetch for an unknown kid failed: {error}");
                 }
                 if let Some(key) = issuer.keys.load().find(header.kid.as_deref()) {
                     return Ok(key.clone());
                 }
+            }
+            // INVARIANT: without a current copy of the keys an unknown `kid` says nothing about
+            // the token: an outage (503, never cached), not a refusal.
+            if state.failure.is_some() {
+                return Err(CredentialError::Unavailable {
+                    backend: "jwt".to_owned(),
+                    reason: format!("the keys of `{}` could not be fetched", issuer.settings.issuer),
+                });
             }
         }
         Err(match &header.kid {

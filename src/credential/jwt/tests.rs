@@ -3,7 +3,7 @@ use crate::model::{unix_now, Scheme};
 use jsonwebtoken::jwk::Jwk;
 use jsonwebtoken::{encode, EncodingKey};
 use serde_json::json;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 const ISSUER: &str = "https://issuer.test";
 const AUDIENCE: &str = "https://api.test";
@@ -281,35 +281,115 @@ fn configured_algorithms_must_be_asymmetric() {
     assert!(parse_algorithm("none").is_err());
 }
 
+/// A JWKS endpoint on 127.0.0.1:0 under the test's control: what it publishes, whether it
+/// answers 500 instead, and how often it was asked.
+struct JwksServer {
+    url: String,
+    published: Arc<ArcSwap<JwkSet>>,
+    failing: Arc<AtomicBool>,
+    fetches: Arc<AtomicUsize>,
+}
+
+impl JwksServer {
+    async fn start(keys: Vec<Jwk>) -> Self {
+        let published = Arc::new(ArcSwap::from_pointee(JwkSet { keys }));
+        let failing = Arc::new(AtomicBool::new(false));
+        let fetches = Arc::new(AtomicUsize::new(0));
+        let app = axum::Router::new().route(
+            "/jwks",
+            axum::routing::get({
+                let (published, failing, fetches) =
+                    (Arc::clone(&published), Arc::clone(&failing), Arc::clone(&fetches));
+                move || async move {
+                    fetches.fetch_add(1, Ordering::SeqCst);
+                    if failing.load(Ordering::SeqCst) {
+                        return Err(axum::http::StatusCode::INTERNAL_SERVER_ERROR);
+                    }
+                    Ok(axum::Json(serde_json::to_value(&**published.load()).unwrap()))
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/jwks", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Self { url, published, failing, fetches }
+    }
+
+    fn publish(&self, keys: Vec<Jwk>) {
+        self.published.store(Arc::new(JwkSet { keys }));
+    }
+
+    fn fetches(&self) -> usize {
+        self.fetches.load(Ordering::SeqCst)
+    }
+}
+
+/// A URL on 127.0.0.1 where nothing listens.
+async fn closed_port() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    format!("http://{}", listener.local_addr().unwrap())
+}
+
+#[tokio::test]
+async fn keys_that_cannot_be_fetched_are_an_outage_never_a_cached_refusal() {
+    use crate::credential::{CacheSettings, CachedResolver};
+    let signer = Signer::new(Algorithm::ES256, "k", "ec256");
+    let jwks = JwksServer::start(vec![signer.jwk()]).await;
+    jwks.failing.store(true, Ordering::SeqCst);
+    let resolver =
+        Arc::new(JwtResolver::new(vec![settings(KeySource::Url(jwks.url.clone()))], reqwest::Client::new()));
+    let negative_ttl = Duration::from_secs(60);
+    let cache =
+        CachedResolver::new(Arc::clone(&resolver) as _, CacheSettings { negative_ttl, ..Default::default() });
+    let token = Credential::new(Scheme::Bearer, signer.sign(&claims()));
+    let outage = |issuer: &str| CredentialError::Unavailable {
+        backend: "jwt".into(),
+        reason: format!("the keys of `{issuer}` could not be fetched"),
+    };
+    for round in 0..3 {
+        assert_eq!(cache.resolve(&token).await.unwrap_err(), outage(ISSUER), "round {round}");
+    }
+    assert_eq!(jwks.fetches(), 1, "a down issuer is asked once per refetch interval");
+
+    // The issuer is back: once a fetch is due, the same token is accepted; nothing was cached.
+    jwks.failing.store(false, Ordering::SeqCst);
+    resolver.let_refetch_interval_pass().await;
+    assert!(matches!(cache.resolve(&token).await, Ok(Resolution::Resolved(_))));
+    assert_eq!(jwks.fetches(), 2);
+
+    // Unreachable keys and unreachable metadata alike.
+    let down = closed_port().await;
+    let mut by_url = settings(KeySource::Url(format!("{down}/jwks")));
+    by_url.issuer = down.clone();
+    let mut by_discovery = settings(KeySource::Discovery);
+    by_discovery.issuer = down.clone();
+    let mut own_claims = claims();
+    own_claims["iss"] = json!(down);
+    for (label, issuer) in [("jwks_url", by_url), ("discovery", by_discovery)] {
+        let resolver = JwtResolver::new(vec![issuer], reqwest::Client::new());
+        assert_eq!(
+            resolve(&resolver, &signer.sign(&own_claims)).await.unwrap_err(),
+            outage(&down),
+            "{label}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn an_unknown_kid_refetches_the_jwks_once_per_interval() {
     let old = Signer::new(Algorithm::ES256, "old", "ec256");
     let new = Signer::new(Algorithm::EdDSA, "new", "ed25519");
-    let served = Arc::new(ArcSwap::from_pointee(JwkSet { keys: vec![old.jwk()] }));
-    let fetches = Arc::new(AtomicUsize::new(0));
-    let app = axum::Router::new().route(
-        "/jwks",
-        axum::routing::get({
-            let (served, fetches) = (Arc::clone(&served), Arc::clone(&fetches));
-            move || async move {
-                fetches.fetch_add(1, Ordering::SeqCst);
-                axum::Json(serde_json::to_value(&**served.load()).unwrap())
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/jwks", listener.local_addr().unwrap());
-    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let jwks = JwksServer::start(vec![old.jwk()]).await;
 
-    let resolver = JwtResolver::new(vec![settings(KeySource::Url(url))], reqwest::Client::new());
+    let resolver = JwtResolver::new(vec![settings(KeySource::Url(jwks.url.clone()))], reqwest::Client::new());
     resolver.refresh().await;
     assert_eq!(subject(&resolver, &old.sign(&claims())).await.unwrap(), "alice");
-    assert_eq!(fetches.load(Ordering::SeqCst), 1);
+    assert_eq!(jwks.fetches(), 1);
 
     // The issuer rotates: the new key's first token triggers one fetch, and works.
-    served.store(Arc::new(JwkSet { keys: vec![new.jwk(), old.jwk()] }));
+    jwks.publish(vec![new.jwk(), old.jwk()]);
     assert_eq!(subject(&resolver, &new.sign(&claims())).await.unwrap(), "alice");
-    assert_eq!(fetches.load(Ordering::SeqCst), 2);
+    assert_eq!(jwks.fetches(), 2);
 
     // Garbage kids do not hammer the issuer: one fetch per interval at most.
     for round in 0..5 {
@@ -320,8 +400,7 @@ async fn an_unknown_kid_refetches_the_jwks_once_per_interval() {
         };
         assert!(resolve(&resolver, &bogus.sign(&claims())).await.is_err(), "round {round}");
     }
-    assert_eq!(fetches.load(Ordering::SeqCst), 2);
-    server.abort();
+    assert_eq!(jwks.fetches(), 2);
 }
 
 #[tokio::test]
