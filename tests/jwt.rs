@@ -16,6 +16,7 @@ use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::json;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 const ISSUER: &str = "https://issuer.test";
 const AUDIENCE: &str = "https://api.test";
@@ -36,6 +37,22 @@ fn token_of(issuer: &str, audience: &str, roles: &[&str]) -> String {
         "scope": "profile:read", "roles": roles, "exp": unix_now() + 600
     });
     encode(&header, &claims, &signing_key()).unwrap()
+}
+
+/// A token for the trusted issuer and audience, with this `kid` and key.
+fn signed(kid: &str, key: &EncodingKey) -> String {
+    let mut header = Header::new(Algorithm::ES256);
+    header.kid = Some(kid.into());
+    let claims = json!({
+        "iss": ISSUER, "aud": AUDIENCE, "sub": "carol", "roles": ["user"], "exp": unix_now() + 600
+    });
+    encode(&header, &claims, key).unwrap()
+}
+
+fn jwk(kid: &str, key: &EncodingKey) -> Jwk {
+    let mut jwk = Jwk::from_encoding_key(key, Algorithm::ES256).unwrap();
+    jwk.common.key_id = Some(kid.into());
+    jwk
 }
 
 /// An introspection endpoint on 127.0.0.1:0 that says every token is active; returns its URL
@@ -225,4 +242,61 @@ async fn an_issuer_whose_keys_cannot_be_fetched_is_an_outage_without_a_challenge
         );
         assert_eq!(answer.www_authenticate, "", "{round}: no challenge, the client keeps its token");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_signing_key_is_accepted_within_the_refetch_interval_despite_probes() {
+    let published = Arc::new(std::sync::Mutex::new(vec![jwk("k1", &signing_key())]));
+    let fetches = Arc::new(AtomicUsize::new(0));
+    let app = axum::Router::new().route(
+        "/jwks",
+        axum::routing::get({
+            let (published, fetches) = (Arc::clone(&published), Arc::clone(&fetches));
+            move || async move {
+                fetches.fetch_add(1, Ordering::SeqCst);
+                let keys = published.lock().unwrap().clone();
+                axum::Json(serde_json::to_value(JwkSet { keys }).unwrap())
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let jwks_url = format!("http://{}/jwks", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    // The default refetch_interval.
+    let text = format!(
+        "credentials:\n  jwt:\n    - issuer: {ISSUER}\n      audiences: [{AUDIENCE}]\n      jwks_url: {jwks_url}\n"
+    );
+    let server = TestServer::start(Config::parse("rotation.yaml", &text).unwrap()).await;
+    let interval = server.app.config().credentials.jwt[0].refetch_interval.0;
+    assert!(interval <= Duration::from_secs(2), "the default must keep the 2 s promise: {interval:?}");
+    let mut client = server.authorizer().await;
+
+    // An attacker's tokens with kids the issuer never published: refused, and far fewer
+    // fetches than probes (at most one per interval).
+    let probes = 20;
+    for index in 0..probes {
+        let kid = format!("probe-{index}");
+        let answer = check(
+            &mut client,
+            &format!("Bearer {}", signed(&kid, &signing_key())),
+            route("GET", "/user/profile"),
+        )
+        .await;
+        assert_eq!(
+            (answer.outcome(), answer.reason),
+            (Outcome::Unauthenticated, format!("JWT is signed with an unknown key `{kid}`"))
+        );
+    }
+    assert!(fetches.load(Ordering::SeqCst) < probes, "{} fetches", fetches.load(Ordering::SeqCst));
+
+    // The issuer publishes a new key right after the probes. A token signed with it may be
+    // refused until a fetch is due; that refusal is not cached, so once the interval has
+    // passed the same token is accepted.
+    let rotated_key = EncodingKey::from_ec_pem(include_bytes!("fixtures/keys/ec256-b.pem")).unwrap();
+    published.lock().unwrap().insert(0, jwk("k2", &rotated_key));
+    let rotated = format!("Bearer {}", signed("k2", &rotated_key));
+    let _maybe_refused = check(&mut client, &rotated, route("GET", "/user/profile")).await;
+    tokio::time::sleep(interval).await;
+    let answer = check(&mut client, &rotated, route("GET", "/user/profile")).await;
+    assert_eq!(answer.outcome(), Outcome::Allowed, "{answer:?}");
 }

@@ -84,7 +84,8 @@ impl CachedResolver {
     fn lifetime(&self, answer: &Answer) -> Option<Duration> {
         match answer {
             Ok(Resolution::Resolved(auth)) => Some(self.positive_lifetime(auth)),
-            // Refusals of the token itself are stable; an unavailable backend is not an answer.
+            // Refusals of the token itself are stable; an unavailable backend is not an answer,
+            // and an unknown key may be one the issuer has just published.
             Err(CredentialError::Invalid(_) | CredentialError::Expired) => Some(self.settings.negative_ttl),
             Ok(Resolution::NotMine) | Err(_) => None,
         }
@@ -250,11 +251,14 @@ mod tests {
         assert_eq!(inner.calls.load(Ordering::SeqCst), 1);
 
         let down = Err(CredentialError::Unavailable { backend: "x".into(), reason: "timeout".into() });
-        let (inner, cache) = cached(down, CacheSettings::default());
-        cache.resolve(&credential).await.unwrap_err();
-        cache.resolve(&credential).await.unwrap_err();
-        assert_eq!(inner.calls.load(Ordering::SeqCst), 2);
-        assert!(cache.is_empty());
+        let unknown_key = Err(CredentialError::UnknownKey("JWT is signed with an unknown key `k`".into()));
+        for (label, answer) in [("outage", down), ("unknown key", unknown_key)] {
+            let (inner, cache) = cached(answer, CacheSettings::default());
+            cache.resolve(&credential).await.unwrap_err();
+            cache.resolve(&credential).await.unwrap_err();
+            assert_eq!(inner.calls.load(Ordering::SeqCst), 2, "{label}");
+            assert!(cache.is_empty(), "{label}");
+        }
     }
 
     #[tokio::test]

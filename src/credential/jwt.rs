@@ -53,7 +53,9 @@ pub struct IssuerSettings {
     pub claims: ClaimMapping,
     /// Keys.
     pub keys: KeySource,
-    /// Least time between two fetches caused by unknown `kid`s.
+    /// Least time from the start of one fetch (of any kind) to a fetch caused by an unknown
+    /// `kid`: the most unknown `kid`s can cost the issuer, and how long after its publication
+    /// a new key may still be refused.
     pub refetch_interval: Duration,
 }
 
@@ -170,8 +172,9 @@ struct Issuer {
 /// What cedargate knows about its copy of an issuer's keys.
 #[derive(Debug, Default)]
 struct FetchState {
-    /// When keys were last fetched because of an unknown `kid`.
-    last_refetch: Option<Instant>,
+    /// When the last fetch (background or for an unknown `kid`) started: it saw every key
+    /// published before then.
+    started: Option<Instant>,
     /// Why the last fetch failed, if it did: until one succeeds, a `kid` cedargate does not
     /// know may be one the issuer published, so its token is an outage (503), not a refusal.
     failure: Option<String>,
@@ -274,6 +277,7 @@ impl JwtResolver {
 
     /// Fetches the issuer's keys and records how that went; the caller holds `issuer.fetches`.
     async fn fetch(&self, issuer: &Issuer, state: &mut FetchState) -> Result<(), String> {
+        state.started = Some(Instant::now());
         let result = self.download(issuer).await;
         state.failure = result.as_ref().err().cloned();
         result
@@ -306,29 +310,35 @@ impl JwtResolver {
     #[cfg(test)]
     pub(crate) async fn let_refetch_interval_pass(&self) {
         for issuer in self.issuers.values() {
-            issuer.fetches.lock().await.last_refetch = None;
+            issuer.fetches.lock().await.started = None;
         }
     }
 
     /// The key for `header`, fetching the JWKS once more (rate-limited) for an unknown `kid`.
+    ///
+    /// INVARIANT: at most one fetch per issuer at a time (the lock), and one for unknown `kid`s
+    /// only when `refetch_interval` has passed since the last fetch of any kind started. So
+    /// unknown `kid`s cost the issuer at most one fetch per interval, and a key published
+    /// before the last fetch started is held, or one is due: a token signed with a new key is
+    /// accepted from `refetch_interval` after its publication on.
     async fn key_for(&self, issuer: &Issuer, header: &Header) -> Result<VerifyingKey, CredentialError> {
-        if let Some(key) = issuer.keys.load().find(header.kid.as_deref()) {
+        let kid = header.kid.as_deref();
+        if let Some(key) = issuer.keys.load().find(kid) {
             return Ok(key.clone());
         }
         if !matches!(issuer.settings.keys, KeySource::Inline(_))
-            && (header.kid.is_some() || issuer.keys.load().keys.is_empty())
+            && (kid.is_some() || issuer.keys.load().keys.is_empty())
         {
             let mut state = issuer.fetches.lock().await;
             // Another caller may have fetched while this one waited.
-            if let Some(key) = issuer.keys.load().find(header.kid.as_deref()) {
+            if let Some(key) = issuer.keys.load().find(kid) {
                 return Ok(key.clone());
             }
-            if state.last_refetch.is_none_or(|at| at.elapsed() >= issuer.settings.refetch_interval) {
-                state.last_refetch = Some(Instant::now());
+            if state.started.is_none_or(|started| started.elapsed() >= issuer.settings.refetch_interval) {
                 if let Err(error) = self.fetch(issuer, &mut state).await {
                     tracing::warn!(issuer = %issuer.settings.issuer, "JWKS fetch for an unknown kid failed: {error}");
                 }
-                if let Some(key) = issuer.keys.load().find(header.kid.as_deref()) {
+                if let Some(key) = issuer.keys.load().find(kid) {
                     return Ok(key.clone());
                 }
             }
@@ -341,10 +351,13 @@ impl JwtResolver {
                 });
             }
         }
-        Err(match &header.kid {
-            Some(kid) => invalid(format!("JWT is signed with an unknown key `{}`", quote(kid))),
-            None => invalid("JWT has no `kid` and the issuer has several keys"),
-        })
+        // A refusal by cedargate's copy of the keys, which the next fetch may change: never
+        // cached (CredentialError::UnknownKey).
+        Err(CredentialError::UnknownKey(match kid {
+            Some(kid) => format!("JWT is signed with an unknown key `{}`", quote(kid)),
+            None if issuer.keys.load().keys.is_empty() => "JWT issuer has no usable key".to_owned(),
+            None => "JWT has no `kid` and the issuer has several keys".to_owned(),
+        }))
     }
 
     async fn verify(

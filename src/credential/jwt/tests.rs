@@ -195,7 +195,9 @@ async fn rfc_8725_attacks_and_bad_claims_are_refused() {
         (
             "kid injection",
             injected,
-            invalid("JWT is signed with an unknown key `../../../dev/null\\\"; DROP TABLE keys`"),
+            CredentialError::UnknownKey(
+                "JWT is signed with an unknown key `../../../dev/null\\\"; DROP TABLE keys`".into(),
+            ),
         ),
         (
             "other audience",
@@ -375,32 +377,65 @@ async fn keys_that_cannot_be_fetched_are_an_outage_never_a_cached_refusal() {
     }
 }
 
-#[tokio::test]
-async fn an_unknown_kid_refetches_the_jwks_once_per_interval() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_kids_cost_one_fetch_per_interval_and_a_new_key_is_accepted_once_one_is_due() {
+    use crate::credential::{CacheSettings, CachedResolver};
     let old = Signer::new(Algorithm::ES256, "old", "ec256");
     let new = Signer::new(Algorithm::EdDSA, "new", "ed25519");
     let jwks = JwksServer::start(vec![old.jwk()]).await;
+    // refetch_interval 60 s: nothing here waits for it, so the fetch counts are exact.
+    let resolver =
+        Arc::new(JwtResolver::new(vec![settings(KeySource::Url(jwks.url.clone()))], reqwest::Client::new()));
+    let negative_ttl = Duration::from_secs(60);
+    let cache = Arc::new(CachedResolver::new(
+        Arc::clone(&resolver) as _,
+        CacheSettings { negative_ttl, ..Default::default() },
+    ));
+    // An attacker's tokens: well formed, each with a `kid` the issuer never published.
+    let probe = |index: usize| {
+        let mut header = Header::new(Algorithm::ES256);
+        header.kid = Some(format!("probe-{index}"));
+        Credential::new(Scheme::Bearer, encode(&header, &claims(), &old.key).unwrap())
+    };
+    let unknown =
+        |kid: &str| CredentialError::UnknownKey(format!("JWT is signed with an unknown key `{kid}`"));
 
-    let resolver = JwtResolver::new(vec![settings(KeySource::Url(jwks.url.clone()))], reqwest::Client::new());
-    resolver.refresh().await;
-    assert_eq!(subject(&resolver, &old.sign(&claims())).await.unwrap(), "alice");
-    assert_eq!(jwks.fetches(), 1);
-
-    // The issuer rotates: the new key's first token triggers one fetch, and works.
-    jwks.publish(vec![new.jwk(), old.jwk()]);
-    assert_eq!(subject(&resolver, &new.sign(&claims())).await.unwrap(), "alice");
-    assert_eq!(jwks.fetches(), 2);
-
-    // Garbage kids do not hammer the issuer: one fetch per interval at most.
-    for round in 0..5 {
-        let bogus = Signer {
-            algorithm: Algorithm::ES256,
-            kid: "bogus",
-            key: EncodingKey::from_ec_pem(&pem("ec256")).unwrap(),
-        };
-        assert!(resolve(&resolver, &bogus.sign(&claims())).await.is_err(), "round {round}");
+    // Cold: 50 concurrent probes and a good token share one fetch.
+    let mut probes = tokio::task::JoinSet::new();
+    for index in 0..50 {
+        let (cache, credential) = (Arc::clone(&cache), probe(index));
+        probes.spawn(async move { (index, cache.resolve(&credential).await) });
     }
+    let good = Credential::new(Scheme::Bearer, old.sign(&claims()));
+    assert!(matches!(cache.resolve(&good).await, Ok(Resolution::Resolved(_))));
+    while let Some(joined) = probes.join_next().await {
+        let (index, answer) = joined.unwrap();
+        assert_eq!(answer.unwrap_err(), unknown(&format!("probe-{index}")));
+    }
+    assert_eq!(jwks.fetches(), 1, "50 concurrent unknown kids");
+    // 50 more, one after another, within the interval: no fetch at all.
+    for index in 50..100 {
+        assert_eq!(cache.resolve(&probe(index)).await.unwrap_err(), unknown(&format!("probe-{index}")));
+    }
+    assert_eq!(jwks.fetches(), 1, "100 unknown kids within one interval");
+
+    // The issuer publishes a new key. Its first token, before a fetch is due, is refused...
+    jwks.publish(vec![new.jwk(), old.jwk()]);
+    let rotated = Credential::new(Scheme::Bearer, new.sign(&claims()));
+    assert_eq!(cache.resolve(&rotated).await.unwrap_err(), unknown("new"));
+    assert_eq!(jwks.fetches(), 1);
+    // ... but that refusal is not cached: once the interval since the last fetch has passed,
+    // the same token, through the same cache, is accepted.
+    resolver.let_refetch_interval_pass().await;
+    assert_eq!(
+        cache.resolve(&rotated).await.map(|answer| matches!(answer, Resolution::Resolved(_))),
+        Ok(true)
+    );
     assert_eq!(jwks.fetches(), 2);
+    for index in 100..150 {
+        assert!(cache.resolve(&probe(index)).await.is_err());
+    }
+    assert_eq!(jwks.fetches(), 2, "and the next interval starts with that fetch");
 }
 
 #[tokio::test]
