@@ -156,6 +156,7 @@ impl App {
                 audiences: endpoint.audiences.clone(),
                 claims: endpoint.claims.mapping(),
                 timeout: endpoint.timeout.0,
+                accept_jwts: endpoint.accept_jwts,
             };
             remote.push(Arc::new(IntrospectionResolver::new(settings, http_client()?)));
         }
@@ -389,7 +390,9 @@ fn jwt_resolver(config: &Config) -> Result<Option<Arc<JwtResolver>>, AppError> {
             refetch_interval: issuer.refetch_interval.0,
         });
     }
-    Ok(Some(Arc::new(JwtResolver::new(issuers, http))))
+    // A JWT of an issuer not listed here goes on only when an introspection endpoint takes it.
+    let pass_on_untrusted = config.credentials.introspection.iter().any(|endpoint| endpoint.accept_jwts);
+    Ok(Some(Arc::new(JwtResolver::new(issuers, http).pass_on_untrusted(pass_on_untrusted))))
 }
 
 fn table(

@@ -199,6 +199,11 @@ pub struct IntrospectionConfig {
     /// Claim names.
     #[serde(default)]
     pub claims: ClaimsConfig,
+    /// Also send JWTs (three base64url segments with a JSON header) whose `iss` no
+    /// `credentials.jwt` entry trusts, for a provider whose JWT access tokens are introspected.
+    /// Default false: such a JWT is refused (401) and never sent to an introspection endpoint.
+    #[serde(default)]
+    pub accept_jwts: bool,
 }
 
 /// One trusted JWT issuer.
@@ -219,7 +224,8 @@ pub struct JwtIssuerConfig {
     pub discovery: bool,
     /// The issuer's keys, inline (a JWKS document).
     pub jwks: Option<serde_json::Value>,
-    /// Clock skew allowed on `exp`/`nbf`. Default 30s.
+    /// Clock skew allowed on `exp`/`nbf`, wherever the token's expiry is checked (verification,
+    /// the credential chain, the token cache). Default 30s.
     #[serde(default = "default_leeway")]
     pub leeway: HumanDuration,
     /// Require RFC 9068 access tokens (`typ: at+jwt`, `sub`, `client_id`, `iat`, `jti`).
@@ -228,7 +234,10 @@ pub struct JwtIssuerConfig {
     /// Which claims carry the subject, client, roles and tenant.
     #[serde(default)]
     pub claims: ClaimsConfig,
-    /// Least time between JWKS fetches caused by an unknown `kid`. Default 30s.
+    /// Least time from the start of the last JWKS fetch (of any kind) to one caused by an
+    /// unknown `kid`: unknown `kid`s cost the issuer at most one fetch per interval, and a
+    /// token signed with a newly published key is accepted from this long after publication
+    /// on. Default 1s; at least 100ms.
     #[serde(default = "default_refetch_interval")]
     pub refetch_interval: HumanDuration,
     /// How often the JWKS is refreshed in the background. Default 5m.
@@ -642,7 +651,7 @@ fn default_leeway() -> HumanDuration {
     HumanDuration(Duration::from_secs(30))
 }
 fn default_refetch_interval() -> HumanDuration {
-    HumanDuration(Duration::from_secs(30))
+    HumanDuration(Duration::from_secs(1))
 }
 fn default_jwks_refresh() -> HumanDuration {
     HumanDuration(Duration::from_secs(300))
@@ -999,6 +1008,13 @@ impl Config {
             if let Err(error) = issuer.algorithm_list() {
                 report(&needle, format!("{field}.algorithms"), error);
             }
+            if issuer.refetch_interval.0 < MIN_REFETCH_INTERVAL {
+                report(
+                    &needle,
+                    format!("{field}.refetch_interval"),
+                    "must be at least 100ms: each unknown `kid` would fetch the issuer's keys".into(),
+                );
+            }
         }
         for (index, endpoint) in self.credentials.introspection.iter().enumerate() {
             let field = format!("credentials.introspection[{index}]");
@@ -1202,6 +1218,10 @@ impl KnownCredential {
 
 /// Most `-` or `_` in an identity header name (its spellings number 2^n).
 pub const MAX_HEADER_SEPARATORS: usize = 6;
+
+/// The shortest `credentials.jwt[].refetch_interval`: below it, a stream of unknown `kid`s
+/// could make cedargate fetch an issuer's keys many times a second.
+pub const MIN_REFETCH_INTERVAL: Duration = Duration::from_millis(100);
 
 /// An RFC 9110 token, which header, cookie and query parameter names here must be.
 fn is_header_name(name: &str) -> bool {

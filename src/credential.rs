@@ -55,6 +55,11 @@ pub enum CredentialError {
     /// A backend knows it and says it is not valid.
     #[error("{0}")]
     Invalid(String),
+    /// A JWT names a key cedargate's copy of its issuer's keys lacks (or none, among several).
+    /// A refusal that depends on that copy, which the next fetch can change (a key rotation),
+    /// so unlike `Invalid` it is never cached.
+    #[error("{0}")]
+    UnknownKey(String),
     /// Known but past its expiry.
     #[error("credential expired")]
     Expired,

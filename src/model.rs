@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -165,6 +166,10 @@ pub struct AuthInfo {
     pub scopes: Vec<String>,
     /// Unix seconds; `None` when the credential does not expire.
     pub expires_at: Option<i64>,
+    /// Clock skew accepted past `expires_at`: the JWT issuer's `leeway`, zero for every other
+    /// backend. Every expiry check goes through [`AuthInfo::valid_until`], so a token the
+    /// issuer's leeway accepts is not refused later in the chain or dropped by a cache.
+    pub leeway: Duration,
     /// Audience / resource indicator ("" if none).
     pub resource: String,
     /// Roles; each becomes a parent `Role` entity of the principal.
@@ -187,6 +192,7 @@ impl AuthInfo {
             client_id: String::new(),
             scopes: Vec::new(),
             expires_at: None,
+            leeway: Duration::ZERO,
             resource: String::new(),
             roles,
             tenant: String::new(),
@@ -196,9 +202,16 @@ impl AuthInfo {
         }
     }
 
-    /// Whether the identity has expired at `now` (unix seconds).
+    /// The first unix second at which the identity is no longer accepted: `expires_at` plus
+    /// the leeway; `None` when it does not expire.
+    pub fn valid_until(&self) -> Option<i64> {
+        let leeway = i64::try_from(self.leeway.as_secs()).unwrap_or(i64::MAX);
+        self.expires_at.map(|expires_at| expires_at.saturating_add(leeway))
+    }
+
+    /// Whether the identity has expired at `now` (unix seconds), leeway included.
     pub fn is_expired(&self, now: i64) -> bool {
-        self.expires_at.is_some_and(|expires_at| expires_at <= now)
+        self.valid_until().is_some_and(|until| until <= now)
     }
 }
 
@@ -483,5 +496,9 @@ mod tests {
         info.expires_at = Some(100);
         assert!(!info.is_expired(99));
         assert!(info.is_expired(100));
+        info.leeway = Duration::from_secs(30);
+        assert_eq!(info.valid_until(), Some(130));
+        assert!(!info.is_expired(129));
+        assert!(info.is_expired(130));
     }
 }

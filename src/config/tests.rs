@@ -147,3 +147,20 @@ fn bad_gateway_settings_name_their_field() {
         assert!(error.contains(field), "{text}: {error}");
     }
 }
+
+#[test]
+fn jwks_refetches_are_bounded_and_keep_the_two_second_promise() {
+    let issuer = "credentials:\n  jwt:\n    - issuer: https://as.test\n      audiences: [https://api.test]\n      jwks_url: https://as.test/jwks\n";
+    let config = parse(issuer).unwrap();
+    let interval = config.credentials.jwt[0].refetch_interval.0;
+    // A new key is accepted from refetch_interval after its publication on.
+    assert!(interval <= Duration::from_secs(2), "{interval:?}");
+    assert!(interval >= MIN_REFETCH_INTERVAL, "{interval:?}");
+    let ConfigError::Invalid { problems } =
+        parse(&format!("{issuer}      refetch_interval: 10ms\n")).unwrap_err()
+    else {
+        panic!("a 10ms refetch interval must be refused")
+    };
+    assert_eq!(problems.len(), 1, "{problems:#?}");
+    assert!(problems[0].starts_with("test.yaml:3: credentials.jwt[0].refetch_interval:"), "{problems:#?}");
+}

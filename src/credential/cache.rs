@@ -84,16 +84,19 @@ impl CachedResolver {
     fn lifetime(&self, answer: &Answer) -> Option<Duration> {
         match answer {
             Ok(Resolution::Resolved(auth)) => Some(self.positive_lifetime(auth)),
-            // Refusals of the token itself are stable; an unavailable backend is not an answer.
+            // Refusals of the token itself are stable; an unavailable backend is not an answer,
+            // and an unknown key may be one the issuer has just published.
             Err(CredentialError::Invalid(_) | CredentialError::Expired) => Some(self.settings.negative_ttl),
             Ok(Resolution::NotMine) | Err(_) => None,
         }
     }
 
     fn positive_lifetime(&self, auth: &AuthInfo) -> Duration {
-        let until_expiry = auth.expires_at.map(|expires_at| {
-            Duration::from_secs(u64::try_from(expires_at.saturating_sub(unix_now())).unwrap_or(0))
-        });
+        // Until the identity stops being accepted (its issuer's leeway included), the same
+        // bound the chain checks, so an answer accepted within the leeway is cached too.
+        let until_expiry = auth
+            .valid_until()
+            .map(|until| Duration::from_secs(u64::try_from(until.saturating_sub(unix_now())).unwrap_or(0)));
         until_expiry.map_or(self.settings.max_ttl, |left| left.min(self.settings.max_ttl))
     }
 
@@ -226,10 +229,16 @@ mod tests {
         let Ok(ref long) = resolved(Some(unix_now() + 10_000)) else { unreachable!() };
         let Ok(ref short) = resolved(Some(unix_now() + 5)) else { unreachable!() };
         let Ok(ref dead) = resolved(Some(unix_now() - 1)) else { unreachable!() };
+        let mut lenient = AuthInfo::new(CredentialKind::Jwt, "s", vec![]);
+        lenient.expires_at = Some(unix_now() - 10);
+        lenient.leeway = Duration::from_secs(30);
+        let lenient = Resolution::Resolved(Arc::new(lenient));
         let lifetime = |resolution: &Resolution| cache.lifetime(&Ok(resolution.clone()));
         assert_eq!(lifetime(long), Some(Duration::from_secs(300)));
         assert!(lifetime(short).unwrap() <= Duration::from_secs(5));
         assert_eq!(lifetime(dead), Some(Duration::ZERO));
+        let within_leeway = lifetime(&lenient).unwrap();
+        assert!(!within_leeway.is_zero() && within_leeway <= Duration::from_secs(20), "{within_leeway:?}");
     }
 
     #[tokio::test]
@@ -242,11 +251,14 @@ mod tests {
         assert_eq!(inner.calls.load(Ordering::SeqCst), 1);
 
         let down = Err(CredentialError::Unavailable { backend: "x".into(), reason: "timeout".into() });
-        let (inner, cache) = cached(down, CacheSettings::default());
-        cache.resolve(&credential).await.unwrap_err();
-        cache.resolve(&credential).await.unwrap_err();
-        assert_eq!(inner.calls.load(Ordering::SeqCst), 2);
-        assert!(cache.is_empty());
+        let unknown_key = Err(CredentialError::UnknownKey("JWT is signed with an unknown key `k`".into()));
+        for (label, answer) in [("outage", down), ("unknown key", unknown_key)] {
+            let (inner, cache) = cached(answer, CacheSettings::default());
+            cache.resolve(&credential).await.unwrap_err();
+            cache.resolve(&credential).await.unwrap_err();
+            assert_eq!(inner.calls.load(Ordering::SeqCst), 2, "{label}");
+            assert!(cache.is_empty(), "{label}");
+        }
     }
 
     #[tokio::test]

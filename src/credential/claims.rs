@@ -66,7 +66,13 @@ impl ClaimMapping {
             Some(scope) => strings(Some(scope)),
             None => strings(claims.get("scp")),
         };
-        auth.expires_at = claims.get("exp").and_then(Value::as_i64);
+        // A NumericDate may have a fraction (RFC 7519 §2), which jsonwebtoken accepts; rounded
+        // down, so it never lives longer here than it says.
+        auth.expires_at = claims.get("exp").and_then(|exp| {
+            exp.as_i64().or_else(|| {
+                exp.as_f64().filter(|seconds| seconds.is_finite()).map(|seconds| seconds.floor() as i64)
+            })
+        });
         auth.resource = match claims.get("aud") {
             Some(Value::Array(audiences)) => {
                 audiences.first().and_then(Value::as_str).unwrap_or_default().to_owned()
@@ -135,5 +141,20 @@ mod tests {
             mapping.auth_info(CredentialKind::Jwt, &claims(json!({"sub": "x", "scp": "c d"}))).unwrap();
         assert_eq!(string.scopes, ["c", "d"]);
         assert!(mapping.auth_info(CredentialKind::Jwt, &claims(json!({"scope": "x"}))).is_err());
+    }
+
+    #[test]
+    fn a_fractional_exp_still_expires() {
+        let mapping = ClaimMapping::default();
+        let table = [
+            (json!(2000000000), Some(2000000000)),
+            (json!(2000000000.75), Some(2000000000)),
+            (json!("soon"), None),
+        ];
+        for (exp, expected) in table {
+            let auth =
+                mapping.auth_info(CredentialKind::Jwt, &claims(json!({"sub": "x", "exp": exp}))).unwrap();
+            assert_eq!(auth.expires_at, expected, "{exp}");
+        }
     }
 }

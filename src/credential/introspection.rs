@@ -1,6 +1,7 @@
 //! OAuth 2.0 Token Introspection (RFC 7662): ask the authorization server whether an opaque
 //! token is active and whose it is. Every failure to get a clear answer is a closed door with
-//! its own reason, and is never mistaken for (or cached as) a valid answer.
+//! its own reason, and is never mistaken for (or cached as) a valid answer; only an answer about
+//! the token (`active: false`, a 400 `invalid_token`) refuses it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -80,6 +81,9 @@ pub struct IntrospectionSettings {
     pub claims: ClaimMapping,
     /// Whole-request timeout.
     pub timeout: Duration,
+    /// Whether JWTs are sent too. By default a token shaped like a JWT is not this backend's:
+    /// the JWT issuers decide those, and one no issuer trusts is refused without asking.
+    pub accept_jwts: bool,
 }
 
 /// Resolves tokens by introspection.
@@ -97,6 +101,19 @@ fn unavailable(reason: impl Into<String>) -> CredentialError {
 
 fn form_encode(text: &str) -> String {
     url::form_urlencoded::byte_serialize(text.as_bytes()).collect()
+}
+
+/// The OAuth error (RFC 6749 §5.2) of a 400 answer when it is about the token, as a fixed
+/// text: the endpoint's own words are never repeated. Errors about cedargate's request or
+/// client (`invalid_client`, `unauthorized_client`, anything else) are not, and stay outages.
+fn token_error(body: &[u8]) -> Option<&'static str> {
+    let answer: Map<String, Value> = serde_json::from_slice(body).ok()?;
+    match answer.get("error")?.as_str()? {
+        "invalid_token" => Some("invalid_token"),
+        "unsupported_token_type" => Some("unsupported_token_type"),
+        "invalid_request" => Some("invalid_request"),
+        _ => None,
+    }
 }
 
 impl IntrospectionResolver {
@@ -201,6 +218,9 @@ impl CredentialResolver for IntrospectionResolver {
         {
             return Ok(Resolution::NotMine);
         }
+        if !self.settings.accept_jwts && super::jwt::jws_header(token).is_some() {
+            return Ok(Resolution::NotMine);
+        }
         // INVARIANT: errors are described without the request (reqwest's errors may carry the
         // URL and, for a form body, nothing else; the token is never formatted).
         let url = self.url().await?;
@@ -214,6 +234,14 @@ impl CredentialResolver for IntrospectionResolver {
             })?;
         let status = response.status();
         if !status.is_success() {
+            if status == reqwest::StatusCode::BAD_REQUEST {
+                let body = response.bytes().await.unwrap_or_default();
+                if let Some(code) = token_error(&body) {
+                    return Err(CredentialError::Invalid(format!(
+                        "introspection endpoint refused the token: `{code}`"
+                    )));
+                }
+            }
             return Err(unavailable(format!("endpoint answered HTTP {}", status.as_u16())));
         }
         let body = response.bytes().await.map_err(|_| unavailable("answer was cut off"))?;

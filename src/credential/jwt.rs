@@ -1,7 +1,8 @@
 //! Local JWT validation (RFC 7519, RFC 8725, RFC 9068): a token goes to the issuer named in
-//! its `iss`, is verified with that issuer's keys (JWKS inline or by URL), and its claims become
+//! its `iss` (a JWT of any other issuer is refused, unless passed on to introspection), is verified with that issuer's keys (JWKS inline or by URL), and its claims become
 //! an AuthInfo. A token never chooses its own key: `jku`, `x5u`, `x5c` and embedded `jwk`
-//! headers are ignored, and only asymmetric algorithms the issuer allows are accepted.
+//! headers are ignored, only asymmetric algorithms the issuer allows are accepted, and a
+//! header with `crit` is refused.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -43,7 +44,8 @@ pub struct IssuerSettings {
     pub audiences: Vec<String>,
     /// Accepted algorithms; never `none` or HMAC.
     pub algorithms: Vec<Algorithm>,
-    /// Clock skew allowed on `exp` and `nbf`.
+    /// Clock skew allowed on `exp` and `nbf`, here and (through `AuthInfo::leeway`) wherever
+    /// else the token's expiry is checked.
     pub leeway: Duration,
     /// RFC 9068: require `typ: at+jwt` and the claims `sub`, `iat`, `jti`, `client_id`.
     pub strict_rfc9068: bool,
@@ -51,7 +53,9 @@ pub struct IssuerSettings {
     pub claims: ClaimMapping,
     /// Keys.
     pub keys: KeySource,
-    /// Least time between two fetches caused by unknown `kid`s.
+    /// Least time from the start of one fetch (of any kind) to a fetch caused by an unknown
+    /// `kid`: the most unknown `kid`s can cost the issuer, and how long after its publication
+    /// a new key may still be refused.
     pub refetch_interval: Duration,
 }
 
@@ -159,9 +163,21 @@ struct Issuer {
     keys: ArcSwap<KeySet>,
     /// The JWKS URL, once known (configured, or discovered).
     jwks_url: tokio::sync::OnceCell<String>,
-    /// When keys were last fetched because of an unknown `kid`. An async lock, taken only on
-    /// that rare path, so concurrent tokens with a new `kid` wait for one fetch.
-    last_refetch: tokio::sync::Mutex<Option<Instant>>,
+    /// The issuer's fetches. An async lock, held for the whole fetch so that there is one at a
+    /// time, and taken on the request path only for an unknown `kid`, so concurrent tokens with
+    /// a new `kid` wait for one fetch.
+    fetches: tokio::sync::Mutex<FetchState>,
+}
+
+/// What cedargate knows about its copy of an issuer's keys.
+#[derive(Debug, Default)]
+struct FetchState {
+    /// When the last fetch (background or for an unknown `kid`) started: it saw every key
+    /// published before then.
+    started: Option<Instant>,
+    /// Why the last fetch failed, if it did: until one succeeds, a `kid` cedargate does not
+    /// know may be one the issuer published, so its token is an outage (503), not a refusal.
+    failure: Option<String>,
 }
 
 /// Verifies JWTs from the configured issuers.
@@ -169,11 +185,27 @@ struct Issuer {
 pub struct JwtResolver {
     issuers: HashMap<String, Arc<Issuer>>,
     http: reqwest::Client,
+    /// Whether a JWT of an issuer not configured here goes on down the chain (to an
+    /// introspection endpoint that accepts JWTs) instead of being refused.
+    pass_on_untrusted: bool,
 }
 
-/// Whether a token is shaped like a JWS compact serialization with a JSON header.
-fn looks_like_jwt(token: &str) -> bool {
-    token.starts_with("eyJ") && token.bytes().filter(|byte| *byte == b'.').count() == 2
+/// The protected header of a token shaped like a JWS compact serialization (RFC 7515 §7.1):
+/// three base64url segments, the first a JSON object. `None` for anything else, such as an
+/// opaque token. Nothing in it is trusted; it only says that the token is a JWT.
+pub(super) fn jws_header(token: &str) -> Option<Map<String, Value>> {
+    use base64::Engine as _;
+    let mut segments = token.split('.');
+    let (Some(header), Some(_payload), Some(_signature), None) =
+        (segments.next(), segments.next(), segments.next(), segments.next())
+    else {
+        return None;
+    };
+    if !token.bytes().all(|byte| byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.')) {
+        return None;
+    }
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(header).ok()?;
+    serde_json::from_slice(&bytes).ok()
 }
 
 fn invalid(reason: impl Into<String>) -> CredentialError {
@@ -198,18 +230,30 @@ impl JwtResolver {
                     settings,
                     keys: ArcSwap::from_pointee(keys),
                     jwks_url,
-                    last_refetch: tokio::sync::Mutex::new(None),
+                    fetches: tokio::sync::Mutex::new(FetchState::default()),
                 };
                 (issuer.settings.issuer.clone(), Arc::new(issuer))
             })
             .collect();
-        Self { issuers, http }
+        Self { issuers, http, pass_on_untrusted: false }
+    }
+
+    /// Passes a JWT whose `iss` no configured issuer matches on to the next backend instead of
+    /// refusing it; only for a chain with an introspection endpoint that accepts JWTs.
+    #[must_use]
+    pub fn pass_on_untrusted(mut self, pass_on: bool) -> Self {
+        self.pass_on_untrusted = pass_on;
+        self
     }
 
     /// Fetches every issuer's JWKS from its URL; an issuer whose fetch fails keeps its keys.
     pub async fn refresh(&self) {
         for issuer in self.issuers.values() {
-            if let Err(error) = self.fetch(issuer).await {
+            if matches!(issuer.settings.keys, KeySource::Inline(_)) {
+                continue;
+            }
+            let mut state = issuer.fetches.lock().await;
+            if let Err(error) = self.fetch(issuer, &mut state).await {
                 tracing::warn!(issuer = %issuer.settings.issuer, "JWKS refresh failed, keeping the current keys: {error}");
             }
         }
@@ -231,7 +275,15 @@ impl JwtResolver {
         }
     }
 
-    async fn fetch(&self, issuer: &Issuer) -> Result<(), String> {
+    /// Fetches the issuer's keys and records how that went; the caller holds `issuer.fetches`.
+    async fn fetch(&self, issuer: &Issuer, state: &mut FetchState) -> Result<(), String> {
+        state.started = Some(Instant::now());
+        let result = self.download(issuer).await;
+        state.failure = result.as_ref().err().cloned();
+        result
+    }
+
+    async fn download(&self, issuer: &Issuer) -> Result<(), String> {
         if matches!(issuer.settings.keys, KeySource::Inline(_)) {
             return Ok(());
         }
@@ -254,31 +306,58 @@ impl JwtResolver {
         Ok(())
     }
 
+    /// Lets every issuer fetch again at once, as if `refetch_interval` had passed.
+    #[cfg(test)]
+    pub(crate) async fn let_refetch_interval_pass(&self) {
+        for issuer in self.issuers.values() {
+            issuer.fetches.lock().await.started = None;
+        }
+    }
+
     /// The key for `header`, fetching the JWKS once more (rate-limited) for an unknown `kid`.
+    ///
+    /// INVARIANT: at most one fetch per issuer at a time (the lock), and one for unknown `kid`s
+    /// only when `refetch_interval` has passed since the last fetch of any kind started. So
+    /// unknown `kid`s cost the issuer at most one fetch per interval, and a key published
+    /// before the last fetch started is held, or one is due: a token signed with a new key is
+    /// accepted from `refetch_interval` after its publication on.
     async fn key_for(&self, issuer: &Issuer, header: &Header) -> Result<VerifyingKey, CredentialError> {
-        if let Some(key) = issuer.keys.load().find(header.kid.as_deref()) {
+        let kid = header.kid.as_deref();
+        if let Some(key) = issuer.keys.load().find(kid) {
             return Ok(key.clone());
         }
-        if !matches!(issuer.settings.keys, KeySource::Inline(_)) && header.kid.is_some() {
-            let mut last = issuer.last_refetch.lock().await;
+        if !matches!(issuer.settings.keys, KeySource::Inline(_))
+            && (kid.is_some() || issuer.keys.load().keys.is_empty())
+        {
+            let mut state = issuer.fetches.lock().await;
             // Another caller may have fetched while this one waited.
-            if let Some(key) = issuer.keys.load().find(header.kid.as_deref()) {
+            if let Some(key) = issuer.keys.load().find(kid) {
                 return Ok(key.clone());
             }
-            if last.is_none_or(|at| at.elapsed() >= issuer.settings.refetch_interval) {
-                *last = Some(Instant::now());
-                if let Err(error) = self.fetch(issuer).await {
+            if state.started.is_none_or(|started| started.elapsed() >= issuer.settings.refetch_interval) {
+                if let Err(error) = self.fetch(issuer, &mut state).await {
                     tracing::warn!(issuer = %issuer.settings.issuer, "JWKS fetch for an unknown kid failed: {error}");
                 }
-                if let Some(key) = issuer.keys.load().find(header.kid.as_deref()) {
+                if let Some(key) = issuer.keys.load().find(kid) {
                     return Ok(key.clone());
                 }
             }
+            // INVARIANT: without a current copy of the keys an unknown `kid` says nothing about
+            // the token: an outage (503, never cached), not a refusal.
+            if state.failure.is_some() {
+                return Err(CredentialError::Unavailable {
+                    backend: "jwt".to_owned(),
+                    reason: format!("the keys of `{}` could not be fetched", issuer.settings.issuer),
+                });
+            }
         }
-        Err(match &header.kid {
-            Some(kid) => invalid(format!("JWT is signed with an unknown key `{}`", quote(kid))),
-            None => invalid("JWT has no `kid` and the issuer has several keys"),
-        })
+        // A refusal by cedargate's copy of the keys, which the next fetch may change: never
+        // cached (CredentialError::UnknownKey).
+        Err(CredentialError::UnknownKey(match kid {
+            Some(kid) => format!("JWT is signed with an unknown key `{}`", quote(kid)),
+            None if issuer.keys.load().keys.is_empty() => "JWT issuer has no usable key".to_owned(),
+            None => "JWT has no `kid` and the issuer has several keys".to_owned(),
+        }))
     }
 
     async fn verify(
@@ -335,7 +414,10 @@ impl JwtResolver {
                 return Err(invalid(format!("JWT lacks the `{missing}` claim")));
             }
         }
-        let auth = settings.claims.auth_info(CredentialKind::Jwt, &data.claims)?;
+        let mut auth = settings.claims.auth_info(CredentialKind::Jwt, &data.claims)?;
+        // The chain and the cache check `exp` again; with the same leeway, so a token accepted
+        // here is not refused there.
+        auth.leeway = settings.leeway;
         Ok(Resolution::Resolved(Arc::new(auth)))
     }
 }
@@ -348,9 +430,9 @@ impl CredentialResolver for JwtResolver {
 
     async fn resolve(&self, credential: &Credential) -> Result<Resolution, CredentialError> {
         let token = credential.secret.expose();
-        if !looks_like_jwt(token) {
+        let Some(protected) = jws_header(token) else {
             return Ok(Resolution::NotMine);
-        }
+        };
         let header = jsonwebtoken::decode_header(token).map_err(|_| invalid("JWT header is malformed"))?;
         // Only to route the token to its issuer; nothing here is trusted before verification.
         let unverified = jsonwebtoken::dangerous::insecure_decode::<Map<String, Value>>(token)
@@ -358,8 +440,19 @@ impl CredentialResolver for JwtResolver {
         let Some(issuer) =
             unverified.claims.get("iss").and_then(Value::as_str).and_then(|iss| self.issuers.get(iss))
         else {
-            return Ok(Resolution::NotMine);
+            // Not sent anywhere by default: an introspection endpoint would learn a token meant
+            // for someone else, and could not vouch for it anyway.
+            if self.pass_on_untrusted {
+                return Ok(Resolution::NotMine);
+            }
+            return Err(invalid("JWT issuer is not trusted"));
         };
+        // RFC 7515 §4.1.11: a token naming an extension it must be understood by is refused
+        // unless it is understood; cedargate understands none, and an empty `crit` is invalid
+        // too. jsonwebtoken parses `crit` but does not enforce it, so the raw header decides.
+        if protected.contains_key("crit") {
+            return Err(invalid("JWT header has `crit`: cedargate understands no critical extension"));
+        }
         self.verify(issuer, token, header).await
     }
 }

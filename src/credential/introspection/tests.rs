@@ -44,6 +44,18 @@ async fn introspect(
         "no-active" => axum::Json(json!({"sub": "dave"})).into_response(),
         "active-string" => axum::Json(json!({"active": "true", "sub": "dave"})).into_response(),
         "garbage" => (StatusCode::OK, "<html>oops").into_response(),
+        "refused-token" => (StatusCode::BAD_REQUEST, axum::Json(json!({"error": "invalid_token"}))).into_response(),
+        "refused-type" => {
+            (StatusCode::BAD_REQUEST, axum::Json(json!({"error": "unsupported_token_type"}))).into_response()
+        }
+        "refused-request" => (
+            StatusCode::BAD_REQUEST,
+            axum::Json(json!({"error": "invalid_request", "error_description": "token <b>bad</b>"})),
+        )
+            .into_response(),
+        "refused-client" => (StatusCode::BAD_REQUEST, axum::Json(json!({"error": "invalid_client"}))).into_response(),
+        "refused-garbage" => (StatusCode::BAD_REQUEST, "invalid_token").into_response(),
+        "forbidden" => (StatusCode::FORBIDDEN, axum::Json(json!({"error": "invalid_token"}))).into_response(),
         "slow" => {
             tokio::time::sleep(Duration::from_secs(5)).await;
             axum::Json(json!({"active": true, "sub": "late"})).into_response()
@@ -70,6 +82,7 @@ fn settings(endpoint: String, auth: ClientAuth) -> IntrospectionSettings {
         audiences: vec!["https://api.test".into()],
         claims: ClaimMapping::default(),
         timeout: Duration::from_millis(300),
+        accept_jwts: false,
     }
 }
 
@@ -105,6 +118,8 @@ async fn every_unclear_answer_is_a_closed_door_with_its_own_reason() {
         backend: "introspection".into(),
         reason: reason.into(),
     };
+    let refused =
+        |code: &str| CredentialError::Invalid(format!("introspection endpoint refused the token: `{code}`"));
     let table = [
         ("inactive", CredentialError::Invalid("token is not active".into())),
         ("other-audience", CredentialError::Invalid("token audience is not this resource".into())),
@@ -112,6 +127,13 @@ async fn every_unclear_answer_is_a_closed_door_with_its_own_reason() {
         ("active-string", outage("introspection answer has no boolean `active`")),
         ("garbage", outage("introspection answer is not a JSON object")),
         ("explode", outage("endpoint answered HTTP 500")),
+        // A 400 about the token refuses it; about anything else, it is still an outage.
+        ("refused-token", refused("invalid_token")),
+        ("refused-type", refused("unsupported_token_type")),
+        ("refused-request", refused("invalid_request")),
+        ("refused-client", outage("endpoint answered HTTP 400")),
+        ("refused-garbage", outage("endpoint answered HTTP 400")),
+        ("forbidden", outage("endpoint answered HTTP 403")),
         ("slow", outage("no answer within 300 ms")),
     ];
     for (token, expected) in table {
@@ -142,6 +164,25 @@ async fn only_tokens_with_a_configured_prefix_are_sent() {
     assert_eq!(fake.calls.load(Ordering::SeqCst), 0);
     assert!(resolve(&resolver, "at_unknown").await.is_err());
     assert_eq!(fake.calls.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn jwts_are_sent_only_to_an_endpoint_that_accepts_them() {
+    let (url, fake) = fake().await;
+    // Shaped like a JWT: `{"alg":"ES256"}`, `{}`, a signature.
+    let jwt = "eyJhbGciOiJFUzI1NiJ9.e30.c2ln";
+    let resolver = IntrospectionResolver::new(settings(url.clone(), basic()), reqwest::Client::new());
+    assert!(matches!(resolve(&resolver, jwt).await, Ok(Resolution::NotMine)));
+    assert_eq!(fake.calls.load(Ordering::SeqCst), 0, "a JWT must not be sent by default");
+    // Opaque tokens with dots are still sent.
+    assert!(resolve(&resolver, "not.a.jwt").await.is_err());
+    assert_eq!(fake.calls.load(Ordering::SeqCst), 1);
+
+    let mut accepting = settings(url, basic());
+    accepting.accept_jwts = true;
+    let resolver = IntrospectionResolver::new(accepting, reqwest::Client::new());
+    assert!(resolve(&resolver, jwt).await.is_err(), "the fake knows no such token");
+    assert_eq!(fake.calls.load(Ordering::SeqCst), 2, "sent with accept_jwts");
 }
 
 #[test]

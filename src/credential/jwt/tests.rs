@@ -3,7 +3,7 @@ use crate::model::{unix_now, Scheme};
 use jsonwebtoken::jwk::Jwk;
 use jsonwebtoken::{encode, EncodingKey};
 use serde_json::json;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 const ISSUER: &str = "https://issuer.test";
 const AUDIENCE: &str = "https://api.test";
@@ -103,13 +103,28 @@ async fn every_allowed_algorithm_verifies_and_maps_claims() {
 }
 
 #[tokio::test]
-async fn tokens_of_others_are_not_mine() {
+async fn opaque_tokens_are_not_mine_and_untrusted_jwts_are_refused() {
     let signer = Signer::new(Algorithm::ES256, "es", "ec256");
-    let resolver = resolver_for(&[&signer]);
+    let refusing = resolver_for(&[&signer]);
+    let passing = resolver_for(&[&signer]).pass_on_untrusted(true);
     let mut foreign = claims();
     foreign["iss"] = json!("https://elsewhere.test");
-    for token in ["user-token-123", "a.b.c", "eyJ.only-two", &signer.sign(&foreign)] {
-        assert!(matches!(resolve(&resolver, token).await, Ok(Resolution::NotMine)), "{token}");
+    let mut anonymous = claims();
+    anonymous.as_object_mut().unwrap().remove("iss");
+    let untrusted = || Err(invalid("JWT issuer is not trusted"));
+    let not_mine = || Ok("<not mine>".to_owned());
+    // (label, token, refusing resolver, resolver passing untrusted JWTs on)
+    let table = [
+        ("opaque", "user-token-123".to_owned(), not_mine(), not_mine()),
+        ("three segments, header not JSON", "a.b.c".to_owned(), not_mine(), not_mine()),
+        ("two segments", "eyJhbGciOiJFUzI1NiJ9.e30".to_owned(), not_mine(), not_mine()),
+        ("four segments", "eyJhbGciOiJFUzI1NiJ9.e30.e30.e30".to_owned(), not_mine(), not_mine()),
+        ("another issuer", signer.sign(&foreign), untrusted(), not_mine()),
+        ("no issuer", signer.sign(&anonymous), untrusted(), not_mine()),
+    ];
+    for (label, token, when_refusing, when_passing) in table {
+        assert_eq!(subject(&refusing, &token).await, when_refusing, "{label}");
+        assert_eq!(subject(&passing, &token).await, when_passing, "{label}, passed on");
     }
 }
 
@@ -154,6 +169,15 @@ async fn rfc_8725_attacks_and_bad_claims_are_refused() {
     let mut elevated = claims();
     elevated["roles"] = json!(["admin"]);
     let tampered = format!("{head}.{}.{signature}", b64(&elevated));
+    // Critical extensions cedargate does not understand, well signed otherwise.
+    let critical = |names: &[&str]| {
+        let mut header = Header::new(Algorithm::RS256);
+        header.kid = Some("rs".into());
+        header.crit = Some(names.iter().map(|name| (*name).to_owned()).collect());
+        header.extras.insert("urn:example:ext", true);
+        encode(&header, &claims(), &signer.key).unwrap()
+    };
+    let crit_refused = || invalid("JWT header has `crit`: cedargate understands no critical extension");
 
     let table: Vec<(&str, String, CredentialError)> = vec![
         ("alg none", none, invalid("JWT header is malformed")),
@@ -165,10 +189,15 @@ async fn rfc_8725_attacks_and_bad_claims_are_refused() {
         ("embedded jwk", self_keyed, invalid("JWT signature does not verify")),
         ("wrong key, same kid", impostor.sign(&claims()), invalid("JWT signature does not verify")),
         ("tampered payload", tampered, invalid("JWT signature does not verify")),
+        ("crit naming an extension", critical(&["urn:example:ext"]), crit_refused()),
+        ("crit naming a registered header", critical(&["kid"]), crit_refused()),
+        ("empty crit", critical(&[]), crit_refused()),
         (
             "kid injection",
             injected,
-            invalid("JWT is signed with an unknown key `../../../dev/null\\\"; DROP TABLE keys`"),
+            CredentialError::UnknownKey(
+                "JWT is signed with an unknown key `../../../dev/null\\\"; DROP TABLE keys`".into(),
+            ),
         ),
         (
             "other audience",
@@ -254,45 +283,188 @@ fn configured_algorithms_must_be_asymmetric() {
     assert!(parse_algorithm("none").is_err());
 }
 
+/// A JWKS endpoint on 127.0.0.1:0 under the test's control: what it publishes, whether it
+/// answers 500 instead, and how often it was asked.
+struct JwksServer {
+    url: String,
+    published: Arc<ArcSwap<JwkSet>>,
+    failing: Arc<AtomicBool>,
+    fetches: Arc<AtomicUsize>,
+}
+
+impl JwksServer {
+    async fn start(keys: Vec<Jwk>) -> Self {
+        let published = Arc::new(ArcSwap::from_pointee(JwkSet { keys }));
+        let failing = Arc::new(AtomicBool::new(false));
+        let fetches = Arc::new(AtomicUsize::new(0));
+        let app = axum::Router::new().route(
+            "/jwks",
+            axum::routing::get({
+                let (published, failing, fetches) =
+                    (Arc::clone(&published), Arc::clone(&failing), Arc::clone(&fetches));
+                move || async move {
+                    fetches.fetch_add(1, Ordering::SeqCst);
+                    if failing.load(Ordering::SeqCst) {
+                        return Err(axum::http::StatusCode::INTERNAL_SERVER_ERROR);
+                    }
+                    Ok(axum::Json(serde_json::to_value(&**published.load()).unwrap()))
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/jwks", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Self { url, published, failing, fetches }
+    }
+
+    fn publish(&self, keys: Vec<Jwk>) {
+        self.published.store(Arc::new(JwkSet { keys }));
+    }
+
+    fn fetches(&self) -> usize {
+        self.fetches.load(Ordering::SeqCst)
+    }
+}
+
+/// A URL on 127.0.0.1 where nothing listens.
+async fn closed_port() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    format!("http://{}", listener.local_addr().unwrap())
+}
+
 #[tokio::test]
-async fn an_unknown_kid_refetches_the_jwks_once_per_interval() {
+async fn keys_that_cannot_be_fetched_are_an_outage_never_a_cached_refusal() {
+    use crate::credential::{CacheSettings, CachedResolver};
+    let signer = Signer::new(Algorithm::ES256, "k", "ec256");
+    let jwks = JwksServer::start(vec![signer.jwk()]).await;
+    jwks.failing.store(true, Ordering::SeqCst);
+    let resolver =
+        Arc::new(JwtResolver::new(vec![settings(KeySource::Url(jwks.url.clone()))], reqwest::Client::new()));
+    let negative_ttl = Duration::from_secs(60);
+    let cache =
+        CachedResolver::new(Arc::clone(&resolver) as _, CacheSettings { negative_ttl, ..Default::default() });
+    let token = Credential::new(Scheme::Bearer, signer.sign(&claims()));
+    let outage = |issuer: &str| CredentialError::Unavailable {
+        backend: "jwt".into(),
+        reason: format!("the keys of `{issuer}` could not be fetched"),
+    };
+    for round in 0..3 {
+        assert_eq!(cache.resolve(&token).await.unwrap_err(), outage(ISSUER), "round {round}");
+    }
+    assert_eq!(jwks.fetches(), 1, "a down issuer is asked once per refetch interval");
+
+    // The issuer is back: once a fetch is due, the same token is accepted; nothing was cached.
+    jwks.failing.store(false, Ordering::SeqCst);
+    resolver.let_refetch_interval_pass().await;
+    assert!(matches!(cache.resolve(&token).await, Ok(Resolution::Resolved(_))));
+    assert_eq!(jwks.fetches(), 2);
+
+    // Unreachable keys and unreachable metadata alike.
+    let down = closed_port().await;
+    let mut by_url = settings(KeySource::Url(format!("{down}/jwks")));
+    by_url.issuer = down.clone();
+    let mut by_discovery = settings(KeySource::Discovery);
+    by_discovery.issuer = down.clone();
+    let mut own_claims = claims();
+    own_claims["iss"] = json!(down);
+    for (label, issuer) in [("jwks_url", by_url), ("discovery", by_discovery)] {
+        let resolver = JwtResolver::new(vec![issuer], reqwest::Client::new());
+        assert_eq!(
+            resolve(&resolver, &signer.sign(&own_claims)).await.unwrap_err(),
+            outage(&down),
+            "{label}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_kids_cost_one_fetch_per_interval_and_a_new_key_is_accepted_once_one_is_due() {
+    use crate::credential::{CacheSettings, CachedResolver};
     let old = Signer::new(Algorithm::ES256, "old", "ec256");
     let new = Signer::new(Algorithm::EdDSA, "new", "ed25519");
-    let served = Arc::new(ArcSwap::from_pointee(JwkSet { keys: vec![old.jwk()] }));
-    let fetches = Arc::new(AtomicUsize::new(0));
-    let app = axum::Router::new().route(
-        "/jwks",
-        axum::routing::get({
-            let (served, fetches) = (Arc::clone(&served), Arc::clone(&fetches));
-            move || async move {
-                fetches.fetch_add(1, Ordering::SeqCst);
-                axum::Json(serde_json::to_value(&**served.load()).unwrap())
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/jwks", listener.local_addr().unwrap());
-    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let jwks = JwksServer::start(vec![old.jwk()]).await;
+    // refetch_interval 60 s: nothing here waits for it, so the fetch counts are exact.
+    let resolver =
+        Arc::new(JwtResolver::new(vec![settings(KeySource::Url(jwks.url.clone()))], reqwest::Client::new()));
+    let negative_ttl = Duration::from_secs(60);
+    let cache = Arc::new(CachedResolver::new(
+        Arc::clone(&resolver) as _,
+        CacheSettings { negative_ttl, ..Default::default() },
+    ));
+    // An attacker's tokens: well formed, each with a `kid` the issuer never published.
+    let probe = |index: usize| {
+        let mut header = Header::new(Algorithm::ES256);
+        header.kid = Some(format!("probe-{index}"));
+        Credential::new(Scheme::Bearer, encode(&header, &claims(), &old.key).unwrap())
+    };
+    let unknown =
+        |kid: &str| CredentialError::UnknownKey(format!("JWT is signed with an unknown key `{kid}`"));
 
-    let resolver = JwtResolver::new(vec![settings(KeySource::Url(url))], reqwest::Client::new());
-    resolver.refresh().await;
-    assert_eq!(subject(&resolver, &old.sign(&claims())).await.unwrap(), "alice");
-    assert_eq!(fetches.load(Ordering::SeqCst), 1);
-
-    // The issuer rotates: the new key's first token triggers one fetch, and works.
-    served.store(Arc::new(JwkSet { keys: vec![new.jwk(), old.jwk()] }));
-    assert_eq!(subject(&resolver, &new.sign(&claims())).await.unwrap(), "alice");
-    assert_eq!(fetches.load(Ordering::SeqCst), 2);
-
-    // Garbage kids do not hammer the issuer: one fetch per interval at most.
-    for round in 0..5 {
-        let bogus = Signer {
-            algorithm: Algorithm::ES256,
-            kid: "bogus",
-            key: EncodingKey::from_ec_pem(&pem("ec256")).unwrap(),
-        };
-        assert!(resolve(&resolver, &bogus.sign(&claims())).await.is_err(), "round {round}");
+    // Cold: 50 concurrent probes and a good token share one fetch.
+    let mut probes = tokio::task::JoinSet::new();
+    for index in 0..50 {
+        let (cache, credential) = (Arc::clone(&cache), probe(index));
+        probes.spawn(async move { (index, cache.resolve(&credential).await) });
     }
-    assert_eq!(fetches.load(Ordering::SeqCst), 2);
-    server.abort();
+    let good = Credential::new(Scheme::Bearer, old.sign(&claims()));
+    assert!(matches!(cache.resolve(&good).await, Ok(Resolution::Resolved(_))));
+    while let Some(joined) = probes.join_next().await {
+        let (index, answer) = joined.unwrap();
+        assert_eq!(answer.unwrap_err(), unknown(&format!("probe-{index}")));
+    }
+    assert_eq!(jwks.fetches(), 1, "50 concurrent unknown kids");
+    // 50 more, one after another, within the interval: no fetch at all.
+    for index in 50..100 {
+        assert_eq!(cache.resolve(&probe(index)).await.unwrap_err(), unknown(&format!("probe-{index}")));
+    }
+    assert_eq!(jwks.fetches(), 1, "100 unknown kids within one interval");
+
+    // The issuer publishes a new key. Its first token, before a fetch is due, is refused...
+    jwks.publish(vec![new.jwk(), old.jwk()]);
+    let rotated = Credential::new(Scheme::Bearer, new.sign(&claims()));
+    assert_eq!(cache.resolve(&rotated).await.unwrap_err(), unknown("new"));
+    assert_eq!(jwks.fetches(), 1);
+    // ... but that refusal is not cached: once the interval since the last fetch has passed,
+    // the same token, through the same cache, is accepted.
+    resolver.let_refetch_interval_pass().await;
+    assert_eq!(
+        cache.resolve(&rotated).await.map(|answer| matches!(answer, Resolution::Resolved(_))),
+        Ok(true)
+    );
+    assert_eq!(jwks.fetches(), 2);
+    for index in 100..150 {
+        assert!(cache.resolve(&probe(index)).await.is_err());
+    }
+    assert_eq!(jwks.fetches(), 2, "and the next interval starts with that fetch");
+}
+
+#[tokio::test]
+async fn the_issuers_leeway_holds_wherever_expiry_is_checked() {
+    use crate::credential::{CacheSettings, CachedResolver, CredentialChain};
+    let signer = Signer::new(Algorithm::ES256, "es", "ec256");
+    let mut lenient = settings(KeySource::Inline(JwkSet { keys: vec![signer.jwk()] }));
+    lenient.leeway = Duration::from_secs(30);
+    let resolver = Arc::new(JwtResolver::new(vec![lenient], reqwest::Client::new()));
+    // As app.rs builds it: the chain checks expiry again, behind a cache that bounds by it.
+    let mut chain = CredentialChain::default();
+    chain.push(Scheme::Bearer, Arc::new(CachedResolver::new(resolver, CacheSettings::default())));
+    let with = |claim: &str, offset: i64| {
+        let mut claims = claims();
+        claims[claim] = json!(unix_now() + offset);
+        signer.sign(&claims)
+    };
+    let table = [
+        ("expired 10 s ago", with("exp", -10), Ok("alice".to_owned())),
+        ("valid from 10 s ahead", with("nbf", 10), Ok("alice".to_owned())),
+        ("expired 40 s ago", with("exp", -40), Err(CredentialError::Expired)),
+        ("valid from 40 s ahead", with("nbf", 40), Err(invalid("JWT is not valid yet (`nbf`)"))),
+    ];
+    for (label, token, expected) in table {
+        let credential = Credential::new(Scheme::Bearer, token);
+        // Twice: the second answer comes from the cache.
+        for round in ["first", "cached"] {
+            let answer = chain.resolve(&credential, unix_now()).await.map(|auth| auth.subject.clone());
+            assert_eq!(answer, expected, "{label}, {round}");
+        }
+    }
 }
