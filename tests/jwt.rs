@@ -266,8 +266,9 @@ async fn a_new_signing_key_is_accepted_within_the_refetch_interval_despite_probe
     let text = format!(
         "credentials:\n  jwt:\n    - issuer: {ISSUER}\n      audiences: [{AUDIENCE}]\n      jwks_url: {jwks_url}\n"
     );
-    let server = TestServer::start(Config::parse("rotation.yaml", &text).unwrap()).await;
-    let interval = server.app.config().credentials.jwt[0].refetch_interval.0;
+    let config = Config::parse("rotation.yaml", &text).unwrap();
+    let interval = config.credentials.jwt[0].refetch_interval.0;
+    let server = TestServer::start(config).await;
     assert!(interval <= Duration::from_secs(2), "the default must keep the 2 s promise: {interval:?}");
     let mut client = server.authorizer().await;
 
