@@ -5,6 +5,7 @@ pub mod ext_authz;
 pub mod grpc;
 pub mod http;
 pub mod json;
+pub mod serve;
 
 /// Code generated from `proto/cedargate/v1/*.proto`.
 #[allow(missing_docs, clippy::all, clippy::pedantic, clippy::unwrap_used, clippy::expect_used)]
