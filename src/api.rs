@@ -6,6 +6,7 @@ pub mod grpc;
 pub mod http;
 pub mod json;
 pub mod panic;
+pub mod serve;
 
 /// Code generated from `proto/cedargate/v1/*.proto`.
 #[allow(missing_docs, clippy::all, clippy::pedantic, clippy::unwrap_used, clippy::expect_used)]

@@ -11,13 +11,12 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_stream::wrappers::TcpListenerStream;
-use tokio_stream::StreamExt;
 
 use crate::api::ext_authz::{AuthorizationServer, ExtAuthzService};
 use crate::api::grpc::{AdminService, AuthorizerService, SessionsService};
 use crate::api::http::{router, HttpState, ProtectedResource};
 use crate::api::proto;
+use crate::api::serve::{grpc_incoming, serve_http};
 use crate::config::{Config, ConfigError, KnownCredential};
 use crate::credential::{
     CacheSettings, CachedResolver, CredentialChain, DigestTable, IntrospectionResolver,
@@ -247,8 +246,13 @@ impl App {
 
         let grpc_address = local_address(&grpc);
         let http_address = local_address(&http);
+        let listen = &self.config.listen;
         let grpc_server = tonic::transport::Server::builder()
             .layer(crate::api::panic::grpc_layer())
+            .timeout(listen.request_timeout.0)
+            .max_concurrent_streams(listen.grpc_max_concurrent_streams)
+            .http2_keepalive_interval(Some(listen.grpc_keepalive_interval.0))
+            .http2_keepalive_timeout(Some(listen.grpc_keepalive_timeout.0))
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
@@ -264,17 +268,7 @@ impl App {
                 self.config.admin.token_sha256.map(|digest| digest.0),
                 self.token_caches.clone(),
             )))
-            .serve_with_incoming_shutdown(
-                // Decisions are small messages on long-lived connections: never let Nagle's
-                // algorithm hold one back waiting for a delayed ACK.
-                TcpListenerStream::new(grpc).map(|stream| {
-                    stream.and_then(|stream| {
-                        stream.set_nodelay(true)?;
-                        Ok(stream)
-                    })
-                }),
-                stopped(stop.clone()),
-            );
+            .serve_with_incoming_shutdown(grpc_incoming(grpc, listen), stopped(stop.clone()));
         let http_router = router(HttpState {
             sessions: Arc::clone(&self.sessions),
             ready: Arc::clone(&ready),
@@ -288,8 +282,7 @@ impl App {
             trusted_proxies: TrustedProxies::new(self.config.gateway.trusted_proxies.clone()),
             forward_auth: self.config.gateway.forward_auth.convention,
         });
-        let http_server = axum::serve(http, http_router.into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(stopped(stop.clone()));
+        let http_server = serve_http(http, http_router, listen, stopped(stop.clone()));
 
         let purge =
             tokio::spawn(purge_task(Arc::clone(&self.sessions), Arc::clone(&self.limiter), stop.clone()));
@@ -308,7 +301,8 @@ impl App {
         tracing::info!(grpc = %grpc_address, http = %http_address, "cedargate serving");
 
         let http_server = async {
-            http_server.await.map_err(|source| AppError::Io { context: "HTTP server".to_owned(), source })
+            http_server.await;
+            Ok(())
         };
         let grpc_server = async { grpc_server.await.map_err(AppError::from) };
         let servers = async { tokio::try_join!(grpc_server, http_server).map(|_| ()) };

@@ -130,7 +130,7 @@ async fn shutdown_finishes_in_flight_requests() {
 
 #[tokio::test]
 async fn shutdown_closes_connections_still_open_after_the_grace_period() {
-    use tokio::io::AsyncWriteExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut config = Config::demo().unwrap();
     config.listen.shutdown_grace = cedargate::config::HumanDuration(std::time::Duration::from_millis(200));
     let server = TestServer::start(config).await;
@@ -139,6 +139,9 @@ async fn shutdown_closes_connections_still_open_after_the_grace_period() {
     stuck.write_all(b"POST /auth/login HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n{").await.unwrap();
     let stopped = tokio::time::timeout(std::time::Duration::from_secs(30), server.stop()).await;
     assert!(matches!(stopped, Ok(Ok(()))), "shutdown did not end: {stopped:?}");
+    // Closed, not merely abandoned by a server that stopped looking at it.
+    let read = tokio::time::timeout(std::time::Duration::from_secs(10), stuck.read(&mut [0u8; 256])).await;
+    assert!(matches!(read, Ok(Ok(0) | Err(_))), "the connection is still open: {read:?}");
 }
 
 #[tokio::test]

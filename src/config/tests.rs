@@ -164,3 +164,25 @@ fn jwks_refetches_are_bounded_and_keep_the_two_second_promise() {
     assert_eq!(problems.len(), 1, "{problems:#?}");
     assert!(problems[0].starts_with("test.yaml:3: credentials.jwt[0].refetch_interval:"), "{problems:#?}");
 }
+
+#[test]
+fn connection_limits_have_defaults_and_refuse_zero() {
+    let listen = parse("{}").unwrap().listen;
+    assert_eq!(listen.header_read_timeout.0, Duration::from_secs(10));
+    assert_eq!(listen.http_idle_timeout.0, Duration::from_secs(120));
+    assert_eq!(listen.request_timeout.0, Duration::from_secs(15));
+    assert_eq!((listen.http_max_connections, listen.grpc_max_connections), (512, 256));
+    assert_eq!(listen.grpc_max_concurrent_streams, 200);
+    assert_eq!(listen.grpc_keepalive_interval.0, Duration::from_secs(30));
+    assert_eq!(listen.grpc_keepalive_timeout.0, Duration::from_secs(10));
+
+    let text = "listen:\n  http_max_connections: 0\n  grpc_max_concurrent_streams: 0\n";
+    let ConfigError::Invalid { problems } = parse(text).unwrap_err() else { panic!() };
+    assert_eq!(
+        problems,
+        [
+            "test.yaml:2: listen.http_max_connections: must be at least 1",
+            "test.yaml:3: listen.grpc_max_concurrent_streams: must be at least 1",
+        ]
+    );
+}

@@ -23,12 +23,29 @@ impl Drop for Served {
 
 impl Served {
     pub fn start(config: &Path) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_cedargate"))
-            .args(["--config", config.to_str().unwrap(), "--log-format", "json"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_cedargate"));
+        command.args(["--config", config.to_str().unwrap(), "--log-format", "json"]);
+        Self::spawn(command)
+    }
+
+    /// As `start`, with at most `open_files` file descriptors (`ulimit -n`).
+    pub fn start_with_open_files(config: &Path, open_files: u32) -> Self {
+        let mut command = Command::new("sh");
+        command.args([
+            "-c",
+            "ulimit -n \"$0\" && exec \"$@\"",
+            &open_files.to_string(),
+            env!("CARGO_BIN_EXE_cedargate"),
+            "--config",
+            config.to_str().unwrap(),
+            "--log-format",
+            "json",
+        ]);
+        Self::spawn(command)
+    }
+
+    fn spawn(mut command: Command) -> Self {
+        let mut child = command.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
         let stderr = child.stderr.take().unwrap();
         let (sender, lines) = mpsc::channel();
         std::thread::spawn(move || {
@@ -58,6 +75,17 @@ impl Served {
     pub fn signal(&self, name: &str) {
         let status = Command::new("kill").args(["-s", name, &self.child.id().to_string()]).status().unwrap();
         assert!(status.success());
+    }
+
+    /// CPU time the process has used so far (Linux `/proc/<pid>/stat`: user + system).
+    pub fn cpu_time(&self) -> Duration {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap();
+        // Fields after the parenthesised command name; utime and stime are the 14th and 15th.
+        let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+        let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+        let output = Command::new("getconf").arg("CLK_TCK").output().unwrap();
+        let per_second: u64 = String::from_utf8(output.stdout).unwrap().trim().parse().unwrap();
+        Duration::from_millis(ticks * 1000 / per_second)
     }
 
     /// The process's resident set size, in bytes (Linux `VmRSS`).
