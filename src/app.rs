@@ -286,15 +286,10 @@ impl App {
 
         let purge =
             tokio::spawn(purge_task(Arc::clone(&self.sessions), Arc::clone(&self.limiter), stop.clone()));
-        let jwks_refresh = self.jwt.as_ref().map(|jwt| {
-            let interval = self
-                .config
-                .credentials
-                .jwt
-                .iter()
-                .map(|issuer| issuer.refresh_interval.0)
-                .min()
-                .unwrap_or(Duration::from_secs(300));
+        // There is a JWT resolver only when at least one issuer is configured.
+        let refresh_interval =
+            self.config.credentials.jwt.iter().map(|issuer| issuer.refresh_interval.0).min();
+        let jwks_refresh = self.jwt.as_ref().zip(refresh_interval).map(|(jwt, interval)| {
             tokio::spawn(Arc::clone(jwt).refresh_task(interval, stopped(stop.clone())))
         });
         ready.store(true, Ordering::Release);
