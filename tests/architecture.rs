@@ -101,17 +101,30 @@ fn uses_crate(code: &str, name: &str) -> bool {
     })
 }
 
-#[test]
-fn modules_use_only_lower_layers() {
+/// Every library source file with its top-level module (`main.rs` and `bin/` are not the
+/// library, and use it as any client does).
+fn modules() -> Vec<(PathBuf, String)> {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
     let mut files = Vec::new();
     rust_files(&src, &mut files);
+    files
+        .into_iter()
+        .map(|file| {
+            let module = module_of(&src, &file);
+            (file, module)
+        })
+        .filter(|(_, module)| !matches!(module.as_str(), "main" | "bin"))
+        .collect()
+}
+
+#[test]
+fn modules_use_only_lower_layers() {
     let mut violations = Vec::new();
-    for file in &files {
-        let module = module_of(&src, file);
-        if matches!(module.as_str(), "lib" | "main" | "bin") {
+    for (file, module) in modules() {
+        if module == "lib" {
             continue;
         }
+        let file = &file;
         let Some(layer) = layer_of(&module) else {
             violations.push(format!("{}: module `{module}` has no layer in LAYERS", file.display()));
             continue;
@@ -135,15 +148,9 @@ fn modules_use_only_lower_layers() {
 
 #[test]
 fn wire_and_policy_crates_stay_in_their_modules() {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
-    let mut files = Vec::new();
-    rust_files(&src, &mut files);
     let mut violations = Vec::new();
-    for file in &files {
-        let module = module_of(&src, file);
-        if matches!(module.as_str(), "main" | "bin") {
-            continue;
-        }
+    for (file, module) in modules() {
+        let file = &file;
         let code = production_code(file);
         for (name, allowed) in CONFINED {
             if uses_crate(&code, name) && !allowed.contains(&module.as_str()) {
