@@ -192,8 +192,11 @@ impl SessionManager {
         if password.expose().is_empty() || password.expose().len() > MAX_PASSWORD_BYTES {
             return Err(SessionError::BadField { field: "password", max: MAX_PASSWORD_BYTES });
         }
-        let keys: Vec<LoginKey> = std::iter::once(LoginKey::Username(username.to_owned()))
-            .chain(client.map(LoginKey::from))
+        // The address first: a blocked address is refused before the username is touched.
+        let keys: Vec<LoginKey> = client
+            .map(LoginKey::from)
+            .into_iter()
+            .chain(std::iter::once(LoginKey::Username(username.to_owned())))
             .collect();
         // Each attempt is counted before the password is checked, so a burst of concurrent
         // guesses gets no more checks than the budget.

@@ -120,15 +120,30 @@ fn error_response(status: StatusCode, code: &str, reason: &str) -> Response {
     (status, Json(json!({ "error": code, "reason": reason }))).into_response()
 }
 
-/// Parses a JSON body; on failure, the 400 answer naming the field and position.
+/// Parses a JSON body; on failure, the 400 answer naming the problem and position.
 fn parse_body<T: DeserializeOwned>(body: &Bytes) -> Result<T, Box<Response>> {
     serde_json::from_slice(body).map_err(|error| {
-        Box::new(error_response(
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-            &format!("request body: {error}"),
-        ))
+        Box::new(error_response(StatusCode::BAD_REQUEST, "invalid_request", &body_error(&error)))
     })
+}
+
+/// What is wrong with a JSON body, never quoting it: serde's text for a mistyped value
+/// holds the value, and a body here holds a password or a token.
+fn body_error(error: &serde_json::Error) -> String {
+    let text = error.to_string();
+    let what = match error.classify() {
+        // "missing field `password`", "unknown field `x`, expected one of …": names only.
+        serde_json::error::Category::Data
+            if text.starts_with("missing field") || text.starts_with("unknown field") =>
+        {
+            text.split(" at line ").next().unwrap_or_default().to_owned()
+        }
+        serde_json::error::Category::Data => "a field has the wrong type: strings are expected".to_owned(),
+        serde_json::error::Category::Syntax => "not valid JSON".to_owned(),
+        serde_json::error::Category::Eof => "the JSON ends early".to_owned(),
+        serde_json::error::Category::Io => "cannot be read".to_owned(),
+    };
+    format!("request body: {what} at line {} column {}", error.line(), error.column())
 }
 
 fn session_error_response(error: &SessionError) -> Response {

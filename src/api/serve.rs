@@ -74,7 +74,7 @@ pub async fn serve_http(
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
             accepted = acceptor.next() => {
                 let Some((stream, peer, permit)) = accepted else { break };
-                let connection = Connection::new(stream, permit, None);
+                let connection = Connection::new(stream, permit, None, listen.request_timeout.0);
                 let timer = HeadTimer {
                     header_read_timeout: listen.header_read_timeout.0,
                     idle_timeout: listen.http_idle_timeout.0,
@@ -109,9 +109,10 @@ pub fn grpc_incoming(
     let acceptor =
         Acceptor::new(listener, listen.grpc_max_connections, "gRPC", "listen.grpc_max_connections");
     let preface_timeout = listen.header_read_timeout.0;
+    let write_timeout = listen.request_timeout.0;
     futures_util::stream::unfold(acceptor, move |mut acceptor| async move {
         let (stream, _peer, permit) = acceptor.next().await?;
-        Some((Ok(Connection::new(stream, permit, Some(preface_timeout))), acceptor))
+        Some((Ok(Connection::new(stream, permit, Some(preface_timeout), write_timeout)), acceptor))
     })
 }
 
@@ -126,10 +127,20 @@ pub struct Connection {
     /// gRPC, until the HTTP/2 preface is in: when it must be. hyper's HTTP/2 server waits for
     /// the preface without a limit, so a silent socket would otherwise keep its slot forever.
     preface_deadline: Option<Pin<Box<Sleep>>>,
+    /// How long a write may make no progress: a client that never reads (its window full)
+    /// would otherwise hold its slot past every other timeout.
+    write_timeout: Duration,
+    /// Since when the current write has been stalled.
+    write_stall: Option<Pin<Box<Sleep>>>,
 }
 
 impl Connection {
-    fn new(stream: TcpStream, slot: OwnedSemaphorePermit, preface_timeout: Option<Duration>) -> Self {
+    fn new(
+        stream: TcpStream,
+        slot: OwnedSemaphorePermit,
+        preface_timeout: Option<Duration>,
+        write_timeout: Duration,
+    ) -> Self {
         // Decisions are small messages on long-lived connections: never let Nagle's algorithm
         // hold one back waiting for a delayed ACK.
         if let Err(error) = stream.set_nodelay(true) {
@@ -140,7 +151,24 @@ impl Connection {
             _slot: slot,
             bytes_read: Arc::new(AtomicU64::new(0)),
             preface_deadline: preface_timeout.map(|timeout| Box::pin(tokio::time::sleep(timeout))),
+            write_timeout,
+            write_stall: None,
         }
+    }
+
+    /// Turns a write that has been pending for `write_timeout` into an error, and forgets the
+    /// stall once a write makes progress.
+    fn watch_write<T>(&mut self, cx: &mut Context<'_>, result: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+        if result.is_ready() {
+            self.write_stall = None;
+            return result;
+        }
+        let timeout = self.write_timeout;
+        let stall = self.write_stall.get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        if stall.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "the peer stopped reading")));
+        }
+        Poll::Pending
     }
 }
 
@@ -175,7 +203,9 @@ impl AsyncRead for Connection {
 
 impl AsyncWrite for Connection {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+        let this = self.get_mut();
+        let result = Pin::new(&mut this.stream).poll_write(cx, buf);
+        this.watch_write(cx, result)
     }
 
     fn poll_write_vectored(
@@ -183,7 +213,9 @@ impl AsyncWrite for Connection {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        let result = Pin::new(&mut this.stream).poll_write_vectored(cx, bufs);
+        this.watch_write(cx, result)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -191,7 +223,9 @@ impl AsyncWrite for Connection {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+        let this = self.get_mut();
+        let result = Pin::new(&mut this.stream).poll_flush(cx);
+        this.watch_write(cx, result)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

@@ -94,8 +94,7 @@ pub struct MemoryRateLimiter {
     per_username: LimitRule,
     per_address: LimitRule,
     windows: DashMap<LoginKey, Window>,
-    /// At most this many keys: expired windows are dropped to make room, and when there is
-    /// none, a new key is refused (fail closed) rather than added.
+    /// At most this many keys (about): ended windows, then the oldest idle one, make room.
     max_keys: usize,
 }
 
@@ -109,6 +108,31 @@ impl MemoryRateLimiter {
         match key {
             LoginKey::Username(_) => self.per_username,
             LoginKey::Address(_) | LoginKey::Forwarded { .. } => self.per_address,
+        }
+    }
+
+    /// A window with no failure and nothing in flight says nothing: it goes, so refused or
+    /// successful attempts never fill the table.
+    fn forget_if_empty(&self, key: &LoginKey) {
+        self.windows.remove_if(key, |_, window| window.failures == 0 && window.in_flight == 0);
+    }
+
+    /// Room for one more key in a full table: windows that have ended go first, then, if the
+    /// table is still full, the oldest window with nothing in flight. Refusing new keys instead
+    /// would let anyone who fills the table lock every other user out.
+    fn make_room(&self) {
+        self.purge_expired();
+        if self.windows.len() < self.max_keys {
+            return;
+        }
+        let oldest = self
+            .windows
+            .iter()
+            .filter(|entry| entry.in_flight == 0)
+            .min_by_key(|entry| entry.started)
+            .map(|entry| entry.key().clone());
+        if let Some(oldest) = oldest {
+            self.windows.remove_if(&oldest, |_, window| window.in_flight == 0);
         }
     }
 
@@ -126,11 +150,7 @@ impl LoginRateLimiter for MemoryRateLimiter {
         let deadline = Instant::now() + MAX_WAIT;
         loop {
             if self.windows.len() >= self.max_keys && !self.windows.contains_key(key) {
-                self.purge_expired();
-                if self.windows.len() >= self.max_keys {
-                    // INVARIANT: bounded. A key that cannot be counted cannot be let through.
-                    return Err(rule.window);
-                }
+                self.make_room();
             }
             let finished = {
                 // The entry holds its shard's lock: check and count are one step.
@@ -172,6 +192,7 @@ impl LoginRateLimiter for MemoryRateLimiter {
             }
             window.finished.notify_waiters();
         }
+        self.forget_if_empty(key);
     }
 
     async fn clear(&self, key: &LoginKey) {
@@ -179,6 +200,7 @@ impl LoginRateLimiter for MemoryRateLimiter {
             window.failures = 0;
             window.finished.notify_waiters();
         }
+        self.forget_if_empty(key);
     }
 }
 
@@ -265,15 +287,28 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_full_table_refuses_new_keys_instead_of_growing() {
+    async fn a_full_table_makes_room_instead_of_growing_or_locking_everyone_out() {
         let mut limiter = limiter(Duration::from_secs(60));
         limiter.max_keys = 3;
         for name in ["a", "b", "c"] {
             limiter.reserve(&LoginKey::Username(name.into())).await.unwrap();
             limiter.finish(&LoginKey::Username(name.into()), true).await;
         }
-        assert!(limiter.reserve(&LoginKey::Username("d".into())).await.is_err());
-        assert_eq!(limiter.windows.len(), 3);
-        assert!(limiter.reserve(&LoginKey::Username("a".into())).await.is_ok(), "known keys still count");
+        limiter.reserve(&LoginKey::Username("d".into())).await.unwrap();
+        assert_eq!(limiter.windows.len(), 3, "the oldest idle window made room");
+        assert!(!limiter.windows.contains_key(&LoginKey::Username("a".into())));
+    }
+
+    #[tokio::test]
+    async fn attempts_that_fail_nothing_leave_nothing_behind() {
+        // Refused or successful attempts (a flood of random usernames from a blocked address)
+        // must not fill the table.
+        let limiter = limiter(Duration::from_secs(60));
+        for index in 0..100 {
+            let key = LoginKey::Username(format!("user{index}"));
+            limiter.reserve(&key).await.unwrap();
+            limiter.finish(&key, false).await;
+        }
+        assert_eq!(limiter.windows.len(), 0);
     }
 }

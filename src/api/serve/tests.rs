@@ -145,3 +145,19 @@ async fn once_the_next_request_begins_its_head_has_the_header_timeout() {
     timer.bytes_read.fetch_add(5, Ordering::Relaxed);
     assert!(tokio::time::timeout(GENEROUS, sleep).await.is_ok(), "a trickling head is cut off");
 }
+
+#[tokio::test]
+async fn a_peer_that_stops_reading_loses_its_connection_after_the_write_timeout() {
+    use tokio::io::AsyncWriteExt;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    // The client connects and never reads a byte.
+    let _client = TcpStream::connect(address).await.unwrap();
+    let (stream, _) = listener.accept().await.unwrap();
+    let slot = Arc::new(Semaphore::new(1)).try_acquire_owned().unwrap();
+    let mut connection = Connection::new(stream, slot, None, Duration::from_millis(200));
+    // Far more than the socket buffers hold: the write stalls, then fails.
+    let written = tokio::time::timeout(GENEROUS, connection.write_all(&vec![b'x'; 64 << 20])).await;
+    let error = written.expect("the stalled write ends within the deadline").unwrap_err();
+    assert_eq!(error.kind(), io::ErrorKind::TimedOut);
+}
