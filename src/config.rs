@@ -32,6 +32,15 @@ pub const DEMO_NAME: &str = "<embedded>/config/demo.yaml";
 /// Why a configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// The file does not exist.
+    #[error(
+        "`{path}` does not exist: start from examples/nginx/cedargate.yaml or \
+         examples/envoy/cedargate.yaml, or leave out --config to serve the embedded demo"
+    )]
+    NotFound {
+        /// The file.
+        path: PathBuf,
+    },
     /// The file could not be read.
     #[error("cannot read `{path}`: {source}")]
     Read {
@@ -132,8 +141,10 @@ impl Config {
     /// Fails when the file cannot be read, does not parse, or holds invalid settings; every
     /// message names the file, the line and the field.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| match source.kind() {
+            std::io::ErrorKind::NotFound => ConfigError::NotFound { path: path.to_path_buf() },
+            _ => ConfigError::Read { path: path.to_path_buf(), source },
+        })?;
         Self::parse(&path.display().to_string(), &text)
     }
 

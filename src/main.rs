@@ -24,7 +24,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
-    /// Config file for the default `serve` command; without one the embedded demo is served.
+    /// Config file, for `serve` (the default) and `check`; without one the embedded demo is used.
     #[arg(long, global = true, env = "CEDARGATE_CONFIG")]
     config: Option<PathBuf>,
     /// Log format.

@@ -186,3 +186,11 @@ fn connection_limits_have_defaults_and_refuse_zero() {
         ]
     );
 }
+
+#[test]
+fn a_missing_config_file_says_what_to_do() {
+    let error = Config::load(Path::new("/nonexistent/cedargate.yaml")).unwrap_err();
+    assert!(matches!(error, ConfigError::NotFound { .. }), "{error:?}");
+    let text = error.to_string();
+    assert!(text.contains("examples/nginx/cedargate.yaml") && !text.contains("os error"), "{text}");
+}
