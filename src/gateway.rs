@@ -308,9 +308,13 @@ impl Gateway {
         if !self.settings.refuse_overrides {
             return None;
         }
+        // Compared with `_` read as `-`, without building a new name for every header.
+        let same = |name: &str, known: &str| {
+            name.len() == known.len()
+                && name.bytes().zip(known.bytes()).all(|(a, b)| a == b || (a == b'_' && b == b'-'))
+        };
         let header = request.headers.iter().find_map(|(name, _)| {
-            let name = name.replace('_', "-");
-            OVERRIDE_HEADERS.contains(&name.as_str()).then_some(name)
+            OVERRIDE_HEADERS.iter().find(|known| same(name, known)).map(|known| (*known).to_owned())
         });
         let query = || {
             url::form_urlencoded::parse(request.query().as_bytes())

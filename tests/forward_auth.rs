@@ -117,6 +117,16 @@ async fn headers_of_the_other_convention_that_disagree_are_refused() {
     )
     .await;
     assert_eq!(agreeing.status(), 200);
+    // The convention's own headers once each: a second X-Original-URI is not a choice to make.
+    let twice = reqwest::Client::new()
+        .get(server.http_url("/auth/verify"))
+        .header("x-original-method", "GET")
+        .header("x-original-uri", "/public/info")
+        .header("x-original-uri", "/admin/users")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(twice.status(), 400);
     // And the Traefik convention refuses a disagreeing X-Original-URI the same way.
     let traefik = with_gateway("gateway:\n  forward_auth: { convention: forwarded }\n").await;
     let spoofed = verify(

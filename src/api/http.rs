@@ -340,8 +340,16 @@ async fn forward_auth(
     body: Bytes,
 ) -> Response {
     let names = convention_headers(state.forward_auth);
-    let read = |name: &str| headers.get(name).and_then(|value| value.to_str().ok());
     let [method_header, uri_header, host_header] = names;
+    // Each description header once: with two, which one the proxy set is unknowable.
+    if let Some(repeated) = names.iter().find(|name| headers.get_all(**name).iter().nth(1).is_some()) {
+        return error_response(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            &format!("the {repeated} header is sent more than once: refused"),
+        );
+    }
+    let read = |name: &str| headers.get(name).and_then(|value| value.to_str().ok());
     let (Some(original_method), Some(original_uri)) = (read(method_header), read(uri_header)) else {
         return error_response(
             StatusCode::BAD_REQUEST,

@@ -27,7 +27,8 @@ fn manager_with(limits: (u32, u32), store: Arc<MemorySessionStore>) -> SessionMa
         SessionSettings {
             access_ttl: Duration::from_secs(3600),
             refresh_ttl: Duration::from_secs(7200),
-            refresh_reuse_grace: Duration::from_millis(200),
+            // Long enough that a loaded machine still refreshes "at once" within it.
+            refresh_reuse_grace: Duration::from_secs(1),
         },
     )
     .unwrap()
@@ -156,7 +157,7 @@ async fn refresh_rotates_and_retires_the_old_tokens() {
     assert_eq!(manager.refresh(&first.refresh_token).await.unwrap_err(), SessionError::InvalidRefresh);
     assert_eq!(subject_of(&manager, &second.access_token).await.unwrap(), "alice");
     // ...but reused after the grace period it revokes the whole session, new tokens too.
-    tokio::time::sleep(Duration::from_millis(250)).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     assert_eq!(manager.refresh(&first.refresh_token).await.unwrap_err(), SessionError::InvalidRefresh);
     assert!(subject_of(&manager, &second.access_token).await.is_err());
     assert_eq!(manager.refresh(&second.refresh_token).await.unwrap_err(), SessionError::InvalidRefresh);
@@ -317,7 +318,7 @@ async fn concurrent_refreshes_with_one_token_leave_the_winner_signed_in() {
     );
 
     // After the grace period a reuse is theft: the whole session goes.
-    tokio::time::sleep(Duration::from_millis(250)).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     assert_eq!(manager.refresh(&tokens.refresh_token).await.unwrap_err(), SessionError::InvalidRefresh);
     assert!(manager.resolve(&credential).await.is_err(), "reuse after the grace revokes the family");
     assert!(manager.refresh(&winner.refresh_token).await.is_err());
