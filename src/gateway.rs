@@ -467,23 +467,15 @@ impl Gateway {
 /// The answer to a decision that is not an allow.
 fn deny(decision: Decision, jsonrpc_id: Option<Value>) -> GatewayAnswer {
     let refusal = decision.refusal().unwrap_or(Refusal::Forbidden);
-    let code = decision.error_code();
     let mut headers = Vec::new();
     if let Some(challenge) = &decision.www_authenticate {
         headers.push(("www-authenticate".to_owned(), challenge.clone()));
     }
+    let denial = denial_json(&decision);
     let body = match jsonrpc_id {
         // MCP endpoints answer in the protocol the client speaks.
-        Some(id) => jsonrpc_error(
-            &id,
-            mcp::code::UNAUTHORIZED,
-            &decision.reason,
-            Some(
-                json!({ "error": code, "status": refusal.http_status(), "decision_id": decision.decision_id }),
-            ),
-        ),
-        None => json!({ "error": code, "reason": decision.reason, "decision_id": decision.decision_id })
-            .to_string(),
+        Some(id) => jsonrpc_error(&id, mcp::code::UNAUTHORIZED, &decision.reason, Some(denial)),
+        None => denial.to_string(),
     };
     headers.push(("content-type".to_owned(), "application/json".to_owned()));
     GatewayAnswer::Deny { refusal, headers, body, decision: Some(Box::new(decision)) }
@@ -549,8 +541,8 @@ fn other_spellings(name: &str) -> Vec<String> {
 fn invalid(jsonrpc_id: Option<Value>, code: i64, reason: &str) -> GatewayAnswer {
     tracing::info!(target: "cedargate::decision", outcome = "invalid_request", reason, "gateway request refused");
     let body = match jsonrpc_id {
-        Some(id) => jsonrpc_error(&id, code, reason, None),
-        None => json!({ "error": "invalid_request", "reason": reason }).to_string(),
+        Some(id) => jsonrpc_error(&id, code, reason, Some(invalid_request_json(reason))),
+        None => invalid_request_json(reason).to_string(),
     };
     GatewayAnswer::Deny {
         refusal: Refusal::InvalidRequest,
@@ -558,6 +550,34 @@ fn invalid(jsonrpc_id: Option<Value>, code: i64, reason: &str) -> GatewayAnswer 
         body,
         decision: None,
     }
+}
+
+/// The part of a decision a denied client is told, with the names and values of the API's
+/// JSON mapping (`api::json::decision_json`): the body of a gateway denial, and the `data` of
+/// a JSON-RPC one. It leaves out what only the operator should see (identity, policy ids,
+/// evaluation errors).
+pub fn denial_json(decision: &Decision) -> Value {
+    json!({
+        "error": decision.error_code(),
+        "outcome": decision.outcome.api_name(),
+        "httpStatus": decision.outcome.http_status(),
+        "reason": decision.reason,
+        "decisionId": decision.decision_id,
+    })
+}
+
+/// `Outcome.OUTCOME_INVALID_REQUEST` of the API.
+pub const INVALID_REQUEST_OUTCOME: &str = "OUTCOME_INVALID_REQUEST";
+
+/// The body of a request refused before any decision (a malformed path or body): the fields
+/// of [`denial_json`] that exist without a decision.
+pub fn invalid_request_json(reason: &str) -> Value {
+    json!({
+        "error": "invalid_request",
+        "outcome": INVALID_REQUEST_OUTCOME,
+        "httpStatus": Refusal::InvalidRequest.http_status(),
+        "reason": reason,
+    })
 }
 
 /// A JSON-RPC 2.0 error response.

@@ -112,8 +112,9 @@ fn real_main() -> anyhow::Result<ExitCode> {
                 let app = App::build(config)?;
                 app.engine().check(&authorization, &target, &facts).await.map_err(anyhow::Error::from)
             })?;
-            println!("{}", serde_json::to_string_pretty(&cedargate::api::json::decision_json(&decision))?);
-            Ok(if decision.allowed() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+            let allowed = decision.allowed();
+            println!("{}", serde_json::to_string_pretty(&cedargate::api::json::decision_json(decision)?)?);
+            Ok(if allowed { ExitCode::SUCCESS } else { ExitCode::from(1) })
         }
         Command::HashKey { key } => {
             let key = match key {

@@ -359,6 +359,17 @@ impl Outcome {
         }
     }
 
+    /// The name of the outcome in the API (`Outcome` in `authorizer.proto`) and so in every
+    /// JSON shape of a decision.
+    pub fn api_name(self) -> &'static str {
+        match self {
+            Outcome::Allowed => "OUTCOME_ALLOWED",
+            Outcome::Unauthenticated => "OUTCOME_UNAUTHENTICATED",
+            Outcome::Forbidden => "OUTCOME_FORBIDDEN",
+            Outcome::Unavailable => "OUTCOME_UNAVAILABLE",
+        }
+    }
+
     /// Lowercase name for logs.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -40,27 +40,27 @@ fn check_prints_the_decision_and_exits_by_outcome() {
         (
             &["--authorization", "Bearer user-token-123", "--route", "GET /user/profile"],
             0,
-            "allowed",
+            "OUTCOME_ALLOWED",
             "user-routes",
         ),
         (
             &["--authorization", "Bearer user-token-123", "--route", "GET /admin/users"],
             1,
-            "forbidden",
+            "OUTCOME_FORBIDDEN",
             "admin-routes-require-admin",
         ),
-        (&["--route", "GET /user/profile"], 1, "unauthenticated", "user-routes-require-user"),
-        (&["--route", "GET /public/info"], 0, "allowed", "public-routes"),
+        (&["--route", "GET /user/profile"], 1, "OUTCOME_UNAUTHENTICATED", "user-routes-require-user"),
+        (&["--route", "GET /public/info"], 0, "OUTCOME_ALLOWED", "public-routes"),
         (
             &["--authorization", "ApiKey api-key-789", "--tool", "GET_/service/metrics"],
             0,
-            "allowed",
+            "OUTCOME_ALLOWED",
             "service-routes",
         ),
         (
             &["--authorization", "Bearer admin-token-456", "--tool", "search", "--arguments", "{\"q\": 1}"],
             0,
-            "allowed",
+            "OUTCOME_ALLOWED",
             "admin-full-access",
         ),
     ];

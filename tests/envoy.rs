@@ -149,7 +149,7 @@ async fn seed_scenarios(mode: Mode) {
         }
         assert_eq!(upstream.count(), before, "{mode:?} {label}: a denial must not reach the upstream");
         let body = answer.json();
-        assert!(!body["decision_id"].as_str().unwrap_or_default().is_empty(), "{label}: {body}");
+        assert!(!body["decisionId"].as_str().unwrap_or_default().is_empty(), "{label}: {body}");
         match status {
             401 => {
                 let challenge = answer.header("www-authenticate").unwrap();

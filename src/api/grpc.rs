@@ -91,7 +91,7 @@ pub fn auth_info_to_proto(auth: &AuthInfo) -> proto::AuthInfo {
     }
 }
 
-fn outcome_to_proto(outcome: Outcome) -> proto::Outcome {
+pub(crate) fn outcome_to_proto(outcome: Outcome) -> proto::Outcome {
     match outcome {
         Outcome::Allowed => proto::Outcome::Allowed,
         Outcome::Unauthenticated => proto::Outcome::Unauthenticated,
@@ -102,6 +102,7 @@ fn outcome_to_proto(outcome: Outcome) -> proto::Outcome {
 
 /// A decision on the wire.
 pub fn decision_to_proto(decision: Decision) -> proto::CheckResponse {
+    let error = decision.error_code().to_owned();
     proto::CheckResponse {
         allowed: decision.allowed(),
         outcome: outcome_to_proto(decision.outcome).into(),
@@ -113,6 +114,7 @@ pub fn decision_to_proto(decision: Decision) -> proto::CheckResponse {
         decision_id: decision.decision_id,
         errors: decision.errors,
         credential_fingerprint: decision.credential_fingerprint.unwrap_or_default(),
+        error,
     }
 }
 
@@ -122,6 +124,7 @@ fn invalid_target_to_proto(error: &TargetError) -> proto::CheckResponse {
         outcome: proto::Outcome::InvalidRequest.into(),
         http_status: 400,
         reason: error.to_string(),
+        error: "invalid_request".to_owned(),
         ..Default::default()
     }
 }

@@ -1,10 +1,16 @@
-//! Conversions between protobuf `Struct`/`Value` and JSON, and the JSON shape of a decision
-//! (used by the HTTP API and the CLI).
+//! Conversions between protobuf `Struct`/`Value` and JSON, and the one JSON shape of a
+//! decision: the protobuf JSON mapping of `CheckResponse`, in full for the CLI and in part for
+//! the bodies of gateway denials (`gateway::denial_json`).
 
+use std::sync::OnceLock;
+
+use prost_reflect::{DescriptorPool, DynamicMessage, MessageDescriptor, SerializeOptions};
 use prost_types::value::Kind;
-use serde_json::{json, Map, Number, Value};
+use serde_json::{Number, Value};
 
-use crate::model::{AuthInfo, Decision, Extra};
+use super::grpc::decision_to_proto;
+use super::proto;
+use crate::model::{Decision, Extra};
 use crate::route::TargetError;
 
 /// Deepest nesting of lists and structs accepted in arguments and context.
@@ -85,43 +91,118 @@ pub fn extra_to_struct(extra: &Extra) -> prost_types::Struct {
     }
 }
 
-/// An identity as JSON (the MCP SDK's field names).
-pub fn auth_info_json(auth: &AuthInfo) -> Value {
-    json!({
-        "subject": auth.subject,
-        "clientId": auth.client_id,
-        "scopes": auth.scopes,
-        "expiresAt": auth.expires_at,
-        "resource": auth.resource,
-        "roles": auth.roles,
-        "tenant": auth.tenant,
-        "issuer": auth.issuer,
-        "credentialKind": auth.kind.as_str(),
-        "extra": Value::Object(auth.extra.iter().map(|(k, v)| (k.clone(), v.clone())).collect::<Map<_, _>>()),
-    })
+/// A decision as JSON: the protobuf JSON mapping of its `CheckResponse` (lowerCamelCase
+/// names, enum names such as `OUTCOME_FORBIDDEN`, 64-bit integers as strings), with every
+/// field present, so the shape never depends on the outcome. It is what `grpcurl
+/// -emit-defaults` prints for `Authorizer/Check`, serialized from the very descriptors the
+/// reflection service serves.
+pub fn decision_json(decision: Decision) -> Result<Value, DecisionJsonError> {
+    static DESCRIPTOR: OnceLock<Result<MessageDescriptor, String>> = OnceLock::new();
+    let descriptor = DESCRIPTOR
+        .get_or_init(|| {
+            let pool = DescriptorPool::decode(proto::FILE_DESCRIPTOR_SET).map_err(|error| error.to_string())?;
+            pool.get_message_by_name(CHECK_RESPONSE).ok_or_else(|| format!("{CHECK_RESPONSE} is not described"))
+        })
+        .as_ref()
+        .map_err(|error| DecisionJsonError(error.clone()))?;
+    let encoded = prost::Message::encode_to_vec(&decision_to_proto(decision));
+    let message = DynamicMessage::decode(descriptor.clone(), encoded.as_slice())
+        .map_err(|error| DecisionJsonError(error.to_string()))?;
+    let options = SerializeOptions::new().skip_default_fields(false);
+    message
+        .serialize_with_options(serde_json::value::Serializer, &options)
+        .map_err(|error| DecisionJsonError(error.to_string()))
 }
 
-/// A decision as JSON.
-pub fn decision_json(decision: &Decision) -> Value {
-    json!({
-        "allowed": decision.allowed(),
-        "outcome": decision.outcome.as_str(),
-        "httpStatus": decision.outcome.http_status(),
-        "authInfo": decision.auth_info.as_deref().map(auth_info_json),
-        "policyIds": decision.policy_ids,
-        "reason": decision.reason,
-        "wwwAuthenticate": decision.www_authenticate,
-        "decisionId": decision.decision_id,
-        "errors": decision.errors,
-        "credentialFingerprint": decision.credential_fingerprint,
-    })
-}
+const CHECK_RESPONSE: &str = "cedargate.v1.CheckResponse";
+
+/// The decision could not be put into JSON (a descriptor that does not match the code).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot write the decision as JSON: {0}")]
+pub struct DecisionJsonError(String);
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use proptest::prelude::*;
+    use serde_json::json;
 
     use super::*;
+    use crate::model::{AuthInfo, CredentialKind, Outcome};
+
+    fn decision(outcome: Outcome, scopes: &[&str], credential: bool) -> Decision {
+        let mut auth = AuthInfo::new(CredentialKind::Static, "alice", vec!["user".into()]);
+        auth.expires_at = Some(1_767_225_600);
+        Decision {
+            outcome,
+            auth_info: credential.then(|| Arc::new(auth)),
+            policy_ids: vec!["p1".into()],
+            reason: "because".into(),
+            www_authenticate: (outcome == Outcome::Unauthenticated).then(|| "Bearer realm=\"x\"".into()),
+            decision_id: "d-1".into(),
+            errors: vec![],
+            credential_fingerprint: credential.then(|| "0123456789abcdef".into()),
+            required_scopes: scopes.iter().map(|scope| (*scope).to_owned()).collect(),
+        }
+    }
+
+    fn every_decision() -> Vec<Decision> {
+        vec![
+            decision(Outcome::Allowed, &[], true),
+            decision(Outcome::Allowed, &[], false),
+            decision(Outcome::Unauthenticated, &[], false),
+            decision(Outcome::Unauthenticated, &[], true),
+            decision(Outcome::Forbidden, &[], true),
+            decision(Outcome::Forbidden, &["files:write"], true),
+            decision(Outcome::Unavailable, &[], true),
+        ]
+    }
+
+    #[test]
+    fn a_decision_is_its_check_response_in_the_protobuf_json_mapping() {
+        let json = decision_json(decision(Outcome::Forbidden, &["files:write"], true)).unwrap();
+        assert_eq!(json["outcome"], "OUTCOME_FORBIDDEN");
+        assert_eq!(json["httpStatus"], 403);
+        assert_eq!(json["allowed"], false, "defaults are written out");
+        assert_eq!(json["wwwAuthenticate"], "", "defaults are written out");
+        assert_eq!(json["policyIds"], json!(["p1"]));
+        assert_eq!(json["decisionId"], "d-1");
+        assert_eq!(json["error"], "insufficient_scope");
+        assert_eq!(json["authInfo"]["credentialKind"], "static");
+        assert_eq!(json["authInfo"]["expiresAt"], "1767225600", "int64 is a string");
+        // Every field of CheckResponse, by its JSON name, and nothing else.
+        let pool = DescriptorPool::decode(proto::FILE_DESCRIPTOR_SET).unwrap();
+        let names: Vec<String> =
+            pool.get_message_by_name(CHECK_RESPONSE).unwrap().fields().map(|f| f.json_name().to_owned()).collect();
+        let keys: Vec<String> = json.as_object().unwrap().keys().cloned().collect();
+        assert_eq!(keys, names);
+        // Unset messages stay absent: an anonymous caller has no authInfo.
+        let anonymous = decision_json(decision(Outcome::Allowed, &[], false)).unwrap();
+        assert!(anonymous.get("authInfo").is_none(), "{anonymous}");
+    }
+
+    #[test]
+    fn a_denial_body_is_part_of_the_decision_json() {
+        for decision in every_decision().into_iter().filter(|decision| !decision.allowed()) {
+            let body = crate::gateway::denial_json(&decision);
+            let full = decision_json(decision).unwrap();
+            for (key, value) in body.as_object().unwrap() {
+                assert_eq!(Some(value), full.get(key), "{key} in {body} and {full}");
+            }
+        }
+    }
+
+    #[test]
+    fn outcome_names_are_the_protos() {
+        for decision in every_decision() {
+            let json = decision_json(decision.clone()).unwrap();
+            assert_eq!(json["outcome"], decision.outcome.api_name());
+        }
+        assert_eq!(crate::gateway::INVALID_REQUEST_OUTCOME, proto::Outcome::InvalidRequest.as_str_name());
+        let invalid = crate::gateway::invalid_request_json("bad");
+        assert_eq!(invalid["httpStatus"], 400);
+    }
 
     fn round_trip(value: &Value) -> Result<Value, TargetError> {
         let extra = Extra::from([("v".to_owned(), value.clone())]);

@@ -118,7 +118,7 @@ async fn denials_carry_status_challenge_and_a_json_body() {
         assert_eq!(header(response_headers, "content-type"), Some("application/json"));
         let body = body_of(&answer);
         assert_eq!(body["error"], code, "{path} {headers:?}");
-        assert_eq!(body["decision_id"], answer.decision().unwrap().decision_id.as_str());
+        assert_eq!(body["decisionId"], answer.decision().unwrap().decision_id.as_str());
     }
 }
 
@@ -184,7 +184,7 @@ async fn json_rpc_requests_are_decided_per_tool_argument_prompt_and_method() {
             let error = body_of(&answer);
             assert_eq!(error["jsonrpc"], "2.0");
             assert_eq!(error["error"]["code"], mcp::code::UNAUTHORIZED);
-            assert_eq!(error["error"]["data"]["status"], status);
+            assert_eq!(error["error"]["data"]["httpStatus"], status);
             assert!(error["id"].is_number(), "{error}");
         }
     }
