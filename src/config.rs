@@ -14,6 +14,7 @@ use crate::model::SecretDigest;
 
 mod credentials;
 mod gateway;
+pub mod init;
 mod listen;
 mod sessions;
 mod values;
@@ -34,8 +35,10 @@ pub const DEMO_NAME: &str = "<embedded>/config/demo.yaml";
 pub enum ConfigError {
     /// The file does not exist.
     #[error(
-        "`{path}` does not exist: start from examples/nginx/cedargate.yaml or \
-         examples/envoy/cedargate.yaml, or leave out --config to serve the embedded demo"
+        "`{path}` does not exist. `cedargate init {dir}` writes a commented starting config \
+         there (cedargate.yaml and a policies/ directory); examples/ has configs for nginx and \
+         Envoy; without --config cedargate serves its embedded demo",
+        dir = init_dir(path).display()
     )]
     NotFound {
         /// The file.
@@ -135,6 +138,14 @@ pub struct AdminConfig {
 fn default_realm() -> String {
     crate::engine::EngineSettings::default().realm
 }
+/// The directory `cedargate init` would write a missing config file into.
+fn init_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    }
+}
+
 impl Config {
     /// Reads and validates a config file.
     ///

@@ -58,6 +58,13 @@ enum Command {
         #[arg(long)]
         context: Option<String>,
     },
+    /// Write a commented starting config (`cedargate.yaml`) and a policy directory
+    /// (`policies/`) into DIR, with a development token printed once. Overwrites nothing.
+    Init {
+        /// Where to write them (created if missing).
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+    },
     /// Print the SHA-256 digest of an API key or static token for the config.
     /// Reads the key from standard input when not given.
     HashKey {
@@ -115,6 +122,27 @@ fn real_main() -> anyhow::Result<ExitCode> {
             let allowed = decision.allowed();
             println!("{}", serde_json::to_string_pretty(&cedargate::api::json::decision_json(decision)?)?);
             Ok(if allowed { ExitCode::SUCCESS } else { ExitCode::from(1) })
+        }
+        Command::Init { dir } => {
+            let written = cedargate::config::init::write(&dir)?;
+            let config = written.config.display();
+            println!("Wrote:");
+            for file in &written.files {
+                println!("  {}", file.display());
+            }
+            println!();
+            println!("Development token (shown only now; cedargate.yaml keeps its SHA-256):");
+            println!("  {}", written.dev_token);
+            println!();
+            println!("Try:");
+            println!("  cedargate check --config {config} --route 'GET /public/hello'        # allowed");
+            println!("  cedargate check --config {config} --route 'GET /users/developer'     # 401: no credential");
+            println!(
+                "  cedargate check --config {config} --authorization 'Bearer {}' --route 'DELETE /users/7'   # allowed: a developer",
+                written.dev_token
+            );
+            println!("  cedargate --config {config}                                          # serve it");
+            Ok(ExitCode::SUCCESS)
         }
         Command::HashKey { key } => {
             let key = match key {

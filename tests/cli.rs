@@ -198,3 +198,57 @@ async fn a_served_process_logs_fingerprints_reloads_on_sighup_and_stops_on_sigte
     let all = log.join("\n");
     assert!(!all.contains("tok-alpha"), "a raw credential reached the log:\n{all}");
 }
+
+/// `cedargate init` writes a config that loads, and every `Try:` command it prints (but the
+/// last, which serves on fixed ports) does what its comment says when run as printed.
+#[test]
+fn init_writes_a_starting_config_whose_printed_commands_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("new");
+    let output = cedargate(&["init", target.to_str().unwrap()], None);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let printed = String::from_utf8(output.stdout).unwrap();
+    let token = printed.lines().map(str::trim).find(|line| line.starts_with("cgdev_")).expect("a token line");
+    let config = std::fs::read_to_string(target.join("cedargate.yaml")).unwrap();
+    assert!(!config.contains(token), "the token itself is not stored");
+
+    let tries: Vec<&str> =
+        printed.lines().map(str::trim).filter(|line| line.starts_with("cedargate check ")).collect();
+    assert_eq!(tries.len(), 3, "{printed}");
+    for line in tries {
+        let (command, expected) = line.split_once('#').unwrap();
+        let output = Command::new("sh")
+            .args(["-c", &format!("\"$CEDARGATE\" {}", command.trim().trim_start_matches("cedargate "))])
+            .env("CEDARGATE", env!("CARGO_BIN_EXE_cedargate"))
+            .output()
+            .unwrap();
+        let decision: Value = serde_json::from_slice(&output.stdout).unwrap_or_else(|_| panic!("{line}: {output:?}"));
+        match expected.trim().split([':', ' ']).next().unwrap() {
+            "allowed" => {
+                assert_eq!(output.status.code(), Some(0), "{line}: {decision}");
+                assert_eq!(decision["outcome"], "OUTCOME_ALLOWED", "{line}");
+            }
+            "401" => {
+                assert_eq!(output.status.code(), Some(1), "{line}: {decision}");
+                assert_eq!(decision["httpStatus"], 401, "{line}");
+            }
+            other => panic!("{line}: no expectation `{other}`"),
+        }
+    }
+
+    let again = cedargate(&["init", target.to_str().unwrap()], None);
+    assert_eq!(again.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already exists"));
+    assert_eq!(std::fs::read_to_string(target.join("cedargate.yaml")).unwrap(), config, "nothing overwritten");
+}
+
+#[test]
+fn a_missing_config_says_how_to_start_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("conf/cedargate.yaml");
+    let output = cedargate(&["--config", missing.to_str().unwrap(), "check", "--route", "GET /"], None);
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains(&format!("cedargate init {}", dir.path().join("conf").display())), "{stderr}");
+    assert!(!stderr.contains("os error"), "{stderr}");
+}

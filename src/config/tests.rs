@@ -192,5 +192,7 @@ fn a_missing_config_file_says_what_to_do() {
     let error = Config::load(Path::new("/nonexistent/cedargate.yaml")).unwrap_err();
     assert!(matches!(error, ConfigError::NotFound { .. }), "{error:?}");
     let text = error.to_string();
-    assert!(text.contains("examples/nginx/cedargate.yaml") && !text.contains("os error"), "{text}");
+    assert!(text.contains("cedargate init /nonexistent` ") && !text.contains("os error"), "{text}");
+    let bare = Config::load(Path::new("missing.yaml")).unwrap_err().to_string();
+    assert!(bare.contains("cedargate init .` "), "{bare}");
 }
