@@ -36,8 +36,9 @@ struct Cli {
 enum Command {
     /// Serve gRPC and HTTP (the default).
     Serve,
-    /// Decide one request without starting a server, and print the decision as JSON.
-    /// Exit code: 0 allowed, 1 denied, 2 error.
+    /// Decide one request without starting a server, and print the decision as JSON: the
+    /// protobuf JSON mapping of `CheckResponse`, every field present. Exit code: 0 allowed,
+    /// 1 denied, 2 error.
     Check {
         /// The `Authorization` value, e.g. `Bearer user-token-123` ("" for none).
         #[arg(long, default_value = "")]
