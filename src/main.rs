@@ -59,6 +59,11 @@ enum Command {
         #[arg(long)]
         context: Option<String>,
     },
+    /// Write, test and inspect Cedar policies.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
     /// Write a commented starting config (`cedargate.yaml`) and a policy directory
     /// (`policies/`) into DIR, with a development token printed once. Overwrites nothing.
     Init {
@@ -74,6 +79,13 @@ enum Command {
     },
     /// Print an argon2id hash of a password (read from standard input) for the config.
     HashPassword,
+}
+
+#[derive(Debug, Subcommand)]
+enum PolicyCommand {
+    /// Print the Cedar schema cedargate sends requests in: the starting point of a policy
+    /// directory's `schema.cedarschema`.
+    Schema,
 }
 
 fn main() -> ExitCode {
@@ -124,6 +136,12 @@ fn real_main() -> anyhow::Result<ExitCode> {
             println!("{}", serde_json::to_string_pretty(&cedargate::api::json::decision_json(decision)?)?);
             Ok(if allowed { ExitCode::SUCCESS } else { ExitCode::from(1) })
         }
+        Command::Policy { command } => match command {
+            PolicyCommand::Schema => {
+                print!("{}", cedargate::policy::SCHEMA);
+                Ok(ExitCode::SUCCESS)
+            }
+        },
         Command::Init { dir } => {
             let written = cedargate::config::init::write(&dir)?;
             let config = written.config.display();

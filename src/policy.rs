@@ -17,7 +17,7 @@ use cedar_policy::{Authorizer, Decision as CedarDecision, Entities, PolicyId, Po
 
 use crate::model::{AuthInfo, Extra, McpKind};
 
-pub use load::{PolicyError, PolicySources, SourceFile};
+pub use load::{PolicyError, PolicySources, SourceFile, SCHEMA, SCHEMA_FILE};
 
 /// The Cedar view of a target, after the engine normalized it.
 #[derive(Debug, Clone, Copy)]

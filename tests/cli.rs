@@ -252,3 +252,17 @@ fn a_missing_config_says_how_to_start_one() {
     assert!(stderr.contains(&format!("cedargate init {}", dir.path().join("conf").display())), "{stderr}");
     assert!(!stderr.contains("os error"), "{stderr}");
 }
+
+#[test]
+fn policy_schema_prints_a_schema_the_demo_policies_validate_against() {
+    let output = cedargate(&["policy", "schema"], None);
+    assert!(output.status.success());
+    let schema = String::from_utf8(output.stdout).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("schema.cedarschema"), &schema).unwrap();
+    for file in ["routes.cedar", "mcp.cedar"] {
+        std::fs::copy(format!("policies/{file}"), dir.path().join(file)).unwrap();
+    }
+    let sources = cedargate::policy::PolicySources::from_dir(dir.path()).unwrap();
+    cedargate::policy::PolicyEngine::new(&sources).unwrap();
+}

@@ -6,10 +6,10 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use crate::model::SecretDigest;
+use crate::policy::SCHEMA;
 
 const CONFIG: &str = include_str!("../../config/init/cedargate.yaml");
 const POLICIES: &str = include_str!("../../config/init/policies.cedar");
-const SCHEMA: &str = include_str!("../../policies/schema.cedarschema");
 /// Where the template's token digest goes.
 const DIGEST_PLACEHOLDER: &str = "DEV_TOKEN_SHA256";
 /// Prefix of a development token, so one found somewhere is recognizable.

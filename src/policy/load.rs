@@ -17,6 +17,10 @@ use super::{PolicyMeta, PolicySnapshot};
 /// The name of the schema file inside a policy directory.
 pub const SCHEMA_FILE: &str = "schema.cedarschema";
 
+/// The schema cedargate sends requests in: the shipped `policies/schema.cedarschema`, the
+/// starting point of every policy directory (`cedargate policy schema`).
+pub const SCHEMA: &str = include_str!("../../policies/schema.cedarschema");
+
 /// One source text and the name diagnostics use for it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SourceFile {
@@ -88,7 +92,7 @@ impl PolicySources {
         Self {
             schema: SourceFile {
                 name: "<embedded>/policies/schema.cedarschema".to_owned(),
-                text: include_str!("../../policies/schema.cedarschema").to_owned(),
+                text: SCHEMA.to_owned(),
             },
             policies: vec![
                 SourceFile {
