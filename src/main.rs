@@ -155,7 +155,9 @@ fn real_main() -> anyhow::Result<ExitCode> {
             println!();
             println!("Try:");
             println!("  cedargate check --config {config} --route 'GET /public/hello'        # allowed");
-            println!("  cedargate check --config {config} --route 'GET /users/developer'     # 401: no credential");
+            println!(
+                "  cedargate check --config {config} --route 'GET /users/developer'     # 401: no credential"
+            );
             println!(
                 "  cedargate check --config {config} --authorization 'Bearer {}' --route 'DELETE /users/7'   # allowed: a developer",
                 written.dev_token

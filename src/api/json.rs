@@ -100,8 +100,10 @@ pub fn decision_json(decision: Decision) -> Result<Value, DecisionJsonError> {
     static DESCRIPTOR: OnceLock<Result<MessageDescriptor, String>> = OnceLock::new();
     let descriptor = DESCRIPTOR
         .get_or_init(|| {
-            let pool = DescriptorPool::decode(proto::FILE_DESCRIPTOR_SET).map_err(|error| error.to_string())?;
-            pool.get_message_by_name(CHECK_RESPONSE).ok_or_else(|| format!("{CHECK_RESPONSE} is not described"))
+            let pool =
+                DescriptorPool::decode(proto::FILE_DESCRIPTOR_SET).map_err(|error| error.to_string())?;
+            pool.get_message_by_name(CHECK_RESPONSE)
+                .ok_or_else(|| format!("{CHECK_RESPONSE} is not described"))
         })
         .as_ref()
         .map_err(|error| DecisionJsonError(error.clone()))?;
@@ -173,8 +175,12 @@ mod tests {
         assert_eq!(json["authInfo"]["expiresAt"], "1767225600", "int64 is a string");
         // Every field of CheckResponse, by its JSON name, and nothing else.
         let pool = DescriptorPool::decode(proto::FILE_DESCRIPTOR_SET).unwrap();
-        let names: Vec<String> =
-            pool.get_message_by_name(CHECK_RESPONSE).unwrap().fields().map(|f| f.json_name().to_owned()).collect();
+        let names: Vec<String> = pool
+            .get_message_by_name(CHECK_RESPONSE)
+            .unwrap()
+            .fields()
+            .map(|f| f.json_name().to_owned())
+            .collect();
         let keys: Vec<String> = json.as_object().unwrap().keys().cloned().collect();
         assert_eq!(keys, names);
         // Unset messages stay absent: an anonymous caller has no authInfo.
