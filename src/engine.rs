@@ -4,7 +4,9 @@
 use std::sync::Arc;
 
 use crate::credential::{parse_authorization, CredentialChain, CredentialError};
-use crate::model::{unix_now, AuthInfo, Decision, Extra, McpKind, Outcome, Scheme, SecretDigest, Target};
+use crate::model::{
+    unix_now, AuthInfo, Decision, Extra, McpKind, Outcome, Scheme, SecretDigest, ShadowDecision, Target,
+};
 use crate::policy::{PolicyEngine, Query, Resource, Verdict};
 use crate::route::{self, RouteTable, TargetError};
 
@@ -219,6 +221,7 @@ impl Engine {
                     errors: Vec::new(),
                     credential_fingerprint: fingerprint,
                     required_scopes: Vec::new(),
+                    shadow: None,
                 }
             }
             Authentication::Anonymous => {
@@ -315,6 +318,7 @@ fn from_verdict(
     decision_id: String,
     credential_fingerprint: Option<String>,
 ) -> Decision {
+    let authenticated = auth_info.is_some();
     Decision {
         outcome,
         auth_info,
@@ -326,6 +330,16 @@ fn from_verdict(
         credential_fingerprint,
         // Only a 403 names missing scopes; an allow or a 401 has nothing to ask for.
         required_scopes: if outcome == Outcome::Forbidden { verdict.required_scopes } else { Vec::new() },
+        shadow: verdict.shadow.map(|shadow| ShadowDecision {
+            // A denial is a 401 for a caller without a credential, as the enforced one is.
+            outcome: match (shadow.allowed, authenticated) {
+                (true, _) => Outcome::Allowed,
+                (false, true) => Outcome::Forbidden,
+                (false, false) => Outcome::Unauthenticated,
+            },
+            policy_ids: shadow.policy_ids,
+            reason: shadow.reason,
+        }),
     }
 }
 
@@ -371,6 +385,8 @@ fn log_decision(decision: &Decision, target: &PreparedTarget<'_>) {
         policy_ids = ?decision.policy_ids,
         reason = %decision.reason,
         errors = decision.errors.len(),
+        shadow_outcome = decision.shadow.as_ref().map_or("", |shadow| shadow.outcome.as_str()),
+        shadow_policy_ids = ?decision.shadow.as_ref().map(|shadow| &shadow.policy_ids),
     );
 }
 

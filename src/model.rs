@@ -434,6 +434,19 @@ pub struct Decision {
     pub credential_fingerprint: Option<String>,
     /// On a 403, the scopes the denying policy names (`@scopes`): the client lacks them.
     pub required_scopes: Vec<String>,
+    /// Set only when the `@shadow` policies, enforced, would have decided otherwise.
+    pub shadow: Option<ShadowDecision>,
+}
+
+/// The decision `@shadow` policies would have produced, reported beside the enforced one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShadowDecision {
+    /// The outcome it would have had.
+    pub outcome: Outcome,
+    /// The shadow policies that made the difference.
+    pub policy_ids: Vec<String>,
+    /// The reason it would have given.
+    pub reason: String,
 }
 
 impl Decision {

@@ -74,6 +74,19 @@ pub struct Verdict {
     pub required_scopes: Vec<String>,
     /// Evaluation errors.
     pub errors: Vec<String>,
+    /// Set only when the `@shadow` policies, enforced, would have decided otherwise.
+    pub shadow: Option<ShadowVerdict>,
+}
+
+/// What the decision would have been with the `@shadow` policies enforced, when that differs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ShadowVerdict {
+    /// Whether it would have been allowed.
+    pub allowed: bool,
+    /// The shadow policies that made the difference (determining, or failing to evaluate).
+    pub policy_ids: Vec<String>,
+    /// The reason that decision would have given.
+    pub reason: String,
 }
 
 /// Annotations cedargate reads from each policy, parsed once per load.
@@ -86,7 +99,12 @@ struct PolicyMeta {
 /// An immutable, validated policy set with everything evaluation needs.
 #[derive(Debug)]
 pub struct PolicySnapshot {
+    /// The enforced policies.
     policies: PolicySet,
+    /// The enforced policies and the `@shadow` ones; `None` when there are no shadow policies.
+    with_shadow: Option<PolicySet>,
+    /// Ids of the `@shadow` policies.
+    shadow_ids: HashSet<PolicyId>,
     /// The schema's action entities (with the `read`/`write` groups); every request's entity
     /// store starts from a clone of this.
     action_entities: Entities,
@@ -107,9 +125,14 @@ impl PolicySnapshot {
         &self.revision
     }
 
-    /// Number of policies.
+    /// Number of policies, shadow policies included.
     pub fn policy_count(&self) -> usize {
-        self.policies.policies().count()
+        self.policies.policies().count() + self.shadow_ids.len()
+    }
+
+    /// Number of `@shadow` policies.
+    pub fn shadow_count(&self) -> usize {
+        self.shadow_ids.len()
     }
 }
 
@@ -122,6 +145,8 @@ pub struct PolicyEngine {
     principals: request::PrincipalCache,
     /// Source of snapshot generations.
     generations: AtomicU64,
+    /// Decisions the `@shadow` policies would have changed, since start.
+    shadow_disagreements: AtomicU64,
 }
 
 impl PolicyEngine {
@@ -140,6 +165,7 @@ impl PolicyEngine {
             authorizer: Authorizer::new(),
             principals: request::PrincipalCache::default(),
             generations,
+            shadow_disagreements: AtomicU64::new(0),
         })
     }
 
@@ -170,11 +196,47 @@ impl PolicyEngine {
                     reason: format!("policy request could not be built: {error}"),
                     required_scopes: Vec::new(),
                     errors: vec![error],
+                    shadow: None,
                 }
             }
         };
         let response = self.authorizer.is_authorized(&request, &snapshot.policies, &entities);
-        verdict_from(&snapshot, response.decision(), response.diagnostics())
+        let mut verdict = verdict_from(&snapshot, response.decision(), response.diagnostics());
+        // INVARIANT: shadow policies never change the verdict; they only report.
+        if let Some(with_shadow) = &snapshot.with_shadow {
+            let trial = self.authorizer.is_authorized(&request, with_shadow, &entities);
+            let would = verdict_from(&snapshot, trial.decision(), trial.diagnostics());
+            if would.allowed != verdict.allowed {
+                self.shadow_disagreements.fetch_add(1, Ordering::Relaxed);
+                let shadow_ids: Vec<String> = would
+                    .policy_ids
+                    .iter()
+                    .filter(|id| snapshot.shadow_ids.contains(&PolicyId::new(id.as_str())))
+                    .cloned()
+                    .collect();
+                verdict.shadow = Some(ShadowVerdict {
+                    allowed: would.allowed,
+                    // A shadow forbid that removes the only permit's effect is determining; a
+                    // difference without a shadow id among the determining policies cannot
+                    // happen, but would name every shadow policy rather than none.
+                    policy_ids: if shadow_ids.is_empty() {
+                        let mut all: Vec<String> =
+                            snapshot.shadow_ids.iter().map(ToString::to_string).collect();
+                        all.sort_unstable();
+                        all
+                    } else {
+                        shadow_ids
+                    },
+                    reason: would.reason,
+                });
+            }
+        }
+        verdict
+    }
+
+    /// How many decisions the `@shadow` policies would have changed since start.
+    pub fn shadow_disagreements(&self) -> u64 {
+        self.shadow_disagreements.load(Ordering::Relaxed)
     }
 }
 
@@ -211,6 +273,7 @@ fn verdict_from(
             policy_ids: determining.iter().map(ToString::to_string).collect(),
             required_scopes: Vec::new(),
             errors,
+            shadow: None,
         };
     }
     if decision == CedarDecision::Deny && !determining.is_empty() {
@@ -223,6 +286,7 @@ fn verdict_from(
             policy_ids: determining.iter().map(ToString::to_string).collect(),
             required_scopes,
             errors,
+            shadow: None,
         };
     }
     if let Some(first_error) = errors.first() {
@@ -234,6 +298,7 @@ fn verdict_from(
             policy_ids: failed_ids,
             required_scopes: Vec::new(),
             errors,
+            shadow: None,
         };
     }
     Verdict {
@@ -242,6 +307,7 @@ fn verdict_from(
         policy_ids: Vec::new(),
         required_scopes: Vec::new(),
         errors,
+        shadow: None,
     }
 }
 

@@ -271,3 +271,46 @@ fn policy_schema_prints_a_schema_the_demo_policies_validate_against() {
     let sources = cedargate::policy::PolicySources::from_dir(dir.path()).unwrap();
     cedargate::policy::PolicyEngine::new(&sources).unwrap();
 }
+
+/// A `@shadow` policy never changes a decision; `check` shows what it would have decided.
+#[test]
+fn check_reports_what_a_shadow_policy_would_change() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("schema.cedarschema"), cedargate::policy::SCHEMA).unwrap();
+    std::fs::write(
+        dir.path().join("p.cedar"),
+        r#"@id("open") permit (principal, action == Action::"GET", resource is Route);
+@id("soon-signed-in-only") @shadow @reason("Will need a credential")
+forbid (principal is Anonymous, action, resource is Route);
+"#,
+    )
+    .unwrap();
+    let config = dir.path().join("cedargate.yaml");
+    std::fs::write(
+        &config,
+        "policies:\n  dir: .\ncredentials:\n  static_tokens:\n    - { value: user-token-123, subject: u }\n",
+    )
+    .unwrap();
+    let config = config.to_str().unwrap();
+
+    let anonymous = cedargate(&["--config", config, "check", "--route", "GET /x"], None);
+    assert_eq!(anonymous.status.code(), Some(0), "the shadow forbid is not enforced");
+    let decision: Value = serde_json::from_slice(&anonymous.stdout).unwrap();
+    assert_eq!(decision["outcome"], "OUTCOME_ALLOWED");
+    assert_eq!(decision["policyIds"], serde_json::json!(["open"]));
+    assert_eq!(
+        decision["shadow"],
+        serde_json::json!({
+            "outcome": "OUTCOME_UNAUTHENTICATED",
+            "policyIds": ["soon-signed-in-only"],
+            "reason": "Will need a credential"
+        })
+    );
+    let signed_in = cedargate(
+        &["--config", config, "check", "--authorization", "Bearer user-token-123", "--route", "GET /x"],
+        None,
+    );
+    let decision: Value = serde_json::from_slice(&signed_in.stdout).unwrap();
+    assert_eq!(decision["outcome"], "OUTCOME_ALLOWED", "{decision}");
+    assert!(decision.get("shadow").is_none(), "no difference, no shadow: {decision}");
+}

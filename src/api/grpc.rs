@@ -103,8 +103,14 @@ pub(crate) fn outcome_to_proto(outcome: Outcome) -> proto::Outcome {
 /// A decision on the wire.
 pub fn decision_to_proto(decision: Decision) -> proto::CheckResponse {
     let error = decision.error_code().to_owned();
+    let allowed = decision.allowed();
+    let shadow = decision.shadow.map(|shadow| proto::ShadowDecision {
+        outcome: outcome_to_proto(shadow.outcome).into(),
+        policy_ids: shadow.policy_ids,
+        reason: shadow.reason,
+    });
     proto::CheckResponse {
-        allowed: decision.allowed(),
+        allowed,
         outcome: outcome_to_proto(decision.outcome).into(),
         http_status: u32::from(decision.outcome.http_status()),
         auth_info: decision.auth_info.as_deref().map(auth_info_to_proto),
@@ -115,6 +121,7 @@ pub fn decision_to_proto(decision: Decision) -> proto::CheckResponse {
         errors: decision.errors,
         credential_fingerprint: decision.credential_fingerprint.unwrap_or_default(),
         error,
+        shadow,
     }
 }
 

@@ -146,6 +146,7 @@ mod tests {
             errors: vec![],
             credential_fingerprint: credential.then(|| "0123456789abcdef".into()),
             required_scopes: scopes.iter().map(|scope| (*scope).to_owned()).collect(),
+            shadow: None,
         }
     }
 

@@ -135,6 +135,8 @@ pub(super) fn load(
     };
 
     let mut policies = PolicySet::new();
+    // `@shadow` policies: validated with the rest, evaluated beside them, never enforced.
+    let mut shadow = PolicySet::new();
     let mut meta = HashMap::new();
     // Which file each policy came from, for validation diagnostics.
     let mut origin: HashMap<PolicyId, usize> = HashMap::new();
@@ -174,7 +176,8 @@ pub(super) fn load(
                 },
             );
             origin.insert(id.clone(), file_index);
-            if let Err(error) = policies.add(policy.new_id(id)) {
+            let set = if policy.annotation("shadow").is_some() { &mut shadow } else { &mut policies };
+            if let Err(error) = set.add(policy.new_id(id)) {
                 diagnostics.push(format!("{}: {error}", file.name));
             }
         }
@@ -183,7 +186,18 @@ pub(super) fn load(
     let Some(schema) = schema else {
         return Err(PolicyError::Invalid { diagnostics });
     };
-    let validation = Validator::new(schema.clone()).validate(&policies, ValidationMode::Strict);
+    // The enforced set with the shadow policies in it: what would decide if they were enforced.
+    let with_shadow = (!shadow.is_empty()).then(|| {
+        let mut all = policies.clone();
+        for policy in shadow.policies() {
+            if let Err(error) = all.add(policy.clone()) {
+                diagnostics.push(error.to_string());
+            }
+        }
+        all
+    });
+    let validation = Validator::new(schema.clone())
+        .validate(with_shadow.as_ref().unwrap_or(&policies), ValidationMode::Strict);
     for error in validation.validation_errors() {
         match origin.get(error.policy_id()).and_then(|index| sources.policies.get(*index)) {
             Some(file) => render(file, error, &mut diagnostics),
@@ -210,7 +224,9 @@ pub(super) fn load(
     let anonymous = super::request::Prepared::new(names, &action_entities, generation, None)
         .map_err(|error| PolicyError::Invalid { diagnostics: vec![error] })?;
     Ok(PolicySnapshot {
+        shadow_ids: shadow.policies().map(|policy| policy.id().clone()).collect(),
         policies,
+        with_shadow,
         action_entities,
         route_actions,
         generation,

@@ -299,3 +299,76 @@ fn a_cached_principal_sees_a_new_second_and_a_new_policy_set() {
     });
     assert!(post.allowed, "{post:?}");
 }
+
+const SHADOWED: &str = r#"
+@id("reads")
+permit (principal in Role::"user", action == Action::"GET", resource is Route);
+
+@id("new-admin-rule") @shadow @reason("Admin routes will need admin")
+forbid (principal, action, resource is Route)
+when { resource.path like "/admin/*" }
+unless { principal in Role::"admin" };
+
+@id("new-deletes") @shadow @reason("Users will be able to delete")
+permit (principal in Role::"user", action == Action::"DELETE", resource is Route);
+
+@id("agrees") @shadow
+permit (principal in Role::"user", action == Action::"GET", resource == Route::"/a");
+
+@id("broken") @shadow
+forbid (principal, action == Action::"PUT", resource is Route)
+when { (context.now + 2) * 9223372036854775807 > 0 };
+
+@id("puts")
+permit (principal in Role::"user", action == Action::"PUT", resource is Route);
+"#;
+
+#[test]
+fn shadow_policies_report_what_they_would_change_and_never_change_it() {
+    let engine = PolicyEngine::new(&sources(&[("p.cedar", SHADOWED)])).unwrap();
+    assert_eq!(engine.snapshot().shadow_count(), 4);
+    assert_eq!(engine.snapshot().policy_count(), 6);
+    let user = user(&["user"], &[]);
+
+    // Allowed now; a shadow forbid would deny it.
+    let admin_read = ask(&engine, Some(&user), route("GET", "/admin/x"));
+    assert!(admin_read.allowed);
+    assert_eq!(admin_read.policy_ids, ["reads"]);
+    let shadow = admin_read.shadow.unwrap();
+    assert!(!shadow.allowed);
+    assert_eq!(shadow.policy_ids, ["new-admin-rule"]);
+    assert_eq!(shadow.reason, "Admin routes will need admin");
+
+    // Denied now; a shadow permit would allow it.
+    let delete = ask(&engine, Some(&user), route("DELETE", "/x"));
+    assert!(!delete.allowed);
+    assert_eq!(
+        delete.shadow.unwrap(),
+        ShadowVerdict {
+            allowed: true,
+            policy_ids: vec!["new-deletes".into()],
+            reason: "Users will be able to delete".into()
+        }
+    );
+
+    // A shadow policy that agrees, or matches nothing, says nothing.
+    assert_eq!(ask(&engine, Some(&user), route("GET", "/a")).shadow, None);
+    assert_eq!(ask(&engine, Some(&user), route("GET", "/b")).shadow, None);
+
+    // A shadow policy that fails to evaluate would deny (fail closed), and is named; the
+    // enforced decision does not see its error.
+    let put = ask(&engine, Some(&user), route("PUT", "/x"));
+    assert!(put.allowed && put.errors.is_empty(), "{put:?}");
+    assert_eq!(put.shadow.unwrap().policy_ids, ["broken"]);
+
+    assert_eq!(engine.shadow_disagreements(), 3);
+}
+
+#[test]
+fn shadow_policies_are_validated_like_the_rest() {
+    let diagnostics = invalid(PolicyEngine::new(&sources(&[(
+        "p.cedar",
+        "@shadow\npermit (principal, action, resource) when { context.nope };",
+    )])));
+    assert!(diagnostics.iter().any(|line| line.starts_with("p.cedar:2:")), "{diagnostics:?}");
+}
