@@ -1,6 +1,7 @@
 //! The only place that knows tonic, HTTP and wire types: the gRPC services, the HTTP
 //! listener, and the one mapping of decisions and errors onto each wire.
 
+pub mod admin;
 pub mod ext_authz;
 pub mod grpc;
 pub mod http;

@@ -1,5 +1,8 @@
 //! The composition root: builds every part from a [`Config`], binds, serves gRPC and HTTP,
-//! runs the background tasks, and shuts down gracefully.
+//! runs the background tasks (among them the policy directory watch, `policy_watch`), and shuts
+//! down gracefully.
+
+mod policy_watch;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -26,7 +29,9 @@ use crate::engine::{Engine, EngineSettings};
 use crate::gateway::Gateway;
 use crate::gateway::TrustedProxies;
 use crate::model::{AuthInfo, CredentialKind, Scheme};
-use crate::policy::{PolicyEngine, PolicyError, PolicySources};
+use crate::policy::{
+    PolicyEngine, PolicyError, PolicyReloader, PolicySources, ReloadError, ReloadTrigger, Reloaded,
+};
 use crate::route::RouteTable;
 use crate::session::{
     Account, LimitRule, MemoryRateLimiter, MemorySessionStore, SessionManager, SessionSettings,
@@ -65,6 +70,8 @@ pub enum AppError {
 pub struct App {
     config: Config,
     policy_dir: Option<PathBuf>,
+    /// Every reload goes through it (watch, SIGHUP, `Admin/ReloadPolicies`), one at a time.
+    policies: Arc<PolicyReloader>,
     engine: Arc<Engine>,
     gateway: Arc<Gateway>,
     sessions: Arc<SessionManager>,
@@ -86,6 +93,7 @@ impl App {
             None => PolicySources::embedded_demo(),
         };
         let policies = Arc::new(PolicyEngine::new(&sources)?);
+        let reloader = Arc::new(PolicyReloader::new(Arc::clone(&policies), policy_dir.clone(), sources));
         let routes = RouteTable::new(config.routes.iter().map(String::as_str), config.paths.rules())
             .map_err(AppError::Setup)?;
 
@@ -179,7 +187,17 @@ impl App {
             "policies loaded"
         );
         let gateway = Arc::new(Gateway::new(Arc::clone(&engine), &config.gateway));
-        Ok(Self { config, policy_dir, engine, gateway, sessions, limiter, jwt, token_caches })
+        Ok(Self {
+            config,
+            policy_dir,
+            policies: reloader,
+            engine,
+            gateway,
+            sessions,
+            limiter,
+            jwt,
+            token_caches,
+        })
     }
 
     /// The decision pipeline (also what the CLI's `check` uses).
@@ -192,22 +210,17 @@ impl App {
         &self.sessions
     }
 
-    /// Re-reads the policy directory; on any problem the last good set stays in force.
+    /// The policy reloader: reloads and the status.
+    pub fn policies(&self) -> &Arc<PolicyReloader> {
+        &self.policies
+    }
+
+    /// Re-reads the policy directory (off the async workers, one reload at a time); on any
+    /// problem the last good set stays in force.
     ///
     /// Fails with the diagnostics of the rejected set; embedded policies cannot be reloaded.
-    pub fn reload_policies(&self) -> Result<(), PolicyError> {
-        let Some(dir) = &self.policy_dir else {
-            return Err(PolicyError::Invalid {
-                diagnostics: vec!["the embedded demo policies cannot be reloaded".to_owned()],
-            });
-        };
-        let snapshot = self.engine.policies().reload(&PolicySources::from_dir(dir)?)?;
-        tracing::info!(
-            policies = snapshot.policy_count(),
-            revision = snapshot.revision(),
-            "policies reloaded"
-        );
-        Ok(())
+    pub async fn reload_policies(&self) -> Result<Reloaded, ReloadError> {
+        self.policies.reload(ReloadTrigger::Request).await
     }
 
     /// Binds the configured addresses and serves until `shutdown` completes.
@@ -267,6 +280,7 @@ impl App {
             .add_service(proto::admin_server::AdminServer::new(AdminService::new(
                 self.config.admin.token_sha256.map(|digest| digest.0),
                 self.token_caches.clone(),
+                Arc::clone(&self.policies),
             )))
             .serve_with_incoming_shutdown(grpc_incoming(grpc, listen), stopped(stop.clone()));
         let http_router = router(HttpState {
@@ -281,6 +295,8 @@ impl App {
             max_gateway_body_bytes: self.config.gateway.max_body_bytes,
             trusted_proxies: TrustedProxies::new(self.config.gateway.trusted_proxies.clone()),
             forward_auth: self.config.gateway.forward_auth.convention,
+            policies: Arc::clone(&self.policies),
+            admin_token: self.config.admin.token_sha256.map(|digest| digest.0),
         });
         let http_server = serve_http(http, http_router, listen, stopped(stop.clone()));
 
@@ -291,6 +307,13 @@ impl App {
             self.config.credentials.jwt.iter().map(|issuer| issuer.refresh_interval.0).min();
         let jwks_refresh = self.jwt.as_ref().zip(refresh_interval).map(|(jwt, interval)| {
             tokio::spawn(Arc::clone(jwt).refresh_task(interval, stopped(stop.clone())))
+        });
+        let policy_watch = self.policy_dir.as_ref().filter(|_| self.config.policies.watch).map(|dir| {
+            tokio::spawn(policy_watch::watch_policies_task(
+                Arc::clone(&self.policies),
+                dir.clone(),
+                stop.clone(),
+            ))
         });
         ready.store(true, Ordering::Release);
         tracing::info!(grpc = %grpc_address, http = %http_address, "cedargate serving");
@@ -330,12 +353,15 @@ impl App {
         if let Some(refresh) = jwks_refresh {
             let _ = refresh.await;
         }
+        // The watcher's thread ends with its task.
+        if let Some(policy_watch) = policy_watch {
+            let _ = policy_watch.await;
+        }
         tracing::info!("cedargate stopped");
         result
     }
 
-    /// Reloads policies on every SIGHUP until `stop`; a bad set is logged and the last good
-    /// one kept.
+    /// Reloads policies on every SIGHUP; a bad set is logged and the last good one kept.
     #[cfg(unix)]
     pub async fn reload_on_sighup_task(self: Arc<Self>) {
         let Ok(mut hangups) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
@@ -343,8 +369,9 @@ impl App {
             return;
         };
         while hangups.recv().await.is_some() {
-            if let Err(error) = self.reload_policies() {
-                tracing::error!("policy reload rejected, keeping the last good set:\n{error}");
+            // The reloader logs the outcome, a refusal with its diagnostics.
+            if let Err(ReloadError::Embedded) = self.policies.reload(ReloadTrigger::Signal).await {
+                tracing::warn!("SIGHUP: {}", ReloadError::Embedded);
             }
         }
     }

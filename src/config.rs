@@ -116,13 +116,37 @@ pub struct Config {
     pub source: String,
 }
 
-/// Where policies are.
-#[derive(Debug, Clone, Default, Deserialize)]
+/// Where policies are, and how they are reloaded.
+///
+/// A directory's set is reloaded on SIGHUP, on `cedargate.v1.Admin/ReloadPolicies`, and (with
+/// `watch`) whenever a file in it changes: in-place edits, files written elsewhere and renamed
+/// in, new and deleted files, and the atomic `..data` symlink swap of a Kubernetes ConfigMap
+/// volume. The whole new set is parsed and validated off the request path and replaces the
+/// one in force only if all of it is valid; otherwise the last good set stays in force and the
+/// error is logged and reported by `Admin/PolicyStatus` and `GET /policies/status`.
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PoliciesConfig {
     /// Directory with `schema.cedarschema` and `*.cedar`, relative to the config file.
-    /// Absent: the embedded demo policies.
+    /// Absent: the embedded demo policies (never reloaded).
     pub dir: Option<PathBuf>,
+    /// Watch `dir` and reload when it changes, about a quarter of a second after the last
+    /// change of a burst (default `true`; `false` leaves SIGHUP and `Admin/ReloadPolicies`).
+    /// The directory is watched itself, not its subdirectories, and its parent for the
+    /// directory being replaced; an edit of a symlink's target outside the directory is not
+    /// seen. Without `dir` it has no effect.
+    #[serde(default = "default_watch")]
+    pub watch: bool,
+}
+
+impl Default for PoliciesConfig {
+    fn default() -> Self {
+        Self { dir: None, watch: default_watch() }
+    }
+}
+
+fn default_watch() -> bool {
+    true
 }
 
 /// The operator API.

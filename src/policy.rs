@@ -6,6 +6,7 @@
 //! and validated, so a bad reload keeps the last good set.
 
 mod load;
+mod reload;
 mod request;
 
 use std::collections::{HashMap, HashSet};
@@ -18,6 +19,7 @@ use cedar_policy::{Authorizer, Decision as CedarDecision, Entities, PolicyId, Po
 use crate::model::{AuthInfo, Extra, McpKind};
 
 pub use load::{PolicyError, PolicySources, SourceFile, SCHEMA, SCHEMA_FILE};
+pub use reload::{PolicyReloader, PolicyStatus, ReloadError, ReloadFailure, ReloadTrigger, Reloaded};
 
 /// The Cedar view of a target, after the engine normalized it.
 #[derive(Debug, Clone, Copy)]
@@ -172,10 +174,21 @@ impl PolicyEngine {
     /// Replaces the policy set with `sources` if they load; otherwise keeps the current set
     /// and returns why.
     pub fn reload(&self, sources: &PolicySources) -> Result<Arc<PolicySnapshot>, PolicyError> {
-        let generation = self.generations.fetch_add(1, Ordering::Relaxed);
-        let snapshot = Arc::new(load::load(sources, &self.names, generation)?);
-        self.current.store(Arc::clone(&snapshot));
+        let snapshot = self.prepare(sources)?;
+        self.install(Arc::clone(&snapshot));
         Ok(snapshot)
+    }
+
+    /// Loads `sources` without putting them in force (the reloader records a set before
+    /// [`PolicyEngine::install`] makes it serve).
+    fn prepare(&self, sources: &PolicySources) -> Result<Arc<PolicySnapshot>, PolicyError> {
+        let generation = self.generations.fetch_add(1, Ordering::Relaxed);
+        Ok(Arc::new(load::load(sources, &self.names, generation)?))
+    }
+
+    /// Puts a snapshot of [`PolicyEngine::prepare`] in force.
+    fn install(&self, snapshot: Arc<PolicySnapshot>) {
+        self.current.store(snapshot);
     }
 
     /// The snapshot in force.

@@ -157,10 +157,11 @@ async fn a_served_process_logs_fingerprints_reloads_on_sighup_and_stops_on_sigte
     .unwrap();
     let config = dir.path().join("cedargate.yaml");
     let digest = SecretDigest::of(b"tok-alpha").to_hex();
+    // Not watched: the reload below must be SIGHUP's.
     std::fs::write(
         &config,
         format!(
-            "listen:\n  grpc: 127.0.0.1:0\n  http: 127.0.0.1:0\npolicies:\n  dir: .\ncredentials:\n  static_tokens:\n    - sha256: {digest}\n      subject: alpha\n      roles: [user]\n"
+            "listen:\n  grpc: 127.0.0.1:0\n  http: 127.0.0.1:0\npolicies:\n  dir: .\n  watch: false\ncredentials:\n  static_tokens:\n    - sha256: {digest}\n      subject: alpha\n      roles: [user]\n"
         ),
     )
     .unwrap();

@@ -60,8 +60,9 @@ fn write_policies(dir: &Path, policy: &str) {
     std::fs::write(dir.join("rules.cedar"), policy).unwrap();
 }
 
+/// Reloads only when asked (the watcher has its own tests in `reload.rs`).
 fn config_for(dir: &Path) -> Config {
-    let text = format!("policies:\n  dir: {}\n", dir.display());
+    let text = format!("policies:\n  dir: {}\n  watch: false\n", dir.display());
     std::fs::write(dir.join("cedargate.yaml"), text).unwrap();
     Config::load(&dir.join("cedargate.yaml")).unwrap()
 }
@@ -75,7 +76,7 @@ async fn a_bad_reload_keeps_the_last_good_policies() {
     assert_eq!(check(&mut client, "", route("GET", "/x")).await.outcome(), Outcome::Allowed);
 
     std::fs::write(dir.path().join("rules.cedar"), "permit (principal, action resource);").unwrap();
-    let error = server.app.reload_policies().unwrap_err().to_string();
+    let error = server.app.reload_policies().await.unwrap_err().to_string();
     assert!(error.contains("rules.cedar:1:"), "{error}");
     assert_eq!(check(&mut client, "", route("GET", "/x")).await.outcome(), Outcome::Allowed);
 
@@ -84,7 +85,7 @@ async fn a_bad_reload_keeps_the_last_good_policies() {
         "@id(\"closed\") @reason(\"closed for now\") forbid (principal, action, resource);",
     )
     .unwrap();
-    server.app.reload_policies().unwrap();
+    server.app.reload_policies().await.unwrap();
     let answer = check(&mut client, "", route("GET", "/x")).await;
     assert_eq!((answer.outcome(), answer.reason.as_str()), (Outcome::Unauthenticated, "closed for now"));
 }

@@ -1,10 +1,12 @@
-//! The gRPC services `cedargate.v1.Authorizer` and `cedargate.v1.Sessions`, and the one
-//! mapping of decisions and errors onto gRPC.
+//! The gRPC services `cedargate.v1.Authorizer`, `cedargate.v1.Sessions` and
+//! `cedargate.v1.Admin`, and the one mapping of decisions and errors onto gRPC.
 
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use tonic::{Request, Response, Status};
 
+use super::admin::{check_admin, AdminRefusal};
 use super::json::{extra_to_struct, struct_to_extra};
 use super::proto;
 use crate::engine::{Authentication, Engine};
@@ -12,6 +14,7 @@ use crate::gateway::TrustedProxies;
 use crate::model::{
     AuthInfo, Decision, McpRequest, Outcome, Refusal, RouteRequest, Secret, Target, ToolCall,
 };
+use crate::policy::{PolicyReloader, PolicyStatus, ReloadTrigger};
 use crate::route::TargetError;
 use crate::session::{SessionError, SessionManager, SessionTokens};
 
@@ -285,28 +288,49 @@ impl proto::sessions_server::Sessions for SessionsService {
 pub struct AdminService {
     token: Option<crate::model::SecretDigest>,
     caches: crate::credential::TokenCaches,
+    policies: Arc<PolicyReloader>,
 }
 
 impl AdminService {
     /// Serves operator calls authenticated by the bearer token whose digest is `token`.
-    pub fn new(token: Option<crate::model::SecretDigest>, caches: crate::credential::TokenCaches) -> Self {
-        Self { token, caches }
+    pub fn new(
+        token: Option<crate::model::SecretDigest>,
+        caches: crate::credential::TokenCaches,
+        policies: Arc<PolicyReloader>,
+    ) -> Self {
+        Self { token, caches, policies }
     }
 
     fn authorize<T>(&self, request: &Request<T>) -> Result<(), Status> {
-        let Some(expected) = self.token else {
-            return Err(Status::failed_precondition("the admin API is off: set admin.token_sha256"));
-        };
-        let presented = request
-            .metadata()
-            .get("authorization")
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| crate::credential::parse_authorization(value, 1024).ok().flatten())
-            .filter(|credential| credential.scheme == crate::model::Scheme::Bearer);
-        match presented {
-            Some(credential) if credential.digest.ct_eq(&expected) => Ok(()),
-            _ => Err(Status::unauthenticated("admin calls need the admin bearer token")),
-        }
+        let presented = request.metadata().get("authorization").and_then(|value| value.to_str().ok());
+        check_admin(self.token, presented).map_err(|refusal| match refusal {
+            AdminRefusal::Off => Status::failed_precondition(refusal.to_string()),
+            AdminRefusal::Unauthenticated => Status::unauthenticated(refusal.to_string()),
+        })
+    }
+}
+
+/// A moment on the wire.
+fn timestamp(at: SystemTime) -> prost_types::Timestamp {
+    prost_types::Timestamp::from(at)
+}
+
+/// The policy status on the wire (also the shape of `GET /policies/status`).
+pub fn policy_status_to_proto(status: &PolicyStatus) -> proto::PolicyStatusResponse {
+    let count = |value: u64| u32::try_from(value).unwrap_or(u32::MAX);
+    proto::PolicyStatusResponse {
+        revision: status.revision.clone(),
+        loaded_at: Some(timestamp(status.loaded_at)),
+        source: status.source.clone(),
+        files: status.files.clone(),
+        policy_count: u32::try_from(status.policy_count).unwrap_or(u32::MAX),
+        watching: status.watching,
+        reloads_succeeded: count(status.reloads_succeeded),
+        reloads_failed: count(status.reloads_failed),
+        last_error: status.last_error.as_ref().map(|failure| proto::PolicyReloadError {
+            at: Some(timestamp(failure.at)),
+            diagnostics: failure.diagnostics.clone(),
+        }),
     }
 }
 
@@ -326,5 +350,29 @@ impl proto::admin_server::Admin for AdminService {
         };
         tracing::info!(evicted, "token cache eviction");
         Ok(Response::new(proto::EvictTokenResponse { evicted: u32::try_from(evicted).unwrap_or(u32::MAX) }))
+    }
+
+    async fn reload_policies(
+        &self,
+        request: Request<proto::ReloadPoliciesRequest>,
+    ) -> Result<Response<proto::ReloadPoliciesResponse>, Status> {
+        self.authorize(&request)?;
+        let reloaded = self
+            .policies
+            .reload(ReloadTrigger::Request)
+            .await
+            .map_err(|error| Status::failed_precondition(error.to_string()))?;
+        Ok(Response::new(proto::ReloadPoliciesResponse {
+            changed: reloaded.changed,
+            status: Some(policy_status_to_proto(&self.policies.status())),
+        }))
+    }
+
+    async fn policy_status(
+        &self,
+        request: Request<proto::PolicyStatusRequest>,
+    ) -> Result<Response<proto::PolicyStatusResponse>, Status> {
+        self.authorize(&request)?;
+        Ok(Response::new(policy_status_to_proto(&self.policies.status())))
     }
 }

@@ -1,7 +1,8 @@
 //! The HTTP listener: login, refresh and logout as in the seed example, `/healthz` and
-//! `/readyz`, the gateway decision endpoints (Envoy's HTTP ext_authz mode under `/ext_authz`,
-//! nginx `auth_request` and Traefik `forwardAuth` at `/auth/verify`), RFC 9728 protected
-//! resource metadata, and the one mapping of session errors and gateway answers onto HTTP.
+//! `/readyz`, `/policies/status` (behind the admin token), the gateway decision endpoints
+//! (Envoy's HTTP ext_authz mode under `/ext_authz`, nginx `auth_request` and Traefik
+//! `forwardAuth` at `/auth/verify`), RFC 9728 protected resource metadata, and the one mapping
+//! of session errors and gateway answers onto HTTP.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,10 +18,13 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::json;
 
+use super::admin::{check_admin, AdminRefusal};
+use super::json::policy_status_json;
 use crate::config::{ForwardAuthConvention, ProtectedResourceConfig, WELL_KNOWN_RESOURCE};
 use crate::gateway::{Gateway, GatewayAnswer, GatewayRequest, TrustedProxies, Wire};
 use crate::model::ClientAddress;
-use crate::model::Secret;
+use crate::model::{Secret, SecretDigest};
+use crate::policy::PolicyReloader;
 use crate::session::{SessionError, SessionManager, SessionTokens};
 
 /// Largest request body accepted, in bytes.
@@ -43,6 +47,10 @@ pub struct HttpState {
     pub trusted_proxies: TrustedProxies,
     /// The headers `/auth/verify` reads the original request from.
     pub forward_auth: ForwardAuthConvention,
+    /// The policies, for `/policies/status`.
+    pub policies: Arc<PolicyReloader>,
+    /// Digest of the admin token `/policies/status` needs (`None`: the admin API is off).
+    pub admin_token: Option<SecretDigest>,
 }
 
 /// The RFC 9728 document and the path it is served at besides the root form.
@@ -85,6 +93,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/auth/logout", post(logout))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
+        .route("/policies/status", get(policy_status))
         .route(WELL_KNOWN_RESOURCE, get(resource_metadata))
         .route(&format!("{WELL_KNOWN_RESOURCE}/{{*path}}"), get(resource_metadata_at))
         .route("/ext_authz", any(envoy_check).layer(gateway_body))
@@ -240,6 +249,36 @@ async fn readyz(State(state): State<HttpState>) -> Response {
         (StatusCode::OK, "ready").into_response()
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready").into_response()
+    }
+}
+
+/// The policy status, for people with curl; the same admin token as `cedargate.v1.Admin`
+/// guards it, since the port also faces clients and a refused file's diagnostics quote it.
+async fn policy_status(State(state): State<HttpState>, headers: HeaderMap) -> Response {
+    let presented = headers.get(header::AUTHORIZATION).and_then(|value| value.to_str().ok());
+    if let Err(refusal) = check_admin(state.admin_token, presented) {
+        return match refusal {
+            AdminRefusal::Off => {
+                error_response(StatusCode::FORBIDDEN, "admin_disabled", &refusal.to_string())
+            }
+            AdminRefusal::Unauthenticated => {
+                let mut response =
+                    error_response(StatusCode::UNAUTHORIZED, "unauthenticated", &refusal.to_string());
+                response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                response
+            }
+        };
+    }
+    match policy_status_json(&state.policies.status()) {
+        Ok(status) => {
+            let mut response = Json(status).into_response();
+            response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            response
+        }
+        Err(error) => {
+            tracing::error!("{error}");
+            error_response(StatusCode::INTERNAL_SERVER_ERROR, "internal", "the status could not be written")
+        }
     }
 }
 

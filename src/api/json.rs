@@ -1,6 +1,7 @@
 //! Conversions between protobuf `Struct`/`Value` and JSON, and the one JSON shape of a
 //! decision: the protobuf JSON mapping of `CheckResponse`, in full for the CLI and in part for
-//! the bodies of gateway denials (`gateway::denial_json`).
+//! the bodies of gateway denials (`gateway::denial_json`); the policy status in the same
+//! mapping (`GET /policies/status`).
 
 use std::sync::OnceLock;
 
@@ -8,9 +9,10 @@ use prost_reflect::{DescriptorPool, DynamicMessage, MessageDescriptor, Serialize
 use prost_types::value::Kind;
 use serde_json::{Number, Value};
 
-use super::grpc::decision_to_proto;
+use super::grpc::{decision_to_proto, policy_status_to_proto};
 use super::proto;
 use crate::model::{Decision, Extra};
+use crate::policy::PolicyStatus;
 use crate::route::TargetError;
 
 /// Deepest nesting of lists and structs accepted in arguments and context.
@@ -97,30 +99,38 @@ pub fn extra_to_struct(extra: &Extra) -> prost_types::Struct {
 /// -emit-defaults` prints for `Authorizer/Check`, serialized from the very descriptors the
 /// reflection service serves.
 pub fn decision_json(decision: Decision) -> Result<Value, DecisionJsonError> {
-    static DESCRIPTOR: OnceLock<Result<MessageDescriptor, String>> = OnceLock::new();
-    let descriptor = DESCRIPTOR
-        .get_or_init(|| {
-            let pool =
-                DescriptorPool::decode(proto::FILE_DESCRIPTOR_SET).map_err(|error| error.to_string())?;
-            pool.get_message_by_name(CHECK_RESPONSE)
-                .ok_or_else(|| format!("{CHECK_RESPONSE} is not described"))
-        })
+    message_json(&decision_to_proto(decision), CHECK_RESPONSE).map_err(DecisionJsonError)
+}
+
+/// The policy status as JSON (`GET /policies/status`): the protobuf JSON mapping of
+/// `Admin/PolicyStatus`'s answer, every field present (`lastError` only when there is one),
+/// times in RFC 3339.
+pub fn policy_status_json(status: &PolicyStatus) -> Result<Value, DecisionJsonError> {
+    message_json(&policy_status_to_proto(status), POLICY_STATUS_RESPONSE).map_err(DecisionJsonError)
+}
+
+/// `message` (the generated type of `name`) in the protobuf JSON mapping, with defaults.
+fn message_json(message: &impl prost::Message, name: &str) -> Result<Value, String> {
+    static POOL: OnceLock<Result<DescriptorPool, String>> = OnceLock::new();
+    let pool = POOL
+        .get_or_init(|| DescriptorPool::decode(proto::FILE_DESCRIPTOR_SET).map_err(|error| error.to_string()))
         .as_ref()
-        .map_err(|error| DecisionJsonError(error.clone()))?;
-    let encoded = prost::Message::encode_to_vec(&decision_to_proto(decision));
-    let message = DynamicMessage::decode(descriptor.clone(), encoded.as_slice())
-        .map_err(|error| DecisionJsonError(error.to_string()))?;
+        .map_err(Clone::clone)?;
+    let descriptor: MessageDescriptor =
+        pool.get_message_by_name(name).ok_or_else(|| format!("{name} is not described"))?;
+    let encoded = message.encode_to_vec();
+    let message =
+        DynamicMessage::decode(descriptor, encoded.as_slice()).map_err(|error| error.to_string())?;
     let options = SerializeOptions::new().skip_default_fields(false);
-    message
-        .serialize_with_options(serde_json::value::Serializer, &options)
-        .map_err(|error| DecisionJsonError(error.to_string()))
+    message.serialize_with_options(serde_json::value::Serializer, &options).map_err(|error| error.to_string())
 }
 
 const CHECK_RESPONSE: &str = "cedargate.v1.CheckResponse";
+const POLICY_STATUS_RESPONSE: &str = "cedargate.v1.PolicyStatusResponse";
 
-/// The decision could not be put into JSON (a descriptor that does not match the code).
+/// A message could not be put into JSON (a descriptor that does not match the code).
 #[derive(Debug, thiserror::Error)]
-#[error("cannot write the decision as JSON: {0}")]
+#[error("cannot write JSON: {0}")]
 pub struct DecisionJsonError(String);
 
 #[cfg(test)]
@@ -183,10 +193,57 @@ mod tests {
             .map(|f| f.json_name().to_owned())
             .collect();
         let keys: Vec<String> = json.as_object().unwrap().keys().cloned().collect();
-        assert_eq!(keys, names);
+        let set: Vec<String> = names.into_iter().filter(|name| name != "shadow").collect();
+        assert_eq!(keys, set, "every field but the unset shadow message");
         // Unset messages stay absent: an anonymous caller has no authInfo.
         let anonymous = decision_json(decision(Outcome::Allowed, &[], false)).unwrap();
         assert!(anonymous.get("authInfo").is_none(), "{anonymous}");
+    }
+
+    #[test]
+    fn the_policy_status_is_its_admin_answer_in_the_protobuf_json_mapping() {
+        use std::time::{Duration, SystemTime};
+        let status = PolicyStatus {
+            revision: "abcdef012345".into(),
+            loaded_at: SystemTime::UNIX_EPOCH + Duration::from_secs(1_767_225_600),
+            source: "/etc/cedargate/policies".into(),
+            files: vec!["schema.cedarschema".into(), "rules.cedar".into()],
+            policy_count: 3,
+            watching: true,
+            reloads_succeeded: 2,
+            reloads_failed: 1,
+            last_error: None,
+        };
+        let json = policy_status_json(&status).unwrap();
+        assert_eq!(json["loadedAt"], "2026-01-01T00:00:00Z", "RFC 3339");
+        assert_eq!(json["policyCount"], 3);
+        assert_eq!(json["reloadsSucceeded"], 2);
+        assert_eq!(json["files"], json!(["schema.cedarschema", "rules.cedar"]));
+        assert!(json.get("lastError").is_none(), "no error, no lastError: {json}");
+        let pool = DescriptorPool::decode(proto::FILE_DESCRIPTOR_SET).unwrap();
+        let names: Vec<String> = pool
+            .get_message_by_name(POLICY_STATUS_RESPONSE)
+            .unwrap()
+            .fields()
+            .map(|f| f.json_name().to_owned())
+            .filter(|name| name != "lastError")
+            .collect();
+        let keys: Vec<String> = json.as_object().unwrap().keys().cloned().collect();
+        let set: Vec<String> = names.into_iter().filter(|name| name != "shadow").collect();
+        assert_eq!(keys, set, "every field but the unset shadow message");
+
+        let failed = PolicyStatus {
+            last_error: Some(crate::policy::ReloadFailure {
+                at: SystemTime::UNIX_EPOCH + Duration::from_millis(1_767_225_600_250),
+                diagnostics: vec!["rules.cedar:1:20: unexpected token".into()],
+            }),
+            ..status
+        };
+        let json = policy_status_json(&failed).unwrap();
+        assert_eq!(
+            json["lastError"],
+            json!({ "at": "2026-01-01T00:00:00.250Z", "diagnostics": ["rules.cedar:1:20: unexpected token"] })
+        );
     }
 
     #[test]

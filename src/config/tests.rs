@@ -102,6 +102,13 @@ fn a_relative_policy_dir_is_relative_to_the_config_file() {
 }
 
 #[test]
+fn a_policy_dir_is_watched_unless_turned_off() {
+    assert!(parse("{}").unwrap().policies.watch, "on by default");
+    assert!(parse("policies:\n  dir: rules\n").unwrap().policies.watch);
+    assert!(!parse("policies:\n  dir: rules\n  watch: false\n").unwrap().policies.watch);
+}
+
+#[test]
 fn gateway_defaults_serve_the_demo_mcp_endpoints_and_identity_headers() {
     let config = parse("{}").unwrap();
     let endpoints: Vec<_> =

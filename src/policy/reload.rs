@@ -1,0 +1,422 @@
+//! Reloading a policy directory into a [`PolicyEngine`]: one reload at a time, off the async
+//! workers, with the record `Admin/PolicyStatus` reports.
+//!
+//! Every trigger (the directory watcher, SIGHUP, `Admin/ReloadPolicies`) calls
+//! [`PolicyReloader::reload`]. Reloads are serialized, and a burst of requests coalesces: a
+//! request that waited while another reload ran is answered by the next reload to start, which
+//! reads the files after the request was made, so no caller is told about files older than its
+//! request, and a storm of a hundred triggers costs at most two reloads.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use arc_swap::ArcSwap;
+
+use super::{PolicyEngine, PolicyError, PolicySnapshot, PolicySources};
+
+/// What asked for a reload, for the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReloadTrigger {
+    /// The policy directory changed.
+    Watch,
+    /// SIGHUP.
+    Signal,
+    /// `Admin/ReloadPolicies`, or a library call.
+    Request,
+}
+
+impl ReloadTrigger {
+    /// The name in log events.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Watch => "watch",
+            Self::Signal => "signal",
+            Self::Request => "request",
+        }
+    }
+}
+
+/// A reload that went through.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reloaded {
+    /// False when the files were exactly those already in force (nothing was swapped).
+    pub changed: bool,
+    /// The revision in force afterwards.
+    pub revision: String,
+}
+
+/// Why a reload did not replace the set in force (which then stays).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReloadError {
+    /// No policy directory is configured.
+    #[error("no policy directory is configured: the embedded demo policies cannot be reloaded")]
+    Embedded,
+    /// The files could not be read or are invalid.
+    #[error("policy reload refused, the last good set stays in force:\n{}", .diagnostics.join("\n"))]
+    Rejected {
+        /// One line per problem, `file:line:column: message` where a position is known.
+        diagnostics: Vec<String>,
+    },
+}
+
+/// A refused reload, as the status reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReloadFailure {
+    /// When the reload was refused.
+    pub at: SystemTime,
+    /// One line per problem, `file:line:column: message` where a position is known.
+    pub diagnostics: Vec<String>,
+}
+
+/// The policy set in force and how reloads went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyStatus {
+    /// Short content hash of the set in force.
+    pub revision: String,
+    /// When the set in force was loaded.
+    pub loaded_at: SystemTime,
+    /// The policy directory, or `<embedded demo>`.
+    pub source: String,
+    /// The files of the set in force, schema first, by the names diagnostics use.
+    pub files: Vec<String>,
+    /// Number of policies in force.
+    pub policy_count: usize,
+    /// Whether the directory is being watched for changes.
+    pub watching: bool,
+    /// Reloads that went through (also those that found the files unchanged).
+    pub reloads_succeeded: u64,
+    /// Reloads refused.
+    pub reloads_failed: u64,
+    /// Why the latest reload was refused; `None` once a later one went through (the files on
+    /// disk are then what is in force).
+    pub last_error: Option<ReloadFailure>,
+}
+
+/// What the status is built from; replaced whole after each reload.
+#[derive(Debug, Clone)]
+struct Record {
+    /// The sources in force, to tell an unchanged directory from a changed one.
+    sources: Arc<PolicySources>,
+    revision: String,
+    policy_count: usize,
+    loaded_at: SystemTime,
+    succeeded: u64,
+    failed: u64,
+    last_error: Option<ReloadFailure>,
+    /// What the latest reload answered, for the requests it covered.
+    last_outcome: Result<Reloaded, ReloadError>,
+}
+
+/// Reloads one policy directory into a [`PolicyEngine`], one reload at a time.
+#[derive(Debug)]
+pub struct PolicyReloader {
+    engine: Arc<PolicyEngine>,
+    /// `None` for the embedded demo, which cannot be reloaded.
+    dir: Option<PathBuf>,
+    /// Held for the whole of a reload, including its blocking part, so reloads never overlap
+    /// even when a caller gives up waiting. Never taken on the request path.
+    running: Arc<tokio::sync::Mutex<()>>,
+    /// Tickets handed to reload requests so far.
+    requested: AtomicU64,
+    /// Every ticket up to this one has been answered by a reload that started after it.
+    covered: AtomicU64,
+    watching: AtomicBool,
+    record: ArcSwap<Record>,
+}
+
+impl PolicyReloader {
+    /// Reloads `dir` (`None`: the embedded demo) into `engine`, whose set in force was built
+    /// from `sources`.
+    pub fn new(engine: Arc<PolicyEngine>, dir: Option<PathBuf>, sources: PolicySources) -> Self {
+        let snapshot = engine.snapshot();
+        let record = Record {
+            sources: Arc::new(sources),
+            revision: snapshot.revision().to_owned(),
+            policy_count: snapshot.policy_count(),
+            loaded_at: SystemTime::now(),
+            succeeded: 0,
+            failed: 0,
+            last_error: None,
+            last_outcome: Ok(Reloaded { changed: false, revision: snapshot.revision().to_owned() }),
+        };
+        Self {
+            engine,
+            dir,
+            running: Arc::new(tokio::sync::Mutex::new(())),
+            requested: AtomicU64::new(0),
+            covered: AtomicU64::new(0),
+            watching: AtomicBool::new(false),
+            record: ArcSwap::from_pointee(record),
+        }
+    }
+
+    /// The policy directory, if one is configured.
+    pub fn dir(&self) -> Option<&Path> {
+        self.dir.as_deref()
+    }
+
+    /// Records whether the directory watcher is running.
+    pub fn set_watching(&self, watching: bool) {
+        self.watching.store(watching, Ordering::Relaxed);
+    }
+
+    /// Re-reads the directory and swaps the new set in if it all loads; otherwise keeps the
+    /// set in force. Parsing and validation run on the blocking pool. Answers once a reload
+    /// that started after this call finished (possibly one another caller asked for).
+    ///
+    /// Fails when no directory is configured, or with every problem of the refused files.
+    pub async fn reload(self: &Arc<Self>, trigger: ReloadTrigger) -> Result<Reloaded, ReloadError> {
+        if self.dir.is_none() {
+            return Err(ReloadError::Embedded);
+        }
+        let ticket = self.requested.fetch_add(1, Ordering::SeqCst) + 1;
+        let running = Arc::clone(&self.running).lock_owned().await;
+        if self.covered.load(Ordering::SeqCst) >= ticket {
+            // A reload that started after this request has just finished.
+            return self.record.load().last_outcome.clone();
+        }
+        // Every request made so far is answered by this reload: it reads the files after all
+        // of them were made.
+        let covers = self.requested.load(Ordering::SeqCst);
+        let reloader = Arc::clone(self);
+        let blocking = tokio::task::spawn_blocking(move || {
+            let _running = running;
+            let outcome = reloader.reload_now(trigger);
+            reloader.covered.store(covers, Ordering::SeqCst);
+            outcome
+        });
+        match blocking.await {
+            Ok(outcome) => outcome,
+            // The loader panicked (the guard is released with it); nothing was swapped.
+            Err(error) => {
+                Err(ReloadError::Rejected { diagnostics: vec![format!("the policy loader failed: {error}")] })
+            }
+        }
+    }
+
+    /// One reload, under `running`.
+    fn reload_now(&self, trigger: ReloadTrigger) -> Result<Reloaded, ReloadError> {
+        let Some(dir) = &self.dir else { return Err(ReloadError::Embedded) };
+        let current = self.record.load_full();
+        let loaded = PolicySources::from_dir(dir).and_then(|sources| {
+            if sources == *current.sources {
+                return Ok(None);
+            }
+            let snapshot = self.engine.prepare(&sources)?;
+            Ok(Some((sources, snapshot)))
+        });
+        let mut record = Record::clone(&current);
+        let mut swapped = None;
+        let outcome = match loaded {
+            Ok(None) => {
+                // A watched directory also changes for files that are not policies.
+                if trigger == ReloadTrigger::Watch {
+                    tracing::debug!(trigger = trigger.as_str(), revision = %record.revision, "policies unchanged");
+                } else {
+                    tracing::info!(trigger = trigger.as_str(), revision = %record.revision, "policies unchanged");
+                }
+                record.succeeded += 1;
+                record.last_error = None;
+                Ok(Reloaded { changed: false, revision: record.revision.clone() })
+            }
+            Ok(Some((sources, snapshot))) => {
+                record.apply(sources, &snapshot);
+                swapped = Some(snapshot);
+                Ok(Reloaded { changed: true, revision: record.revision.clone() })
+            }
+            Err(error) => {
+                let diagnostics = diagnostics_of(&error);
+                tracing::error!(
+                    trigger = trigger.as_str(),
+                    revision = %record.revision,
+                    "policy reload rejected, keeping the last good set:\n{error}"
+                );
+                record.failed += 1;
+                record.last_error =
+                    Some(ReloadFailure { at: SystemTime::now(), diagnostics: diagnostics.clone() });
+                Err(ReloadError::Rejected { diagnostics })
+            }
+        };
+        record.last_outcome = outcome.clone();
+        self.record.store(Arc::new(record));
+        // INVARIANT: the record is updated before the set serves, so whoever saw a decision of
+        // the new set and then asks for the status sees it there too.
+        if let Some(snapshot) = swapped {
+            self.engine.install(Arc::clone(&snapshot));
+            tracing::info!(
+                trigger = trigger.as_str(),
+                policies = snapshot.policy_count(),
+                revision = snapshot.revision(),
+                previous = %current.revision,
+                "policies reloaded"
+            );
+        }
+        outcome
+    }
+
+    /// The set in force and how reloads went.
+    pub fn status(&self) -> PolicyStatus {
+        let record = self.record.load();
+        let sources = &record.sources;
+        PolicyStatus {
+            revision: record.revision.clone(),
+            loaded_at: record.loaded_at,
+            source: self
+                .dir
+                .as_ref()
+                .map_or_else(|| "<embedded demo>".to_owned(), |dir| dir.display().to_string()),
+            files: std::iter::once(&sources.schema)
+                .chain(&sources.policies)
+                .map(|file| file.name.clone())
+                .collect(),
+            policy_count: record.policy_count,
+            watching: self.watching.load(Ordering::Relaxed),
+            reloads_succeeded: record.succeeded,
+            reloads_failed: record.failed,
+            last_error: record.last_error.clone(),
+        }
+    }
+}
+
+impl Record {
+    fn apply(&mut self, sources: PolicySources, snapshot: &PolicySnapshot) {
+        self.sources = Arc::new(sources);
+        self.revision = snapshot.revision().to_owned();
+        self.policy_count = snapshot.policy_count();
+        self.loaded_at = SystemTime::now();
+        self.succeeded += 1;
+        self.last_error = None;
+    }
+}
+
+/// The lines a refused set is reported with.
+fn diagnostics_of(error: &PolicyError) -> Vec<String> {
+    match error {
+        PolicyError::Invalid { diagnostics } => diagnostics.clone(),
+        PolicyError::Read { .. } => vec![error.to_string()],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SCHEMA: &str = include_str!("../../policies/schema.cedarschema");
+
+    fn write(dir: &Path, policy: &str) {
+        std::fs::write(dir.join("schema.cedarschema"), SCHEMA).unwrap();
+        std::fs::write(dir.join("rules.cedar"), policy).unwrap();
+    }
+
+    fn reloader(dir: &Path) -> Arc<PolicyReloader> {
+        let sources = PolicySources::from_dir(dir).unwrap();
+        let engine = Arc::new(PolicyEngine::new(&sources).unwrap());
+        Arc::new(PolicyReloader::new(engine, Some(dir.to_path_buf()), sources))
+    }
+
+    const OPEN: &str = "@id(\"open\") permit (principal, action, resource);";
+    const CLOSED: &str = "@id(\"closed\") forbid (principal, action, resource);";
+
+    #[tokio::test]
+    async fn a_changed_set_is_swapped_in_and_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), OPEN);
+        let reloader = reloader(dir.path());
+        let before = reloader.status();
+        assert_eq!((before.policy_count, before.reloads_succeeded, before.watching), (1, 0, false));
+        assert_eq!(before.files.len(), 2);
+        assert!(before.files[0].ends_with("schema.cedarschema"), "{:?}", before.files);
+
+        std::fs::write(dir.path().join("more.cedar"), CLOSED).unwrap();
+        let reloaded = reloader.reload(ReloadTrigger::Request).await.unwrap();
+        assert!(reloaded.changed);
+        let after = reloader.status();
+        assert_ne!(after.revision, before.revision);
+        assert_eq!(after.revision, reloaded.revision);
+        assert_eq!(reloader.engine.snapshot().revision(), after.revision, "the engine serves it");
+        assert_eq!((after.policy_count, after.files.len(), after.reloads_succeeded), (2, 3, 1));
+        assert!(after.loaded_at >= before.loaded_at);
+    }
+
+    #[tokio::test]
+    async fn unchanged_files_are_not_swapped() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), OPEN);
+        let reloader = reloader(dir.path());
+        let snapshot = reloader.engine.snapshot();
+        let reloaded = reloader.reload(ReloadTrigger::Watch).await.unwrap();
+        assert!(!reloaded.changed);
+        assert!(Arc::ptr_eq(&snapshot, &reloader.engine.snapshot()), "the same snapshot serves");
+        assert_eq!(reloader.status().reloads_succeeded, 1);
+    }
+
+    #[tokio::test]
+    async fn a_refused_set_keeps_the_last_good_one_until_fixed() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), OPEN);
+        let reloader = reloader(dir.path());
+        let good = reloader.status().revision;
+        std::fs::write(dir.path().join("rules.cedar"), "permit (principal, action resource);").unwrap();
+        let Err(ReloadError::Rejected { diagnostics }) = reloader.reload(ReloadTrigger::Request).await else {
+            panic!("a broken file was accepted");
+        };
+        assert!(diagnostics.iter().any(|line| line.contains("rules.cedar:1:")), "{diagnostics:?}");
+        let status = reloader.status();
+        assert_eq!((status.revision.as_str(), status.reloads_failed), (good.as_str(), 1));
+        assert_eq!(status.last_error.as_ref().map(|failure| &failure.diagnostics), Some(&diagnostics));
+        assert_eq!(reloader.engine.snapshot().revision(), good);
+
+        std::fs::write(dir.path().join("rules.cedar"), CLOSED).unwrap();
+        assert!(reloader.reload(ReloadTrigger::Request).await.unwrap().changed);
+        let status = reloader.status();
+        assert_eq!(status.last_error, None, "a reload that went through clears the error");
+        assert_eq!((status.reloads_succeeded, status.reloads_failed), (1, 1));
+    }
+
+    #[tokio::test]
+    async fn a_missing_schema_is_refused_with_its_path() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), OPEN);
+        let reloader = reloader(dir.path());
+        std::fs::remove_file(dir.path().join("schema.cedarschema")).unwrap();
+        let error = reloader.reload(ReloadTrigger::Request).await.unwrap_err();
+        assert!(error.to_string().contains("schema.cedarschema"), "{error}");
+        assert_eq!(reloader.status().policy_count, 1);
+    }
+
+    #[tokio::test]
+    async fn the_embedded_demo_cannot_be_reloaded() {
+        let sources = PolicySources::embedded_demo();
+        let engine = Arc::new(PolicyEngine::new(&sources).unwrap());
+        let reloader = Arc::new(PolicyReloader::new(engine, None, sources));
+        assert_eq!(reloader.reload(ReloadTrigger::Signal).await, Err(ReloadError::Embedded));
+        let status = reloader.status();
+        assert_eq!((status.source.as_str(), status.reloads_failed), ("<embedded demo>", 0));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_burst_of_requests_coalesces_and_each_sees_files_newer_than_its_request() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), OPEN);
+        let reloader = reloader(dir.path());
+        std::fs::write(dir.path().join("rules.cedar"), CLOSED).unwrap();
+        let requests: Vec<_> = (0..50)
+            .map(|_| {
+                let reloader = Arc::clone(&reloader);
+                tokio::spawn(async move { reloader.reload(ReloadTrigger::Request).await })
+            })
+            .collect();
+        let mut changed = 0;
+        for request in requests {
+            let reloaded = request.await.unwrap().unwrap();
+            changed += usize::from(reloaded.changed);
+            assert_eq!(reloaded.revision, reloader.status().revision, "every caller sees the new set");
+        }
+        assert_eq!(changed, 1, "the set was swapped once");
+        let status = reloader.status();
+        assert!(status.reloads_succeeded < 50, "the burst coalesced: {} reloads", status.reloads_succeeded);
+        assert!(reloader.engine.snapshot().policy_count() == 1);
+    }
+}
