@@ -32,6 +32,7 @@ const CONFINED: &[(&str, &[&str])] = &[
     ("prost_types", &["api", "app"]),
     ("envoy_types", &["api", "app"]),
     ("cedar_policy", &["policy"]),
+    ("cedar_policy_formatter", &["policy"]),
     ("reqwest", &["credential", "app"]),
 ];
 

@@ -222,7 +222,8 @@ fn init_writes_a_starting_config_whose_printed_commands_work() {
             .env("CEDARGATE", env!("CARGO_BIN_EXE_cedargate"))
             .output()
             .unwrap();
-        let decision: Value = serde_json::from_slice(&output.stdout).unwrap_or_else(|_| panic!("{line}: {output:?}"));
+        let decision: Value =
+            serde_json::from_slice(&output.stdout).unwrap_or_else(|_| panic!("{line}: {output:?}"));
         match expected.trim().split([':', ' ']).next().unwrap() {
             "allowed" => {
                 assert_eq!(output.status.code(), Some(0), "{line}: {decision}");
@@ -239,7 +240,11 @@ fn init_writes_a_starting_config_whose_printed_commands_work() {
     let again = cedargate(&["init", target.to_str().unwrap()], None);
     assert_eq!(again.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&again.stderr).contains("already exists"));
-    assert_eq!(std::fs::read_to_string(target.join("cedargate.yaml")).unwrap(), config, "nothing overwritten");
+    assert_eq!(
+        std::fs::read_to_string(target.join("cedargate.yaml")).unwrap(),
+        config,
+        "nothing overwritten"
+    );
 }
 
 #[test]

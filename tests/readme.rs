@@ -33,7 +33,9 @@ fn blocks() -> Vec<Block> {
     let mut open: Option<Block> = None;
     for (index, line) in README.lines().enumerate() {
         match (&mut open, line.strip_prefix("```")) {
-            (None, Some(lang)) => open = Some(Block { lang: lang.trim().to_owned(), line: index + 1, text: String::new() }),
+            (None, Some(lang)) => {
+                open = Some(Block { lang: lang.trim().to_owned(), line: index + 1, text: String::new() })
+            }
             (Some(_), Some(_)) => blocks.extend(open.take()),
             (Some(block), None) => {
                 block.text.push_str(line);
@@ -73,7 +75,11 @@ fn every_config_block_loads() {
 
 /// The names of the `${VAR}`s in `text`.
 fn env_names(text: &str) -> Vec<String> {
-    text.split("${").skip(1).filter_map(|rest| rest.split_once('}')).map(|(name, _)| name.to_owned()).collect()
+    text.split("${")
+        .skip(1)
+        .filter_map(|rest| rest.split_once('}'))
+        .map(|(name, _)| name.to_owned())
+        .collect()
 }
 
 #[test]
@@ -87,6 +93,7 @@ fn every_policy_block_validates_against_the_schema() {
                 text: include_str!("../policies/schema.cedarschema").to_owned(),
             },
             policies: vec![SourceFile { name: format!("README.md:{}", block.line), text: block.text }],
+            entities: None,
         };
         if let Err(error) = PolicyEngine::new(&sources) {
             panic!("README.md:{}: {error}", block.line);
@@ -183,7 +190,9 @@ fn split_comment(command: &str) -> (&str, &str) {
         match (quote, char) {
             (None, '\'' | '"') => quote = Some(char),
             (Some(open), _) if char == open => quote = None,
-            (None, '#') if previous.is_whitespace() => return (&command[..index], command[index + 1..].trim()),
+            (None, '#') if previous.is_whitespace() => {
+                return (&command[..index], command[index + 1..].trim())
+            }
             _ => {}
         }
         previous = char;
@@ -214,7 +223,8 @@ fn run(at: &str, command: &str, cwd: &Path) -> Ran {
         assert!(path.is_file(), "{at}: {script} does not exist");
         return Ran::Checked;
     }
-    let Some((_, args)) = shell.split_once(CARGO_RUN).or_else(|| (shell == "cargo run --release").then_some(("", "")))
+    let Some((_, args)) =
+        shell.split_once(CARGO_RUN).or_else(|| (shell == "cargo run --release").then_some(("", "")))
     else {
         panic!("{at}: teach tests/readme.rs this command: {shell}");
     };
@@ -249,7 +259,8 @@ fn run(at: &str, command: &str, cwd: &Path) -> Ran {
                 }
                 _ => {
                     assert_eq!(code, Some(0), "{context}");
-                    let paths: Vec<&str> = expected.split_whitespace().filter(|word| word.contains('/')).collect();
+                    let paths: Vec<&str> =
+                        expected.split_whitespace().filter(|word| word.contains('/')).collect();
                     assert!(!paths.is_empty(), "{at}: say which files it writes");
                     for path in paths {
                         let path = path.trim_end_matches(',');
@@ -281,7 +292,8 @@ fn expect_decision(context: &str, expected: &str, code: Option<i32>, stdout: &st
             assert_eq!(decision["outcome"], "OUTCOME_ALLOWED", "{context}");
         }
         status => {
-            let status: u64 = status.parse().unwrap_or_else(|_| panic!("{context}: no expectation in `{expected}`"));
+            let status: u64 =
+                status.parse().unwrap_or_else(|_| panic!("{context}: no expectation in `{expected}`"));
             assert_eq!(code, Some(1), "{context}");
             assert_eq!(decision["httpStatus"], status, "{context}");
         }

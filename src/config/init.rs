@@ -57,7 +57,8 @@ pub fn write(dir: &Path) -> Result<Written, InitError> {
     }
     let dev_token = format!("{DEV_TOKEN_PREFIX}{}", hex::encode(rand::random::<[u8; 24]>()));
     let config_text = CONFIG.replace(DIGEST_PLACEHOLDER, &SecretDigest::of(dev_token.as_bytes()).to_hex());
-    std::fs::create_dir_all(&policies).map_err(|source| InitError::Write { path: policies.clone(), source })?;
+    std::fs::create_dir_all(&policies)
+        .map_err(|source| InitError::Write { path: policies.clone(), source })?;
     for (path, text) in [(&config, config_text.as_str()), (&schema, SCHEMA), (&rules, POLICIES)] {
         create_new(path, text)?;
     }
@@ -65,12 +66,11 @@ pub fn write(dir: &Path) -> Result<Written, InitError> {
 }
 
 fn create_new(path: &Path, text: &str) -> Result<(), InitError> {
-    let mut file = OpenOptions::new().write(true).create_new(true).open(path).map_err(|source| {
-        match source.kind() {
+    let mut file =
+        OpenOptions::new().write(true).create_new(true).open(path).map_err(|source| match source.kind() {
             std::io::ErrorKind::AlreadyExists => InitError::Exists(path.to_path_buf()),
             _ => InitError::Write { path: path.to_path_buf(), source },
-        }
-    })?;
+        })?;
     file.write_all(text.as_bytes()).map_err(|source| InitError::Write { path: path.to_path_buf(), source })
 }
 
