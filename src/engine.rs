@@ -411,11 +411,12 @@ impl ExplainedDecision {
         out
     }
 
-    /// The explanation as JSON (`--format json`): `outcome`, `httpStatus`, `request`,
+    /// The explanation as JSON (`--format json`), named as in a decision's JSON: `outcome`
+    /// (`OUTCOME_FORBIDDEN`, ...), `httpStatus`, `request`,
     /// `authInfo` (subject, kind, roles, scopes, tenant), `credentialError`, `policies`.
     pub fn to_json(&self) -> serde_json::Value {
         serde_json::json!({
-            "outcome": self.outcome.as_str(),
+            "outcome": self.outcome.api_name(),
             "httpStatus": self.outcome.http_status(),
             "request": self.asked,
             "authInfo": self.auth_info.as_ref().map(|auth| serde_json::json!({

@@ -26,6 +26,7 @@ use super::{PolicySnapshot, Verdict};
 
 /// A policy named in an explanation.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct PolicyRef {
     /// Its id (`@id`, or `file#index`).
     pub id: String,
@@ -51,6 +52,7 @@ pub enum ConditionResult {
 
 /// One `when` or `unless` clause of a permit, evaluated alone.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct ConditionCheck {
     /// `when` or `unless`.
     pub kind: &'static str,
@@ -70,6 +72,7 @@ pub struct ConditionCheck {
 
 /// The part of an `&&`/`||` chain that decided a clause.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct DecidingPart {
     /// 1-based position in the chain.
     pub position: usize,
@@ -83,6 +86,7 @@ pub struct DecidingPart {
 
 /// A permit whose scope matched a denied request.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct PermitExplanation {
     /// The permit.
     pub policy: PolicyRef,
@@ -96,6 +100,7 @@ pub struct PermitExplanation {
 
 /// One decision and why.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Explanation {
     /// The policies' answer (as [`Verdict::allowed`]).
     pub allowed: bool,

@@ -158,7 +158,9 @@ fn render(
         ReportStyle::Color => GraphicalTheme::unicode(),
     };
     let handler = GraphicalReportHandler::new_themed(theme).with_width(100).with_links(false);
-    let named = InFile { inner: diagnostic, source, severity };
+    // Without a label there is no snippet to name the file: the message does.
+    let unplaced = diagnostic.labels().is_none_or(|mut labels| labels.next().is_none());
+    let named = InFile { inner: diagnostic, source, severity, file_in_message: unplaced };
     let mut out = String::new();
     handler.render_report(&mut out, &named).ok()?;
     Some(out)
@@ -172,15 +174,24 @@ struct InFile<'a> {
     inner: &'a dyn Diagnostic,
     source: &'a NamedSource<String>,
     severity: Severity,
+    /// Start the message with the file name (there is no snippet that names it).
+    file_in_message: bool,
 }
 
 impl fmt::Display for InFile<'_> {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.file_in_message {
+            write!(formatter, "{}: ", self.source.name())?;
+        }
         fmt::Display::fmt(self.inner, formatter)
     }
 }
 
-impl std::error::Error for InFile<'_> {}
+impl std::error::Error for InFile<'_> {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.inner.source()
+    }
+}
 
 impl Diagnostic for InFile<'_> {
     fn code<'b>(&'b self) -> Option<Box<dyn fmt::Display + 'b>> {

@@ -26,20 +26,22 @@ pub struct FormatReport {
 /// defaults).
 ///
 /// Fails, with file:line:col, when `source` does not parse, or when the formatter refuses it.
-pub fn format_policies(source: &SourceFile, style: ReportStyle) -> Result<String, Finding> {
+pub fn format_policies(source: &SourceFile, style: ReportStyle) -> Result<String, Box<Finding>> {
     if let Err(parse_error) = PolicySet::from_str(&source.text) {
-        let mut findings = Finding::from_diagnostic(source, &parse_error, Severity::Error, style);
-        let first = findings.remove(0);
-        return Err(first);
+        let findings = Finding::from_diagnostic(source, &parse_error, Severity::Error, style);
+        let first = findings.into_iter().next();
+        return Err(Box::new(
+            first.unwrap_or_else(|| Finding::plain(&source.name, parse_error.to_string(), Severity::Error)),
+        ));
     }
     cedar_policy_formatter::policies_str_to_pretty(&source.text, &cedar_policy_formatter::Config::default())
         .map_err(|report| {
             let message = report.chain().map(ToString::to_string).collect::<Vec<_>>().join(": ");
-            Finding::plain(
+            Box::new(Finding::plain(
                 &source.name,
                 format!("the Cedar formatter refused it: {message}"),
                 Severity::Error,
-            )
+            ))
         })
 }
 
@@ -66,7 +68,7 @@ pub fn format_dir(dir: &Path, write: bool, style: ReportStyle) -> Result<FormatR
         let text = std::fs::read_to_string(&path).map_err(read_error(&path))?;
         let source = SourceFile { name: path.display().to_string(), text };
         match format_policies(&source, style) {
-            Err(finding) => report.failed.push(finding),
+            Err(finding) => report.failed.push(*finding),
             Ok(formatted) if formatted == source.text => {}
             Ok(formatted) => {
                 if write {

@@ -305,7 +305,11 @@ pub(super) fn check(
             )),
         }
     }
-    for warning in validation.validation_warnings() {
+    // A policy with an error gets no warnings besides: an unknown action also makes it
+    // "impossible", which says less than the error.
+    let failed: std::collections::HashSet<&PolicyId> =
+        validation.validation_errors().map(|validation_error| validation_error.policy_id()).collect();
+    for warning in validation.validation_warnings().filter(|warning| !failed.contains(warning.policy_id())) {
         match file_of(warning.policy_id()) {
             Some(file) => findings.extend(Finding::from_diagnostic(file, warning, Severity::Warning, style)),
             None => {
