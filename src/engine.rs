@@ -7,7 +7,7 @@ use crate::credential::{parse_authorization, CredentialChain, CredentialError};
 use crate::model::{
     unix_now, AuthInfo, Decision, Extra, McpKind, Outcome, Scheme, SecretDigest, ShadowDecision, Target,
 };
-use crate::policy::{PolicyEngine, Query, Resource, Verdict};
+use crate::policy::{Explanation, PolicyEngine, Query, Resource, Verdict};
 use crate::route::{self, RouteTable, TargetError};
 
 /// Knobs of the pipeline.
@@ -150,6 +150,63 @@ impl Engine {
         Ok(self.decide(authentication, &self.prepare(target)?, facts))
     }
 
+    /// Decides one target for an identity as [`Engine::check_authenticated`] does, at `now`
+    /// (unix seconds), and says why (`cedargate policy explain`). Logs no decision: nothing is
+    /// let through.
+    ///
+    /// Fails only when the target is malformed.
+    pub fn explain(
+        &self,
+        authentication: &Authentication,
+        target: &Target,
+        facts: &Extra,
+        now: i64,
+    ) -> Result<ExplainedDecision, TargetError> {
+        let prepared = self.prepare(target)?;
+        let asked = match &prepared {
+            PreparedTarget::Route(route) if route.template != route.path => {
+                format!("route {} {} (template {})", route.method, route.path, route.template)
+            }
+            PreparedTarget::Route(route) => format!("route {} {}", route.method, route.path),
+            PreparedTarget::Mcp { kind, name, server, .. } if !server.is_empty() => {
+                format!("{} {name} on server {server}", kind.as_str())
+            }
+            PreparedTarget::Mcp { kind, name, .. } => format!("{} {name}", kind.as_str()),
+        };
+        let (auth, credential_error) = match authentication {
+            Authentication::Anonymous => (None, None),
+            Authentication::Authenticated { auth, .. } => (Some(auth), None),
+            Authentication::Failed { error, .. } => {
+                let outcome = if matches!(error, CredentialError::Unavailable { .. }) {
+                    Outcome::Unavailable
+                } else {
+                    Outcome::Unauthenticated
+                };
+                return Ok(ExplainedDecision {
+                    outcome,
+                    auth_info: None,
+                    asked,
+                    credential_error: Some(error.to_string()),
+                    explanation: None,
+                });
+            }
+        };
+        let resource = resource_of(&prepared);
+        let explanation = self.policies.explain(&Query { auth, resource, facts, now });
+        let outcome = match (explanation.allowed, auth) {
+            (true, _) => Outcome::Allowed,
+            (false, None) => Outcome::Unauthenticated,
+            (false, Some(_)) => Outcome::Forbidden,
+        };
+        Ok(ExplainedDecision {
+            outcome,
+            auth_info: auth.cloned(),
+            asked,
+            credential_error,
+            explanation: Some(explanation),
+        })
+    }
+
     /// Refuses a batch larger than `max_batch_targets`.
     pub fn check_batch_size(&self, count: usize) -> Result<(), TargetError> {
         let max = self.settings.max_batch_targets;
@@ -262,18 +319,7 @@ impl Engine {
     }
 
     fn evaluate(&self, auth: Option<&Arc<AuthInfo>>, target: &PreparedTarget<'_>, facts: &Extra) -> Verdict {
-        let resource = match target {
-            PreparedTarget::Route(route) => Resource::Route {
-                method: &route.method,
-                path: &route.path,
-                template: &route.template,
-                params: &route.params,
-            },
-            PreparedTarget::Mcp { kind, name, server, arguments } => {
-                Resource::Mcp { kind: *kind, name, server, arguments }
-            }
-        };
-        self.policies.evaluate(&Query { auth, resource, facts, now: unix_now() })
+        self.policies.evaluate(&Query { auth, resource: resource_of(target), facts, now: unix_now() })
     }
 
     /// The challenge for a caller who is not authenticated: `invalid_token` when a credential
@@ -307,6 +353,85 @@ impl Engine {
             parameters.push(format!("scope=\"{}\"", quoted_string(&scopes.join(" "))));
         }
         format!("{} {}", scheme.as_str(), parameters.join(", "))
+    }
+}
+
+/// The Cedar view of a prepared target.
+fn resource_of<'a>(target: &'a PreparedTarget<'_>) -> Resource<'a> {
+    match target {
+        PreparedTarget::Route(route) => Resource::Route {
+            method: &route.method,
+            path: &route.path,
+            template: &route.template,
+            params: &route.params,
+        },
+        PreparedTarget::Mcp { kind, name, server, arguments } => {
+            Resource::Mcp { kind: *kind, name, server, arguments }
+        }
+    }
+}
+
+/// One decision and why, for `cedargate policy explain`.
+#[derive(Debug, Clone)]
+pub struct ExplainedDecision {
+    /// What the caller would get.
+    pub outcome: Outcome,
+    /// The identity the policies saw (`None`: anonymous, or the credential failed).
+    pub auth_info: Option<Arc<AuthInfo>>,
+    /// What was asked, after normalization: `route GET /users/7 (template /users/{id})`,
+    /// `tool echo`; a route-generated tool shows as its route.
+    pub asked: String,
+    /// Why the credential was refused (then no policy was evaluated).
+    pub credential_error: Option<String>,
+    /// The policies' side; `None` when the credential was refused.
+    pub explanation: Option<Explanation>,
+}
+
+impl ExplainedDecision {
+    /// The explanation as text: the outcome, the identity, then the policies' reasons.
+    pub fn text(&self) -> String {
+        let mut out = format!(
+            "decision: {} (HTTP {})\nrequest: {}\n",
+            self.outcome.as_str(),
+            self.outcome.http_status(),
+            self.asked
+        );
+        match (&self.auth_info, &self.credential_error) {
+            (_, Some(error)) => out.push_str(&format!("credential: refused: {error}\n")),
+            (Some(auth), None) => out.push_str(&format!(
+                "identity: {} `{}`, roles [{}], scopes [{}]{}\n",
+                auth.kind.as_str(),
+                auth.subject,
+                auth.roles.join(", "),
+                auth.scopes.join(", "),
+                if auth.tenant.is_empty() { String::new() } else { format!(", tenant `{}`", auth.tenant) }
+            )),
+            (None, None) => out.push_str("identity: anonymous (no credential)\n"),
+        }
+        if let Some(explanation) = &self.explanation {
+            out.push_str(&explanation.text());
+        }
+        out
+    }
+
+    /// The explanation as JSON (`--format json`), named as in a decision's JSON: `outcome`
+    /// (`OUTCOME_FORBIDDEN`, ...), `httpStatus`, `request`,
+    /// `authInfo` (subject, kind, roles, scopes, tenant), `credentialError`, `policies`.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "outcome": self.outcome.api_name(),
+            "httpStatus": self.outcome.http_status(),
+            "request": self.asked,
+            "authInfo": self.auth_info.as_ref().map(|auth| serde_json::json!({
+                "subject": auth.subject,
+                "credentialKind": auth.kind.as_str(),
+                "roles": auth.roles,
+                "scopes": auth.scopes,
+                "tenant": auth.tenant,
+            })),
+            "credentialError": self.credential_error,
+            "policies": self.explanation.as_ref().and_then(|explanation| serde_json::to_value(explanation).ok()),
+        })
     }
 }
 

@@ -18,7 +18,8 @@
 //!   the digest tables for static tokens and API keys, the JWT and introspection backends,
 //!   issuer discovery, and the single-flight token cache.
 //! - [`session`]: login sessions (argon2id, token rotation, logout, rate limits).
-//! - [`policy`]: the only place that knows Cedar: loading, validation, evaluation, reload.
+//! - [`policy`]: the only place that knows Cedar: loading, validation, evaluation, reload,
+//!   static entities, and the authoring tools (validation findings, formatting, explain).
 //! - [`route`]: method/path normalization, route templates, route-generated tools.
 //! - [`config`]: the typed config and the embedded demo.
 //! - [`model`]: plain types shared by all of the above.

@@ -7,7 +7,9 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use cedargate::config::Config;
-use cedargate::model::{RouteRequest, SecretDigest, Target, ToolCall};
+use cedargate::engine::Authentication;
+use cedargate::model::{Outcome, RouteRequest, Scheme, SecretDigest, Target, ToolCall};
+use cedargate::policy::{self, PolicySources, ReportStyle, Severity};
 use cedargate::telemetry::{self, LogFormat};
 use cedargate::App;
 use clap::{Parser, Subcommand};
@@ -86,6 +88,75 @@ enum PolicyCommand {
     /// Print the Cedar schema cedargate sends requests in: the starting point of a policy
     /// directory's `schema.cedarschema`.
     Schema,
+    /// Check a policy directory as the server loads it (strict validation against its schema,
+    /// `entities.json` against the schema) and print every error and warning with
+    /// file:line:column, the snippet and Cedar's help. Warnings: policies that can never apply,
+    /// policies without `@id`. Exit code: 0 clean, 1 errors (or warnings with
+    /// --deny-warnings), 2 the directory cannot be read.
+    Validate {
+        /// The policy directory [default: the --config's policy directory, else ./policies].
+        dir: Option<PathBuf>,
+        /// Fail (exit 1) on warnings too.
+        #[arg(long)]
+        deny_warnings: bool,
+    },
+    /// Format the `*.cedar` files of a policy directory in place with Cedar's own formatter
+    /// (comments and annotations kept; formatting twice changes nothing). Exit code: 0 done,
+    /// 1 a file does not parse (or, with --check, a file would change), 2 an I/O error.
+    Fmt {
+        /// List the files that would change and change nothing.
+        #[arg(long)]
+        check: bool,
+        /// The policy directory [default: the --config's policy directory, else ./policies].
+        dir: Option<PathBuf>,
+    },
+    /// Explain one decision: the outcome, the determining policies with file:line, the reason,
+    /// evaluation errors, and for a deny every permit whose scope matched with the condition
+    /// that stopped it. Uses the --config's backends and policies (default: the embedded
+    /// demo). Exit code: 0 allowed, 1 denied, 2 error.
+    Explain {
+        /// The `Authorization` value, resolved by the configured backends ("" for none).
+        #[arg(long, default_value = "", conflicts_with = "auth_info")]
+        authorization: String,
+        /// The identity inline instead, as JSON in the shape `cedargate check` prints
+        /// `authInfo`: `{"subject": "alice", "roles": ["user"], "scopes": []}`.
+        #[arg(long)]
+        auth_info: Option<String>,
+        /// An HTTP route: `METHOD /path`.
+        #[arg(long, conflicts_with = "tool", required_unless_present = "tool")]
+        route: Option<String>,
+        /// An MCP tool name.
+        #[arg(long)]
+        tool: Option<String>,
+        /// The tool's server.
+        #[arg(long, default_value = "", requires = "tool")]
+        server: String,
+        /// The tool's arguments, a JSON object.
+        #[arg(long, requires = "tool")]
+        arguments: Option<String>,
+        /// Request facts, a JSON object.
+        #[arg(long)]
+        context: Option<String>,
+        /// The time of the decision, unix seconds or RFC 3339 [default: now].
+        #[arg(long)]
+        now: Option<String>,
+        /// Use this policy directory instead of the config's.
+        #[arg(long)]
+        policies: Option<PathBuf>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t)]
+        format: OutputFormat,
+    },
+}
+
+/// How `policy explain` prints.
+#[derive(Debug, Clone, Copy, Default, clap::ValueEnum)]
+enum OutputFormat {
+    /// One fact a line.
+    #[default]
+    Text,
+    /// One JSON object.
+    Json,
 }
 
 fn main() -> ExitCode {
@@ -107,24 +178,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Check { authorization, route, tool, server, arguments, context } => {
-            let target = match (route, tool) {
-                (Some(route), _) => {
-                    let (method, path) = route
-                        .split_once(' ')
-                        .context("--route must be `METHOD /path`, e.g. `GET /user/profile`")?;
-                    Target::Route(RouteRequest {
-                        method: method.to_owned(),
-                        path: path.trim().to_owned(),
-                        template: None,
-                    })
-                }
-                (None, Some(name)) => Target::Tool(ToolCall {
-                    name,
-                    server,
-                    arguments: json_object("--arguments", arguments.as_deref())?,
-                }),
-                (None, None) => bail!("give --route or --tool"),
-            };
+            let target = target_of(route, tool, server, arguments.as_deref())?;
             let facts = json_object("--context", context.as_deref())?;
             let config = load_config(cli.config.as_ref())?;
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
@@ -140,6 +194,92 @@ fn real_main() -> anyhow::Result<ExitCode> {
             PolicyCommand::Schema => {
                 print!("{}", cedargate::policy::SCHEMA);
                 Ok(ExitCode::SUCCESS)
+            }
+            PolicyCommand::Validate { dir, deny_warnings } => {
+                let dir = policy_dir(dir, cli.config.as_ref())?;
+                let sources = PolicySources::from_dir(&dir)?;
+                let validation = policy::validate(&sources, report_style());
+                for finding in &validation.findings {
+                    println!("{}", finding.rendered.trim_end());
+                }
+                let errors = validation.count(Severity::Error);
+                let warnings = validation.count(Severity::Warning);
+                let failed = errors > 0 || (deny_warnings && warnings > 0);
+                let verdict = if errors > 0 { "invalid" } else { "valid" };
+                println!(
+                    "{}: {verdict}: {} policies, {errors} errors, {warnings} warnings{}",
+                    dir.display(),
+                    validation.policy_count,
+                    if deny_warnings && errors == 0 && warnings > 0 { " (--deny-warnings)" } else { "" }
+                );
+                Ok(if failed { ExitCode::from(1) } else { ExitCode::SUCCESS })
+            }
+            PolicyCommand::Fmt { check, dir } => {
+                let dir = policy_dir(dir, cli.config.as_ref())?;
+                let report = policy::format_dir(&dir, !check, report_style())?;
+                for finding in &report.failed {
+                    eprintln!("{}", finding.rendered.trim_end());
+                }
+                for file in &report.changed {
+                    println!("{} {}", if check { "would reformat" } else { "reformatted" }, file.display());
+                }
+                let failed = !report.failed.is_empty() || (check && !report.changed.is_empty());
+                eprintln!(
+                    "{} files, {} {}, {} not formatted (they do not parse)",
+                    report.files.len(),
+                    report.changed.len(),
+                    if check { "would change" } else { "changed" },
+                    report.failed.len()
+                );
+                Ok(if failed { ExitCode::from(1) } else { ExitCode::SUCCESS })
+            }
+            PolicyCommand::Explain {
+                authorization,
+                auth_info,
+                route,
+                tool,
+                server,
+                arguments,
+                context,
+                now,
+                policies,
+                format,
+            } => {
+                let target = target_of(route, tool, server, arguments.as_deref())?;
+                let facts = json_object("--context", context.as_deref())?;
+                let now = match now {
+                    Some(text) => parse_time(&text)?,
+                    None => cedargate::model::unix_now(),
+                };
+                let inline = match auth_info {
+                    Some(text) => Some(Arc::new(
+                        cedargate::api::json::auth_info_from_json(&text)
+                            .map_err(|error| anyhow::anyhow!("--auth-info: {error}"))?,
+                    )),
+                    None => None,
+                };
+                let mut config = load_config(cli.config.as_ref())?;
+                if let Some(dir) = policies {
+                    config.policies.dir = Some(std::path::absolute(dir)?);
+                }
+                let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+                let explained = runtime.block_on(async {
+                    let app = App::build(config)?;
+                    let authentication = match inline {
+                        Some(auth) => Authentication::Authenticated {
+                            auth,
+                            scheme: Scheme::Bearer,
+                            fingerprint: String::new(),
+                        },
+                        None => app.engine().authenticate(&authorization).await,
+                    };
+                    app.engine().explain(&authentication, &target, &facts, now).map_err(anyhow::Error::from)
+                })?;
+                match format {
+                    OutputFormat::Text => print!("{}", explained.text()),
+                    OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&explained.to_json())?),
+                }
+                Ok(if explained.outcome == Outcome::Allowed { ExitCode::SUCCESS } else { ExitCode::from(1) })
             }
         },
         Command::Init { dir } => {
@@ -179,6 +319,67 @@ fn real_main() -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// The target of `check` and `policy explain`.
+fn target_of(
+    route: Option<String>,
+    tool: Option<String>,
+    server: String,
+    arguments: Option<&str>,
+) -> anyhow::Result<Target> {
+    Ok(match (route, tool) {
+        (Some(route), _) => {
+            let (method, path) =
+                route.split_once(' ').context("--route must be `METHOD /path`, e.g. `GET /user/profile`")?;
+            Target::Route(RouteRequest {
+                method: method.to_owned(),
+                path: path.trim().to_owned(),
+                template: None,
+            })
+        }
+        (None, Some(name)) => {
+            Target::Tool(ToolCall { name, server, arguments: json_object("--arguments", arguments)? })
+        }
+        (None, None) => bail!("give --route or --tool"),
+    })
+}
+
+/// The policy directory of `validate` and `fmt`: the argument, else the config's, else
+/// `./policies`.
+fn policy_dir(dir: Option<PathBuf>, config: Option<&PathBuf>) -> anyhow::Result<PathBuf> {
+    if let Some(dir) = dir {
+        return Ok(dir);
+    }
+    if let Some(path) = config {
+        if let Some(dir) = Config::load(path)?.policy_dir() {
+            return Ok(dir);
+        }
+    }
+    Ok(PathBuf::from("policies"))
+}
+
+/// Colour on a terminal, unless `NO_COLOR` is set.
+fn report_style() -> ReportStyle {
+    if std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none() {
+        ReportStyle::Color
+    } else {
+        ReportStyle::Plain
+    }
+}
+
+/// Unix seconds, or an RFC 3339 time.
+fn parse_time(text: &str) -> anyhow::Result<i64> {
+    if let Ok(seconds) = text.parse::<i64>() {
+        return Ok(seconds);
+    }
+    let time = humantime::parse_rfc3339_weak(text)
+        .with_context(|| format!("--now `{text}` is neither unix seconds nor an RFC 3339 time"))?;
+    let seconds = match time.duration_since(std::time::UNIX_EPOCH) {
+        Ok(after) => i64::try_from(after.as_secs())?,
+        Err(before) => -i64::try_from(before.duration().as_secs())?,
+    };
+    Ok(seconds)
 }
 
 fn load_config(path: Option<&PathBuf>) -> anyhow::Result<Config> {

@@ -1,10 +1,15 @@
 //! The only module that knows Cedar: loading and validating policies against the schema,
-//! building Cedar requests from an [`AuthInfo`] and a target, evaluating, and hot reload.
+//! building Cedar requests from an [`AuthInfo`] and a target, evaluating, and hot reload; and
+//! the authoring tools behind `cedargate policy`: validation findings, formatting, and
+//! explaining one decision.
 //!
 //! The policy set lives in an immutable [`PolicySnapshot`] behind an `ArcSwap`: evaluation
 //! takes a lock-free snapshot, and a reload swaps in a new one only after the whole set parsed
 //! and validated, so a bad reload keeps the last good set.
 
+mod explain;
+mod findings;
+mod format;
 mod load;
 mod reload;
 mod request;
@@ -18,7 +23,10 @@ use cedar_policy::{Authorizer, Decision as CedarDecision, Entities, PolicyId, Po
 
 use crate::model::{AuthInfo, Extra, McpKind};
 
-pub use load::{PolicyError, PolicySources, SourceFile, SCHEMA, SCHEMA_FILE};
+pub use explain::{ConditionCheck, ConditionResult, Explanation, PermitExplanation, PolicyRef};
+pub use findings::{Finding, ReportStyle, Severity};
+pub use format::{format_dir, format_policies, FormatReport};
+pub use load::{PolicyError, PolicyLocation, PolicySources, SourceFile, ENTITIES_FILE, SCHEMA, SCHEMA_FILE};
 pub use reload::{PolicyReloader, PolicyStatus, ReloadError, ReloadFailure, ReloadTrigger, Reloaded};
 
 /// The Cedar view of a target, after the engine normalized it.
@@ -107,9 +115,9 @@ pub struct PolicySnapshot {
     with_shadow: Option<PolicySet>,
     /// Ids of the `@shadow` policies.
     shadow_ids: HashSet<PolicyId>,
-    /// The schema's action entities (with the `read`/`write` groups); every request's entity
-    /// store starts from a clone of this.
-    action_entities: Entities,
+    /// The schema's action entities (with the `read`/`write` groups) and the static entities
+    /// of `entities.json`; every request's entity store starts from a clone of this.
+    base_entities: Entities,
     /// Upper-case names of the actions that apply to `Route`: the HTTP methods policies know.
     route_actions: HashSet<String>,
     /// Distinguishes snapshots, so prepared principals built for an older one are rebuilt.
@@ -117,7 +125,9 @@ pub struct PolicySnapshot {
     /// The prepared principal of every caller without a credential.
     anonymous: Arc<request::Prepared>,
     meta: HashMap<PolicyId, PolicyMeta>,
-    /// Short SHA-256 of all sources, to tell which set decided.
+    /// Where each policy starts in its file.
+    locations: HashMap<PolicyId, PolicyLocation>,
+    /// Short SHA-256 of all sources (schema, policies, entities), to tell which set decided.
     revision: String,
 }
 
@@ -136,6 +146,47 @@ impl PolicySnapshot {
     pub fn shadow_count(&self) -> usize {
         self.shadow_ids.len()
     }
+
+    /// The id of every policy, sorted.
+    pub fn policy_ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self.policies.policies().map(|policy| policy.id().to_string()).collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    /// Where the policy `id` starts (file, line, column); `None` for an id not in the set.
+    pub fn policy_location(&self, id: &str) -> Option<&PolicyLocation> {
+        self.locations.get(&PolicyId::new(id))
+    }
+}
+
+/// What `cedargate policy validate` found in a policy directory.
+#[derive(Debug, Clone)]
+pub struct Validation {
+    /// Every error and warning, errors first, each in file order.
+    pub findings: Vec<Finding>,
+    /// Policies in the set (0 when it did not load).
+    pub policy_count: usize,
+}
+
+impl Validation {
+    /// Number of findings of `severity`.
+    pub fn count(&self, severity: Severity) -> usize {
+        self.findings.iter().filter(|finding| finding.severity == severity).count()
+    }
+}
+
+/// Checks `sources` exactly as the server loads them (strict validation, the schema against
+/// the requests cedargate sends, static entities against the schema) and keeps the warnings
+/// too: policies that can never apply, policies without `@id`, confusable text.
+pub fn validate(sources: &PolicySources, style: ReportStyle) -> Validation {
+    let (snapshot, mut findings) = match request::Names::new() {
+        Ok(names) => load::check(sources, &names, 0, style),
+        Err(problem) => (None, vec![Finding::plain(&sources.schema.name, problem, Severity::Error)]),
+    };
+    // Stable: errors first, then by file and position, as they were found within one place.
+    findings.sort_by(|a, b| (a.severity, &a.file, a.position).cmp(&(b.severity, &b.file, b.position)));
+    Validation { findings, policy_count: snapshot.map_or(0, |snapshot| snapshot.policy_count()) }
 }
 
 /// Evaluates queries against the current snapshot; reloadable.
@@ -200,25 +251,45 @@ impl PolicyEngine {
     /// evaluate is a deny that says why.
     pub fn evaluate(&self, query: &Query<'_>) -> Verdict {
         let snapshot = self.current.load();
-        let (request, entities) = match request::build(&self.names, &snapshot, &self.principals, query) {
+        self.evaluate_on(&snapshot, query).0
+    }
+
+    /// Decides `query` as [`PolicyEngine::evaluate`] does, and says why: the determining
+    /// policies with file:line, and for a deny every permit whose scope matched with the
+    /// condition that stopped it.
+    pub fn explain(&self, query: &Query<'_>) -> Explanation {
+        let snapshot = self.current.load_full();
+        let (verdict, built) = self.evaluate_on(&snapshot, query);
+        explain::explain(&snapshot, &self.authorizer, built.as_ref(), verdict)
+    }
+
+    /// The verdict, and the request and entities it was decided on (`None` when they could
+    /// not be built).
+    fn evaluate_on(
+        &self,
+        snapshot: &PolicySnapshot,
+        query: &Query<'_>,
+    ) -> (Verdict, Option<(cedar_policy::Request, Entities)>) {
+        let (request, entities) = match request::build(&self.names, snapshot, &self.principals, query) {
             Ok(built) => built,
             Err(error) => {
-                return Verdict {
+                let verdict = Verdict {
                     allowed: false,
                     policy_ids: Vec::new(),
                     reason: format!("policy request could not be built: {error}"),
                     required_scopes: Vec::new(),
                     errors: vec![error],
                     shadow: None,
-                }
+                };
+                return (verdict, None);
             }
         };
         let response = self.authorizer.is_authorized(&request, &snapshot.policies, &entities);
-        let mut verdict = verdict_from(&snapshot, response.decision(), response.diagnostics());
+        let mut verdict = verdict_from(snapshot, response.decision(), response.diagnostics());
         // INVARIANT: shadow policies never change the verdict; they only report.
         if let Some(with_shadow) = &snapshot.with_shadow {
             let trial = self.authorizer.is_authorized(&request, with_shadow, &entities);
-            let would = verdict_from(&snapshot, trial.decision(), trial.diagnostics());
+            let would = verdict_from(snapshot, trial.decision(), trial.diagnostics());
             if would.allowed != verdict.allowed {
                 self.shadow_disagreements.fetch_add(1, Ordering::Relaxed);
                 let shadow_ids: Vec<String> = would
@@ -229,8 +300,7 @@ impl PolicyEngine {
                     .collect();
                 verdict.shadow = Some(ShadowVerdict {
                     allowed: would.allowed,
-                    // A shadow forbid that removes the only permit's effect is determining; a
-                    // difference without a shadow id among the determining policies cannot
+                    // A difference without a shadow id among the deciding policies cannot
                     // happen, but would name every shadow policy rather than none.
                     policy_ids: if shadow_ids.is_empty() {
                         let mut all: Vec<String> =
@@ -244,7 +314,7 @@ impl PolicyEngine {
                 });
             }
         }
-        verdict
+        (verdict, Some((request, entities)))
     }
 
     /// How many decisions the `@shadow` policies would have changed since start.

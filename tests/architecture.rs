@@ -33,6 +33,7 @@ const CONFINED: &[(&str, &[&str])] = &[
     ("envoy_types", &["api", "app"]),
     ("cedar_policy", &["policy"]),
     ("notify", &["app"]),
+    ("cedar_policy_formatter", &["policy"]),
     ("reqwest", &["credential", "app"]),
 ];
 

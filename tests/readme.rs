@@ -93,6 +93,7 @@ fn every_policy_block_validates_against_the_schema() {
                 text: include_str!("../policies/schema.cedarschema").to_owned(),
             },
             policies: vec![SourceFile { name: format!("README.md:{}", block.line), text: block.text }],
+            entities: None,
         };
         if let Err(error) = PolicyEngine::new(&sources) {
             panic!("README.md:{}: {error}", block.line);

@@ -11,7 +11,7 @@ use serde_json::{Number, Value};
 
 use super::grpc::{decision_to_proto, policy_status_to_proto};
 use super::proto;
-use crate::model::{Decision, Extra};
+use crate::model::{AuthInfo, CredentialKind, Decision, Extra};
 use crate::policy::PolicyStatus;
 use crate::route::TargetError;
 
@@ -127,6 +127,66 @@ fn message_json(message: &impl prost::Message, name: &str) -> Result<Value, Stri
 
 const CHECK_RESPONSE: &str = "cedargate.v1.CheckResponse";
 const POLICY_STATUS_RESPONSE: &str = "cedargate.v1.PolicyStatusResponse";
+const AUTH_INFO: &str = "cedargate.v1.AuthInfo";
+
+fn message_descriptor(
+    cell: &'static OnceLock<Result<MessageDescriptor, String>>,
+    name: &str,
+) -> Result<MessageDescriptor, String> {
+    cell.get_or_init(|| {
+        let pool = DescriptorPool::decode(proto::FILE_DESCRIPTOR_SET).map_err(|error| error.to_string())?;
+        pool.get_message_by_name(name).ok_or_else(|| format!("{name} is not described"))
+    })
+    .clone()
+}
+
+/// An identity from JSON in the shape a decision shows it (`authInfo` of `cedargate check`:
+/// the protobuf JSON mapping of `AuthInfo`, lowerCamelCase or proto field names), for
+/// `cedargate policy explain --auth-info`.
+///
+/// Fails, naming the field, on an unknown field, a value of the wrong type or an unknown
+/// `credentialKind`; an empty `subject` is refused too.
+pub fn auth_info_from_json(text: &str) -> Result<AuthInfo, String> {
+    static DESCRIPTOR: OnceLock<Result<MessageDescriptor, String>> = OnceLock::new();
+    let descriptor = message_descriptor(&DESCRIPTOR, AUTH_INFO)?;
+    let mut deserializer = serde_json::Deserializer::from_str(text);
+    let mut track = serde_path_to_error::Track::new();
+    let message = DynamicMessage::deserialize(
+        descriptor,
+        serde_path_to_error::Deserializer::new(&mut deserializer, &mut track),
+    )
+    .map_err(|error| match track.path().to_string() {
+        path if path == "." => error.to_string(),
+        path => format!("`{path}`: {error}"),
+    })?;
+    deserializer.end().map_err(|error| error.to_string())?;
+    let wire: proto::AuthInfo = message.transcode_to().map_err(|error| error.to_string())?;
+    if wire.subject.is_empty() {
+        return Err("`subject` is required".to_owned());
+    }
+    let kind = match wire.credential_kind.as_str() {
+        "" | "static" => CredentialKind::Static,
+        "api_key" => CredentialKind::ApiKey,
+        "session" => CredentialKind::Session,
+        "jwt" => CredentialKind::Jwt,
+        "introspection" => CredentialKind::Introspection,
+        other => {
+            return Err(format!(
+                "`credentialKind` `{other}` is not one of static, api_key, session, jwt, introspection \
+                 (a caller without a credential is no --auth-info at all)"
+            ))
+        }
+    };
+    let mut auth = AuthInfo::new(kind, wire.subject, wire.roles);
+    auth.client_id = wire.client_id;
+    auth.scopes = wire.scopes;
+    auth.expires_at = (wire.expires_at != 0).then_some(wire.expires_at);
+    auth.resource = wire.resource;
+    auth.tenant = wire.tenant;
+    auth.issuer = wire.issuer;
+    auth.extra = struct_to_extra(wire.extra.as_ref()).map_err(|error| format!("`extra`: {error}"))?;
+    Ok(auth)
+}
 
 /// A message could not be put into JSON (a descriptor that does not match the code).
 #[derive(Debug, thiserror::Error)]
@@ -157,6 +217,36 @@ mod tests {
             credential_fingerprint: credential.then(|| "0123456789abcdef".into()),
             required_scopes: scopes.iter().map(|scope| (*scope).to_owned()).collect(),
             shadow: None,
+        }
+    }
+
+    #[test]
+    fn an_auth_info_reads_back_from_the_json_a_decision_shows() {
+        let mut auth = AuthInfo::new(CredentialKind::Jwt, "alice", vec!["user".into()]);
+        auth.scopes = vec!["files:read".into()];
+        auth.expires_at = Some(1_767_225_600);
+        auth.tenant = "acme".into();
+        auth.extra = Extra::from([("team".to_owned(), json!("blue"))]);
+        let mut shown = decision(Outcome::Allowed, &[], true);
+        shown.auth_info = Some(Arc::new(auth.clone()));
+        let json = decision_json(shown).unwrap();
+        let read = auth_info_from_json(&json["authInfo"].to_string()).unwrap();
+        assert_eq!(read, auth);
+
+        let short = auth_info_from_json(r#"{"subject": "bob", "roles": ["admin"]}"#).unwrap();
+        assert_eq!(
+            (short.subject.as_str(), short.kind, short.roles.as_slice()),
+            ("bob", CredentialKind::Static, &["admin".to_owned()][..])
+        );
+        for (bad, expected) in [
+            (r#"{"subject": "bob", "role": ["admin"]}"#, "role"),
+            (r#"{"roles": ["admin"]}"#, "subject"),
+            (r#"{"subject": "bob", "credentialKind": "anonymous"}"#, "anonymous"),
+            (r#"{"subject": "bob", "scopes": "a b"}"#, "scopes"),
+            (r#"{"subject": "bob"} trailing"#, "trailing"),
+        ] {
+            let error = auth_info_from_json(bad).unwrap_err();
+            assert!(error.contains(expected) || expected == "trailing", "{bad}: {error}");
         }
     }
 

@@ -1,21 +1,25 @@
-//! Reading policy sources, parsing, strict validation against the schema, and diagnostics
-//! that name file, line and column.
+//! Reading policy sources, parsing, strict validation against the schema, static entities,
+//! and findings that name file, line and column.
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
+use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
 
-use cedar_policy::{PolicyId, PolicySet, Schema, ValidationMode, Validator};
-use miette::Diagnostic;
+use cedar_policy::{Entities, PolicyId, PolicySet, Schema, ValidationMode, Validator};
 use sha2::{Digest, Sha256};
 
+use super::findings::{line_column, Finding, ReportStyle, Severity};
 use super::request::Names;
 use super::{PolicyMeta, PolicySnapshot};
 
 /// The name of the schema file inside a policy directory.
 pub const SCHEMA_FILE: &str = "schema.cedarschema";
+
+/// The name of the optional static entities file inside a policy directory: Cedar's entity
+/// JSON, for example a role hierarchy (`Role::"admin"` with the parent `Role::"user"`).
+pub const ENTITIES_FILE: &str = "entities.json";
 
 /// The schema cedargate sends requests in: the shipped `policies/schema.cedarschema`, the
 /// starting point of every policy directory (`cedargate policy schema`).
@@ -37,6 +41,25 @@ pub struct PolicySources {
     pub schema: SourceFile,
     /// The `*.cedar` files, in name order.
     pub policies: Vec<SourceFile>,
+    /// The static entities (`entities.json`), if the directory has them.
+    pub entities: Option<SourceFile>,
+}
+
+/// Where a policy starts in its file (its first annotation, else its effect).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PolicyLocation {
+    /// The file, as named in [`SourceFile::name`].
+    pub file: String,
+    /// 1-based line.
+    pub line: usize,
+    /// 1-based column.
+    pub column: usize,
+}
+
+impl fmt::Display for PolicyLocation {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(formatter, "{}:{}:{}", self.file, self.line, self.column)
+    }
 }
 
 /// Why a policy set could not be loaded.
@@ -59,7 +82,8 @@ pub enum PolicyError {
 }
 
 impl PolicySources {
-    /// Reads `dir/schema.cedarschema` and every `dir/*.cedar` (sorted by name).
+    /// Reads `dir/schema.cedarschema`, every `dir/*.cedar` (sorted by name) and, when it
+    /// exists, `dir/entities.json`.
     ///
     /// Fails when the directory or a file cannot be read, or when the schema is missing.
     pub fn from_dir(dir: &Path) -> Result<Self, PolicyError> {
@@ -84,7 +108,13 @@ impl PolicySources {
         for path in paths {
             policies.push(SourceFile { name: path.display().to_string(), text: read(&path)? });
         }
-        Ok(Self { schema, policies })
+        let entities_path = dir.join(ENTITIES_FILE);
+        let entities = match std::fs::read_to_string(&entities_path) {
+            Ok(text) => Some(SourceFile { name: entities_path.display().to_string(), text }),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => None,
+            Err(source) => return Err(PolicyError::Read { path: entities_path, source }),
+        };
+        Ok(Self { schema, policies, entities })
     }
 
     /// The demo policies compiled into the binary (the `policies/` directory of the repository).
@@ -104,12 +134,13 @@ impl PolicySources {
                     text: include_str!("../../policies/routes.cedar").to_owned(),
                 },
             ],
+            entities: None,
         }
     }
 
     fn revision(&self) -> String {
         let mut hasher = Sha256::new();
-        for file in std::iter::once(&self.schema).chain(&self.policies) {
+        for file in std::iter::once(&self.schema).chain(&self.policies).chain(&self.entities) {
             hasher.update(file.name.as_bytes());
             hasher.update([0]);
             hasher.update(file.text.as_bytes());
@@ -119,17 +150,56 @@ impl PolicySources {
     }
 }
 
-/// Parses, names, validates and checks `sources`; all problems are reported at once.
+/// Parses, names, validates and checks `sources`; all problems are reported at once, and
+/// warnings are logged.
 pub(super) fn load(
     sources: &PolicySources,
     names: &Names,
     generation: u64,
 ) -> Result<PolicySnapshot, PolicyError> {
-    let mut diagnostics = Vec::new();
+    let (snapshot, findings) = check(sources, names, generation, ReportStyle::OneLine);
+    for warning in findings.iter().filter(|finding| finding.severity == Severity::Warning) {
+        tracing::warn!("policy warning: {warning}");
+    }
+    snapshot.ok_or_else(|| PolicyError::Invalid {
+        diagnostics: findings
+            .iter()
+            .filter(|finding| finding.severity == Severity::Error)
+            .map(ToString::to_string)
+            .collect(),
+    })
+}
+
+/// Entity types cedargate builds for every request; `entities.json` may not declare them,
+/// as a request's own entity of the same uid would collide with it.
+const PER_REQUEST_TYPES: &[&str] =
+    &["User", "Anonymous", "Facts", "Route", "Tool", "Prompt", "McpResource", "McpMethod", "Action"];
+
+/// Everything `load` does, keeping every finding: the snapshot when no finding is an error.
+pub(super) fn check(
+    sources: &PolicySources,
+    names: &Names,
+    generation: u64,
+    style: ReportStyle,
+) -> (Option<PolicySnapshot>, Vec<Finding>) {
+    let mut findings = Vec::new();
+    let error = |file: &SourceFile, diagnostic: &dyn miette::Diagnostic, out: &mut Vec<Finding>| {
+        out.extend(Finding::from_diagnostic(file, diagnostic, Severity::Error, style));
+    };
     let schema = match Schema::from_cedarschema_str(&sources.schema.text) {
-        Ok((schema, _warnings)) => Some(schema),
-        Err(error) => {
-            render(&sources.schema, &error, &mut diagnostics);
+        Ok((schema, warnings)) => {
+            for warning in warnings {
+                findings.extend(Finding::from_diagnostic(
+                    &sources.schema,
+                    &warning,
+                    Severity::Warning,
+                    style,
+                ));
+            }
+            Some(schema)
+        }
+        Err(schema_error) => {
+            error(&sources.schema, &schema_error, &mut findings);
             None
         }
     };
@@ -138,30 +208,69 @@ pub(super) fn load(
     // `@shadow` policies: validated with the rest, evaluated beside them, never enforced.
     let mut shadow = PolicySet::new();
     let mut meta = HashMap::new();
-    // Which file each policy came from, for validation diagnostics.
+    let mut locations: HashMap<PolicyId, PolicyLocation> = HashMap::new();
+    // Which file each policy came from, for validation findings.
     let mut origin: HashMap<PolicyId, usize> = HashMap::new();
     for (file_index, file) in sources.policies.iter().enumerate() {
         let parsed = match PolicySet::from_str(&file.text) {
             Ok(parsed) => parsed,
-            Err(error) => {
-                render(file, &error, &mut diagnostics);
+            Err(parse_error) => {
+                error(file, &parse_error, &mut findings);
                 continue;
             }
         };
         if parsed.templates().next().is_some() {
-            diagnostics.push(format!("{}: policy templates are not supported", file.name));
+            findings.push(Finding::problem(
+                file,
+                None,
+                "policy templates are not supported".to_owned(),
+                None,
+                Severity::Error,
+                style,
+            ));
         }
         let stem = Path::new(&file.name)
             .file_stem()
             .map_or_else(|| file.name.clone(), |stem| stem.to_string_lossy().into_owned());
+        // Policies come in source order, each with its exact source text: searching from the
+        // end of the previous one finds each where it is.
+        let mut cursor = 0;
         for (index, policy) in parsed.policies().enumerate() {
-            let id = policy.annotation("id").map_or_else(|| format!("{stem}#{index}"), str::to_owned);
+            let span = policy.to_cedar().and_then(|text| {
+                let offset = cursor + file.text.get(cursor..)?.find(&text)?;
+                cursor = offset + text.len();
+                let first_line = text.lines().next().map_or(0, str::len);
+                Some((offset, first_line))
+            });
+            let location = {
+                let (line, column) = span.map_or((1, 1), |(offset, _)| line_column(&file.text, offset));
+                PolicyLocation { file: file.name.clone(), line, column }
+            };
+            let id = match policy.annotation("id") {
+                Some(id) => id.to_owned(),
+                None => {
+                    let id = format!("{stem}#{index}");
+                    findings.push(Finding::problem(
+                        file,
+                        span,
+                        format!("policy without `@id`: it is known as `{id}`, which changes when a policy is added above it"),
+                        Some("give it a stable name with `@id(\"...\")`; test suites and decision logs refer to it".to_owned()),
+                        Severity::Warning,
+                        style,
+                    ));
+                    id
+                }
+            };
             let id = PolicyId::new(&id);
             if let Some(previous) = origin.get(&id) {
                 let previous = sources.policies.get(*previous).map_or("?", |f| f.name.as_str());
-                diagnostics.push(format!(
-                    "{}: policy id `{id}` is already used in {previous}",
-                    locate_policy(file, policy)
+                findings.push(Finding::problem(
+                    file,
+                    span,
+                    format!("policy id `{id}` is already used in {previous}"),
+                    None,
+                    Severity::Error,
+                    style,
                 ));
                 continue;
             }
@@ -176,127 +285,147 @@ pub(super) fn load(
                 },
             );
             origin.insert(id.clone(), file_index);
+            locations.insert(id.clone(), location);
             let set = if policy.annotation("shadow").is_some() { &mut shadow } else { &mut policies };
-            if let Err(error) = set.add(policy.new_id(id)) {
-                diagnostics.push(format!("{}: {error}", file.name));
+            if let Err(add_error) = set.add(policy.new_id(id)) {
+                error(file, &add_error, &mut findings);
             }
         }
     }
 
     let Some(schema) = schema else {
-        return Err(PolicyError::Invalid { diagnostics });
+        return (None, findings);
     };
     // The enforced set with the shadow policies in it: what would decide if they were enforced.
     let with_shadow = (!shadow.is_empty()).then(|| {
         let mut all = policies.clone();
         for policy in shadow.policies() {
-            if let Err(error) = all.add(policy.clone()) {
-                diagnostics.push(error.to_string());
+            if let Err(add_error) = all.add(policy.clone()) {
+                findings.push(Finding::plain(&sources.schema.name, add_error.to_string(), Severity::Error));
             }
         }
         all
     });
     let validation = Validator::new(schema.clone())
         .validate(with_shadow.as_ref().unwrap_or(&policies), ValidationMode::Strict);
-    for error in validation.validation_errors() {
-        match origin.get(error.policy_id()).and_then(|index| sources.policies.get(*index)) {
-            Some(file) => render(file, error, &mut diagnostics),
-            None => diagnostics.push(error.to_string()),
+    let file_of = |id: &PolicyId| origin.get(id).and_then(|index| sources.policies.get(*index));
+    for validation_error in validation.validation_errors() {
+        match file_of(validation_error.policy_id()) {
+            Some(file) => error(file, validation_error, &mut findings),
+            None => findings.push(Finding::plain(
+                &sources.schema.name,
+                validation_error.to_string(),
+                Severity::Error,
+            )),
         }
     }
-    for warning in validation.validation_warnings() {
-        tracing::warn!(policy_id = %warning.policy_id(), "policy validation warning: {warning}");
+    // A policy with an error gets no warnings besides: an unknown action also makes it
+    // "impossible", which says less than the error.
+    let failed: std::collections::HashSet<&PolicyId> =
+        validation.validation_errors().map(|validation_error| validation_error.policy_id()).collect();
+    for warning in validation.validation_warnings().filter(|warning| !failed.contains(warning.policy_id())) {
+        match file_of(warning.policy_id()) {
+            Some(file) => findings.extend(Finding::from_diagnostic(file, warning, Severity::Warning, style)),
+            None => {
+                findings.push(Finding::plain(&sources.schema.name, warning.to_string(), Severity::Warning))
+            }
+        }
     }
     if let Err(problem) = super::request::check_schema(names, &schema) {
-        diagnostics.push(format!(
-            "{}: the schema does not accept the requests cedargate sends: {problem}",
-            sources.schema.name
+        findings.push(Finding::plain(
+            &sources.schema.name,
+            format!("the schema does not accept the requests cedargate sends: {problem}"),
+            Severity::Error,
         ));
     }
-    if !diagnostics.is_empty() {
-        return Err(PolicyError::Invalid { diagnostics });
-    }
 
-    let action_entities = schema.action_entities().map_err(|error| PolicyError::Invalid {
-        diagnostics: vec![format!("{}: {error}", sources.schema.name)],
-    })?;
+    let base_entities = match schema.action_entities() {
+        Ok(actions) => actions,
+        Err(actions_error) => {
+            error(&sources.schema, &actions_error, &mut findings);
+            return (None, findings);
+        }
+    };
+    let base_entities = match &sources.entities {
+        None => Some(base_entities),
+        Some(file) => static_entities(file, base_entities, &schema, style, &mut findings),
+    };
+    if findings.iter().any(|finding| finding.severity == Severity::Error) {
+        return (None, findings);
+    }
+    let Some(base_entities) = base_entities else {
+        return (None, findings);
+    };
+
     let route_actions = super::request::route_actions(names, &schema);
-    let anonymous = super::request::Prepared::new(names, &action_entities, generation, None)
-        .map_err(|error| PolicyError::Invalid { diagnostics: vec![error] })?;
-    Ok(PolicySnapshot {
+    let anonymous = match super::request::Prepared::new(names, &base_entities, generation, None) {
+        Ok(anonymous) => anonymous,
+        Err(problem) => {
+            findings.push(Finding::plain(&sources.schema.name, problem, Severity::Error));
+            return (None, findings);
+        }
+    };
+    let snapshot = PolicySnapshot {
         shadow_ids: shadow.policies().map(|policy| policy.id().clone()).collect(),
         policies,
         with_shadow,
-        action_entities,
+        base_entities,
         route_actions,
         generation,
         anonymous: Arc::new(anonymous),
         meta,
+        locations,
         revision: sources.revision(),
-    })
-}
-
-/// `file:line:col` of a policy's first character, or just the file.
-fn locate_policy(file: &SourceFile, policy: &cedar_policy::Policy) -> String {
-    let text = policy.to_string();
-    let needle = text.lines().find(|line| !line.trim_start().starts_with('@')).unwrap_or("");
-    match file.text.find(needle.trim()) {
-        Some(offset) if !needle.trim().is_empty() => {
-            let (line, column) = line_column(&file.text, offset);
-            format!("{}:{line}:{column}", file.name)
-        }
-        _ => file.name.clone(),
-    }
-}
-
-/// Renders a diagnostic and its related diagnostics as `file:line:col: message` lines.
-fn render(file: &SourceFile, diagnostic: &dyn Diagnostic, out: &mut Vec<String>) {
-    render_one(file, diagnostic, out);
-    if let Some(related) = diagnostic.related() {
-        for related in related {
-            render_one(file, related, out);
-        }
-    }
-}
-
-fn render_one(file: &SourceFile, diagnostic: &dyn Diagnostic, out: &mut Vec<String>) {
-    let first_label = diagnostic.labels().and_then(|mut labels| labels.next());
-    let mut line = match &first_label {
-        Some(label) => {
-            let (line, column) = line_column(&file.text, label.offset());
-            format!("{}:{line}:{column}: {diagnostic}", file.name)
-        }
-        None => format!("{}: {diagnostic}", file.name),
     };
-    if let Some(label) = first_label.as_ref().and_then(|label| label.label()) {
-        let _ = write!(line, " ({label})");
-    }
-    if let Some(help) = diagnostic.help() {
-        let _ = write!(line, "; help: {help}");
-    }
-    out.push(line);
+    (Some(snapshot), findings)
 }
 
-/// 1-based line and column of a byte offset.
-fn line_column(text: &str, offset: usize) -> (usize, usize) {
-    let before = text.get(..offset.min(text.len())).unwrap_or(text);
-    let line = before.matches('\n').count() + 1;
-    let column = before.rfind('\n').map_or(before.chars().count(), |newline| {
-        before.get(newline + 1..).map_or(0, |rest| rest.chars().count())
-    }) + 1;
-    (line, column)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::line_column;
-
-    #[test]
-    fn line_column_counts_from_one() {
-        let text = "ab\ncd\nef";
-        assert_eq!(line_column(text, 0), (1, 1));
-        assert_eq!(line_column(text, 4), (2, 2));
-        assert_eq!(line_column(text, 6), (3, 1));
-        assert_eq!(line_column(text, 100), (3, 3));
+/// `actions` plus the entities of `file`, validated against the schema; `None` (with
+/// findings) when they do not load.
+fn static_entities(
+    file: &SourceFile,
+    actions: Entities,
+    schema: &Schema,
+    style: ReportStyle,
+    findings: &mut Vec<Finding>,
+) -> Option<Entities> {
+    let parsed = match Entities::from_json_str(&file.text, Some(schema)) {
+        Ok(parsed) => parsed,
+        Err(entities_error) => {
+            findings.extend(Finding::from_diagnostic(file, &entities_error, Severity::Error, style));
+            return None;
+        }
+    };
+    let mut refused = false;
+    let mut declared = Vec::new();
+    for entity in parsed.iter() {
+        let uid = entity.uid();
+        let type_name = uid.type_name().to_string();
+        if PER_REQUEST_TYPES.contains(&type_name.as_str()) {
+            // Actions come from the schema (and Cedar checked any listed here match it).
+            if type_name != "Action" {
+                refused = true;
+                findings.push(Finding::plain(
+                    &file.name,
+                    format!(
+                        "`{uid}`: `{type_name}` entities are built from each request, so they cannot be \
+                         declared here; declare roles (`Role`) or servers (`Server`) instead"
+                    ),
+                    Severity::Error,
+                ));
+            }
+            continue;
+        }
+        declared.push(entity.clone());
+    }
+    if refused {
+        return None;
+    }
+    match actions.add_entities(declared, Some(schema)) {
+        Ok(entities) => Some(entities),
+        Err(entities_error) => {
+            findings.extend(Finding::from_diagnostic(file, &entities_error, Severity::Error, style));
+            None
+        }
     }
 }

@@ -89,10 +89,11 @@ fn tag_value(value: &serde_json::Value) -> RestrictedExpression {
 /// policy snapshot live: the principal's entity store and its context.
 #[derive(Debug)]
 pub(super) struct Prepared {
-    /// The snapshot generation this was built for (the schema's actions are in `base`).
+    /// The snapshot generation this was built for (its actions and static entities are in `base`).
     generation: u64,
     uid: EntityUid,
-    /// The schema's action entities plus the principal, transitive closure computed.
+    /// The schema's action entities, the static entities (`entities.json`) and the principal,
+    /// transitive closure computed: a role's ancestors are the principal's ancestors too.
     base: Entities,
     /// The context, for the second (`now`) it was last built for.
     context: ArcSwap<(i64, Context)>,
@@ -101,14 +102,14 @@ pub(super) struct Prepared {
 impl Prepared {
     pub(super) fn new(
         names: &Names,
-        action_entities: &Entities,
+        base_entities: &Entities,
         generation: u64,
         auth: Option<&AuthInfo>,
     ) -> Result<Self, String> {
         let principal = principal_entity(names, auth);
         let uid = principal.uid();
         let base =
-            action_entities.clone().add_entities([principal], None).map_err(|error| error.to_string())?;
+            base_entities.clone().add_entities([principal], None).map_err(|error| error.to_string())?;
         let context = context(names, auth, 0)?;
         Ok(Self { generation, uid, base, context: ArcSwap::from_pointee((0, context)) })
     }
@@ -154,7 +155,7 @@ impl PrincipalCache {
             }
         }
         let prepared =
-            Arc::new(Prepared::new(names, &snapshot.action_entities, snapshot.generation, Some(auth))?);
+            Arc::new(Prepared::new(names, &snapshot.base_entities, snapshot.generation, Some(auth))?);
         if self.entries.len() >= PRINCIPAL_CACHE_MAX {
             self.entries.retain(|_, (owner, _)| owner.strong_count() > 0);
             if self.entries.len() >= PRINCIPAL_CACHE_MAX {

@@ -10,6 +10,7 @@ fn sources(policies: &[(&str, &str)]) -> PolicySources {
             .iter()
             .map(|(name, text)| SourceFile { name: (*name).into(), text: (*text).into() })
             .collect(),
+        entities: None,
     }
 }
 
@@ -371,4 +372,234 @@ fn shadow_policies_are_validated_like_the_rest() {
         "@shadow\npermit (principal, action, resource) when { context.nope };",
     )])));
     assert!(diagnostics.iter().any(|line| line.starts_with("p.cedar:2:")), "{diagnostics:?}");
+}
+
+fn with_entities(policies: &[(&str, &str)], entities: &str) -> PolicySources {
+    let mut sources = sources(policies);
+    sources.entities = Some(SourceFile { name: "entities.json".into(), text: entities.into() });
+    sources
+}
+
+const ADMIN_IS_A_USER: &str =
+    r#"[{"uid": {"type": "Role", "id": "admin"}, "attrs": {}, "parents": [{"type": "Role", "id": "user"}]}]"#;
+
+#[test]
+fn a_role_hierarchy_from_entities_json_reaches_principals() {
+    let policies = [("p.cedar", "@id(\"users\") permit (principal in Role::\"user\", action, resource);")];
+    let engine = PolicyEngine::new(&with_entities(&policies, ADMIN_IS_A_USER)).unwrap();
+    let admin = user(&["admin"], &[]);
+    let other = user(&["guest"], &[]);
+    assert!(ask(&engine, Some(&admin), route("GET", "/x")).allowed, "an admin is in Role::\"user\"");
+    assert!(!ask(&engine, Some(&other), route("GET", "/x")).allowed);
+
+    // Without the hierarchy the same admin is not a user; the entities are part of the revision.
+    let plain = PolicyEngine::new(&sources(&policies)).unwrap();
+    assert!(!ask(&plain, Some(&admin), route("GET", "/x")).allowed);
+    assert_ne!(plain.snapshot().revision(), engine.snapshot().revision());
+
+    // A reload without the file takes the hierarchy away, also from a cached principal.
+    engine.reload(&sources(&policies)).unwrap();
+    assert!(!ask(&engine, Some(&admin), route("GET", "/x")).allowed);
+}
+
+#[test]
+fn entities_json_is_checked_against_the_schema_and_names_its_file() {
+    let policies = [("p.cedar", "@id(\"all\") permit (principal, action, resource);")];
+    for (entities, expected) in [
+        ("[{", "entities.json: "),
+        (r#"[{"uid": {"type": "Nope", "id": "x"}, "attrs": {}, "parents": []}]"#, "Nope"),
+        (r#"[{"uid": {"type": "Role", "id": "x"}, "attrs": {"level": 1}, "parents": []}]"#, "level"),
+        (
+            r#"[{"uid": {"type": "User", "id": "alice"}, "attrs": {}, "parents": []}]"#,
+            "built from each request",
+        ),
+    ] {
+        let diagnostics = invalid(PolicyEngine::new(&with_entities(&policies, entities)));
+        assert!(
+            diagnostics.iter().any(|d| d.starts_with("entities.json") && d.contains(expected)),
+            "{entities}: {diagnostics:?}"
+        );
+    }
+}
+
+#[test]
+fn every_policy_has_its_file_and_line() {
+    let text = "// header\n\n@id(\"first\")\npermit (principal, action, resource);\n\n  forbid (principal, action, resource);\n@id(\"third\") permit (principal, action, resource);\n";
+    let engine = PolicyEngine::new(&sources(&[("dir/rules.cedar", text)])).unwrap();
+    let snapshot = engine.snapshot();
+    let at = |id: &str| snapshot.policy_location(id).map(ToString::to_string);
+    assert_eq!(at("first").as_deref(), Some("dir/rules.cedar:3:1"));
+    assert_eq!(at("rules#1").as_deref(), Some("dir/rules.cedar:6:3"));
+    assert_eq!(at("third").as_deref(), Some("dir/rules.cedar:7:1"));
+    assert_eq!(at("nope"), None);
+    assert_eq!(snapshot.policy_ids(), ["first", "rules#1", "third"]);
+}
+
+fn findings(sources: &PolicySources) -> Vec<(Severity, String)> {
+    validate(sources, ReportStyle::OneLine)
+        .findings
+        .into_iter()
+        .map(|finding| (finding.severity, finding.to_string()))
+        .collect()
+}
+
+#[test]
+fn validate_reports_policies_that_can_never_apply_as_warnings() {
+    let report = findings(&sources(&[(
+        "p.cedar",
+        "@id(\"ok\") permit (principal, action, resource);\n\
+         @id(\"never\") permit (principal, action, resource) when { 1 == 2 };\n\
+         @id(\"no-action\") permit (principal, action == Action::\"call\", resource is Route);\n\
+         permit (principal, action, resource);\n",
+    )]));
+    let warnings: Vec<&String> =
+        report.iter().filter(|(severity, _)| *severity == Severity::Warning).map(|(_, text)| text).collect();
+    assert!(report.iter().all(|(severity, _)| *severity == Severity::Warning), "{report:?}");
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.starts_with("p.cedar:2:") && w.contains("`never`") && w.contains("impossible")),
+        "{warnings:?}"
+    );
+    assert!(
+        warnings.iter().any(|w| w.starts_with("p.cedar:3:")
+            && w.contains("`no-action`")
+            && w.contains("applicable action")),
+        "{warnings:?}"
+    );
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.starts_with("p.cedar:4:1:") && w.contains("without `@id`") && w.contains("p#3")),
+        "{warnings:?}"
+    );
+    assert!(!warnings.iter().any(|w| w.contains("`ok`")), "{warnings:?}");
+}
+
+#[test]
+fn validate_reports_an_action_the_schema_lacks_as_an_error_with_cedars_help() {
+    let validation = validate(
+        &sources(&[(
+            "p.cedar",
+            "@id(\"typo\")\npermit (principal, action == Action::\"GETT\", resource);\n",
+        )]),
+        ReportStyle::Plain,
+    );
+    assert_eq!(validation.count(Severity::Error), 1, "{:?}", validation.findings);
+    assert_eq!(validation.policy_count, 0);
+    let finding = &validation.findings[0];
+    assert!(finding.to_string().starts_with("p.cedar:2:30:"), "{finding}");
+    assert!(finding.help.as_deref().is_some_and(|help| help.contains("Action::\"GET\"")), "{finding:?}");
+    assert!(finding.rendered.contains("[p.cedar:2:30]"), "{}", finding.rendered);
+    assert!(
+        finding.rendered.contains("permit (principal, action == Action::\"GETT\", resource);"),
+        "{}",
+        finding.rendered
+    );
+}
+
+#[test]
+fn the_demo_policies_validate_without_findings() {
+    let validation = validate(&PolicySources::embedded_demo(), ReportStyle::OneLine);
+    assert!(validation.findings.is_empty(), "{:?}", validation.findings);
+    assert_eq!(validation.policy_count, 12);
+}
+
+fn explain(engine: &PolicyEngine, auth: Option<&Arc<AuthInfo>>, resource: Resource<'_>) -> Explanation {
+    engine.explain(&Query { auth, resource, facts: &Extra::new(), now: 0 })
+}
+
+#[test]
+fn explain_names_the_permits_whose_scope_matched_and_the_condition_that_was_false() {
+    let engine = PolicyEngine::new(&PolicySources::embedded_demo()).unwrap();
+    let user = user(&["user"], &[]);
+    let no_arguments = Extra::new();
+    let secret = Extra::from([("path".to_owned(), serde_json::json!("/etc/passwd"))]);
+    let read = |arguments| Resource::Mcp { kind: McpKind::Tool, name: "read_file", server: "", arguments };
+
+    let explanation = explain(&engine, Some(&user), read(&secret));
+    assert!(!explanation.allowed);
+    assert!(explanation.determining.is_empty());
+    let ids: Vec<&str> = explanation.permits.iter().map(|permit| permit.policy.id.as_str()).collect();
+    assert_eq!(
+        ids,
+        ["user-tools", "user-reads-docs"],
+        "in file order; admin-full-access's scope does not match"
+    );
+    let tools = &explanation.permits[0];
+    assert_eq!(tools.policy.location.as_ref().unwrap().line, 13);
+    assert_eq!(tools.conditions.len(), 1);
+    assert_eq!(tools.conditions[0].result, ConditionResult::False);
+    assert!(
+        tools.conditions[0].expression.contains("[\"echo\", \"whoami\"].contains(resource.name)"),
+        "{:?}",
+        tools.conditions
+    );
+    let docs = &explanation.permits[1];
+    let part = docs.conditions[0].deciding_part.as_ref().unwrap();
+    assert_eq!((part.position, part.of), (3, 7), "{part:?}");
+    assert_eq!(part.expression, "resource.getTag(\"path\") like \"/docs/*\"");
+    assert!(!docs.held);
+
+    // Without the tag, `getTag` is never reached: `hasTag` is the part that is false.
+    let explanation = explain(&engine, Some(&user), read(&no_arguments));
+    let part = explanation.permits[1].conditions[0].deciding_part.as_ref().unwrap();
+    assert_eq!(part.position, 2);
+    assert_eq!(part.result, ConditionResult::False);
+    assert!(explanation.text().contains("part 2 of 7"), "{}", explanation.text());
+}
+
+#[test]
+fn explain_shows_a_permit_that_held_and_the_forbid_that_won() {
+    let engine = PolicyEngine::new(&PolicySources::embedded_demo()).unwrap();
+    let service = user(&["service"], &[]);
+    let explanation = explain(&engine, Some(&service), route("GET", "/user/profile"));
+    assert!(!explanation.allowed);
+    assert_eq!(explanation.determining.len(), 1);
+    let forbid = &explanation.determining[0];
+    assert_eq!((forbid.id.as_str(), forbid.effect), ("user-routes-require-user", "forbid"));
+    assert_eq!(forbid.location.as_ref().unwrap().to_string(), "<embedded>/policies/routes.cedar:48:1");
+    assert_eq!(forbid.reason.as_deref(), Some("Requires user role"));
+    // `public-routes` and `service-routes` have a matching scope and a false `when`;
+    // `user-routes` and `admin-full-access` do not match the principal.
+    let ids: Vec<&str> = explanation.permits.iter().map(|permit| permit.policy.id.as_str()).collect();
+    assert_eq!(ids, ["public-routes", "service-routes"]);
+    let public = &explanation.permits[0].conditions[0];
+    assert_eq!((public.kind, public.expression.as_str()), ("when", "resource.path like \"/public/*\""));
+    assert_eq!(public.result, ConditionResult::False);
+
+    let allowed = explain(&engine, Some(&service), route("GET", "/service/metrics"));
+    assert!(allowed.allowed);
+    assert_eq!(allowed.determining[0].id, "service-routes");
+    assert!(allowed.permits.is_empty(), "an allow needs no post-mortem");
+    let text = allowed.text();
+    assert!(text.contains("permit service-routes (<embedded>/policies/routes.cedar:"), "{text}");
+}
+
+#[test]
+fn explain_reports_a_forbid_overridden_permit_as_held_and_evaluation_errors() {
+    let engine = PolicyEngine::new(&sources(&[(
+        "p.cedar",
+        "@id(\"all\") permit (principal, action, resource) when { context.now > 0 } unless { context.now > 100 };\n\
+         @id(\"overflows\") forbid (principal, action, resource) when { context.now * 9223372036854775807 > 0 };",
+    )]))
+    .unwrap();
+    let explanation =
+        engine.explain(&Query { auth: None, resource: route("GET", "/x"), facts: &Extra::new(), now: 5 });
+    assert!(!explanation.allowed);
+    assert_eq!(explanation.determining[0].id, "overflows");
+    assert_eq!(explanation.errors.len(), 1);
+    let permit = &explanation.permits[0];
+    assert!(permit.held);
+    assert_eq!(permit.conditions.len(), 2);
+    assert_eq!(permit.conditions[1].kind, "unless");
+    assert_eq!(permit.conditions[1].result, ConditionResult::False);
+
+    // Past 100 the `unless` stops it.
+    let later =
+        engine.explain(&Query { auth: None, resource: route("GET", "/x"), facts: &Extra::new(), now: 500 });
+    let permit = &later.permits[0];
+    assert!(!permit.held);
+    assert_eq!(permit.conditions[1].result, ConditionResult::True);
+    assert!(later.text().contains("unless { context.now > 100 } is true: stopped it"), "{}", later.text());
 }
