@@ -6,6 +6,7 @@
 //! and validated, so a bad reload keeps the last good set.
 
 mod load;
+mod mutate;
 mod request;
 
 use std::collections::{HashMap, HashSet};
@@ -18,6 +19,9 @@ use cedar_policy::{Authorizer, Decision as CedarDecision, Entities, PolicyId, Po
 use crate::model::{AuthInfo, Extra, McpKind};
 
 pub use load::{PolicyError, PolicySources, SourceFile, SCHEMA, SCHEMA_FILE};
+pub use mutate::{
+    mutants, outline, BoolOperator, ConditionKind, Mutant, Mutation, PolicyEffect, PolicyOutline,
+};
 
 /// The Cedar view of a target, after the engine normalized it.
 #[derive(Debug, Clone, Copy)]
