@@ -169,23 +169,36 @@ fn named_policies(file: &SourceFile) -> Result<Vec<Named>, PolicyError> {
         .map_or_else(|| file.name.clone(), |stem| stem.to_string_lossy().into_owned());
     // INVARIANT: the same ids as `load::load` gives (checked by a test): `@id`, else
     // `<stem>#<index>` in file order.
+    let mut cursor = 0;
     Ok(parsed
         .policies()
         .enumerate()
-        .map(|(index, policy)| Named {
-            id: policy.annotation("id").map_or_else(|| format!("{stem}#{index}"), str::to_owned),
-            line: line_of(file, policy),
-            policy: policy.clone(),
+        .map(|(index, policy)| {
+            let (line, end) = position(file, policy, cursor);
+            cursor = end;
+            Named {
+                id: policy.annotation("id").map_or_else(|| format!("{stem}#{index}"), str::to_owned),
+                line,
+                policy: policy.clone(),
+            }
         })
         .collect())
 }
 
-/// The line of a policy's first line after its annotations, found as `load` finds it for
-/// diagnostics; the file's first line if it cannot be found.
-fn line_of(file: &SourceFile, policy: &Policy) -> usize {
+/// The line of a policy's first line after its annotations, and the offset where the search
+/// for the next policy starts. Policies are in file order, and a parsed policy displays as its
+/// source text, so each is looked for after the one before (two policies may share a line of
+/// text). The file's first line if it cannot be found.
+fn position(file: &SourceFile, policy: &Policy, from: usize) -> (usize, usize) {
     let text = policy.to_string();
-    let needle = text.lines().map(str::trim).find(|line| !line.is_empty() && !line.starts_with('@'));
-    needle.and_then(|needle| file.text.find(needle)).map_or(1, |offset| line_column(&file.text, offset).0)
+    let rest = file.text.get(from..).unwrap_or_default();
+    let Some(start) = rest.find(text.trim()).map(|offset| offset + from) else {
+        return (1, from);
+    };
+    let head = text.trim().lines().map(str::trim).find(|line| !line.is_empty() && !line.starts_with('@'));
+    let head =
+        head.and_then(|head| file.text.get(start..)?.find(head)).map_or(start, |offset| start + offset);
+    (line_column(&file.text, head).0, start + text.trim().len())
 }
 
 fn effect_of(policy: &Policy) -> PolicyEffect {
