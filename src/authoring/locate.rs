@@ -175,7 +175,8 @@ tests:
 
     #[test]
     fn nodes_are_found_where_they_are_written() {
-        let table: [(&[Step], Option<(usize, usize)>); 7] = [
+        type Row<'a> = (&'a [Step], Option<(usize, usize)>);
+        let table: [Row<'_>; 7] = [
             (&[key("tests"), Step::Index(1), key("principal")], Some((7, 16))),
             (&[key("tests"), Step::Index(1)], Some((6, 5))),
             (&[key("tests"), Step::Index(1), key("expect"), key("policies"), Step::Index(1)], Some((10, 21))),
