@@ -442,6 +442,7 @@ principals:
     jwt: { issuer: https://idp.test, claims: { sub: dan, groups: [editor], org: other } }
   key: { authorization: ApiKey editor-key }
   inline: { auth_info: { subject: eve, roles: [editor], tenant: acme, expires_at: 2027-01-01T00:00:00Z } }
+  frank: { login: { username: frank, password: pw-frank } }
 tests:
   - { name: mapped claims, principal: carol, route: GET /doc, expect: { outcome: allowed, policies: [editors-of-acme] } }
   - { name: another tenant, principal: stranger, route: GET /doc, expect: forbidden }
@@ -450,6 +451,8 @@ tests:
   - { name: claims after exp, principal: carol, route: GET /doc, now: 1893456100, expect: { outcome: unauthenticated, reason: credential expired } }
   - { name: inline, principal: inline, route: GET /doc, expect: allowed }
   - { name: inline after it expired, principal: inline, route: GET /doc, now: 2027-01-01T00:00:00Z, expect: unauthenticated }
+  # A session is opened when the run starts; a frozen clock later than its expiry does not end it.
+  - { name: a login, principal: frank, route: GET /doc, now: 2029-12-01T00:00:00Z, expect: { outcome: allowed, policies: [editors-of-acme] } }
 ",
         )],
     );
@@ -457,15 +460,17 @@ tests:
         "policies:\n  dir: .\ncredentials:\n  api_keys:\n    - sha256: {}\n      subject: ed\n      roles: [editor]\n      \
          tenant: acme\n      expires_at: 2029-01-01T00:00:00Z\n  jwt:\n    - issuer: https://idp.test\n      \
          audiences: [https://api.test]\n      jwks_url: https://idp.test/jwks\n      \
-         claims: {{ roles: groups, tenant: org }}\n",
-        SecretDigest::of(b"editor-key").to_hex()
+         claims: {{ roles: groups, tenant: org }}\nsessions:\n  users:\n    - username: frank\n      \
+         password_hash: \"{}\"\n      roles: [editor]\n      tenant: acme\n",
+        SecretDigest::of(b"editor-key").to_hex(),
+        cedargate::session::hash_password("pw-frank").unwrap()
     );
     std::fs::write(dir.path().join("cedargate.yaml"), config).unwrap();
     // No DIR: the config's policy directory.
     let output = cedargate(&["--config", "cedargate.yaml", "policy", "test", "--format", "json"], dir.path());
     assert_eq!(output.status.code(), Some(0), "{}{}", stdout(&output), stderr(&output));
     let report = json(&output);
-    assert_eq!(report["passed"], 7, "{report:#}");
+    assert_eq!(report["passed"], 8, "{report:#}");
 
     // The demo's backends know neither the key nor the issuer.
     let output = cedargate(&["policy", "test", "."], dir.path());

@@ -42,10 +42,10 @@ impl TestRun {
         let policies = &self.policies;
         let _ = writeln!(
             out,
-            "policies: {} ({} files, {} policies, revision {})",
+            "policies: {} ({}, {}, revision {})",
             policies.dir,
-            policies.files.len(),
-            policies.count,
+            plural(policies.files.len(), "file"),
+            plural(policies.count, "policy"),
             policies.revision
         );
         for suite in &self.suites {
@@ -87,8 +87,7 @@ impl TestRun {
                 for policy in &file.policies {
                     let tests = match policy.tests {
                         0 => "NOT EXERCISED".to_owned(),
-                        1 => "1 test".to_owned(),
-                        n => format!("{n} tests"),
+                        n => plural(n, "test"),
                     };
                     let _ = writeln!(
                         out,
@@ -225,15 +224,19 @@ fn failure_text(test: &TestReport, indent: &str) -> String {
         let _ = writeln!(out, "{indent}{mismatch}");
     }
     let actual = &test.actual;
-    let _ = writeln!(
-        out,
-        "{indent}decision: {} by {}: {:?}",
-        actual.outcome,
-        ids(&actual.policies),
-        actual.reason
-    );
+    let by = if actual.policies.is_empty() { "no policy".to_owned() } else { ids(&actual.policies) };
+    let _ = writeln!(out, "{indent}decision: {} by {by}: {:?}", actual.outcome, actual.reason);
     for error in &actual.errors {
         let _ = writeln!(out, "{indent}evaluation error: {error}");
     }
     out
+}
+
+/// `1 test`, `2 tests`, `1 policy`, `2 policies`.
+fn plural(count: usize, noun: &str) -> String {
+    match (count, noun.strip_suffix('y')) {
+        (1, _) => format!("1 {noun}"),
+        (_, Some(stem)) => format!("{count} {stem}ies"),
+        (_, None) => format!("{count} {noun}s"),
+    }
 }

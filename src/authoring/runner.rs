@@ -171,9 +171,11 @@ pub fn default_dir(config: &Config) -> PathBuf {
 
 /// How a principal is presented to the engine.
 enum Fixture {
-    /// An `Authorization` value (a login's session token is one), resolved at each test's
-    /// clock by the configured chain.
+    /// An `Authorization` value, resolved at each test's clock by the configured chain.
     Credential(Secret),
+    /// A login's session token, resolved by the chain at the real clock: the session was
+    /// opened when the run started, and a frozen clock does not move that.
+    Session(Secret),
     /// An identity that bypasses the chain (inline, or mapped from JWT claims); its expiry is
     /// checked at the test's clock.
     Identity(Arc<AuthInfo>, String),
@@ -328,7 +330,7 @@ async fn fixtures(
                     .login(username, &Secret::new(password.0.clone()), None)
                     .await
                     .map(|tokens| {
-                        Fixture::Credential(Secret::new(format!("Bearer {}", tokens.access_token.expose())))
+                        Fixture::Session(Secret::new(format!("Bearer {}", tokens.access_token.expose())))
                     })
                     .map_err(|error| format!("login as `{username}` failed: {error}")),
                 PrincipalSpec::AuthInfo(inline) => {
@@ -423,6 +425,7 @@ async fn run_case(
         None => Authentication::Anonymous,
         Some(name) => match fixtures.get(&(suite, name.clone())) {
             Some(Fixture::Credential(value)) => engine.authenticate_at(value.expose(), now).await,
+            Some(Fixture::Session(value)) => engine.authenticate(value.expose()).await,
             Some(Fixture::Identity(auth, fingerprint)) if auth.is_expired(now) => Authentication::Failed {
                 scheme: Some(Scheme::Bearer),
                 error: CredentialError::Expired,

@@ -124,3 +124,16 @@ fn every_problem_of_a_suite_is_reported_at_once() {
     .unwrap_err();
     assert_eq!(problems.len(), 2, "{problems:?}");
 }
+
+#[test]
+fn the_documented_example_is_a_valid_suite() {
+    let doc = include_str!("../../docs/policy-tests.md");
+    let example = doc.split("```yaml\n").nth(1).unwrap().split("```").next().unwrap();
+    // `${ENV}` is expanded when read; the variable is not set here.
+    let example = example.replace("${METRICS_KEY}", "metrics-key");
+    let ids: HashSet<String> = ["admin-routes-require-admin".to_owned()].into_iter().collect();
+    let issuers = ["https://idp.example.com/".to_owned()];
+    let suite = suite::parse("admin.yaml", &example, &Known { policy_ids: &ids, issuers: &issuers })
+        .unwrap_or_else(|problems| panic!("{}", problems.join("\n")));
+    assert_eq!((suite.name.as_str(), suite.principals.len(), suite.tests.len()), ("admin", 5, 8));
+}
