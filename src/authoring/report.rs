@@ -86,6 +86,7 @@ impl TestRun {
                 let width = file.policies.iter().map(|policy| policy.id.len()).max().unwrap_or(0);
                 for policy in &file.policies {
                     let tests = match policy.tests {
+                        _ if policy.shadow => "shadow (never decides; not counted)".to_owned(),
                         0 => "NOT EXERCISED".to_owned(),
                         n => plural(n, "test"),
                     };

@@ -109,6 +109,8 @@ pub(super) struct PolicyCoverage {
     pub id: String,
     pub line: usize,
     pub effect: &'static str,
+    /// An `@shadow` policy: it never decides, so it is not counted.
+    pub shadow: bool,
     /// How many tests it determined.
     pub tests: usize,
 }
@@ -514,17 +516,18 @@ fn coverage(
     let mut unexercised = Vec::new();
     for policy in outline {
         let tests = counts.get(policy.id.as_str()).copied().unwrap_or(0);
-        if tests == 0 {
+        if tests == 0 && !policy.shadow {
             unexercised.push(policy.id.clone());
         }
         files.entry(policy.file.as_str()).or_default().push(PolicyCoverage {
             id: policy.id.clone(),
             line: policy.line,
             effect: policy.effect.as_str(),
+            shadow: policy.shadow,
             tests,
         });
     }
-    let total = outline.len();
+    let total = outline.iter().filter(|policy| !policy.shadow).count();
     let exercised = total - unexercised.len();
     #[allow(clippy::cast_precision_loss)] // policy counts are far below 2^52
     let percent = if total == 0 { 100.0 } else { exercised as f64 * 100.0 / total as f64 };

@@ -53,6 +53,8 @@ pub struct PolicyOutline {
     pub line: usize,
     /// Permit or forbid.
     pub effect: PolicyEffect,
+    /// An `@shadow` policy: evaluated beside the others, never deciding.
+    pub shadow: bool,
 }
 
 /// The kind of a condition clause.
@@ -220,6 +222,7 @@ pub fn outline(sources: &PolicySources) -> Result<Vec<PolicyOutline>, PolicyErro
                 file: file.name.clone(),
                 line: named.line,
                 effect: effect_of(&named.policy),
+                shadow: named.policy.annotation("shadow").is_some(),
             });
         }
     }
@@ -227,7 +230,8 @@ pub fn outline(sources: &PolicySources) -> Result<Vec<PolicyOutline>, PolicyErro
 }
 
 /// Every mutant of `sources`: for each policy, deleted, its effect flipped, each of its
-/// `when`/`unless` clauses dropped, and each of its `&&`/`||` swapped, one at a time.
+/// `when`/`unless` clauses dropped, and each of its `&&`/`||` swapped, one at a time. `@shadow`
+/// policies are left alone: they never decide, so no test could notice a change to one.
 ///
 /// Fails when a file does not parse or a policy has no JSON form.
 pub fn mutants(sources: &PolicySources) -> Result<Vec<Mutant>, PolicyError> {
@@ -245,6 +249,9 @@ pub fn mutants(sources: &PolicySources) -> Result<Vec<Mutant>, PolicyError> {
         }
         for (index, named) in policies.iter().enumerate() {
             let Some(original) = json.get(index) else { continue };
+            if named.policy.annotation("shadow").is_some() {
+                continue;
+            }
             for (mutation, changed) in mutations_of(original, effect_of(&named.policy)) {
                 let mut text = String::new();
                 let mut mutated_text = None;

@@ -41,13 +41,13 @@ fn the_outline_names_policies_as_the_loader_does() {
         assert_eq!(ids, loaded_ids(&sources));
     }
     let outline = outline(&sources(&[("dir/extra.cedar", UNNAMED)])).unwrap();
-    let shape: Vec<_> = outline.iter().map(|p| (p.id.as_str(), p.line, p.effect)).collect();
+    let shape: Vec<_> = outline.iter().map(|p| (p.id.as_str(), p.line, p.effect, p.shadow)).collect();
     assert_eq!(
         shape,
         [
-            ("extra#0", 2, PolicyEffect::Permit),
-            ("named", 5, PolicyEffect::Forbid),
-            ("extra#2", 9, PolicyEffect::Permit)
+            ("extra#0", 2, PolicyEffect::Permit, false),
+            ("named", 5, PolicyEffect::Forbid, false),
+            ("extra#2", 9, PolicyEffect::Permit, false)
         ]
     );
 }
@@ -127,4 +127,19 @@ fn a_flipped_effect_keeps_annotations_and_conditions() {
     assert!(text.contains("@reason(\"Public endpoints need no credential\")"), "{text}");
     assert!(text.contains("forbid") && text.contains("/public/*"), "{text}");
     assert_eq!(flipped.line, 6);
+}
+
+#[test]
+fn shadow_policies_are_outlined_but_never_mutated() {
+    let text = format!("{UNNAMED}\n@id(\"trial\")\n@shadow\nforbid (principal, action, resource) when {{ context.authenticated }};\n");
+    let sources = sources(&[("dir/extra.cedar", &text)]);
+    let outline = outline(&sources).unwrap();
+    assert!(outline.iter().any(|policy| policy.id == "trial" && policy.shadow));
+    assert_eq!(outline.iter().filter(|policy| policy.shadow).count(), 1);
+    let mutants = mutants(&sources).unwrap();
+    assert!(mutants.iter().all(|mutant| mutant.policy_id != "trial"));
+    // The shadow policy stays in every mutant, still a shadow.
+    let deleted = mutants.iter().find(|m| m.policy_id == "named" && m.mutation == Mutation::Deleted).unwrap();
+    let engine = PolicyEngine::new(&deleted.sources).unwrap();
+    assert_eq!(engine.snapshot().shadow_count(), 1);
 }
