@@ -105,6 +105,12 @@ impl Engine {
     /// Resolves an `Authorization` value into an identity (the introspection seed's
     /// `resolveAuthInfo`).
     pub async fn authenticate(&self, authorization: &str) -> Authentication {
+        self.authenticate_at(authorization, unix_now()).await
+    }
+
+    /// [`Engine::authenticate`] with the identity's expiry checked at `now` (unix seconds)
+    /// rather than the clock: policy tests freeze time.
+    pub async fn authenticate_at(&self, authorization: &str, now: i64) -> Authentication {
         let credential = match parse_authorization(authorization, self.settings.max_authorization_bytes) {
             Ok(None) => return Authentication::Anonymous,
             Ok(Some(credential)) => credential,
@@ -117,7 +123,7 @@ impl Engine {
             }
         };
         let fingerprint = credential.digest.fingerprint();
-        match self.credentials.resolve(&credential, unix_now()).await {
+        match self.credentials.resolve(&credential, now).await {
             Ok(auth) => Authentication::Authenticated { auth, scheme: credential.scheme, fingerprint },
             Err(error) => Authentication::Failed { scheme: Some(credential.scheme), error, fingerprint },
         }
@@ -134,7 +140,7 @@ impl Engine {
     ) -> Result<Decision, TargetError> {
         let prepared = self.prepare(target)?;
         let authentication = self.authenticate(authorization).await;
-        Ok(self.decide(&authentication, &prepared, facts))
+        Ok(self.decide(&authentication, &prepared, facts, unix_now()))
     }
 
     /// Decides one target for an identity already established, so a batch resolves its
@@ -147,7 +153,21 @@ impl Engine {
         target: &Target,
         facts: &Extra,
     ) -> Result<Decision, TargetError> {
-        Ok(self.decide(authentication, &self.prepare(target)?, facts))
+        Ok(self.decide(authentication, &self.prepare(target)?, facts, unix_now()))
+    }
+
+    /// [`Engine::check_authenticated`] with the policies' clock (`context.now`) frozen at
+    /// `now` (unix seconds), for policy tests; the request path always uses the real clock.
+    ///
+    /// Fails only when the target is malformed.
+    pub fn check_authenticated_at(
+        &self,
+        authentication: &Authentication,
+        target: &Target,
+        facts: &Extra,
+        now: i64,
+    ) -> Result<Decision, TargetError> {
+        Ok(self.decide(authentication, &self.prepare(target)?, facts, now))
     }
 
     /// Decides one target for an identity as [`Engine::check_authenticated`] does, at `now`
@@ -257,6 +277,7 @@ impl Engine {
         authentication: &Authentication,
         target: &PreparedTarget<'_>,
         facts: &Extra,
+        now: i64,
     ) -> Decision {
         let decision_id = new_decision_id();
         let fingerprint = authentication.fingerprint().map(str::to_owned);
@@ -282,7 +303,7 @@ impl Engine {
                 }
             }
             Authentication::Anonymous => {
-                let verdict = self.evaluate(None, target, facts);
+                let verdict = self.evaluate(None, target, facts, now);
                 let (outcome, www_authenticate) = if verdict.allowed {
                     (Outcome::Allowed, None)
                 } else {
@@ -291,7 +312,7 @@ impl Engine {
                 from_verdict(verdict, outcome, None, www_authenticate, decision_id, fingerprint)
             }
             Authentication::Authenticated { auth, scheme, .. } => {
-                let verdict = self.evaluate(Some(auth), target, facts);
+                let verdict = self.evaluate(Some(auth), target, facts, now);
                 let (outcome, www_authenticate) = if verdict.allowed {
                     (Outcome::Allowed, None)
                 } else if verdict.required_scopes.is_empty() {
@@ -318,8 +339,14 @@ impl Engine {
         decision
     }
 
-    fn evaluate(&self, auth: Option<&Arc<AuthInfo>>, target: &PreparedTarget<'_>, facts: &Extra) -> Verdict {
-        self.policies.evaluate(&Query { auth, resource: resource_of(target), facts, now: unix_now() })
+    fn evaluate(
+        &self,
+        auth: Option<&Arc<AuthInfo>>,
+        target: &PreparedTarget<'_>,
+        facts: &Extra,
+        now: i64,
+    ) -> Verdict {
+        self.policies.evaluate(&Query { auth, resource: resource_of(target), facts, now })
     }
 
     /// The challenge for a caller who is not authenticated: `invalid_token` when a credential

@@ -7,6 +7,8 @@
 //!
 //! Module map (dependencies point down; see `ARCHITECTURE.md`):
 //!
+//! - [`authoring`]: `cedargate policy test`: YAML suites run through the real service, with
+//!   coverage and mutation testing.
 //! - [`app`]: composition root: builds the parts from the config, binds, serves, shuts down.
 //! - [`api`]: the only place that knows tonic and HTTP servers: gRPC services (Authorizer,
 //!   Sessions, Admin), HTTP listener, and
@@ -27,6 +29,7 @@
 
 pub mod api;
 pub mod app;
+pub mod authoring;
 pub mod config;
 pub mod credential;
 pub mod engine;

@@ -11,6 +11,7 @@ mod explain;
 mod findings;
 mod format;
 mod load;
+mod mutate;
 mod reload;
 mod request;
 
@@ -27,6 +28,9 @@ pub use explain::{ConditionCheck, ConditionResult, Explanation, PermitExplanatio
 pub use findings::{Finding, ReportStyle, Severity};
 pub use format::{format_dir, format_policies, FormatReport};
 pub use load::{PolicyError, PolicyLocation, PolicySources, SourceFile, ENTITIES_FILE, SCHEMA, SCHEMA_FILE};
+pub use mutate::{
+    mutants, outline, BoolOperator, ConditionKind, Mutant, Mutation, PolicyEffect, PolicyOutline,
+};
 pub use reload::{PolicyReloader, PolicyStatus, ReloadError, ReloadFailure, ReloadTrigger, Reloaded};
 
 /// The Cedar view of a target, after the engine normalized it.

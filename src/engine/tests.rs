@@ -191,3 +191,34 @@ async fn a_scope_denial_carries_an_insufficient_scope_challenge() {
     assert_eq!(denied.refusal(), Some(crate::model::Refusal::Forbidden));
     assert!(allowed.required_scopes.is_empty() && allowed.refusal().is_none());
 }
+
+#[tokio::test]
+async fn a_frozen_clock_decides_expiry_and_context_now() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("schema.cedarschema"), crate::policy::SCHEMA).unwrap();
+    std::fs::write(
+        dir.path().join("clock.cedar"),
+        "permit (principal, action, resource) when { context.now < 2000000000 };",
+    )
+    .unwrap();
+    let text = format!(
+        "policies:\n  dir: {}\ncredentials:\n  static_tokens:\n    - value: expiring\n      subject: s\n      \
+         expires_at: 2030-01-01T00:00:00Z\n",
+        dir.path().display()
+    );
+    let app = App::build(Config::parse("clock.yaml", &text).unwrap()).unwrap();
+    let engine = app.engine();
+    let before = 1_700_000_000;
+    let expiry = 1_893_456_000; // 2030-01-01T00:00:00Z
+    let authenticated = engine.authenticate_at("Bearer expiring", before).await;
+    assert!(matches!(authenticated, Authentication::Authenticated { .. }));
+    let target = route("GET", "/x");
+    let at = |now| engine.check_authenticated_at(&authenticated, &target, &Extra::new(), now).unwrap();
+    assert_eq!(at(before).outcome, Outcome::Allowed);
+    assert_eq!(at(2_000_000_000).outcome, Outcome::Forbidden, "context.now is the frozen time");
+    let expired = engine.authenticate_at("Bearer expiring", expiry).await;
+    assert!(
+        matches!(expired, Authentication::Failed { error: CredentialError::Expired, .. }),
+        "expiry is checked at the frozen time: {expired:?}"
+    );
+}
