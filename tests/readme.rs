@@ -29,9 +29,13 @@ struct Block {
 }
 
 fn blocks() -> Vec<Block> {
+    blocks_of(README)
+}
+
+fn blocks_of(text: &str) -> Vec<Block> {
     let mut blocks = Vec::new();
     let mut open: Option<Block> = None;
-    for (index, line) in README.lines().enumerate() {
+    for (index, line) in text.lines().enumerate() {
         match (&mut open, line.strip_prefix("```")) {
             (None, Some(lang)) => {
                 open = Some(Block { lang: lang.trim().to_owned(), line: index + 1, text: String::new() })
@@ -44,7 +48,7 @@ fn blocks() -> Vec<Block> {
             (None, None) => {}
         }
     }
-    assert!(open.is_none(), "README.md has an unclosed block");
+    assert!(open.is_none(), "an unclosed block");
     blocks
 }
 
@@ -97,6 +101,31 @@ fn every_policy_block_validates_against_the_schema() {
         };
         if let Err(error) = PolicyEngine::new(&sources) {
             panic!("README.md:{}: {error}", block.line);
+        }
+    }
+}
+
+/// docs/writing-policies.md: every Cedar block validates against the shipped schema, with the
+/// guide's `entities.json` block as the directory's entities.
+#[test]
+fn every_policy_block_of_the_authoring_guide_validates() {
+    let guide = blocks_of(include_str!("../docs/writing-policies.md"));
+    let entities: Vec<&Block> = guide.iter().filter(|block| block.lang == "json").collect();
+    assert_eq!(entities.len(), 1, "the guide shows one entities.json");
+    let cedar: Vec<&Block> = guide.iter().filter(|block| block.lang == "cedar").collect();
+    assert!(cedar.len() >= 7, "found {} cedar blocks", cedar.len());
+    for block in cedar {
+        let name = format!("docs/writing-policies.md:{}", block.line);
+        let sources = PolicySources {
+            schema: SourceFile {
+                name: "policies/schema.cedarschema".to_owned(),
+                text: include_str!("../policies/schema.cedarschema").to_owned(),
+            },
+            policies: vec![SourceFile { name: name.clone(), text: block.text.clone() }],
+            entities: Some(SourceFile { name: "entities.json".to_owned(), text: entities[0].text.clone() }),
+        };
+        if let Err(error) = PolicyEngine::new(&sources) {
+            panic!("{name}: {error}");
         }
     }
 }
@@ -240,7 +269,7 @@ fn run(at: &str, command: &str, cwd: &Path) -> Ran {
             Config::load(&path).unwrap_or_else(|error| panic!("{at}: {error}"));
             Ran::Checked
         }
-        Some(subcommand @ ("check" | "hash-key" | "init")) => {
+        Some(subcommand @ ("check" | "hash-key" | "init" | "policy")) => {
             let output = Command::new("sh")
                 .args(["-c", &shell.replace(CARGO_RUN, "\"$CEDARGATE\"")])
                 .env("CEDARGATE", env!("CARGO_BIN_EXE_cedargate"))
@@ -253,6 +282,13 @@ fn run(at: &str, command: &str, cwd: &Path) -> Ran {
             let context = format!("{at}: {shell}\n{stdout}{}", String::from_utf8_lossy(&output.stderr));
             match subcommand {
                 "check" => expect_decision(&context, expected, code, &stdout),
+                "policy" => {
+                    let code_expected: i32 = expected
+                        .strip_prefix("exit ")
+                        .and_then(|code| code.trim().parse().ok())
+                        .unwrap_or_else(|| panic!("{at}: a policy command's comment is `exit N`"));
+                    assert_eq!(code, Some(code_expected), "{context}");
+                }
                 "hash-key" => {
                     assert_eq!(code, Some(0), "{context}");
                     assert_eq!(stdout.trim(), expected, "{context}");
