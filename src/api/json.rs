@@ -285,6 +285,16 @@ mod tests {
         let keys: Vec<String> = json.as_object().unwrap().keys().cloned().collect();
         let set: Vec<String> = names.into_iter().filter(|name| name != "shadow").collect();
         assert_eq!(keys, set, "every field but the unset shadow message");
+        let mut shadowed = decision(Outcome::Allowed, &[], true);
+        shadowed.shadow = Some(crate::model::ShadowDecision {
+            outcome: Outcome::Forbidden,
+            policy_ids: vec!["trial".into()],
+            reason: "soon".into(),
+        });
+        assert_eq!(
+            decision_json(shadowed).unwrap()["shadow"],
+            json!({ "outcome": "OUTCOME_FORBIDDEN", "policyIds": ["trial"], "reason": "soon" })
+        );
         // Unset messages stay absent: an anonymous caller has no authInfo.
         let anonymous = decision_json(decision(Outcome::Allowed, &[], false)).unwrap();
         assert!(anonymous.get("authInfo").is_none(), "{anonymous}");
@@ -303,11 +313,17 @@ mod tests {
             reloads_succeeded: 2,
             reloads_failed: 1,
             last_error: None,
+            shadow_policy_count: 1,
+            shadow_disagreements: 7,
         };
         let json = policy_status_json(&status).unwrap();
         assert_eq!(json["loadedAt"], "2026-01-01T00:00:00Z", "RFC 3339");
         assert_eq!(json["policyCount"], 3);
         assert_eq!(json["reloadsSucceeded"], 2);
+        assert_eq!(
+            (json["shadowPolicyCount"].clone(), json["shadowDisagreements"].clone()),
+            (json!(1), json!("7"))
+        );
         assert_eq!(json["files"], json!(["schema.cedarschema", "rules.cedar"]));
         assert!(json.get("lastError").is_none(), "no error, no lastError: {json}");
         let pool = DescriptorPool::decode(proto::FILE_DESCRIPTOR_SET).unwrap();
@@ -319,8 +335,7 @@ mod tests {
             .filter(|name| name != "lastError")
             .collect();
         let keys: Vec<String> = json.as_object().unwrap().keys().cloned().collect();
-        let set: Vec<String> = names.into_iter().filter(|name| name != "shadow").collect();
-        assert_eq!(keys, set, "every field but the unset shadow message");
+        assert_eq!(keys, names);
 
         let failed = PolicyStatus {
             last_error: Some(crate::policy::ReloadFailure {

@@ -92,6 +92,10 @@ pub struct PolicyStatus {
     /// Why the latest reload was refused; `None` once a later one went through (the files on
     /// disk are then what is in force).
     pub last_error: Option<ReloadFailure>,
+    /// Of `policy_count`, the `@shadow` policies (evaluated, never enforced).
+    pub shadow_policy_count: usize,
+    /// Decisions the `@shadow` policies would have changed, since start.
+    pub shadow_disagreements: u64,
 }
 
 /// What the status is built from; replaced whole after each reload.
@@ -269,6 +273,7 @@ impl PolicyReloader {
                 .map_or_else(|| "<embedded demo>".to_owned(), |dir| dir.display().to_string()),
             files: std::iter::once(&sources.schema)
                 .chain(&sources.policies)
+                .chain(&sources.entities)
                 .map(|file| file.name.clone())
                 .collect(),
             policy_count: record.policy_count,
@@ -276,6 +281,8 @@ impl PolicyReloader {
             reloads_succeeded: record.succeeded,
             reloads_failed: record.failed,
             last_error: record.last_error.clone(),
+            shadow_policy_count: self.engine.snapshot().shadow_count(),
+            shadow_disagreements: self.engine.shadow_disagreements(),
         }
     }
 }
@@ -338,6 +345,33 @@ mod tests {
         assert_eq!(reloader.engine.snapshot().revision(), after.revision, "the engine serves it");
         assert_eq!((after.policy_count, after.files.len(), after.reloads_succeeded), (2, 3, 1));
         assert!(after.loaded_at >= before.loaded_at);
+    }
+
+    #[test]
+    fn the_status_counts_shadow_policies_their_disagreements_and_lists_entities() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), &format!("{OPEN}\n@shadow {CLOSED}"));
+        std::fs::write(dir.path().join("entities.json"), "[]").unwrap();
+        let reloader = reloader(dir.path());
+        let query = crate::policy::Query {
+            auth: None,
+            resource: crate::policy::Resource::Route {
+                method: "GET",
+                path: "/x",
+                template: "/x",
+                params: &[],
+            },
+            facts: &crate::model::Extra::new(),
+            now: 0,
+        };
+        assert!(reloader.engine.evaluate(&query).allowed, "the shadow forbid is not enforced");
+        let status = reloader.status();
+        assert_eq!((status.policy_count, status.shadow_policy_count, status.shadow_disagreements), (2, 1, 1));
+        assert!(
+            status.files.last().is_some_and(|file| file.ends_with("entities.json")),
+            "{:?}",
+            status.files
+        );
     }
 
     #[tokio::test]
