@@ -327,3 +327,57 @@ fn a_role_hierarchy_in_entities_json_is_honoured_by_explain() {
     std::fs::remove_file(dir.path().join("entities.json")).unwrap();
     assert_eq!(ask(r#"["admin"]"#).status.code(), Some(1), "without the hierarchy an admin is no user");
 }
+
+/// Whole outputs against `tests/golden/`: what an author sees, byte for byte, for the shipped
+/// demo. `UPDATE_GOLDEN=1 cargo test --test policy_cli golden` rewrites them after an intended
+/// change (then read the diff).
+#[test]
+fn golden_outputs_of_the_author_commands() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let cases: [(&str, &[&str], i32); 5] = [
+        (
+            "explain-forbidden.txt",
+            &["policy", "explain", "--authorization", "Bearer user-token-123", "--route", "GET /admin/users"],
+            1,
+        ),
+        (
+            "explain-tool-argument.txt",
+            &[
+                "policy",
+                "explain",
+                "--authorization",
+                "Bearer user-token-123",
+                "--tool",
+                "read_file",
+                "--arguments",
+                r#"{"path": "/docs/../etc/passwd"}"#,
+            ],
+            1,
+        ),
+        (
+            "explain-allowed.json",
+            &["policy", "explain", "--route", "GET /public/info", "--format", "json"],
+            0,
+        ),
+        ("validate.txt", &["policy", "validate", "policies"], 0),
+        ("test.txt", &["policy", "test", "policies"], 0),
+    ];
+    let update = std::env::var_os("UPDATE_GOLDEN").is_some();
+    for (file, args, code) in cases {
+        let output = cedargate(args, Some(root));
+        assert_eq!(output.status.code(), Some(code), "{file}: {}", stderr(&output));
+        let mut printed = stdout(&output);
+        if file.ends_with(".json") {
+            // The decision id is new each time.
+            let mut json: Value = serde_json::from_str(&printed).unwrap();
+            json["decisionId"] = Value::from("<decision id>");
+            printed = serde_json::to_string_pretty(&json).unwrap() + "\n";
+        }
+        let golden = root.join("tests/golden").join(file);
+        if update {
+            std::fs::write(&golden, &printed).unwrap();
+        }
+        let expected = std::fs::read_to_string(&golden).unwrap_or_default();
+        assert_eq!(printed, expected, "{file} differs (UPDATE_GOLDEN=1 rewrites it)");
+    }
+}
