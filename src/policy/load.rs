@@ -21,6 +21,10 @@ pub const SCHEMA_FILE: &str = "schema.cedarschema";
 /// JSON, for example a role hierarchy (`Role::"admin"` with the parent `Role::"user"`).
 pub const ENTITIES_FILE: &str = "entities.json";
 
+/// Largest schema, policy or entities file read (a policy directory is text an author wrote;
+/// a file above this is a mistake, or someone filling the server's memory).
+pub const MAX_SOURCE_BYTES: u64 = 16 * 1024 * 1024;
+
 /// The schema cedargate sends requests in: the shipped `policies/schema.cedarschema`, the
 /// starting point of every policy directory (`cedargate policy schema`).
 pub const SCHEMA: &str = include_str!("../../policies/schema.cedarschema");
@@ -88,8 +92,7 @@ impl PolicySources {
     /// Fails when the directory or a file cannot be read, or when the schema is missing.
     pub fn from_dir(dir: &Path) -> Result<Self, PolicyError> {
         let read = |path: &Path| {
-            std::fs::read_to_string(path)
-                .map_err(|source| PolicyError::Read { path: path.to_path_buf(), source })
+            read_source(path).map_err(|source| PolicyError::Read { path: path.to_path_buf(), source })
         };
         let schema_path = dir.join(SCHEMA_FILE);
         let schema = SourceFile { name: schema_path.display().to_string(), text: read(&schema_path)? };
@@ -109,7 +112,7 @@ impl PolicySources {
             policies.push(SourceFile { name: path.display().to_string(), text: read(&path)? });
         }
         let entities_path = dir.join(ENTITIES_FILE);
-        let entities = match std::fs::read_to_string(&entities_path) {
+        let entities = match read_source(&entities_path) {
             Ok(text) => Some(SourceFile { name: entities_path.display().to_string(), text }),
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => None,
             Err(source) => return Err(PolicyError::Read { path: entities_path, source }),
@@ -148,6 +151,31 @@ impl PolicySources {
         }
         hex::encode(&hasher.finalize()[..6])
     }
+}
+
+/// The text of the regular file at `path` (a symlink is followed: a ConfigMap volume is made
+/// of them), at most [`MAX_SOURCE_BYTES`] long.
+///
+/// Fails for anything else: a FIFO or a device would block the reader or never end, and the
+/// reloader holds its lock while it reads. (A file swapped for a FIFO between the check and
+/// the open is not caught; whoever can do that can write the policies anyway.)
+pub(super) fn read_source(path: &Path) -> std::io::Result<String> {
+    use std::io::Read as _;
+    let refuse = |why: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, why);
+    let metadata = std::fs::metadata(path)?;
+    if !metadata.is_file() {
+        return Err(refuse("not a regular file".to_owned()));
+    }
+    let too_large = || refuse(format!("larger than {MAX_SOURCE_BYTES} bytes"));
+    if metadata.len() > MAX_SOURCE_BYTES {
+        return Err(too_large());
+    }
+    let mut text = String::new();
+    std::fs::File::open(path)?.take(MAX_SOURCE_BYTES + 1).read_to_string(&mut text)?;
+    if text.len() as u64 > MAX_SOURCE_BYTES {
+        return Err(too_large());
+    }
+    Ok(text)
 }
 
 /// Parses, names, validates and checks `sources`; all problems are reported at once, and

@@ -603,3 +603,61 @@ fn explain_reports_a_forbid_overridden_permit_as_held_and_evaluation_errors() {
     assert_eq!(permit.conditions[1].result, ConditionResult::True);
     assert!(later.text().contains("unless { context.now > 100 } is true: stopped it"), "{}", later.text());
 }
+
+/// Reads `dir` on another thread; `None` when it has not answered in a minute (a hang).
+fn from_dir_or_hang(dir: &std::path::Path) -> Option<Result<PolicySources, PolicyError>> {
+    let (sender, receiver) = std::sync::mpsc::channel();
+    let dir = dir.to_path_buf();
+    std::thread::spawn(move || {
+        let _ = sender.send(PolicySources::from_dir(&dir));
+    });
+    receiver.recv_timeout(std::time::Duration::from_secs(60)).ok()
+}
+
+#[test]
+fn a_fifo_or_a_device_named_like_a_policy_is_refused_not_read_forever() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join(load::SCHEMA_FILE), SCHEMA).unwrap();
+    let fifo = dir.path().join("blocked.cedar");
+    let made = std::process::Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(made.success());
+    let answer = from_dir_or_hang(dir.path());
+    if answer.is_none() {
+        // Unblock the reader so the test process can end.
+        let _ = std::fs::OpenOptions::new().write(true).open(&fifo);
+    }
+    match answer {
+        Some(Err(PolicyError::Read { path, source })) => {
+            assert_eq!(path, fifo);
+            assert!(source.to_string().contains("not a regular file"), "{source}");
+        }
+        other => panic!("a FIFO must be refused at once, got {other:?}"),
+    }
+    std::fs::remove_file(&fifo).unwrap();
+
+    // A symlink is followed (ConfigMap volumes are made of them), but only to a regular file.
+    std::os::unix::fs::symlink("/dev/zero", dir.path().join("zero.cedar")).unwrap();
+    match from_dir_or_hang(dir.path()) {
+        Some(Err(PolicyError::Read { source, .. })) => {
+            assert!(source.to_string().contains("not a regular file"), "{source}")
+        }
+        other => panic!("a device must be refused, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_policy_file_above_the_size_limit_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join(load::SCHEMA_FILE), SCHEMA).unwrap();
+    let huge = dir.path().join("huge.cedar");
+    let file = std::fs::File::create(&huge).unwrap();
+    // Sparse: no disk is used.
+    file.set_len(load::MAX_SOURCE_BYTES + 1).unwrap();
+    match PolicySources::from_dir(dir.path()) {
+        Err(PolicyError::Read { path, source }) => {
+            assert_eq!(path, huge);
+            assert!(source.to_string().contains("larger than"), "{source}");
+        }
+        other => panic!("a huge file must be refused, got {other:?}"),
+    }
+}
