@@ -79,7 +79,8 @@ pub struct PolicyStatus {
     pub loaded_at: SystemTime,
     /// The policy directory, or `<embedded demo>`.
     pub source: String,
-    /// The files of the set in force, schema first, by the names diagnostics use.
+    /// The files of the set in force, schema first and `entities.json` (if any) last, by the
+    /// names diagnostics use.
     pub files: Vec<String>,
     /// Number of policies in force.
     pub policy_count: usize,
@@ -269,6 +270,7 @@ impl PolicyReloader {
                 .map_or_else(|| "<embedded demo>".to_owned(), |dir| dir.display().to_string()),
             files: std::iter::once(&sources.schema)
                 .chain(&sources.policies)
+                .chain(&sources.entities)
                 .map(|file| file.name.clone())
                 .collect(),
             policy_count: record.policy_count,
@@ -338,6 +340,20 @@ mod tests {
         assert_eq!(reloader.engine.snapshot().revision(), after.revision, "the engine serves it");
         assert_eq!((after.policy_count, after.files.len(), after.reloads_succeeded), (2, 3, 1));
         assert!(after.loaded_at >= before.loaded_at);
+    }
+
+    #[tokio::test]
+    async fn the_status_lists_the_entities_file_in_force() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), OPEN);
+        std::fs::write(
+            dir.path().join("entities.json"),
+            r#"[{"uid": {"type": "Role", "id": "admin"}, "attrs": {}, "parents": [{"type": "Role", "id": "user"}]}]"#,
+        )
+        .unwrap();
+        let status = reloader(dir.path()).status();
+        assert_eq!(status.files.len(), 3, "{:?}", status.files);
+        assert!(status.files[2].ends_with("entities.json"), "{:?}", status.files);
     }
 
     #[tokio::test]
