@@ -331,6 +331,8 @@ pub fn policy_status_to_proto(status: &PolicyStatus) -> proto::PolicyStatusRespo
             at: Some(timestamp(failure.at)),
             diagnostics: failure.diagnostics.clone(),
         }),
+        shadow_policies: u32::try_from(status.shadow_policies).unwrap_or(u32::MAX),
+        shadow_disagreements: status.shadow_disagreements,
     }
 }
 

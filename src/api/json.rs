@@ -303,11 +303,14 @@ mod tests {
             reloads_succeeded: 2,
             reloads_failed: 1,
             last_error: None,
+            shadow_policies: 1,
+            shadow_disagreements: 4,
         };
         let json = policy_status_json(&status).unwrap();
         assert_eq!(json["loadedAt"], "2026-01-01T00:00:00Z", "RFC 3339");
         assert_eq!(json["policyCount"], 3);
         assert_eq!(json["reloadsSucceeded"], 2);
+        assert_eq!(json["shadowDisagreements"], "4", "a uint64 is a string in the JSON mapping");
         assert_eq!(json["files"], json!(["schema.cedarschema", "rules.cedar"]));
         assert!(json.get("lastError").is_none(), "no error, no lastError: {json}");
         let pool = DescriptorPool::decode(proto::FILE_DESCRIPTOR_SET).unwrap();

@@ -93,6 +93,10 @@ pub struct PolicyStatus {
     /// Why the latest reload was refused; `None` once a later one went through (the files on
     /// disk are then what is in force).
     pub last_error: Option<ReloadFailure>,
+    /// `@shadow` policies in the set in force.
+    pub shadow_policies: usize,
+    /// Decisions the `@shadow` policies would have changed, since start.
+    pub shadow_disagreements: u64,
 }
 
 /// What the status is built from; replaced whole after each reload.
@@ -278,6 +282,8 @@ impl PolicyReloader {
             reloads_succeeded: record.succeeded,
             reloads_failed: record.failed,
             last_error: record.last_error.clone(),
+            shadow_policies: self.engine.snapshot().shadow_count(),
+            shadow_disagreements: self.engine.shadow_disagreements(),
         }
     }
 }
@@ -354,6 +360,27 @@ mod tests {
         let status = reloader(dir.path()).status();
         assert_eq!(status.files.len(), 3, "{:?}", status.files);
         assert!(status.files[2].ends_with("entities.json"), "{:?}", status.files);
+    }
+
+    #[tokio::test]
+    async fn the_status_counts_the_decisions_shadow_policies_would_change() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), &format!("{OPEN}\n@id(\"rollout\") @shadow forbid (principal, action, resource);"));
+        let reloader = reloader(dir.path());
+        assert_eq!((reloader.status().shadow_policies, reloader.status().shadow_disagreements), (1, 0));
+        let query = super::super::Query {
+            auth: None,
+            resource: super::super::Resource::Route {
+                method: "GET",
+                path: "/x",
+                template: "/x",
+                params: &[],
+            },
+            facts: &crate::model::Extra::new(),
+            now: 0,
+        };
+        assert!(reloader.engine.evaluate(&query).allowed, "a shadow forbid never decides");
+        assert_eq!(reloader.status().shadow_disagreements, 1);
     }
 
     #[tokio::test]
