@@ -114,7 +114,14 @@ impl PolicySources {
         let entities_path = dir.join(ENTITIES_FILE);
         let entities = match read_source(&entities_path) {
             Ok(text) => Some(SourceFile { name: entities_path.display().to_string(), text }),
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => None,
+            // Absent only when there is nothing at all: a dangling symlink is an error, so a
+            // role hierarchy is never dropped without a word.
+            Err(error)
+                if error.kind() == std::io::ErrorKind::NotFound
+                    && std::fs::symlink_metadata(&entities_path).is_err() =>
+            {
+                None
+            }
             Err(source) => return Err(PolicyError::Read { path: entities_path, source }),
         };
         Ok(Self { schema, policies, entities })

@@ -661,3 +661,17 @@ fn a_policy_file_above_the_size_limit_is_refused() {
         other => panic!("a huge file must be refused, got {other:?}"),
     }
 }
+
+#[test]
+fn a_dangling_entities_symlink_is_an_error_not_an_absent_file() {
+    // Dropping the role hierarchy silently could lift a `forbid ... when { principal in
+    // Role::"contractor" }` from the roles declared under it.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join(load::SCHEMA_FILE), SCHEMA).unwrap();
+    let entities = dir.path().join(load::ENTITIES_FILE);
+    std::os::unix::fs::symlink(dir.path().join("..data/entities.json"), &entities).unwrap();
+    match PolicySources::from_dir(dir.path()) {
+        Err(PolicyError::Read { path, .. }) => assert_eq!(path, entities),
+        other => panic!("a dangling entities.json must be refused, got {other:?}"),
+    }
+}
