@@ -27,6 +27,9 @@ pub struct FormatReport {
 ///
 /// Fails, with file:line:col, when `source` does not parse, or when the formatter refuses it.
 pub fn format_policies(source: &SourceFile, style: ReportStyle) -> Result<String, Box<Finding>> {
+    if let Some(offset) = super::load::too_deep(&source.text) {
+        return Err(Box::new(super::load::nesting_finding(source, offset, style)));
+    }
     if let Err(parse_error) = PolicySet::from_str(&source.text) {
         let findings = Finding::from_diagnostic(source, &parse_error, Severity::Error, style);
         let first = findings.into_iter().next();

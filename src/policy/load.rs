@@ -25,6 +25,11 @@ pub const ENTITIES_FILE: &str = "entities.json";
 /// a file above this is a mistake, or someone filling the server's memory).
 pub const MAX_SOURCE_BYTES: u64 = 16 * 1024 * 1024;
 
+/// Deepest nesting of brackets (and `if`s) a policy file may have. Cedar's parser recurses
+/// once per level and a stack overflow aborts the process, so deeper text is refused before
+/// Cedar sees it; hand-written policies nest a few levels.
+pub const MAX_NESTING: usize = 32;
+
 /// The schema cedargate sends requests in: the shipped `policies/schema.cedarschema`, the
 /// starting point of every policy directory (`cedargate policy schema`).
 pub const SCHEMA: &str = include_str!("../../policies/schema.cedarschema");
@@ -185,6 +190,76 @@ pub(super) fn read_source(path: &Path) -> std::io::Result<String> {
     Ok(text)
 }
 
+/// Where `text` first nests deeper than [`MAX_NESTING`]: brackets, plus the `if`s open inside
+/// them (an `if` nests without a bracket). Strings and `//` comments are skipped. An upper
+/// bound of what Cedar recurses on, cheap and without recursion itself.
+pub(super) fn too_deep(text: &str) -> Option<usize> {
+    // For each open bracket, the `if`s opened directly inside it; `ifs` counts all of them.
+    let mut open: Vec<usize> = Vec::new();
+    let mut ifs = 0usize;
+    let mut chars = text.char_indices().peekable();
+    let mut previous_word = false;
+    while let Some((offset, c)) = chars.next() {
+        let word = c.is_alphanumeric() || c == '_';
+        match c {
+            '"' => {
+                while let Some((_, inner)) = chars.next() {
+                    match inner {
+                        '\\' => {
+                            chars.next();
+                        }
+                        '"' => break,
+                        _ => {}
+                    }
+                }
+            }
+            '/' if chars.peek().is_some_and(|(_, next)| *next == '/') => {
+                for (_, inner) in chars.by_ref() {
+                    if inner == '\n' {
+                        break;
+                    }
+                }
+            }
+            '(' | '[' | '{' => open.push(0),
+            ')' | ']' | '}' => {
+                ifs = ifs.saturating_sub(open.pop().unwrap_or(0));
+            }
+            'i' if !previous_word
+                && chars.peek().is_some_and(|(_, next)| *next == 'f')
+                && text
+                    .get(offset + 2..)
+                    .and_then(|rest| rest.chars().next())
+                    .is_none_or(|after| !(after.is_alphanumeric() || after == '_')) =>
+            {
+                ifs += 1;
+                if let Some(count) = open.last_mut() {
+                    *count += 1;
+                }
+            }
+            _ => {}
+        }
+        previous_word = word;
+        if open.len() + ifs > MAX_NESTING {
+            return Some(offset);
+        }
+    }
+    None
+}
+
+/// The finding for text [`too_deep`] refused at `offset`.
+pub(super) fn nesting_finding(file: &SourceFile, offset: usize, style: ReportStyle) -> Finding {
+    Finding::problem(
+        file,
+        Some((offset, 1)),
+        format!(
+            "nested more than {MAX_NESTING} levels deep: refused, as Cedar's parser could run out of stack"
+        ),
+        Some("split the condition, or name parts of it with `&&`/`||` rather than nesting".to_owned()),
+        Severity::Error,
+        style,
+    )
+}
+
 /// Parses, names, validates and checks `sources`; all problems are reported at once, and
 /// warnings are logged.
 pub(super) fn load(
@@ -247,6 +322,10 @@ pub(super) fn check(
     // Which file each policy came from, for validation findings.
     let mut origin: HashMap<PolicyId, usize> = HashMap::new();
     for (file_index, file) in sources.policies.iter().enumerate() {
+        if let Some(offset) = too_deep(&file.text) {
+            findings.push(nesting_finding(file, offset, style));
+            continue;
+        }
         let parsed = match PolicySet::from_str(&file.text) {
             Ok(parsed) => parsed,
             Err(parse_error) => {

@@ -675,3 +675,57 @@ fn a_dangling_entities_symlink_is_an_error_not_an_absent_file() {
         other => panic!("a dangling entities.json must be refused, got {other:?}"),
     }
 }
+
+#[test]
+fn deeply_nested_policy_text_is_refused_before_cedar_recurses_into_it() {
+    // Cedar's parser recurses once per level and aborts the process on a stack overflow
+    // (a few hundred parentheses in a debug build); the reloader parses on a 2 MiB thread.
+    let nested = |depth: usize| {
+        format!(
+            "@id(\"deep\") permit (principal, action, resource) when {{ {}true{} }};",
+            "(".repeat(depth),
+            ")".repeat(depth)
+        )
+    };
+    let deep = nested(5000);
+    let answer = std::thread::Builder::new()
+        .stack_size(2 * 1024 * 1024)
+        .spawn(move || invalid(PolicyEngine::new(&sources(&[("p.cedar", &deep)]))))
+        .unwrap()
+        .join()
+        .unwrap();
+    assert!(
+        answer.iter().any(|line| line.starts_with("p.cedar:1:") && line.contains("nested")),
+        "{answer:?}"
+    );
+    // Comments and strings do not count, and ordinary nesting loads, on the same small stack.
+    let ordinary = format!("// (((((((((\n{}\n@id(\"s\") permit (principal, action, resource) when {{ context.subject == \"(((((((((((((((((((((((((((((((((\" }};", nested(load::MAX_NESTING - 2));
+    std::thread::Builder::new()
+        .stack_size(2 * 1024 * 1024)
+        .spawn(move || PolicyEngine::new(&sources(&[("p.cedar", &ordinary)])).unwrap())
+        .unwrap()
+        .join()
+        .unwrap();
+}
+
+#[test]
+fn nesting_counts_ifs_and_skips_strings_and_comments() {
+    let ifs = format!(
+        "permit (principal, action, resource) when {{ {} true {} }};",
+        "if true then ".repeat(40),
+        "else false ".repeat(40)
+    );
+    assert!(load::too_deep(&ifs).is_some(), "nested ifs need no brackets");
+    let quoted = format!(
+        "permit (principal, action, resource) when {{ \"{}\\\"{}\" == \"\" }}; // {}",
+        "(".repeat(99),
+        "[".repeat(99),
+        "{".repeat(99)
+    );
+    assert_eq!(load::too_deep(&quoted), None);
+    assert_eq!(
+        load::too_deep("permit (principal, action, resource) when { context.verified };"),
+        None,
+        "`if` inside a word"
+    );
+}
