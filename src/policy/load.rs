@@ -25,7 +25,7 @@ pub const ENTITIES_FILE: &str = "entities.json";
 /// a file above this is a mistake, or someone filling the server's memory).
 pub const MAX_SOURCE_BYTES: u64 = 16 * 1024 * 1024;
 
-/// Deepest nesting of brackets (and `if`s) a policy file may have. Cedar's parser recurses
+/// Deepest nesting of brackets (and `if`s; `<>` in a schema) a policy or schema file may have. Cedar's parser recurses
 /// once per level and a stack overflow aborts the process, so deeper text is refused before
 /// Cedar sees it; hand-written policies nest a few levels.
 pub const MAX_NESTING: usize = 32;
@@ -194,6 +194,15 @@ pub(super) fn read_source(path: &Path) -> std::io::Result<String> {
 /// them (an `if` nests without a bracket). Strings and `//` comments are skipped. An upper
 /// bound of what Cedar recurses on, cheap and without recursion itself.
 pub(super) fn too_deep(text: &str) -> Option<usize> {
+    nesting(text, false)
+}
+
+/// [`too_deep`] for a Cedar schema, where `<`/`>` nest too (`Set<Set<...>>`).
+fn schema_too_deep(text: &str) -> Option<usize> {
+    nesting(text, true)
+}
+
+fn nesting(text: &str, angles: bool) -> Option<usize> {
     // For each open bracket, the `if`s opened directly inside it; `ifs` counts all of them.
     let mut open: Vec<usize> = Vec::new();
     let mut ifs = 0usize;
@@ -221,6 +230,10 @@ pub(super) fn too_deep(text: &str) -> Option<usize> {
                 }
             }
             '(' | '[' | '{' => open.push(0),
+            '<' if angles => open.push(0),
+            '>' if angles => {
+                ifs = ifs.saturating_sub(open.pop().unwrap_or(0));
+            }
             ')' | ']' | '}' => {
                 ifs = ifs.saturating_sub(open.pop().unwrap_or(0));
             }
@@ -254,7 +267,7 @@ pub(super) fn nesting_finding(file: &SourceFile, offset: usize, style: ReportSty
         format!(
             "nested more than {MAX_NESTING} levels deep: refused, as Cedar's parser could run out of stack"
         ),
-        Some("split the condition, or name parts of it with `&&`/`||` rather than nesting".to_owned()),
+        Some("flatten it: conditions chain `&&` and `||` without nesting".to_owned()),
         Severity::Error,
         style,
     )
@@ -296,21 +309,26 @@ pub(super) fn check(
     let error = |file: &SourceFile, diagnostic: &dyn miette::Diagnostic, out: &mut Vec<Finding>| {
         out.extend(Finding::from_diagnostic(file, diagnostic, Severity::Error, style));
     };
-    let schema = match Schema::from_cedarschema_str(&sources.schema.text) {
-        Ok((schema, warnings)) => {
-            for warning in warnings {
-                findings.extend(Finding::from_diagnostic(
-                    &sources.schema,
-                    &warning,
-                    Severity::Warning,
-                    style,
-                ));
+    let schema = if let Some(offset) = schema_too_deep(&sources.schema.text) {
+        findings.push(nesting_finding(&sources.schema, offset, style));
+        None
+    } else {
+        match Schema::from_cedarschema_str(&sources.schema.text) {
+            Ok((schema, warnings)) => {
+                for warning in warnings {
+                    findings.extend(Finding::from_diagnostic(
+                        &sources.schema,
+                        &warning,
+                        Severity::Warning,
+                        style,
+                    ));
+                }
+                Some(schema)
             }
-            Some(schema)
-        }
-        Err(schema_error) => {
-            error(&sources.schema, &schema_error, &mut findings);
-            None
+            Err(schema_error) => {
+                error(&sources.schema, &schema_error, &mut findings);
+                None
+            }
         }
     };
 

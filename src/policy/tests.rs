@@ -729,3 +729,20 @@ fn nesting_counts_ifs_and_skips_strings_and_comments() {
         "`if` inside a word"
     );
 }
+
+#[test]
+fn a_deeply_nested_schema_is_refused_before_cedar_recurses_into_it() {
+    let deep = format!("{SCHEMA}\nentity Deep = {{ a: {}String{} }};", "Set<".repeat(3000), ">".repeat(3000));
+    let mut sources = sources(&[("p.cedar", "@id(\"a\") permit (principal, action, resource);")]);
+    sources.schema.text = deep;
+    let answer = std::thread::Builder::new()
+        .stack_size(2 * 1024 * 1024)
+        .spawn(move || invalid(PolicyEngine::new(&sources)))
+        .unwrap()
+        .join()
+        .unwrap();
+    assert!(
+        answer.iter().any(|line| line.starts_with("schema.cedarschema:") && line.contains("nested")),
+        "{answer:?}"
+    );
+}
