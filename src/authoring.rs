@@ -53,6 +53,9 @@ pub enum AuthoringError {
         /// Why.
         reason: String,
     },
+    /// `--filter` selects no test: a typo would otherwise pass without running anything.
+    #[error("--filter `{0}` matches no test (see the names with `--format json`)")]
+    FilterMatchesNothing(String),
     /// The report could not be written.
     #[error("cannot write the report: {0}")]
     Report(String),

@@ -331,7 +331,15 @@ fn filter_selects_tests_by_substring_or_glob() {
     assert!(globbed.len() >= 5, "{globbed:?}");
     assert!(globbed.iter().all(|name| name.starts_with("mcp::user may not ")), "{globbed:?}");
     assert_eq!(names("*GET /public/info").len(), 6, "one per row of the README table");
-    assert!(names("no test is called this").is_empty());
+
+    // A filter that selects nothing (a typo in CI) is an error, not a pass of no tests.
+    let output = cedargate(&["policy", "test", "--filter", "no test is called this"], root);
+    assert_eq!(output.status.code(), Some(2), "{}", stdout(&output));
+    assert!(
+        stderr(&output).contains("--filter `no test is called this` matches no test"),
+        "{}",
+        stderr(&output)
+    );
 
     let output = cedargate(&["policy", "test", "--filter", "[unclosed"], root);
     assert_eq!(output.status.code(), Some(2));

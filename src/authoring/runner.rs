@@ -216,6 +216,11 @@ pub async fn run(options: TestOptions) -> Result<TestRun, AuthoringError> {
             suites.get(*index).is_some_and(|suite| filter.matches(&suite.name, &case.name))
         })
         .collect();
+    if selected.is_empty() {
+        if let Some(filter) = options.filter.as_deref().filter(|filter| !filter.is_empty()) {
+            return Err(AuthoringError::FilterMatchesNothing(filter.to_owned()));
+        }
+    }
 
     let mut reports: Vec<SuiteReport> = suites
         .iter()

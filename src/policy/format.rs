@@ -27,6 +27,9 @@ pub struct FormatReport {
 ///
 /// Fails, with file:line:col, when `source` does not parse, or when the formatter refuses it.
 pub fn format_policies(source: &SourceFile, style: ReportStyle) -> Result<String, Box<Finding>> {
+    if let Some(offset) = super::load::too_deep(&source.text) {
+        return Err(Box::new(super::load::nesting_finding(source, offset, style)));
+    }
     if let Err(parse_error) = PolicySet::from_str(&source.text) {
         let findings = Finding::from_diagnostic(source, &parse_error, Severity::Error, style);
         let first = findings.into_iter().next();
@@ -65,7 +68,7 @@ pub fn format_dir(dir: &Path, write: bool, style: ReportStyle) -> Result<FormatR
     files.sort();
     let mut report = FormatReport::default();
     for path in files {
-        let text = std::fs::read_to_string(&path).map_err(read_error(&path))?;
+        let text = super::load::read_source(&path).map_err(read_error(&path))?;
         let source = SourceFile { name: path.display().to_string(), text };
         match format_policies(&source, style) {
             Err(finding) => report.failed.push(*finding),
@@ -88,15 +91,17 @@ fn replace_atomically(path: &Path, text: &str) -> std::io::Result<()> {
     let file_name = path.file_name().map(|name| name.to_string_lossy().into_owned()).unwrap_or_default();
     // Not `*.cedar`, so a directory watcher or a concurrent load never takes it for a policy.
     let temporary = path.with_file_name(format!(".{file_name}.{}.fmt-tmp", std::process::id()));
+    let permissions = std::fs::metadata(path)?.permissions();
+    // `create_new`: never through a symlink or into a file someone else put at that name.
+    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).open(&temporary)?;
     let result = (|| {
-        let permissions = std::fs::metadata(path)?.permissions();
-        let mut file = std::fs::File::create(&temporary)?;
         file.write_all(text.as_bytes())?;
         file.sync_all()?;
         std::fs::set_permissions(&temporary, permissions)?;
         std::fs::rename(&temporary, path)
     })();
     if result.is_err() {
+        // Ours: `create_new` made it.
         let _ = std::fs::remove_file(&temporary);
     }
     result
@@ -130,6 +135,35 @@ mod tests {
         let after = PolicySet::from_str(&once).unwrap();
         let effects = |set: &PolicySet| set.policies().map(|p| p.to_json().unwrap()).collect::<Vec<_>>();
         assert_eq!(effects(&before), effects(&after), "the policies are the same");
+    }
+
+    #[test]
+    fn tricky_text_keeps_every_policy_and_comment() {
+        let tricky = "@id(\"a\") @reason(\"no // comment here; nor } this\")\npermit(principal,action,resource) when { context.subject == \"//not-a-comment\" && context.tenant like \"caf\u{e9}*\" };// end of a\n@id(\"b\")\n// before b's effect\nforbid(principal,action,resource)unless{context.issuer==\"\\\"//\\\"\"};  // the very end, no newline";
+        let once = format(tricky);
+        assert_eq!(format(&once), once, "idempotent");
+        for kept in ["// end of a", "// before b's effect", "// the very end, no newline"] {
+            assert!(once.contains(kept), "{kept} lost:\n{once}");
+        }
+        let json = |text: &str| {
+            PolicySet::from_str(text).unwrap().policies().map(|p| p.to_json().unwrap()).collect::<Vec<_>>()
+        };
+        assert_eq!(json(tricky), json(&once), "the policies are the same");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_planted_symlink_at_the_temporary_name_is_not_written_through() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let victim = outside.path().join("victim");
+        std::fs::write(&victim, "precious").unwrap();
+        let messy = dir.path().join("a.cedar");
+        std::fs::write(&messy, MESSY).unwrap();
+        let planted = dir.path().join(format!(".a.cedar.{}.fmt-tmp", std::process::id()));
+        std::os::unix::fs::symlink(&victim, &planted).unwrap();
+        let _ = format_dir(dir.path(), true, ReportStyle::OneLine);
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious", "written through a symlink");
     }
 
     #[test]

@@ -21,6 +21,15 @@ pub const SCHEMA_FILE: &str = "schema.cedarschema";
 /// JSON, for example a role hierarchy (`Role::"admin"` with the parent `Role::"user"`).
 pub const ENTITIES_FILE: &str = "entities.json";
 
+/// Largest schema, policy or entities file read (a policy directory is text an author wrote;
+/// a file above this is a mistake, or someone filling the server's memory).
+pub const MAX_SOURCE_BYTES: u64 = 16 * 1024 * 1024;
+
+/// Deepest nesting of brackets (and `if`s; `<>` in a schema) a policy or schema file may have. Cedar's parser recurses
+/// once per level and a stack overflow aborts the process, so deeper text is refused before
+/// Cedar sees it; hand-written policies nest a few levels.
+pub const MAX_NESTING: usize = 32;
+
 /// The schema cedargate sends requests in: the shipped `policies/schema.cedarschema`, the
 /// starting point of every policy directory (`cedargate policy schema`).
 pub const SCHEMA: &str = include_str!("../../policies/schema.cedarschema");
@@ -88,8 +97,7 @@ impl PolicySources {
     /// Fails when the directory or a file cannot be read, or when the schema is missing.
     pub fn from_dir(dir: &Path) -> Result<Self, PolicyError> {
         let read = |path: &Path| {
-            std::fs::read_to_string(path)
-                .map_err(|source| PolicyError::Read { path: path.to_path_buf(), source })
+            read_source(path).map_err(|source| PolicyError::Read { path: path.to_path_buf(), source })
         };
         let schema_path = dir.join(SCHEMA_FILE);
         let schema = SourceFile { name: schema_path.display().to_string(), text: read(&schema_path)? };
@@ -109,9 +117,16 @@ impl PolicySources {
             policies.push(SourceFile { name: path.display().to_string(), text: read(&path)? });
         }
         let entities_path = dir.join(ENTITIES_FILE);
-        let entities = match std::fs::read_to_string(&entities_path) {
+        let entities = match read_source(&entities_path) {
             Ok(text) => Some(SourceFile { name: entities_path.display().to_string(), text }),
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => None,
+            // Absent only when there is nothing at all: a dangling symlink is an error, so a
+            // role hierarchy is never dropped without a word.
+            Err(error)
+                if error.kind() == std::io::ErrorKind::NotFound
+                    && std::fs::symlink_metadata(&entities_path).is_err() =>
+            {
+                None
+            }
             Err(source) => return Err(PolicyError::Read { path: entities_path, source }),
         };
         Ok(Self { schema, policies, entities })
@@ -150,6 +165,114 @@ impl PolicySources {
     }
 }
 
+/// The text of the regular file at `path` (a symlink is followed: a ConfigMap volume is made
+/// of them), at most [`MAX_SOURCE_BYTES`] long.
+///
+/// Fails for anything else: a FIFO or a device would block the reader or never end, and the
+/// reloader holds its lock while it reads. (A file swapped for a FIFO between the check and
+/// the open is not caught; whoever can do that can write the policies anyway.)
+pub(super) fn read_source(path: &Path) -> std::io::Result<String> {
+    use std::io::Read as _;
+    let refuse = |why: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, why);
+    let metadata = std::fs::metadata(path)?;
+    if !metadata.is_file() {
+        return Err(refuse("not a regular file".to_owned()));
+    }
+    let too_large = || refuse(format!("larger than {MAX_SOURCE_BYTES} bytes"));
+    if metadata.len() > MAX_SOURCE_BYTES {
+        return Err(too_large());
+    }
+    let mut text = String::new();
+    std::fs::File::open(path)?.take(MAX_SOURCE_BYTES + 1).read_to_string(&mut text)?;
+    if text.len() as u64 > MAX_SOURCE_BYTES {
+        return Err(too_large());
+    }
+    Ok(text)
+}
+
+/// Where `text` first nests deeper than [`MAX_NESTING`]: brackets, plus the `if`s open inside
+/// them (an `if` nests without a bracket). Strings and `//` comments are skipped. An upper
+/// bound of what Cedar recurses on, cheap and without recursion itself.
+pub(super) fn too_deep(text: &str) -> Option<usize> {
+    nesting(text, false)
+}
+
+/// [`too_deep`] for a Cedar schema, where `<`/`>` nest too (`Set<Set<...>>`).
+fn schema_too_deep(text: &str) -> Option<usize> {
+    nesting(text, true)
+}
+
+fn nesting(text: &str, angles: bool) -> Option<usize> {
+    // For each open bracket, the `if`s opened directly inside it; `ifs` counts all of them.
+    let mut open: Vec<usize> = Vec::new();
+    let mut ifs = 0usize;
+    let mut chars = text.char_indices().peekable();
+    let mut previous_word = false;
+    while let Some((offset, c)) = chars.next() {
+        let word = c.is_alphanumeric() || c == '_';
+        match c {
+            '"' => {
+                while let Some((_, inner)) = chars.next() {
+                    match inner {
+                        '\\' => {
+                            chars.next();
+                        }
+                        '"' => break,
+                        _ => {}
+                    }
+                }
+            }
+            '/' if chars.peek().is_some_and(|(_, next)| *next == '/') => {
+                for (_, inner) in chars.by_ref() {
+                    if inner == '\n' {
+                        break;
+                    }
+                }
+            }
+            '(' | '[' | '{' => open.push(0),
+            '<' if angles => open.push(0),
+            '>' if angles => {
+                ifs = ifs.saturating_sub(open.pop().unwrap_or(0));
+            }
+            ')' | ']' | '}' => {
+                ifs = ifs.saturating_sub(open.pop().unwrap_or(0));
+            }
+            'i' if !previous_word
+                && chars.peek().is_some_and(|(_, next)| *next == 'f')
+                && text
+                    .get(offset + 2..)
+                    .and_then(|rest| rest.chars().next())
+                    .is_none_or(|after| !(after.is_alphanumeric() || after == '_')) =>
+            {
+                ifs += 1;
+                if let Some(count) = open.last_mut() {
+                    *count += 1;
+                }
+            }
+            _ => {}
+        }
+        previous_word = word;
+        if open.len() + ifs > MAX_NESTING {
+            return Some(offset);
+        }
+    }
+    None
+}
+
+/// The finding for text [`too_deep`] refused at `offset`.
+pub(super) fn nesting_finding(file: &SourceFile, offset: usize, style: ReportStyle) -> Finding {
+    Finding::problem(
+        file,
+        Some((offset, 1)),
+        format!(
+            "nested more than {MAX_NESTING} levels deep: refused, as Cedar's parser could run out of stack"
+        ),
+        Some("flatten it: conditions chain `&&` and `||` without nesting".to_owned()),
+        Severity::Error,
+        style,
+    )
+}
+
 /// Parses, names, validates and checks `sources`; all problems are reported at once, and
 /// warnings are logged.
 pub(super) fn load(
@@ -186,21 +309,26 @@ pub(super) fn check(
     let error = |file: &SourceFile, diagnostic: &dyn miette::Diagnostic, out: &mut Vec<Finding>| {
         out.extend(Finding::from_diagnostic(file, diagnostic, Severity::Error, style));
     };
-    let schema = match Schema::from_cedarschema_str(&sources.schema.text) {
-        Ok((schema, warnings)) => {
-            for warning in warnings {
-                findings.extend(Finding::from_diagnostic(
-                    &sources.schema,
-                    &warning,
-                    Severity::Warning,
-                    style,
-                ));
+    let schema = if let Some(offset) = schema_too_deep(&sources.schema.text) {
+        findings.push(nesting_finding(&sources.schema, offset, style));
+        None
+    } else {
+        match Schema::from_cedarschema_str(&sources.schema.text) {
+            Ok((schema, warnings)) => {
+                for warning in warnings {
+                    findings.extend(Finding::from_diagnostic(
+                        &sources.schema,
+                        &warning,
+                        Severity::Warning,
+                        style,
+                    ));
+                }
+                Some(schema)
             }
-            Some(schema)
-        }
-        Err(schema_error) => {
-            error(&sources.schema, &schema_error, &mut findings);
-            None
+            Err(schema_error) => {
+                error(&sources.schema, &schema_error, &mut findings);
+                None
+            }
         }
     };
 
@@ -212,6 +340,10 @@ pub(super) fn check(
     // Which file each policy came from, for validation findings.
     let mut origin: HashMap<PolicyId, usize> = HashMap::new();
     for (file_index, file) in sources.policies.iter().enumerate() {
+        if let Some(offset) = too_deep(&file.text) {
+            findings.push(nesting_finding(file, offset, style));
+            continue;
+        }
         let parsed = match PolicySet::from_str(&file.text) {
             Ok(parsed) => parsed,
             Err(parse_error) => {

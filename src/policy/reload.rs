@@ -79,7 +79,8 @@ pub struct PolicyStatus {
     pub loaded_at: SystemTime,
     /// The policy directory, or `<embedded demo>`.
     pub source: String,
-    /// The files of the set in force, schema first, by the names diagnostics use.
+    /// The files of the set in force, schema first and `entities.json` (if any) last, by the
+    /// names diagnostics use.
     pub files: Vec<String>,
     /// Number of policies in force.
     pub policy_count: usize,
@@ -204,7 +205,7 @@ impl PolicyReloader {
     fn reload_now(&self, trigger: ReloadTrigger) -> Result<Reloaded, ReloadError> {
         let Some(dir) = &self.dir else { return Err(ReloadError::Embedded) };
         let current = self.record.load_full();
-        let loaded = PolicySources::from_dir(dir).and_then(|sources| {
+        let loaded = read_settled(|| PolicySources::from_dir(dir)).and_then(|sources| {
             if sources == *current.sources {
                 return Ok(None);
             }
@@ -298,6 +299,35 @@ impl Record {
     }
 }
 
+/// Reads of a directory made before giving up on it agreeing with itself.
+const READ_ATTEMPTS: usize = 4;
+
+/// `read()` once two reads in a row agree. The files are read one by one, so a read during a
+/// change (a ConfigMap's `..data` swapped between two files, a file being written) can mix
+/// two versions that are each valid but together are neither, say the new `routes.cedar` with
+/// the old `mcp.cedar` a rule just moved out of; a second identical read makes that unlikely.
+///
+/// Fails when a read fails, or when the directory kept changing for [`READ_ATTEMPTS`] reads
+/// (the watcher reloads it again when it settles).
+fn read_settled(
+    mut read: impl FnMut() -> Result<PolicySources, PolicyError>,
+) -> Result<PolicySources, PolicyError> {
+    let mut previous = read()?;
+    for _ in 1..READ_ATTEMPTS {
+        let again = read()?;
+        if again == previous {
+            return Ok(again);
+        }
+        previous = again;
+    }
+    Err(PolicyError::Invalid {
+        diagnostics: vec![format!(
+            "the policy directory kept changing while it was read ({READ_ATTEMPTS} reads differed); \
+             it is read again when it changes"
+        )],
+    })
+}
+
 /// The lines a refused set is reported with.
 fn diagnostics_of(error: &PolicyError) -> Vec<String> {
     match error {
@@ -372,6 +402,65 @@ mod tests {
             "{:?}",
             status.files
         );
+    }
+
+    #[tokio::test]
+    async fn the_status_lists_the_entities_file_in_force() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), OPEN);
+        std::fs::write(
+            dir.path().join("entities.json"),
+            r#"[{"uid": {"type": "Role", "id": "admin"}, "attrs": {}, "parents": [{"type": "Role", "id": "user"}]}]"#,
+        )
+        .unwrap();
+        let status = reloader(dir.path()).status();
+        assert_eq!(status.files.len(), 3, "{:?}", status.files);
+        assert!(status.files[2].ends_with("entities.json"), "{:?}", status.files);
+    }
+
+    #[tokio::test]
+    async fn the_status_counts_the_decisions_shadow_policies_would_change() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), &format!("{OPEN}\n@id(\"rollout\") @shadow forbid (principal, action, resource);"));
+        let reloader = reloader(dir.path());
+        assert_eq!((reloader.status().shadow_policy_count, reloader.status().shadow_disagreements), (1, 0));
+        let query = super::super::Query {
+            auth: None,
+            resource: super::super::Resource::Route {
+                method: "GET",
+                path: "/x",
+                template: "/x",
+                params: &[],
+            },
+            facts: &crate::model::Extra::new(),
+            now: 0,
+        };
+        assert!(reloader.engine.evaluate(&query).allowed, "a shadow forbid never decides");
+        assert_eq!(reloader.status().shadow_disagreements, 1);
+    }
+
+    #[test]
+    fn a_directory_is_read_until_two_reads_agree() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), OPEN);
+        let old = PolicySources::from_dir(dir.path()).unwrap();
+        write(dir.path(), CLOSED);
+        let new = PolicySources::from_dir(dir.path()).unwrap();
+        // A ConfigMap's `..data` swapped mid-read: the first read mixes old and new files.
+        let mut mixed = old.clone();
+        mixed.policies = new.policies.clone();
+        let reads = std::cell::RefCell::new(vec![mixed, new.clone(), new.clone()].into_iter());
+        let settled = read_settled(|| Ok(reads.borrow_mut().next().unwrap()));
+        assert_eq!(settled.unwrap(), new);
+
+        // A directory that never stops changing is refused, not loaded half-way.
+        let reads = std::cell::RefCell::new([&old, &new].into_iter().cycle());
+        match read_settled(|| Ok(reads.borrow_mut().next().unwrap().clone())) {
+            Err(PolicyError::Invalid { diagnostics }) => {
+                assert!(diagnostics[0].contains("kept changing"), "{diagnostics:?}")
+            }
+            other => panic!("a changing directory must be refused, got {other:?}"),
+        }
     }
 
     #[tokio::test]

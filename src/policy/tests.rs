@@ -603,3 +603,146 @@ fn explain_reports_a_forbid_overridden_permit_as_held_and_evaluation_errors() {
     assert_eq!(permit.conditions[1].result, ConditionResult::True);
     assert!(later.text().contains("unless { context.now > 100 } is true: stopped it"), "{}", later.text());
 }
+
+/// Reads `dir` on another thread; `None` when it has not answered in a minute (a hang).
+fn from_dir_or_hang(dir: &std::path::Path) -> Option<Result<PolicySources, PolicyError>> {
+    let (sender, receiver) = std::sync::mpsc::channel();
+    let dir = dir.to_path_buf();
+    std::thread::spawn(move || {
+        let _ = sender.send(PolicySources::from_dir(&dir));
+    });
+    receiver.recv_timeout(std::time::Duration::from_secs(60)).ok()
+}
+
+#[test]
+fn a_fifo_or_a_device_named_like_a_policy_is_refused_not_read_forever() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join(load::SCHEMA_FILE), SCHEMA).unwrap();
+    let fifo = dir.path().join("blocked.cedar");
+    let made = std::process::Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(made.success());
+    let answer = from_dir_or_hang(dir.path());
+    if answer.is_none() {
+        // Unblock the reader so the test process can end.
+        let _ = std::fs::OpenOptions::new().write(true).open(&fifo);
+    }
+    match answer {
+        Some(Err(PolicyError::Read { path, source })) => {
+            assert_eq!(path, fifo);
+            assert!(source.to_string().contains("not a regular file"), "{source}");
+        }
+        other => panic!("a FIFO must be refused at once, got {other:?}"),
+    }
+    std::fs::remove_file(&fifo).unwrap();
+
+    // A symlink is followed (ConfigMap volumes are made of them), but only to a regular file.
+    std::os::unix::fs::symlink("/dev/zero", dir.path().join("zero.cedar")).unwrap();
+    match from_dir_or_hang(dir.path()) {
+        Some(Err(PolicyError::Read { source, .. })) => {
+            assert!(source.to_string().contains("not a regular file"), "{source}")
+        }
+        other => panic!("a device must be refused, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_policy_file_above_the_size_limit_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join(load::SCHEMA_FILE), SCHEMA).unwrap();
+    let huge = dir.path().join("huge.cedar");
+    let file = std::fs::File::create(&huge).unwrap();
+    // Sparse: no disk is used.
+    file.set_len(load::MAX_SOURCE_BYTES + 1).unwrap();
+    match PolicySources::from_dir(dir.path()) {
+        Err(PolicyError::Read { path, source }) => {
+            assert_eq!(path, huge);
+            assert!(source.to_string().contains("larger than"), "{source}");
+        }
+        other => panic!("a huge file must be refused, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_dangling_entities_symlink_is_an_error_not_an_absent_file() {
+    // Dropping the role hierarchy silently could lift a `forbid ... when { principal in
+    // Role::"contractor" }` from the roles declared under it.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join(load::SCHEMA_FILE), SCHEMA).unwrap();
+    let entities = dir.path().join(load::ENTITIES_FILE);
+    std::os::unix::fs::symlink(dir.path().join("..data/entities.json"), &entities).unwrap();
+    match PolicySources::from_dir(dir.path()) {
+        Err(PolicyError::Read { path, .. }) => assert_eq!(path, entities),
+        other => panic!("a dangling entities.json must be refused, got {other:?}"),
+    }
+}
+
+#[test]
+fn deeply_nested_policy_text_is_refused_before_cedar_recurses_into_it() {
+    // Cedar's parser recurses once per level and aborts the process on a stack overflow
+    // (a few hundred parentheses in a debug build); the reloader parses on a 2 MiB thread.
+    let nested = |depth: usize| {
+        format!(
+            "@id(\"deep\") permit (principal, action, resource) when {{ {}true{} }};",
+            "(".repeat(depth),
+            ")".repeat(depth)
+        )
+    };
+    let deep = nested(5000);
+    let answer = std::thread::Builder::new()
+        .stack_size(2 * 1024 * 1024)
+        .spawn(move || invalid(PolicyEngine::new(&sources(&[("p.cedar", &deep)]))))
+        .unwrap()
+        .join()
+        .unwrap();
+    assert!(
+        answer.iter().any(|line| line.starts_with("p.cedar:1:") && line.contains("nested")),
+        "{answer:?}"
+    );
+    // Comments and strings do not count, and ordinary nesting loads, on the same small stack.
+    let ordinary = format!("// (((((((((\n{}\n@id(\"s\") permit (principal, action, resource) when {{ context.subject == \"(((((((((((((((((((((((((((((((((\" }};", nested(load::MAX_NESTING - 2));
+    std::thread::Builder::new()
+        .stack_size(2 * 1024 * 1024)
+        .spawn(move || PolicyEngine::new(&sources(&[("p.cedar", &ordinary)])).unwrap())
+        .unwrap()
+        .join()
+        .unwrap();
+}
+
+#[test]
+fn nesting_counts_ifs_and_skips_strings_and_comments() {
+    let ifs = format!(
+        "permit (principal, action, resource) when {{ {} true {} }};",
+        "if true then ".repeat(40),
+        "else false ".repeat(40)
+    );
+    assert!(load::too_deep(&ifs).is_some(), "nested ifs need no brackets");
+    let quoted = format!(
+        "permit (principal, action, resource) when {{ \"{}\\\"{}\" == \"\" }}; // {}",
+        "(".repeat(99),
+        "[".repeat(99),
+        "{".repeat(99)
+    );
+    assert_eq!(load::too_deep(&quoted), None);
+    assert_eq!(
+        load::too_deep("permit (principal, action, resource) when { context.verified };"),
+        None,
+        "`if` inside a word"
+    );
+}
+
+#[test]
+fn a_deeply_nested_schema_is_refused_before_cedar_recurses_into_it() {
+    let deep = format!("{SCHEMA}\nentity Deep = {{ a: {}String{} }};", "Set<".repeat(3000), ">".repeat(3000));
+    let mut sources = sources(&[("p.cedar", "@id(\"a\") permit (principal, action, resource);")]);
+    sources.schema.text = deep;
+    let answer = std::thread::Builder::new()
+        .stack_size(2 * 1024 * 1024)
+        .spawn(move || invalid(PolicyEngine::new(&sources)))
+        .unwrap()
+        .join()
+        .unwrap();
+    assert!(
+        answer.iter().any(|line| line.starts_with("schema.cedarschema:") && line.contains("nested")),
+        "{answer:?}"
+    );
+}
