@@ -63,7 +63,8 @@ impl TestRun {
         if total == 0 {
             out.push_str("\nno test matches the filter\n");
         } else {
-            let _ = writeln!(out, "\n{total} tests: {} passed, {} failed", self.passed, self.failed);
+            let noun = if total == 1 { "test" } else { "tests" };
+            let _ = writeln!(out, "\n{total} {noun}: {} passed, {} failed", self.passed, self.failed);
         }
         if let Some(coverage) = &self.coverage {
             let _ = write!(
