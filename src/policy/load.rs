@@ -153,10 +153,15 @@ impl PolicySources {
         }
     }
 
+    /// A hash of the contents and the file names within the directory, not of where the
+    /// directory is: the same set checked out elsewhere has the same revision.
     fn revision(&self) -> String {
         let mut hasher = Sha256::new();
         for file in std::iter::once(&self.schema).chain(&self.policies).chain(&self.entities) {
-            hasher.update(file.name.as_bytes());
+            let name = Path::new(&file.name)
+                .file_name()
+                .map_or(file.name.as_str(), |name| name.to_str().unwrap_or(file.name.as_str()));
+            hasher.update(name.as_bytes());
             hasher.update([0]);
             hasher.update(file.text.as_bytes());
             hasher.update([0]);

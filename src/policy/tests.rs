@@ -746,3 +746,18 @@ fn a_deeply_nested_schema_is_refused_before_cedar_recurses_into_it() {
         "{answer:?}"
     );
 }
+
+#[test]
+fn the_revision_is_of_the_contents_not_of_where_the_directory_is() {
+    let here = sources(&[("/srv/a/policies/p.cedar", "@id(\"all\") permit (principal, action, resource);")]);
+    let there = sources(&[(
+        "/home/b/checkout/policies/p.cedar",
+        "@id(\"all\") permit (principal, action, resource);",
+    )]);
+    let renamed =
+        sources(&[("/srv/a/policies/q.cedar", "@id(\"all\") permit (principal, action, resource);")]);
+    let revision =
+        |sources: &PolicySources| PolicyEngine::new(sources).unwrap().snapshot().revision().to_owned();
+    assert_eq!(revision(&here), revision(&there));
+    assert_ne!(revision(&here), revision(&renamed), "a file's name within the directory counts");
+}
