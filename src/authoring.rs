@@ -20,7 +20,7 @@ use crate::policy::PolicyError;
 use crate::AppError;
 
 pub use report::ReportFormat;
-pub use runner::{default_dir, run, TestOptions, TestRun};
+pub use runner::{run, TestOptions, TestRun};
 
 /// Why a run could not be made (exit 2): invalid policies, config or suites.
 #[derive(Debug, thiserror::Error)]

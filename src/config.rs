@@ -231,6 +231,12 @@ impl Config {
         Some(base.join(dir))
     }
 
+    /// Where the policy commands (`policy validate`, `fmt`, `test`) look without a directory:
+    /// the policy directory, else `./policies`.
+    pub fn policy_dir_or_default(&self) -> PathBuf {
+        self.policy_dir().unwrap_or_else(|| PathBuf::from("policies"))
+    }
+
     /// Cross-field checks; each problem is `file:line: field: what`.
     fn problems(&self, text: &str) -> Vec<String> {
         let mut problems = Vec::new();

@@ -46,21 +46,8 @@ enum Command {
         /// The `Authorization` value, e.g. `Bearer user-token-123` ("" for none).
         #[arg(long, default_value = "")]
         authorization: String,
-        /// An HTTP route: `METHOD /path`.
-        #[arg(long, conflicts_with = "tool", required_unless_present = "tool")]
-        route: Option<String>,
-        /// An MCP tool name.
-        #[arg(long)]
-        tool: Option<String>,
-        /// The tool's server.
-        #[arg(long, default_value = "", requires = "tool")]
-        server: String,
-        /// The tool's arguments, a JSON object.
-        #[arg(long, requires = "tool")]
-        arguments: Option<String>,
-        /// Request facts, a JSON object.
-        #[arg(long)]
-        context: Option<String>,
+        #[command(flatten)]
+        request: RequestArgs,
     },
     /// Write, test and inspect Cedar policies.
     Policy {
@@ -82,6 +69,51 @@ enum Command {
     },
     /// Print an argon2id hash of a password (read from standard input) for the config.
     HashPassword,
+}
+
+/// What `check` and `policy explain` decide: a route or a tool, and request facts.
+#[derive(Debug, clap::Args)]
+struct RequestArgs {
+    /// An HTTP route: `METHOD /path`.
+    #[arg(long, conflicts_with = "tool", required_unless_present = "tool")]
+    route: Option<String>,
+    /// An MCP tool name.
+    #[arg(long)]
+    tool: Option<String>,
+    /// The tool's server.
+    #[arg(long, default_value = "", requires = "tool")]
+    server: String,
+    /// The tool's arguments, a JSON object.
+    #[arg(long, requires = "tool")]
+    arguments: Option<String>,
+    /// Request facts, a JSON object.
+    #[arg(long)]
+    context: Option<String>,
+}
+
+impl RequestArgs {
+    /// The target and the facts.
+    fn parse(self) -> anyhow::Result<(Target, cedargate::model::Extra)> {
+        let target = match (self.route, self.tool) {
+            (Some(route), _) => {
+                let (method, path) = route
+                    .split_once(' ')
+                    .context("--route must be `METHOD /path`, e.g. `GET /user/profile`")?;
+                Target::Route(RouteRequest {
+                    method: method.to_owned(),
+                    path: path.trim().to_owned(),
+                    template: None,
+                })
+            }
+            (None, Some(name)) => Target::Tool(ToolCall {
+                name,
+                server: self.server,
+                arguments: json_object("--arguments", self.arguments.as_deref())?,
+            }),
+            (None, None) => bail!("give --route or --tool"),
+        };
+        Ok((target, json_object("--context", self.context.as_deref())?))
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -123,21 +155,8 @@ enum PolicyCommand {
         /// `authInfo`: `{"subject": "alice", "roles": ["user"], "scopes": []}`.
         #[arg(long)]
         auth_info: Option<String>,
-        /// An HTTP route: `METHOD /path`.
-        #[arg(long, conflicts_with = "tool", required_unless_present = "tool")]
-        route: Option<String>,
-        /// An MCP tool name.
-        #[arg(long)]
-        tool: Option<String>,
-        /// The tool's server.
-        #[arg(long, default_value = "", requires = "tool")]
-        server: String,
-        /// The tool's arguments, a JSON object.
-        #[arg(long, requires = "tool")]
-        arguments: Option<String>,
-        /// Request facts, a JSON object.
-        #[arg(long)]
-        context: Option<String>,
+        #[command(flatten)]
+        request: RequestArgs,
         /// The time of the decision, unix seconds or RFC 3339 [default: now].
         #[arg(long)]
         now: Option<String>,
@@ -205,9 +224,8 @@ fn real_main() -> anyhow::Result<ExitCode> {
             serve(load_config(cli.config.as_ref())?)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Check { authorization, route, tool, server, arguments, context } => {
-            let target = target_of(route, tool, server, arguments.as_deref())?;
-            let facts = json_object("--context", context.as_deref())?;
+        Command::Check { authorization, request } => {
+            let (target, facts) = request.parse()?;
             let config = load_config(cli.config.as_ref())?;
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             let decision = runtime.block_on(async {
@@ -261,20 +279,8 @@ fn real_main() -> anyhow::Result<ExitCode> {
                 );
                 Ok(if failed { ExitCode::from(1) } else { ExitCode::SUCCESS })
             }
-            PolicyCommand::Explain {
-                authorization,
-                auth_info,
-                route,
-                tool,
-                server,
-                arguments,
-                context,
-                now,
-                policies,
-                format,
-            } => {
-                let target = target_of(route, tool, server, arguments.as_deref())?;
-                let facts = json_object("--context", context.as_deref())?;
+            PolicyCommand::Explain { authorization, auth_info, request, now, policies, format } => {
+                let (target, facts) = request.parse()?;
                 let now = match now {
                     Some(text) => parse_time(&text)?,
                     None => cedargate::model::unix_now(),
@@ -314,7 +320,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
                     bail!("--coverage-threshold must be a percentage from 0 to 100");
                 }
                 let config = load_config(cli.config.as_ref())?;
-                let dir = dir.unwrap_or_else(|| authoring::default_dir(&config));
+                let dir = dir.unwrap_or_else(|| config.policy_dir_or_default());
                 let options = TestOptions { dir, config, filter, coverage, coverage_threshold, mutate };
                 let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
                 let run = runtime.block_on(authoring::run(options))?;
@@ -362,41 +368,13 @@ fn real_main() -> anyhow::Result<ExitCode> {
 }
 
 /// The target of `check` and `policy explain`.
-fn target_of(
-    route: Option<String>,
-    tool: Option<String>,
-    server: String,
-    arguments: Option<&str>,
-) -> anyhow::Result<Target> {
-    Ok(match (route, tool) {
-        (Some(route), _) => {
-            let (method, path) =
-                route.split_once(' ').context("--route must be `METHOD /path`, e.g. `GET /user/profile`")?;
-            Target::Route(RouteRequest {
-                method: method.to_owned(),
-                path: path.trim().to_owned(),
-                template: None,
-            })
-        }
-        (None, Some(name)) => {
-            Target::Tool(ToolCall { name, server, arguments: json_object("--arguments", arguments)? })
-        }
-        (None, None) => bail!("give --route or --tool"),
-    })
-}
-
-/// The policy directory of `validate` and `fmt`: the argument, else the config's, else
-/// `./policies`.
+/// The policy directory of `validate`, `fmt` and `test`: the argument, else the config's
+/// (`Config::policy_dir_or_default`).
 fn policy_dir(dir: Option<PathBuf>, config: Option<&PathBuf>) -> anyhow::Result<PathBuf> {
-    if let Some(dir) = dir {
-        return Ok(dir);
+    match dir {
+        Some(dir) => Ok(dir),
+        None => Ok(load_config(config)?.policy_dir_or_default()),
     }
-    if let Some(path) = config {
-        if let Some(dir) = Config::load(path)?.policy_dir() {
-            return Ok(dir);
-        }
-    }
-    Ok(PathBuf::from("policies"))
 }
 
 /// Colour on a terminal, unless `NO_COLOR` is set.

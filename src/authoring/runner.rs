@@ -166,11 +166,6 @@ impl TestRun {
     }
 }
 
-/// The default policy directory: the config's, else `./policies`.
-pub fn default_dir(config: &Config) -> PathBuf {
-    config.policy_dir().unwrap_or_else(|| PathBuf::from("policies"))
-}
-
 /// How a principal is presented to the engine.
 enum Fixture {
     /// An `Authorization` value, resolved at each test's clock by the configured chain.
