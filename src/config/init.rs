@@ -52,7 +52,10 @@ pub fn write(dir: &Path) -> Result<Written, InitError> {
     let policies = dir.join("policies");
     let schema = policies.join("schema.cedarschema");
     let rules = policies.join("policies.cedar");
-    if let Some(existing) = [&config, &schema, &rules].into_iter().find(|path| path.exists()) {
+    // `symlink_metadata`: a dangling symlink is there too (`exists` would follow it and say no).
+    if let Some(existing) =
+        [&config, &schema, &rules].into_iter().find(|path| path.symlink_metadata().is_ok())
+    {
         return Err(InitError::Exists(existing.clone()));
     }
     let dev_token = format!("{DEV_TOKEN_PREFIX}{}", hex::encode(rand::random::<[u8; 24]>()));
@@ -100,6 +103,18 @@ mod tests {
         assert!(matches!(&error, InitError::Exists(path) if path.ends_with("policies.cedar")), "{error}");
         assert!(!dir.path().join("cedargate.yaml").exists());
         assert_eq!(std::fs::read_to_string(dir.path().join("policies/policies.cedar")).unwrap(), "mine");
+    }
+
+    #[test]
+    fn a_dangling_symlink_counts_as_existing_and_nothing_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("policies")).unwrap();
+        std::os::unix::fs::symlink(dir.path().join("nowhere"), dir.path().join("policies/policies.cedar"))
+            .unwrap();
+        let error = write(dir.path()).unwrap_err();
+        assert!(matches!(&error, InitError::Exists(path) if path.ends_with("policies.cedar")), "{error}");
+        assert!(!dir.path().join("cedargate.yaml").exists(), "nothing was written");
+        assert!(!dir.path().join("nowhere").exists(), "nothing was written through the link");
     }
 
     #[test]
