@@ -474,7 +474,7 @@ fn deny(decision: Decision, jsonrpc_id: Option<Value>) -> GatewayAnswer {
     let denial = denial_json(&decision);
     let body = match jsonrpc_id {
         // MCP endpoints answer in the protocol the client speaks.
-        Some(id) => jsonrpc_error(&id, mcp::code::UNAUTHORIZED, &decision.reason, Some(denial)),
+        Some(id) => jsonrpc_error(&id, mcp::code::UNAUTHORIZED, client_reason(&decision), Some(denial)),
         None => denial.to_string(),
     };
     headers.push(("content-type".to_owned(), "application/json".to_owned()));
@@ -561,10 +561,23 @@ pub fn denial_json(decision: &Decision) -> Value {
         "error": decision.error_code(),
         "outcome": decision.outcome.api_name(),
         "httpStatus": decision.outcome.http_status(),
-        "reason": decision.reason,
+        "reason": client_reason(decision),
         "decisionId": decision.decision_id,
     })
 }
+
+/// What a denied client is told why. An outage's reason names the backend and its error
+/// (hosts, a transport's cause chain): that stays in the decision log and the API, and the
+/// client gets a fixed text with the decision id to quote.
+pub fn client_reason(decision: &Decision) -> &str {
+    match decision.outcome {
+        crate::model::Outcome::Unavailable => UNAVAILABLE_REASON,
+        _ => &decision.reason,
+    }
+}
+
+/// The reason a client is given for an outage of a credential backend.
+pub const UNAVAILABLE_REASON: &str = "a credential backend is temporarily unavailable; retry later";
 
 /// `Outcome.OUTCOME_INVALID_REQUEST` of the API.
 pub const INVALID_REQUEST_OUTCOME: &str = "OUTCOME_INVALID_REQUEST";

@@ -150,6 +150,11 @@ async fn a_request_without_its_original_method_and_uri_is_refused() {
     assert_eq!(missing.status(), 400);
     let body: Value = missing.json().await.unwrap();
     assert!(body["reason"].as_str().unwrap().contains("x-original-uri"), "{body}");
+    // The body every refusal before a decision has.
+    assert_eq!(
+        (&body["error"], &body["outcome"], &body["httpStatus"]),
+        (&"invalid_request".into(), &"OUTCOME_INVALID_REQUEST".into(), &400.into())
+    );
     let ambiguous =
         verify(&server, &[("x-original-method", "GET"), ("x-original-uri", "/public/../admin/users")]).await;
     assert_eq!(ambiguous.status(), 400, "ambiguous paths are refused, not guessed at");

@@ -125,6 +125,12 @@ struct LogoutBody {
 }
 
 /// An error answer: `{ "error": code, "reason": text }`.
+/// A gateway request refused before any decision: 400 with the body every such refusal has
+/// (`gateway::invalid_request_json`).
+fn refused_request(reason: &str) -> Response {
+    (StatusCode::BAD_REQUEST, Json(crate::gateway::invalid_request_json(reason))).into_response()
+}
+
 fn error_response(status: StatusCode, code: &str, reason: &str) -> Response {
     (status, Json(json!({ "error": code, "reason": reason }))).into_response()
 }
@@ -335,11 +341,7 @@ fn disagreement(headers: &HeaderMap, others: [&str; 3], decided: [Option<&str>; 
             !agrees
         });
         disagrees.then(|| {
-            error_response(
-                StatusCode::BAD_REQUEST,
-                "invalid_request",
-                &format!("the {name} header disagrees with the request decided: refused"),
-            )
+            refused_request(&format!("the {name} header disagrees with the request decided: refused"))
         })
     })
 }
@@ -382,22 +384,14 @@ async fn forward_auth(
     let [method_header, uri_header, host_header] = names;
     // Each description header once: with two, which one the proxy set is unknowable.
     if let Some(repeated) = names.iter().find(|name| headers.get_all(**name).iter().nth(1).is_some()) {
-        return error_response(
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-            &format!("the {repeated} header is sent more than once: refused"),
-        );
+        return refused_request(&format!("the {repeated} header is sent more than once: refused"));
     }
     let read = |name: &str| headers.get(name).and_then(|value| value.to_str().ok());
     let (Some(original_method), Some(original_uri)) = (read(method_header), read(uri_header)) else {
-        return error_response(
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-            &format!(
-                "/auth/verify reads the original request from the {method_header} and {uri_header} headers \
-                 (gateway.forward_auth.convention)"
-            ),
-        );
+        return refused_request(&format!(
+            "/auth/verify reads the original request from the {method_header} and {uri_header} headers \
+             (gateway.forward_auth.convention)"
+        ));
     };
     let host = read(host_header).or_else(|| headers.get(header::HOST).and_then(|value| value.to_str().ok()));
     let other = match state.forward_auth {
