@@ -4,6 +4,8 @@
 
 pub mod envoy;
 pub mod nginx;
+pub mod otlp;
+pub mod prometheus;
 pub mod served;
 pub mod upstream;
 

@@ -28,6 +28,20 @@ impl Served {
         Self::spawn(command)
     }
 
+    /// As `start`, with these environment variables and none of the `OTEL_*` ones the test
+    /// process has, so the OpenTelemetry set-up is exactly what the test asks for.
+    pub fn start_with_env(config: &Path, env: &[(&str, String)]) -> Self {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_cedargate"));
+        command.args(["--config", config.to_str().unwrap(), "--log-format", "json"]);
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with("OTEL_") {
+                command.env_remove(name);
+            }
+        }
+        command.envs(env.iter().map(|(name, value)| (name, value)));
+        Self::spawn(command)
+    }
+
     /// As `start`, with at most `open_files` file descriptors (`ulimit -n`).
     pub fn start_with_open_files(config: &Path, open_files: u32) -> Self {
         let mut command = Command::new("sh");
@@ -70,6 +84,28 @@ impl Served {
             }
         }
         panic!("log event not seen; log so far:\n{}", seen.join("\n"));
+    }
+
+    /// Stops the process with SIGTERM (SIGKILL after 20 s) and returns every line it wrote
+    /// that `seen` does not have yet, appending them to `seen` too.
+    pub fn stop(&mut self, seen: &mut Vec<String>) -> std::process::ExitStatus {
+        self.signal("TERM");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                break self.child.wait().unwrap();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        // The reader thread ends at the end of stderr, which closes the channel.
+        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(5)) {
+            seen.push(line);
+        }
+        status
     }
 
     pub fn signal(&self, name: &str) {
