@@ -7,7 +7,7 @@
 use std::hint::black_box;
 
 use cedargate::config::Config;
-use cedargate::model::{Extra, RouteRequest, Secret, Target, ToolCall};
+use cedargate::model::{Extra, RouteRequest, Secret, Target, ToolCall, Wire};
 use cedargate::policy::{Query, Resource};
 use cedargate::App;
 use criterion::{criterion_group, criterion_main, Criterion};
@@ -49,7 +49,9 @@ fn decision_path(c: &mut Criterion) {
     for (name, authorization, target) in cases {
         group.bench_function(name, |b| {
             b.iter(|| {
-                runtime.block_on(engine.check(black_box(authorization), black_box(target), &facts)).unwrap()
+                runtime
+                    .block_on(engine.check(Wire::Grpc, black_box(authorization), black_box(target), &facts))
+                    .unwrap()
             })
         });
     }

@@ -9,7 +9,7 @@ use std::hint::black_box;
 
 use cedargate::config::Config;
 use cedargate::credential::{ClaimMapping, CredentialResolver, IssuerSettings, JwtResolver, KeySource};
-use cedargate::model::{unix_now, Credential, Extra, RouteRequest, Scheme, SecretDigest, Target};
+use cedargate::model::{unix_now, Credential, Extra, RouteRequest, Scheme, SecretDigest, Target, Wire};
 use cedargate::App;
 use criterion::{criterion_group, criterion_main, Criterion};
 use jsonwebtoken::jwk::{Jwk, JwkSet};
@@ -82,10 +82,14 @@ fn oauth(c: &mut Criterion) {
         ("jwt_cached", jwt_header.as_str()),
         ("introspected_cached", "Bearer opaque-token"),
     ] {
-        let first = runtime.block_on(engine.check(authorization, &profile, &facts)).unwrap();
+        let first = runtime.block_on(engine.check(Wire::Grpc, authorization, &profile, &facts)).unwrap();
         assert!(first.allowed(), "{name}: {}", first.reason);
         group.bench_function(name, |b| {
-            b.iter(|| runtime.block_on(engine.check(black_box(authorization), &profile, &facts)).unwrap())
+            b.iter(|| {
+                runtime
+                    .block_on(engine.check(Wire::Grpc, black_box(authorization), &profile, &facts))
+                    .unwrap()
+            })
         });
     }
     group.finish();

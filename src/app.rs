@@ -36,6 +36,8 @@ use crate::route::RouteTable;
 use crate::session::{
     Account, LimitRule, MemoryRateLimiter, MemorySessionStore, SessionManager, SessionSettings,
 };
+use crate::telemetry::decision_log::DecisionLog;
+use crate::telemetry::metrics::metrics;
 
 /// How often expired sessions and rate-limit windows are dropped.
 const PURGE_INTERVAL: Duration = Duration::from_secs(60);
@@ -178,8 +180,14 @@ impl App {
             max_authorization_bytes: config.limits.max_authorization_bytes,
             max_batch_targets: config.limits.max_batch_targets,
             resource_metadata: config.protected_resource.as_ref().map(|resource| resource.metadata_url()),
+            decision_log: Arc::new(
+                DecisionLog::open(&config.decision_log_settings())
+                    .map_err(|error| AppError::Setup(format!("decision_log: {error}")))?,
+            ),
         };
         let engine = Arc::new(Engine::new(chain, policies, routes, settings));
+        let snapshot = engine.policies().snapshot();
+        metrics().policies_loaded(snapshot.revision(), snapshot.policy_count());
         tracing::info!(
             policies = engine.policies().snapshot().policy_count(),
             revision = engine.policies().snapshot().revision(),

@@ -17,12 +17,14 @@ mod gateway;
 pub mod init;
 mod listen;
 mod sessions;
+mod telemetry;
 mod values;
 
 pub use credentials::*;
 pub use gateway::*;
 pub use listen::*;
 pub use sessions::*;
+pub use telemetry::*;
 pub use values::*;
 
 /// The configuration the binary serves when given no file.
@@ -111,6 +113,12 @@ pub struct Config {
     /// The OAuth protected resource cedargate guards (RFC 9728): served as metadata on the
     /// HTTP port and named in every bearer challenge.
     pub protected_resource: Option<ProtectedResourceConfig>,
+    /// OpenTelemetry export (OTLP); the `OTEL_*` environment variables override it.
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
+    /// One record per decision (`docs/decision-log.md`).
+    #[serde(default)]
+    pub decision_log: DecisionLogConfig,
     /// The file this came from (set by the loader), to resolve relative paths and for errors.
     #[serde(skip)]
     pub source: String,
@@ -231,6 +239,14 @@ impl Config {
         Some(base.join(dir))
     }
 
+    /// `path` resolved against the config file's directory.
+    pub fn resolve(&self, path: &Path) -> PathBuf {
+        if path.is_absolute() || self.source.starts_with('<') {
+            return path.to_path_buf();
+        }
+        Path::new(&self.source).parent().unwrap_or_else(|| Path::new(".")).join(path)
+    }
+
     /// Where the policy commands (`policy validate`, `fmt`, `test`) look without a directory:
     /// the policy directory, else `./policies`.
     pub fn policy_dir_or_default(&self) -> PathBuf {
@@ -259,6 +275,35 @@ impl Config {
                 "limits.max_authorization_bytes".into(),
                 "must be at least 16".into(),
             );
+        }
+        let log = &self.decision_log;
+        if !(0.0..=1.0).contains(&log.allow_sample_rate) {
+            report(
+                "allow_sample_rate",
+                "decision_log.allow_sample_rate".into(),
+                "must be between 0 and 1".into(),
+            );
+        }
+        match (&log.to, &log.path) {
+            (crate::telemetry::decision_log::Destination::File, None) => {
+                report("decision_log", "decision_log.path".into(), "is required with `to: file`".into());
+            }
+            (crate::telemetry::decision_log::Destination::Otlp, _)
+                if self.telemetry.otlp.is_none()
+                    && std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").is_none() =>
+            {
+                report(
+                    "decision_log",
+                    "decision_log.to".into(),
+                    "`otlp` needs telemetry.otlp.endpoint or OTEL_EXPORTER_OTLP_ENDPOINT".into(),
+                );
+            }
+            _ => {}
+        }
+        for (index, path) in log.mask.iter().enumerate() {
+            if path.is_empty() || path.split('.').any(str::is_empty) {
+                report("mask", format!("decision_log.mask[{index}]"), "is not a dotted field path".into());
+            }
         }
         if self.limits.max_batch_targets == 0 {
             report("max_batch_targets", "limits.max_batch_targets".into(), "must be at least 1".into());

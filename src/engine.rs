@@ -1,14 +1,22 @@
 //! The decision pipeline: `Authorization` value → credential → AuthInfo → policies →
 //! [`Decision`], with the challenge a client needs and one structured log event per decision.
 
+pub mod record;
+
 use std::sync::Arc;
+use std::time::Instant;
+
+use tracing::Instrument as _;
 
 use crate::credential::{parse_authorization, CredentialChain, CredentialError};
 use crate::model::{
-    unix_now, AuthInfo, Decision, Extra, McpKind, Outcome, Scheme, SecretDigest, ShadowDecision, Target,
+    unix_now, AuthInfo, Decision, Extra, McpKind, Outcome, Scheme, SecretDigest, ShadowDecision, Target, Wire,
 };
 use crate::policy::{Explanation, PolicyEngine, Query, Resource, Verdict};
 use crate::route::{self, RouteTable, TargetError};
+use crate::telemetry::decision_log::DecisionLog;
+use crate::telemetry::metrics::metrics;
+use crate::telemetry::trace;
 
 /// Knobs of the pipeline.
 #[derive(Debug, Clone)]
@@ -21,6 +29,8 @@ pub struct EngineSettings {
     pub max_batch_targets: usize,
     /// The RFC 9728 protected resource metadata URL that bearer challenges point clients to.
     pub resource_metadata: Option<String>,
+    /// Where decision records go.
+    pub decision_log: Arc<DecisionLog>,
 }
 
 impl Default for EngineSettings {
@@ -30,7 +40,25 @@ impl Default for EngineSettings {
             max_authorization_bytes: 8 * 1024,
             max_batch_targets: 1000,
             resource_metadata: None,
+            decision_log: Arc::new(DecisionLog::default()),
         }
+    }
+}
+
+/// One check as a wire sees it: where it came from and when it started, for the decision
+/// record and the metrics.
+#[derive(Debug, Clone, Copy)]
+pub struct Call {
+    /// The wire.
+    pub wire: Wire,
+    /// When the wire received it.
+    pub started: Instant,
+}
+
+impl Call {
+    /// A check that starts now.
+    pub fn now(wire: Wire) -> Self {
+        Self { wire, started: Instant::now() }
     }
 }
 
@@ -123,8 +151,21 @@ impl Engine {
             }
         };
         let fingerprint = credential.digest.fingerprint();
-        match self.credentials.resolve(&credential, now).await {
-            Ok(auth) => Authentication::Authenticated { auth, scheme: credential.scheme, fingerprint },
+        let span = tracing::info_span!(
+            target: trace::TARGET,
+            "cedargate.credential.resolve",
+            otel.kind = "internal",
+            cedargate.credential.cache = "none",
+            cedargate.credential.kind = tracing::field::Empty,
+        );
+        let started = Instant::now();
+        let resolved = self.credentials.resolve(&credential, now).instrument(span.clone()).await;
+        metrics().stage("credential", started.elapsed());
+        match resolved {
+            Ok(auth) => {
+                span.record("cedargate.credential.kind", auth.kind.as_str());
+                Authentication::Authenticated { auth, scheme: credential.scheme, fingerprint }
+            }
             Err(error) => Authentication::Failed { scheme: Some(credential.scheme), error, fingerprint },
         }
     }
@@ -134,13 +175,16 @@ impl Engine {
     /// Fails only when the target itself is malformed (no target, bad method or path).
     pub async fn check(
         &self,
+        wire: Wire,
         authorization: &str,
         target: &Target,
         facts: &Extra,
     ) -> Result<Decision, TargetError> {
+        let call = Call::now(wire);
+        let _in_flight = metrics().in_flight(wire);
         let prepared = self.prepare(target)?;
         let authentication = self.authenticate(authorization).await;
-        Ok(self.decide(&authentication, &prepared, facts, unix_now()))
+        Ok(self.decide(&authentication, target, &prepared, facts, unix_now(), Some(call)))
     }
 
     /// Decides one target for an identity already established, so a batch resolves its
@@ -149,15 +193,17 @@ impl Engine {
     /// Fails only when the target is malformed.
     pub fn check_authenticated(
         &self,
+        call: Call,
         authentication: &Authentication,
         target: &Target,
         facts: &Extra,
     ) -> Result<Decision, TargetError> {
-        Ok(self.decide(authentication, &self.prepare(target)?, facts, unix_now()))
+        Ok(self.decide(authentication, target, &self.prepare(target)?, facts, unix_now(), Some(call)))
     }
 
     /// [`Engine::check_authenticated`] with the policies' clock (`context.now`) frozen at
-    /// `now` (unix seconds), for policy tests; the request path always uses the real clock.
+    /// `now` (unix seconds), for policy tests and replay; the request path always uses the real
+    /// clock. Writes no decision record and counts no decision: nothing is let through.
     ///
     /// Fails only when the target is malformed.
     pub fn check_authenticated_at(
@@ -167,7 +213,7 @@ impl Engine {
         facts: &Extra,
         now: i64,
     ) -> Result<Decision, TargetError> {
-        Ok(self.decide(authentication, &self.prepare(target)?, facts, now))
+        Ok(self.decide(authentication, target, &self.prepare(target)?, facts, now, None))
     }
 
     /// Decides one target for an identity as [`Engine::check_authenticated`] does, at `now`
@@ -275,11 +321,14 @@ impl Engine {
     fn decide(
         &self,
         authentication: &Authentication,
+        asked: &Target,
         target: &PreparedTarget<'_>,
         facts: &Extra,
         now: i64,
+        call: Option<Call>,
     ) -> Decision {
         let decision_id = new_decision_id();
+        let mut revision: Option<Arc<str>> = None;
         let fingerprint = authentication.fingerprint().map(str::to_owned);
         let decision = match authentication {
             Authentication::Failed { error, .. } => {
@@ -304,6 +353,7 @@ impl Engine {
             }
             Authentication::Anonymous => {
                 let verdict = self.evaluate(None, target, facts, now);
+                revision = Some(Arc::clone(&verdict.revision));
                 let (outcome, www_authenticate) = if verdict.allowed {
                     (Outcome::Allowed, None)
                 } else {
@@ -313,6 +363,7 @@ impl Engine {
             }
             Authentication::Authenticated { auth, scheme, .. } => {
                 let verdict = self.evaluate(Some(auth), target, facts, now);
+                revision = Some(Arc::clone(&verdict.revision));
                 let (outcome, www_authenticate) = if verdict.allowed {
                     (Outcome::Allowed, None)
                 } else if verdict.required_scopes.is_empty() {
@@ -335,7 +386,33 @@ impl Engine {
                 )
             }
         };
-        log_decision(&decision, target);
+        if let Some(call) = call {
+            let elapsed = call.started.elapsed();
+            let credential_kind = match authentication {
+                Authentication::Anonymous => "anonymous",
+                Authentication::Authenticated { auth, .. } => auth.kind.as_str(),
+                Authentication::Failed { .. } => "unresolved",
+            };
+            metrics().decision(call.wire, decision.outcome, credential_kind, elapsed);
+            if decision.shadow.is_some() {
+                metrics().shadow_disagreement();
+            }
+            trace::record("cedargate.decision.outcome", decision.outcome.as_str());
+            trace::record("cedargate.decision.id", &decision.decision_id);
+            if self.settings.decision_log.wants(decision.allowed()) {
+                let facts = record::Facts {
+                    wire: call.wire,
+                    authentication,
+                    target: asked,
+                    prepared: target,
+                    facts,
+                    revision: revision.as_deref().unwrap_or(""),
+                    evaluated_at: now,
+                    elapsed,
+                };
+                self.settings.decision_log.write(record::record(&decision, &facts));
+            }
+        }
         decision
     }
 
@@ -346,7 +423,18 @@ impl Engine {
         facts: &Extra,
         now: i64,
     ) -> Verdict {
-        self.policies.evaluate(&Query { auth, resource: resource_of(target), facts, now })
+        let span = tracing::info_span!(
+            target: trace::TARGET,
+            "cedargate.policy.evaluate",
+            otel.kind = "internal",
+            cedargate.policy.revision = tracing::field::Empty,
+        );
+        let _entered = span.enter();
+        let started = Instant::now();
+        let verdict = self.policies.evaluate(&Query { auth, resource: resource_of(target), facts, now });
+        metrics().stage("policy", started.elapsed());
+        span.record("cedargate.policy.revision", &*verdict.revision);
+        verdict
     }
 
     /// The challenge for a caller who is not authenticated: `invalid_token` when a credential
@@ -514,32 +602,6 @@ fn quoted_string(text: &str) -> String {
         out.push(character);
     }
     out
-}
-
-/// One structured event per decision. Carries the fingerprint, never the credential.
-fn log_decision(decision: &Decision, target: &PreparedTarget<'_>) {
-    if !tracing::enabled!(target: "cedargate::decision", tracing::Level::INFO) {
-        return;
-    }
-    let (kind, name) = match target {
-        PreparedTarget::Route(route) => ("route", format!("{} {}", route.method, route.path)),
-        PreparedTarget::Mcp { kind, name, .. } => (kind.as_str(), (*name).to_owned()),
-    };
-    tracing::info!(
-        target: "cedargate::decision",
-        decision_id = %decision.decision_id,
-        outcome = decision.outcome.as_str(),
-        target_kind = kind,
-        request = %crate::model::quote(&name),
-        subject = decision.auth_info.as_ref().map_or("", |auth| auth.subject.as_str()),
-        credential_kind = decision.auth_info.as_ref().map_or("", |auth| auth.kind.as_str()),
-        fingerprint = decision.credential_fingerprint.as_deref().unwrap_or(""),
-        policy_ids = ?decision.policy_ids,
-        reason = %decision.reason,
-        errors = decision.errors.len(),
-        shadow_outcome = decision.shadow.as_ref().map_or("", |shadow| shadow.outcome.as_str()),
-        shadow_policy_ids = ?decision.shadow.as_ref().map(|shadow| &shadow.policy_ids),
-    );
 }
 
 #[cfg(test)]

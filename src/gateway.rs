@@ -24,22 +24,12 @@ const OVERRIDE_HEADERS: [&str; 5] =
     ["x-http-method-override", "x-http-method", "x-method-override", "x-original-url", "x-rewrite-url"];
 const OVERRIDE_QUERY: &str = "_method";
 
-/// Which wire a gateway request came over: what the proxy can be asked to change differs.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum Wire {
-    /// Envoy ext_authz over gRPC: headers and query parameters can be removed.
-    #[default]
-    EnvoyGrpc,
-    /// Envoy ext_authz in HTTP mode (`/ext_authz`): headers only.
-    EnvoyHttp,
-    /// nginx `auth_request`, Traefik `forwardAuth` (`/auth/verify`): headers only.
-    ForwardAuth,
-}
+pub use crate::model::Wire;
 
-impl Wire {
-    fn removes_query_parameters(self) -> bool {
-        self == Wire::EnvoyGrpc
-    }
+/// What the proxy of a wire can be asked to change differs: only Envoy's gRPC ext_authz
+/// removes query parameters.
+fn removes_query_parameters(wire: Wire) -> bool {
+    wire == Wire::EnvoyGrpc
 }
 
 /// A request as the gateway saw it.
@@ -271,7 +261,7 @@ impl Gateway {
             Err(error) => return invalid(jsonrpc(error.id), error.code, &error.message),
         };
         let facts = facts(request, mcp_method.as_deref());
-        match self.engine.check(&authorization, &target, &facts).await {
+        match self.engine.check(request.wire, &authorization, &target, &facts).await {
             Ok(decision) if decision.allowed() => self.allow(decision, request, source),
             Ok(decision) => deny(decision, jsonrpc(id)),
             Err(error) => invalid(jsonrpc(id), mcp::code::INVALID_PARAMS, &error.to_string()),
@@ -373,7 +363,7 @@ impl Gateway {
                 if raw_key != name {
                     return Err("the API key's query parameter name is percent-encoded: send it as is");
                 }
-                if self.settings.strip_authorization && !request.wire.removes_query_parameters() {
+                if self.settings.strip_authorization && !removes_query_parameters(request.wire) {
                     return Err(
                         "an API key in the query cannot be removed before the request goes upstream \
                                 on this wire: send it in a header",

@@ -9,7 +9,7 @@ use anyhow::{bail, Context};
 use cedargate::authoring::{self, ReportFormat, TestOptions};
 use cedargate::config::Config;
 use cedargate::engine::Authentication;
-use cedargate::model::{Outcome, RouteRequest, Scheme, SecretDigest, Target, ToolCall};
+use cedargate::model::{Outcome, RouteRequest, Scheme, SecretDigest, Target, ToolCall, Wire};
 use cedargate::policy::{self, PolicySources, ReportStyle, Severity};
 use cedargate::telemetry::{self, LogFormat};
 use cedargate::App;
@@ -219,18 +219,25 @@ fn main() -> ExitCode {
 fn real_main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Serve) {
-        Command::Serve => {
-            let _guard = telemetry::init(cli.log_format);
-            serve(load_config(cli.config.as_ref())?)?;
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Serve => match load_config(cli.config.as_ref()) {
+            Ok(config) => serve(cli.log_format, config),
+            Err(error) => {
+                // In the log's own format: with --log-format json every line is JSON.
+                let _guard = telemetry::init(cli.log_format);
+                tracing::error!("{error:#}");
+                Ok(ExitCode::from(2))
+            }
+        },
         Command::Check { authorization, request } => {
             let (target, facts) = request.parse()?;
             let config = load_config(cli.config.as_ref())?;
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             let decision = runtime.block_on(async {
                 let app = App::build(config)?;
-                app.engine().check(&authorization, &target, &facts).await.map_err(anyhow::Error::from)
+                app.engine()
+                    .check(Wire::Cli, &authorization, &target, &facts)
+                    .await
+                    .map_err(anyhow::Error::from)
             })?;
             let allowed = decision.allowed();
             println!("{}", serde_json::to_string_pretty(&cedargate::api::json::decision_json(decision)?)?);
@@ -407,20 +414,39 @@ fn load_config(path: Option<&PathBuf>) -> anyhow::Result<Config> {
     })
 }
 
-fn serve(config: Config) -> anyhow::Result<()> {
+/// Serves until a signal; every failure is logged (in the log's format), then exit code 2.
+fn serve(log_format: LogFormat, config: Config) -> anyhow::Result<ExitCode> {
     // Password checks run on the blocking pool; an idle thread exits after a second, and with
     // it the allocator's cache of its 19 MiB argon2 buffers.
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_keep_alive(std::time::Duration::from_secs(1))
         .build()?;
-    runtime.block_on(async {
-        let app = Arc::new(App::build(config)?);
-        #[cfg(unix)]
-        tokio::spawn(Arc::clone(&app).reload_on_sighup_task());
-        app.run(shutdown_signal()).await?;
-        Ok(())
-    })
+    Ok(runtime.block_on(async {
+        // Inside the runtime: the OTLP exporters are its tasks. Before the app: its parts
+        // record metrics from the start.
+        let _telemetry = match telemetry::init_with_export(log_format, &config.telemetry_settings()) {
+            Ok(telemetry) => telemetry,
+            Err(error) => {
+                let _guard = telemetry::init(log_format);
+                tracing::error!("{error}");
+                return ExitCode::from(2);
+            }
+        };
+        let run = async {
+            let app = Arc::new(App::build(config)?);
+            #[cfg(unix)]
+            tokio::spawn(Arc::clone(&app).reload_on_sighup_task());
+            app.run(shutdown_signal()).await
+        };
+        match run.await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                tracing::error!("{error}");
+                ExitCode::from(2)
+            }
+        }
+    }))
 }
 
 /// Completes on ctrl-c or SIGTERM.

@@ -119,6 +119,35 @@ impl Credential {
     }
 }
 
+/// The wire a check came over: a bounded label of metrics and the decision log.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum Wire {
+    /// cedargate's own gRPC `Authorizer` API (`Check`, `BatchCheck`).
+    Grpc,
+    /// Envoy ext_authz over gRPC: headers and query parameters can be removed.
+    #[default]
+    EnvoyGrpc,
+    /// Envoy ext_authz in HTTP mode (`/ext_authz`): headers only.
+    EnvoyHttp,
+    /// nginx `auth_request`, Traefik `forwardAuth` (`/auth/verify`): headers only.
+    ForwardAuth,
+    /// `cedargate check` on the command line.
+    Cli,
+}
+
+impl Wire {
+    /// The label: `grpc`, `envoy_grpc`, `envoy_http`, `forward_auth`, `cli`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Wire::Grpc => "grpc",
+            Wire::EnvoyGrpc => "envoy_grpc",
+            Wire::EnvoyHttp => "envoy_http",
+            Wire::ForwardAuth => "forward_auth",
+            Wire::Cli => "cli",
+        }
+    }
+}
+
 /// Which kind of backend vouched for an identity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum CredentialKind {

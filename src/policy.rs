@@ -90,6 +90,8 @@ pub struct Verdict {
     pub errors: Vec<String>,
     /// Set only when the `@shadow` policies, enforced, would have decided otherwise.
     pub shadow: Option<ShadowVerdict>,
+    /// The revision of the policy set that decided.
+    pub revision: Arc<str>,
 }
 
 /// What the decision would have been with the `@shadow` policies enforced, when that differs.
@@ -132,7 +134,7 @@ pub struct PolicySnapshot {
     /// Where each policy starts in its file.
     locations: HashMap<PolicyId, PolicyLocation>,
     /// Short SHA-256 of all sources (schema, policies, entities), to tell which set decided.
-    revision: String,
+    revision: Arc<str>,
 }
 
 impl PolicySnapshot {
@@ -284,6 +286,7 @@ impl PolicyEngine {
                     required_scopes: Vec::new(),
                     errors: vec![error],
                     shadow: None,
+                    revision: Arc::clone(&snapshot.revision),
                 };
                 return (verdict, None);
             }
@@ -361,6 +364,7 @@ fn verdict_from(
             required_scopes: Vec::new(),
             errors,
             shadow: None,
+            revision: Arc::clone(&snapshot.revision),
         };
     }
     if decision == CedarDecision::Deny && !determining.is_empty() {
@@ -374,6 +378,7 @@ fn verdict_from(
             required_scopes,
             errors,
             shadow: None,
+            revision: Arc::clone(&snapshot.revision),
         };
     }
     if let Some(first_error) = errors.first() {
@@ -386,6 +391,7 @@ fn verdict_from(
             required_scopes: Vec::new(),
             errors,
             shadow: None,
+            revision: Arc::clone(&snapshot.revision),
         };
     }
     Verdict {
@@ -395,6 +401,7 @@ fn verdict_from(
         required_scopes: Vec::new(),
         errors,
         shadow: None,
+        revision: Arc::clone(&snapshot.revision),
     }
 }
 

@@ -5,6 +5,7 @@ mod rate_limit;
 mod store;
 
 use crate::model::{ClientAddress, Refusal};
+use crate::telemetry::metrics::metrics;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -205,6 +206,7 @@ impl SessionManager {
                 for reserved in keys.iter().take(index) {
                     self.limiter.finish(reserved, false).await;
                 }
+                metrics().login("rate_limited");
                 return Err(SessionError::RateLimited { retry_after });
             }
         }
@@ -225,12 +227,14 @@ impl SessionManager {
         }
         let Some(account) = account.filter(|_| verified) else {
             tracing::info!(username = %crate::model::quote(username), "login failed");
+            metrics().login("failure");
             return Err(SessionError::InvalidLogin);
         };
         // A success forgets the username's failures (not the address's).
         for key in keys.iter().filter(|key| matches!(key, LoginKey::Username(_))) {
             self.limiter.clear(key).await;
         }
+        metrics().login("success");
         self.open(username, &account.identity, rand::random()).await
     }
 

@@ -12,7 +12,8 @@ use std::path::{Path, PathBuf};
 /// Keep in step with ARCHITECTURE.md.
 const LAYERS: &[&[&str]] = &[
     &["model"],
-    &["route", "credential", "policy", "telemetry"],
+    &["telemetry"],
+    &["route", "credential", "policy"],
     &["session"],
     &["engine"],
     &["config"],
@@ -38,6 +39,13 @@ const CONFINED: &[(&str, &[&str])] = &[
     ("reqwest", &["credential", "app"]),
     ("quick_junit", &["authoring"]),
     ("glob", &["authoring"]),
+    ("opentelemetry", &["telemetry"]),
+    ("opentelemetry_sdk", &["telemetry"]),
+    ("opentelemetry_otlp", &["telemetry"]),
+    ("opentelemetry_prometheus", &["telemetry"]),
+    ("prometheus", &["telemetry"]),
+    ("tracing_opentelemetry", &["telemetry"]),
+    ("tracing_appender", &["telemetry"]),
 ];
 
 fn layer_of(module: &str) -> Option<usize> {

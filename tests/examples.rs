@@ -22,7 +22,8 @@ async fn the_envoy_example_cedargate_config_builds_and_challenges_with_its_metad
         path: "/user/profile".into(),
         template: None,
     });
-    let decision = app.engine().check("", &target, &Default::default()).await.unwrap();
+    let decision =
+        app.engine().check(cedargate::model::Wire::Grpc, "", &target, &Default::default()).await.unwrap();
     assert_eq!(
         decision.www_authenticate.as_deref(),
         Some(

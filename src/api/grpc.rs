@@ -5,18 +5,21 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use tonic::{Request, Response, Status};
+use tracing::Instrument as _;
 
 use super::admin::{check_admin, AdminRefusal};
 use super::json::{extra_to_struct, struct_to_extra};
 use super::proto;
-use crate::engine::{Authentication, Engine};
+use crate::engine::{Authentication, Call, Engine};
 use crate::gateway::TrustedProxies;
 use crate::model::{
-    AuthInfo, Decision, McpRequest, Outcome, Refusal, RouteRequest, Secret, Target, ToolCall,
+    AuthInfo, Decision, McpRequest, Outcome, Refusal, RouteRequest, Secret, Target, ToolCall, Wire,
 };
 use crate::policy::{PolicyReloader, PolicyStatus, ReloadTrigger};
 use crate::route::TargetError;
 use crate::session::{SessionError, SessionManager, SessionTokens};
+use crate::telemetry::metrics::metrics;
+use crate::telemetry::trace;
 
 /// `cedargate.v1.Authorizer`.
 #[derive(Debug, Clone)]
@@ -184,35 +187,53 @@ impl proto::authorizer_server::Authorizer for AuthorizerService {
         &self,
         request: Request<proto::CheckRequest>,
     ) -> Result<Response<proto::CheckResponse>, Status> {
-        let request = request.into_inner();
-        let target = target_from_proto(request.target.as_ref()).map_err(|error| target_status(&error))?;
-        let facts = struct_to_extra(request.context.as_ref()).map_err(|error| target_status(&error))?;
-        let decision = self
-            .engine
-            .check(&request.authorization, &target, &facts)
-            .await
-            .map_err(|error| target_status(&error))?;
-        Ok(Response::new(decision_to_proto(decision)))
+        let span = rpc_span("cedargate.v1.Authorizer", "Check", request.metadata());
+        let answer = async {
+            let request = request.into_inner();
+            let target = target_from_proto(request.target.as_ref()).map_err(|error| target_status(&error))?;
+            let facts = struct_to_extra(request.context.as_ref()).map_err(|error| target_status(&error))?;
+            let decision = self
+                .engine
+                .check(Wire::Grpc, &request.authorization, &target, &facts)
+                .await
+                .map_err(|error| target_status(&error))?;
+            Ok(Response::new(decision_to_proto(decision)))
+        }
+        .instrument(span.clone())
+        .await;
+        record_status(&span, &answer);
+        answer
     }
 
     async fn batch_check(
         &self,
         request: Request<proto::BatchCheckRequest>,
     ) -> Result<Response<proto::BatchCheckResponse>, Status> {
-        let request = request.into_inner();
-        self.engine.check_batch_size(request.targets.len()).map_err(|error| target_status(&error))?;
-        let facts = struct_to_extra(request.context.as_ref()).map_err(|error| target_status(&error))?;
-        let authentication = self.engine.authenticate(&request.authorization).await;
-        let results = request
-            .targets
-            .iter()
-            .map(|target| {
-                target_from_proto(Some(target))
-                    .and_then(|target| self.engine.check_authenticated(&authentication, &target, &facts))
-                    .map_or_else(|error| invalid_target_to_proto(&error), decision_to_proto)
-            })
-            .collect();
-        Ok(Response::new(proto::BatchCheckResponse { results }))
+        let span = rpc_span("cedargate.v1.Authorizer", "BatchCheck", request.metadata());
+        let answer = async {
+            let call = Call::now(Wire::Grpc);
+            let _in_flight = metrics().in_flight(Wire::Grpc);
+            let request = request.into_inner();
+            self.engine.check_batch_size(request.targets.len()).map_err(|error| target_status(&error))?;
+            let facts = struct_to_extra(request.context.as_ref()).map_err(|error| target_status(&error))?;
+            let authentication = self.engine.authenticate(&request.authorization).await;
+            let results = request
+                .targets
+                .iter()
+                .map(|target| {
+                    target_from_proto(Some(target))
+                        .and_then(|target| {
+                            self.engine.check_authenticated(call, &authentication, &target, &facts)
+                        })
+                        .map_or_else(|error| invalid_target_to_proto(&error), decision_to_proto)
+                })
+                .collect();
+            Ok(Response::new(proto::BatchCheckResponse { results }))
+        }
+        .instrument(span.clone())
+        .await;
+        record_status(&span, &answer);
+        answer
     }
 
     async fn introspect(
@@ -377,4 +398,36 @@ impl proto::admin_server::Admin for AdminService {
         self.authorize(&request)?;
         Ok(Response::new(policy_status_to_proto(&self.policies.status())))
     }
+}
+
+/// The server span of one RPC (OpenTelemetry RPC conventions), a child of the caller's trace
+/// when its metadata carries a W3C `traceparent`.
+pub(crate) fn rpc_span(
+    service: &'static str,
+    method: &'static str,
+    metadata: &tonic::metadata::MetadataMap,
+) -> tracing::Span {
+    let span = tracing::info_span!(
+        target: trace::TARGET,
+        "rpc",
+        otel.name = format_args!("{service}/{method}"),
+        otel.kind = "server",
+        rpc.system = "grpc",
+        rpc.service = service,
+        rpc.method = method,
+        rpc.grpc.status_code = tracing::field::Empty,
+        cedargate.decision.outcome = tracing::field::Empty,
+        cedargate.decision.id = tracing::field::Empty,
+    );
+    trace::set_parent(&span, |name| metadata.get(name).and_then(|value| value.to_str().ok()));
+    span
+}
+
+/// `rpc.grpc.status_code` of the answer.
+pub(crate) fn record_status<T>(span: &tracing::Span, answer: &Result<T, Status>) {
+    let code = match answer {
+        Ok(_) => 0,
+        Err(status) => i32::from(status.code()),
+    };
+    span.record("rpc.grpc.status_code", code);
 }

@@ -26,6 +26,8 @@ use crate::model::ClientAddress;
 use crate::model::{Secret, SecretDigest};
 use crate::policy::PolicyReloader;
 use crate::session::{SessionError, SessionManager, SessionTokens};
+use crate::telemetry::trace;
+use tracing::Instrument as _;
 
 /// Largest request body accepted, in bytes.
 const MAX_BODY_BYTES: usize = 16 * 1024;
@@ -84,6 +86,39 @@ impl ProtectedResource {
     }
 }
 
+/// The server span of one request (OpenTelemetry HTTP conventions: `{method} {route}`), a
+/// child of the caller's trace when it sends a W3C `traceparent`. Health checks and scrapes
+/// are routed outside it.
+async fn traced(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let route = request.extensions().get::<axum::extract::MatchedPath>().map_or("", |path| path.as_str());
+    let span = tracing::info_span!(
+        target: trace::TARGET,
+        "http",
+        otel.name = format_args!("{} {route}", request.method()),
+        otel.kind = "server",
+        http.request.method = %request.method(),
+        http.route = route,
+        http.response.status_code = tracing::field::Empty,
+        cedargate.decision.outcome = tracing::field::Empty,
+        cedargate.decision.id = tracing::field::Empty,
+    );
+    if span.is_disabled() {
+        return next.run(request).await;
+    }
+    trace::set_parent(&span, |name| request.headers().get(name).and_then(|value| value.to_str().ok()));
+    let response = next.run(request).instrument(span.clone()).await;
+    span.record("http.response.status_code", response.status().as_u16());
+    response
+}
+
+/// Every metric in the Prometheus text format.
+async fn prometheus_metrics() -> Response {
+    let text =
+        tokio::task::spawn_blocking(crate::telemetry::metrics::prometheus_text).await.unwrap_or_default();
+    ([(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"))], text)
+        .into_response()
+}
+
 /// The HTTP routes.
 pub fn router(state: HttpState) -> Router {
     let gateway_body = DefaultBodyLimit::max(state.max_gateway_body_bytes.saturating_add(1));
@@ -91,8 +126,6 @@ pub fn router(state: HttpState) -> Router {
         .route("/auth/login", post(login))
         .route("/auth/refresh", post(refresh))
         .route("/auth/logout", post(logout))
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
         .route("/policies/status", get(policy_status))
         .route(WELL_KNOWN_RESOURCE, get(resource_metadata))
         .route(&format!("{WELL_KNOWN_RESOURCE}/{{*path}}"), get(resource_metadata_at))
@@ -100,6 +133,10 @@ pub fn router(state: HttpState) -> Router {
         .route("/ext_authz/", any(envoy_check).layer(gateway_body))
         .route("/ext_authz/{*path}", any(envoy_check).layer(gateway_body))
         .route("/auth/verify", any(forward_auth).layer(gateway_body))
+        .layer(axum::middleware::from_fn(traced))
+        .route("/metrics", get(prometheus_metrics))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(super::panic::http_layer())
         .with_state(state)

@@ -7,6 +7,9 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use dashmap::DashMap;
+
+use crate::telemetry::metrics::metrics;
+use crate::telemetry::trace;
 use tokio::sync::OnceCell;
 
 use super::{CredentialError, CredentialResolver, Resolution};
@@ -60,14 +63,22 @@ impl CachedResolver {
 
     /// Forgets the cached answer for a token digest; true if there was one.
     pub fn evict(&self, digest: &SecretDigest) -> bool {
-        self.entries.remove(digest).is_some()
+        let evicted = self.entries.remove(digest).is_some();
+        if evicted {
+            metrics().cache_entries(-1, Some("evicted"));
+        }
+        evicted
     }
 
     /// Forgets every cached answer whose digest has this fingerprint; how many.
     pub fn evict_fingerprint(&self, fingerprint: &str) -> usize {
         let before = self.entries.len();
         self.entries.retain(|digest, _| digest.fingerprint() != fingerprint);
-        before.saturating_sub(self.entries.len())
+        let evicted = before.saturating_sub(self.entries.len());
+        if evicted > 0 {
+            metrics().cache_entries(-count(evicted), Some("evicted"));
+        }
+        evicted
     }
 
     /// Number of cached answers.
@@ -106,18 +117,25 @@ impl CachedResolver {
         };
         if self.entries.len() >= self.settings.max_entries {
             let now = Instant::now();
+            let before = self.entries.len();
             self.entries.retain(|_, entry| entry.until > now);
+            metrics().cache_entries(-count(before.saturating_sub(self.entries.len())), Some("expired"));
             if self.entries.len() >= self.settings.max_entries {
                 // Still full of live entries: drop the ones closest to expiry.
                 let mut untils: Vec<(SecretDigest, Instant)> =
                     self.entries.iter().map(|entry| (*entry.key(), entry.until)).collect();
                 untils.sort_unstable_by_key(|(_, until)| *until);
                 for (digest, _) in untils.iter().take(self.settings.max_entries / 10 + 1) {
-                    self.entries.remove(digest);
+                    if self.entries.remove(digest).is_some() {
+                        metrics().cache_entries(-1, Some("capacity"));
+                    }
                 }
             }
         }
-        self.entries.insert(digest, Entry { answer: answer.clone(), until: Instant::now() + lifetime });
+        let entry = Entry { answer: answer.clone(), until: Instant::now() + lifetime };
+        if self.entries.insert(digest, entry).is_none() {
+            metrics().cache_entries(1, None);
+        }
     }
 }
 
@@ -131,9 +149,13 @@ impl CredentialResolver for CachedResolver {
         let digest = credential.digest;
         if let Some(entry) = self.entries.get(&digest) {
             if entry.until > Instant::now() {
+                metrics().cache_lookup(true);
+                trace::record("cedargate.credential.cache", "hit");
                 return entry.answer.clone();
             }
         }
+        metrics().cache_lookup(false);
+        trace::record("cedargate.credential.cache", "miss");
         let cell = Arc::clone(self.inflight.entry(digest).or_default().value());
         let answer = cell.get_or_init(|| async { self.inner.resolve(credential).await }).await.clone();
         // Store before retiring the cell, so a caller arriving in between finds one or the
@@ -143,6 +165,10 @@ impl CredentialResolver for CachedResolver {
         self.inflight.remove_if(&digest, |_, current| Arc::ptr_eq(current, &cell));
         answer
     }
+}
+
+fn count(entries: usize) -> i64 {
+    i64::try_from(entries).unwrap_or(i64::MAX)
 }
 
 /// Every token cache of the service, for eviction.

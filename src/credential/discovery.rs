@@ -32,7 +32,7 @@ fn metadata_urls(issuer: &str) -> Result<Vec<String>, String> {
 pub async fn discover(http: &reqwest::Client, issuer: &str) -> Result<Metadata, String> {
     let mut failures = Vec::new();
     for url in metadata_urls(issuer)? {
-        let answer = super::http::send_once_more_on_reset(http.get(&url)).await;
+        let answer = super::http::send("discovery", issuer, http.get(&url)).await;
         let metadata = match answer {
             Ok(response) if response.status().is_success() => response.json::<Metadata>().await,
             Ok(response) => {

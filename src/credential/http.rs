@@ -1,18 +1,61 @@
 //! What the backends that talk to authorization servers share about HTTP.
 
-/// Sends `request`, once more if the first attempt failed before any answer (typically a
-/// pooled connection the server had closed, as after a restart); never after a timeout.
-pub(crate) async fn send_once_more_on_reset(
+use std::time::Instant;
+
+use tracing::Instrument as _;
+
+use crate::telemetry::metrics::metrics;
+use crate::telemetry::trace;
+
+/// Sends `request` to an authorization server of `backend` (`introspection`, `jwks`,
+/// `discovery`) for `issuer` (configured, so a bounded label), once more if the first attempt
+/// failed before any answer (typically a pooled connection the server had closed, as after a
+/// restart); never after a timeout. A client span and the backend metrics record it; the span
+/// shows the URL without its query (the body, which may carry a token, never).
+pub(crate) async fn send(
+    backend: &'static str,
+    issuer: &str,
     request: reqwest::RequestBuilder,
 ) -> Result<reqwest::Response, reqwest::Error> {
-    let retry = request.try_clone();
-    match request.send().await {
-        Err(error) if !error.is_timeout() => match retry {
-            Some(retry) => retry.send().await,
-            None => Err(error),
-        },
-        answer => answer,
+    let (client, request) = request.build_split();
+    let request = request?;
+    let span = tracing::info_span!(
+        target: trace::TARGET,
+        "http.client",
+        otel.name = %request.method(),
+        otel.kind = "client",
+        http.request.method = %request.method(),
+        server.address = request.url().host_str().unwrap_or_default(),
+        server.port = request.url().port_or_known_default().unwrap_or_default(),
+        url.full = tracing::field::Empty,
+        http.response.status_code = tracing::field::Empty,
+        cedargate.backend = backend,
+    );
+    if !span.is_disabled() {
+        let mut url = request.url().clone();
+        url.set_query(None);
+        let _ = url.set_password(None);
+        span.record("url.full", url.as_str());
     }
+    let started = Instant::now();
+    let retry = request.try_clone();
+    let answer = async {
+        match client.execute(request).await {
+            Err(error) if !error.is_timeout() => match retry {
+                Some(retry) => client.execute(retry).await,
+                None => Err(error),
+            },
+            answer => answer,
+        }
+    }
+    .instrument(span.clone())
+    .await;
+    let ok = answer.as_ref().is_ok_and(|response| response.status().is_success());
+    metrics().backend_request(backend, issuer, ok, started.elapsed());
+    if let Ok(response) = &answer {
+        span.record("http.response.status_code", response.status().as_u16());
+    }
+    answer
 }
 
 /// A reqwest error with its causes, without the URL (the URL is config; the token is only ever

@@ -126,6 +126,14 @@ impl IntrospectionResolver {
         Self { settings, http, url }
     }
 
+    /// The metrics' `issuer` of this endpoint: the configured issuer, or the endpoint's URL.
+    fn issuer_label<'a>(&'a self, url: &'a str) -> &'a str {
+        match &self.settings.endpoint {
+            Endpoint::Discover(issuer) => issuer.as_str(),
+            Endpoint::Url(_) => url,
+        }
+    }
+
     /// The endpoint URL, discovering it on first use; a failed discovery is retried next time.
     async fn url(&self) -> Result<&str, CredentialError> {
         let url = self
@@ -224,8 +232,9 @@ impl CredentialResolver for IntrospectionResolver {
         // INVARIANT: errors are described without the request (reqwest's errors may carry the
         // URL and, for a form body, nothing else; the token is never formatted).
         let url = self.url().await?;
-        let response =
-            super::http::send_once_more_on_reset(self.request(url, token)?).await.map_err(|error| {
+        let response = super::http::send("introspection", self.issuer_label(url), self.request(url, token)?)
+            .await
+            .map_err(|error| {
                 if error.is_timeout() {
                     unavailable(format!("no answer within {} ms", self.settings.timeout.as_millis()))
                 } else {

@@ -294,7 +294,7 @@ impl JwtResolver {
                 metadata.jwks_uri.ok_or_else(|| "the issuer's metadata has no `jwks_uri`".to_owned())
             })
             .await?;
-        let response = super::http::send_once_more_on_reset(self.http.get(url))
+        let response = super::http::send("jwks", &issuer.settings.issuer, self.http.get(url))
             .await
             .map_err(|error| format!("GET {url}: {}", super::http::describe(&error)))?
             .error_for_status()

@@ -40,10 +40,12 @@ async fn a_route_generated_tool_gets_exactly_its_routes_decision() {
     for authorization in credentials {
         for path in routes {
             for method in ["GET", "POST", "DELETE"] {
-                let by_route =
-                    engine.check(authorization, &route(method, path), &Extra::new()).await.unwrap();
+                let by_route = engine
+                    .check(Wire::Grpc, authorization, &route(method, path), &Extra::new())
+                    .await
+                    .unwrap();
                 let by_tool = engine
-                    .check(authorization, &tool(&format!("{method}_{path}")), &Extra::new())
+                    .check(Wire::Grpc, authorization, &tool(&format!("{method}_{path}")), &Extra::new())
                     .await
                     .unwrap();
                 let shape = |d: &Decision| {
@@ -60,7 +62,7 @@ async fn challenges_follow_rfc_6750() {
     let app = demo();
     let engine = app.engine();
     let check = |authorization: &'static str, path: &'static str| async move {
-        engine.check(authorization, &route("GET", path), &Extra::new()).await.unwrap()
+        engine.check(Wire::Grpc, authorization, &route("GET", path), &Extra::new()).await.unwrap()
     };
     let anonymous = check("", "/user/profile").await;
     assert_eq!(anonymous.outcome, Outcome::Unauthenticated);
@@ -103,8 +105,11 @@ async fn malformed_credentials_are_unauthenticated_with_a_precise_reason() {
         ("Bearer session-notreal", "session is unknown, expired or revoked"),
     ];
     for (authorization, reason) in table {
-        let decision =
-            app.engine().check(authorization, &route("GET", "/public/info"), &Extra::new()).await.unwrap();
+        let decision = app
+            .engine()
+            .check(Wire::Grpc, authorization, &route("GET", "/public/info"), &Extra::new())
+            .await
+            .unwrap();
         assert_eq!(decision.outcome, Outcome::Unauthenticated, "{reason}");
         assert_eq!(decision.reason, reason);
         assert!(decision.credential_fingerprint.is_some());
@@ -124,7 +129,10 @@ async fn malformed_targets_are_errors_not_decisions() {
         tool("GET_/users/{id}"),
     ];
     for target in table {
-        assert!(engine.check("Bearer admin-token-456", &target, &Extra::new()).await.is_err(), "{target:?}");
+        assert!(
+            engine.check(Wire::Grpc, "Bearer admin-token-456", &target, &Extra::new()).await.is_err(),
+            "{target:?}"
+        );
     }
     assert!(engine.check_batch_size(1000).is_ok());
     assert_eq!(engine.check_batch_size(1001), Err(TargetError::TooMany { count: 1001, max: 1000 }));
@@ -138,7 +146,10 @@ async fn one_authentication_serves_a_batch() {
     let answers: Vec<bool> = ["GET_/user/profile", "GET_/admin/users", "GET_/public/info", "search"]
         .iter()
         .map(|name| {
-            engine.check_authenticated(&authentication, &tool(name), &Extra::new()).unwrap().allowed()
+            engine
+                .check_authenticated(Call::now(Wire::Grpc), &authentication, &tool(name), &Extra::new())
+                .unwrap()
+                .allowed()
         })
         .collect();
     assert_eq!(answers, [true, false, true, false]);
@@ -173,9 +184,9 @@ async fn a_scope_denial_carries_an_insufficient_scope_challenge() {
     );
     let app = App::build(Config::parse("scopes.yaml", &text).unwrap()).unwrap();
     let report = tool("generate_report");
-    let allowed = app.engine().check("Bearer reader", &report, &Extra::new()).await.unwrap();
+    let allowed = app.engine().check(Wire::Grpc, "Bearer reader", &report, &Extra::new()).await.unwrap();
     assert!(allowed.allowed());
-    let denied = app.engine().check("Bearer plain", &report, &Extra::new()).await.unwrap();
+    let denied = app.engine().check(Wire::Grpc, "Bearer plain", &report, &Extra::new()).await.unwrap();
     assert_eq!(denied.outcome, Outcome::Forbidden);
     assert_eq!(
         denied.www_authenticate.as_deref(),

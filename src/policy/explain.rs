@@ -259,7 +259,7 @@ pub(super) fn explain(
         errors: verdict.errors,
         required_scopes: verdict.required_scopes,
         permits,
-        revision: snapshot.revision.clone(),
+        revision: snapshot.revision.to_string(),
     }
 }
 

@@ -512,7 +512,7 @@ pub(super) fn check(
         anonymous: Arc::new(anonymous),
         meta,
         locations,
-        revision: sources.revision(),
+        revision: sources.revision().into(),
     };
     (Some(snapshot), findings)
 }

@@ -7,6 +7,7 @@
 //! reads the files after the request was made, so no caller is told about files older than its
 //! request, and a storm of a hundred triggers costs at most two reloads.
 
+use crate::telemetry::metrics::metrics;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -224,10 +225,13 @@ impl PolicyReloader {
                 }
                 record.succeeded += 1;
                 record.last_error = None;
+                metrics().policy_reload(true);
                 Ok(Reloaded { changed: false, revision: record.revision.clone() })
             }
             Ok(Some((sources, snapshot))) => {
                 record.apply(sources, &snapshot);
+                metrics().policy_reload(true);
+                metrics().policies_loaded(snapshot.revision(), snapshot.policy_count());
                 swapped = Some(snapshot);
                 Ok(Reloaded { changed: true, revision: record.revision.clone() })
             }
@@ -239,6 +243,7 @@ impl PolicyReloader {
                     "policy reload rejected, keeping the last good set:\n{error}"
                 );
                 record.failed += 1;
+                metrics().policy_reload(false);
                 record.last_error =
                     Some(ReloadFailure { at: SystemTime::now(), diagnostics: diagnostics.clone() });
                 Err(ReloadError::Rejected { diagnostics })
