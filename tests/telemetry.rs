@@ -930,7 +930,11 @@ async fn no_credential_of_any_kind_reaches_a_log_metric_span_or_decision_record(
         ] {
             assert_eq!(client_span.attr(key), value, "{key}: {client_span:#?}");
         }
-        assert!(!client_span.parent_span_id.is_empty(), "a backend call outside any check: {client_span:#?}");
+        // The keys are fetched by a background refresh (a root span); an introspection call
+        // is made by the check that needs it.
+        if method == "POST" {
+            assert!(!client_span.parent_span_id.is_empty(), "introspection outside its check: {client_span:#?}");
+        }
     }
     for cache in ["miss", "hit"] {
         receiver

@@ -107,7 +107,7 @@ async fn traced(request: axum::extract::Request, next: axum::middleware::Next) -
     }
     trace::set_parent(&span, |name| request.headers().get(name).and_then(|value| value.to_str().ok()));
     let response = next.run(request).instrument(span.clone()).await;
-    span.record("http.response.status_code", response.status().as_u16());
+    span.record("http.response.status_code", i64::from(response.status().as_u16()));
     response
 }
 

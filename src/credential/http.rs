@@ -11,7 +11,9 @@ use crate::telemetry::trace;
 /// `discovery`) for `issuer` (configured, so a bounded label), once more if the first attempt
 /// failed before any answer (typically a pooled connection the server had closed, as after a
 /// restart); never after a timeout. A client span and the backend metrics record it; the span
-/// shows the URL without its query (the body, which may carry a token, never).
+/// shows the URL without its query (the body, which may carry a token, never). Integers are
+/// recorded as `i64`: tracing-opentelemetry has no `u64` visitor and would send a `u16` as a
+/// string, where OpenTelemetry's conventions say int.
 pub(crate) async fn send(
     backend: &'static str,
     issuer: &str,
@@ -26,7 +28,7 @@ pub(crate) async fn send(
         otel.kind = "client",
         http.request.method = %request.method(),
         server.address = request.url().host_str().unwrap_or_default(),
-        server.port = request.url().port_or_known_default().unwrap_or_default(),
+        server.port = i64::from(request.url().port_or_known_default().unwrap_or_default()),
         url.full = tracing::field::Empty,
         http.response.status_code = tracing::field::Empty,
         cedargate.backend = backend,
@@ -53,7 +55,7 @@ pub(crate) async fn send(
     let ok = answer.as_ref().is_ok_and(|response| response.status().is_success());
     metrics().backend_request(backend, issuer, ok, started.elapsed());
     if let Ok(response) = &answer {
-        span.record("http.response.status_code", response.status().as_u16());
+        span.record("http.response.status_code", i64::from(response.status().as_u16()));
     }
     answer
 }
