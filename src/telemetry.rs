@@ -146,6 +146,11 @@ pub fn init_with_export(
         }
         _ => false,
     };
+    for (signal, exporting) in [("traces", tracer.is_some()), ("metrics", exporting_metrics), ("logs", logger)] {
+        if exporting {
+            metrics::metrics().exporting(signal);
+        }
+    }
     let layer = tracer.as_ref().map(|provider| {
         tracing_opentelemetry::layer()
             .with_tracer(provider.tracer("cedargate"))

@@ -208,6 +208,12 @@ impl Metrics {
         self.export_failures.add(1, &[KeyValue::new("signal", signal)]);
     }
 
+    /// An OTLP exporter of `signal` runs: its failure count exists from now on, at 0, so
+    /// `rate()` and alerts have a series before the first failure.
+    pub fn exporting(&self, signal: &'static str) {
+        self.export_failures.add(0, &[KeyValue::new("signal", signal)]);
+    }
+
     /// A decision record could not be queued.
     pub fn decision_record_dropped(&self) {
         self.slow_decision_log.add(1, &[]);
