@@ -146,7 +146,9 @@ pub fn init_with_export(
         }
         _ => false,
     };
-    for (signal, exporting) in [("traces", tracer.is_some()), ("metrics", exporting_metrics), ("logs", logger)] {
+    for (signal, exporting) in
+        [("traces", tracer.is_some()), ("metrics", exporting_metrics), ("logs", logger)]
+    {
         if exporting {
             metrics::metrics().exporting(signal);
         }
@@ -160,7 +162,9 @@ pub fn init_with_export(
     let guard = install_subscriber(format, layer);
     if let Some(otlp) = &otlp {
         tracing::info!(
-            endpoint = %otlp.endpoint.as_deref().unwrap_or("(from OTEL_EXPORTER_OTLP_*_ENDPOINT)"),
+            // The config's; OTEL_EXPORTER_OTLP_ENDPOINT and the per-signal variables win.
+            endpoint = %otlp.endpoint.as_deref().unwrap_or("(none in the config)"),
+            endpoint_variables = otlp.from_env,
             protocol = otlp.protocol_name(),
             traces = tracer.is_some(),
             metrics = exporting_metrics,
@@ -223,8 +227,10 @@ fn resource(settings: &TelemetrySettings) -> Resource {
 
 /// The OTLP side, once the config and the environment are combined.
 struct Otlp {
-    /// From the config; `None` when the environment names the endpoint (the exporter reads it).
+    /// From the config: used for each signal whose endpoint no variable names.
     endpoint: Option<String>,
+    /// Whether a variable names an endpoint (the exporter reads those itself).
+    from_env: bool,
     protocol: Protocol,
     timeout: Option<Duration>,
     traces: bool,
@@ -238,6 +244,7 @@ impl Otlp {
             "OTEL_EXPORTER_OTLP_ENDPOINT",
             "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
             "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+            "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT",
         ]
         .iter()
         .any(|name| env(name).is_some());
@@ -251,7 +258,8 @@ impl Otlp {
         };
         let off = |name: &str| env(name).is_some_and(|value| value == "none");
         Some(Self {
-            endpoint: if env_endpoint { None } else { settings.endpoint.clone() },
+            endpoint: settings.endpoint.clone(),
+            from_env: env_endpoint,
             protocol,
             timeout: env("OTEL_EXPORTER_OTLP_TIMEOUT").is_none().then_some(settings.timeout),
             traces: settings.traces && !off("OTEL_TRACES_EXPORTER"),
@@ -273,8 +281,16 @@ impl Otlp {
         }
     }
 
-    /// The endpoint for a signal: a gRPC endpoint as is, an HTTP base with the signal's path.
-    fn endpoint_for(&self, path: &str) -> Option<String> {
+    /// The config's endpoint for a signal (`TRACES`, `METRICS`, `LOGS`): a gRPC endpoint as is,
+    /// an HTTP base with the signal's path. `None` when `OTEL_EXPORTER_OTLP_ENDPOINT` or the
+    /// signal's own variable is set: the exporter then reads it, and an endpoint given to its
+    /// builder would win over the variable. Decided per signal, so a variable for one signal
+    /// leaves the others on the config's endpoint.
+    fn endpoint_for(&self, signal: &str, path: &str) -> Option<String> {
+        let set = |name: &str| std::env::var(name).is_ok_and(|value| !value.is_empty());
+        if set("OTEL_EXPORTER_OTLP_ENDPOINT") || set(&format!("OTEL_EXPORTER_OTLP_{signal}_ENDPOINT")) {
+            return None;
+        }
         let base = self.endpoint.as_deref()?;
         Some(match self.protocol {
             Protocol::Grpc => base.to_owned(),
@@ -286,12 +302,12 @@ impl Otlp {
 /// Builds an OTLP exporter of one signal over the chosen transport, with the config's
 /// endpoint and timeout unless the environment gives them.
 macro_rules! exporter {
-    ($builder:expr, $otlp:expr, $path:literal) => {{
+    ($builder:expr, $otlp:expr, $signal:literal, $path:literal) => {{
         let otlp: &Otlp = $otlp;
         match otlp.protocol {
             Protocol::Grpc => {
                 let mut builder = $builder.with_tonic();
-                if let Some(endpoint) = otlp.endpoint_for($path) {
+                if let Some(endpoint) = otlp.endpoint_for($signal, $path) {
                     builder = builder.with_endpoint(endpoint);
                 }
                 if let Some(timeout) = otlp.timeout {
@@ -301,7 +317,7 @@ macro_rules! exporter {
             }
             Protocol::HttpProtobuf => {
                 let mut builder = $builder.with_http();
-                if let Some(endpoint) = otlp.endpoint_for($path) {
+                if let Some(endpoint) = otlp.endpoint_for($signal, $path) {
                     builder = builder.with_endpoint(endpoint);
                 }
                 if let Some(timeout) = otlp.timeout {
@@ -315,8 +331,12 @@ macro_rules! exporter {
 }
 
 fn tracer_provider(otlp: &Otlp, resource: Resource) -> Result<SdkTracerProvider, TelemetryError> {
-    let exporter =
-        export::CountedSpans(exporter!(opentelemetry_otlp::SpanExporter::builder(), otlp, "v1/traces")?);
+    let exporter = export::CountedSpans(exporter!(
+        opentelemetry_otlp::SpanExporter::builder(),
+        otlp,
+        "TRACES",
+        "v1/traces"
+    )?);
     // Bounded: a collector that does not keep up costs spans (dropped), never memory or a check.
     let batch = opentelemetry_sdk::trace::BatchConfigBuilder::default().with_max_queue_size(4096).build();
     let processor = opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor::builder(
@@ -329,8 +349,12 @@ fn tracer_provider(otlp: &Otlp, resource: Resource) -> Result<SdkTracerProvider,
 }
 
 fn metric_reader(otlp: &Otlp, settings: &TelemetrySettings) -> Result<metrics::OtlpReader, TelemetryError> {
-    let exporter =
-        export::CountedMetrics(exporter!(opentelemetry_otlp::MetricExporter::builder(), otlp, "v1/metrics")?);
+    let exporter = export::CountedMetrics(exporter!(
+        opentelemetry_otlp::MetricExporter::builder(),
+        otlp,
+        "METRICS",
+        "v1/metrics"
+    )?);
     let interval = std::env::var("OTEL_METRIC_EXPORT_INTERVAL")
         .ok()
         .and_then(|millis| millis.parse::<u64>().ok())
@@ -345,7 +369,7 @@ fn metric_reader(otlp: &Otlp, settings: &TelemetrySettings) -> Result<metrics::O
 
 fn logger_provider(otlp: &Otlp, resource: Resource) -> Result<SdkLoggerProvider, TelemetryError> {
     let exporter =
-        export::CountedLogs(exporter!(opentelemetry_otlp::LogExporter::builder(), otlp, "v1/logs")?);
+        export::CountedLogs(exporter!(opentelemetry_otlp::LogExporter::builder(), otlp, "LOGS", "v1/logs")?);
     let processor = opentelemetry_sdk::logs::log_processor_with_async_runtime::BatchLogProcessor::builder(
         exporter,
         opentelemetry_sdk::runtime::Tokio,
