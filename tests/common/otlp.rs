@@ -526,6 +526,7 @@ fn json(value: &AnyValue) -> Value {
 /// waits for its own timeout. Holds every connection until dropped.
 pub struct BlackHole {
     pub addr: SocketAddr,
+    accepted: Arc<std::sync::atomic::AtomicUsize>,
     task: JoinHandle<()>,
 }
 
@@ -533,13 +534,21 @@ impl BlackHole {
     pub async fn start() -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = Arc::clone(&accepted);
         let task = tokio::spawn(async move {
             let mut held = Vec::new();
             while let Ok((connection, _)) = listener.accept().await {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 held.push(connection);
             }
         });
-        Self { addr, task }
+        Self { addr, accepted, task }
+    }
+
+    /// Connections accepted so far: proof that something tried to deliver here.
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub fn endpoint(&self) -> String {
