@@ -586,11 +586,12 @@ async fn prometheus_counts_the_decisions_and_promtool_finds_nothing() {
     let mut prometheus = Prometheus::scraping(gate.http, "/metrics").await;
 
     // Known checks: (authorization, path, outcome) over gRPC, and a few over the other wires.
-    let table: [(&str, &str, Outcome, usize); 4] = [
+    let table: [(&str, &str, Outcome, usize); 5] = [
         ("Bearer user-token-123", "/user/profile", Outcome::Allowed, 3),
         ("Bearer user-token-123", "/admin/users", Outcome::Forbidden, 2),
         ("", "/user/profile", Outcome::Unauthenticated, 4),
         ("ApiKey api-key-789", "/service/metrics", Outcome::Allowed, 1),
+        ("Bearer invalid-token", "/user/profile", Outcome::Unauthenticated, 1),
     ];
     for (authorization, path, outcome, times) in table {
         for _ in 0..times {
@@ -623,6 +624,7 @@ async fn prometheus_counts_the_decisions_and_promtool_finds_nothing() {
         ("forbidden", "grpc", "static", 2.0),
         ("unauthenticated", "grpc", "anonymous", 4.0),
         ("allowed", "grpc", "api_key", 1.0),
+        ("unauthenticated", "grpc", "unresolved", 1.0),
         ("allowed", "forward_auth", "static", 2.0),
         ("forbidden", "envoy_grpc", "static", 1.0),
     ]
@@ -639,7 +641,7 @@ async fn prometheus_counts_the_decisions_and_promtool_finds_nothing() {
         .collect();
     assert_eq!(
         by_outcome,
-        BTreeMap::from([("allowed".into(), 6.0), ("forbidden".into(), 3.0), ("unauthenticated".into(), 4.0)]),
+        BTreeMap::from([("allowed".into(), 6.0), ("forbidden".into(), 3.0), ("unauthenticated".into(), 5.0)]),
         "one latency observation per check"
     );
     let in_flight = prometheus.query("sum(cedargate_checks_in_flight)").await;
@@ -1000,6 +1002,20 @@ async fn no_credential_of_any_kind_reaches_a_log_metric_span_or_decision_record(
         );
     }
 
+    assert!(
+        records.iter().any(|record| record["credential"]["state"] == "refused"),
+        "the unknown token's decision is not recorded as refused"
+    );
+    // The spans searched below are those of every kind of credential.
+    let spans = receiver.spans();
+    for kind in ["static", "api_key", "session", "jwt", "introspection"] {
+        assert!(
+            spans.iter().any(|span| span.name == "cedargate.credential.resolve"
+                && span.attr("cedargate.credential.kind") == json!(kind)),
+            "no exported span resolved a {kind} credential"
+        );
+    }
+
     // The random part of each credential (the prefixes `session-`, `refresh-` and `opaque-`
     // are no secret), and the fixed demo ones whole.
     let mut secrets: Vec<String> =
@@ -1116,9 +1132,15 @@ async fn unreachable_otlp_endpoints_never_fail_a_check_and_are_counted() {
         event["message"].as_str().is_some_and(|message| message.starts_with("policy reload rejected"))
     });
     let log = gate.stop();
+    // The OpenTelemetry SDK's and exporter's own messages about the failures were among them.
+    let library = |line: &String| {
+        serde_json::from_str::<Value>(line).is_ok_and(|event| {
+            event["target"].as_str().is_some_and(|target| target.starts_with("opentelemetry"))
+        })
+    };
     assert!(
-        log.iter().any(|line| line.contains("export")),
-        "no log line about the failed exports:\n{}",
+        log.iter().any(library),
+        "no OpenTelemetry message about the failed exports:\n{}",
         log.join("\n")
     );
 }
