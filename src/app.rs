@@ -253,9 +253,12 @@ impl App {
         let (stop_sender, stop) = watch::channel(false);
         let ready = Arc::new(AtomicBool::new(false));
         let (health, health_service) = tonic_health::server::health_reporter();
-        health.set_serving::<proto::authorizer_server::AuthorizerServer<AuthorizerService>>().await;
-        health.set_serving::<proto::sessions_server::SessionsServer<SessionsService>>().await;
-        health.set_serving::<AuthorizationServer<ExtAuthzService>>().await;
+        // Not serving until ready (below): policies are loaded by now; the JWT issuers' keys
+        // may still be on their way.
+        health.set_not_serving::<proto::authorizer_server::AuthorizerServer<AuthorizerService>>().await;
+        health.set_not_serving::<proto::sessions_server::SessionsServer<SessionsService>>().await;
+        health.set_not_serving::<AuthorizationServer<ExtAuthzService>>().await;
+        health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
         let reflection = || {
             tonic_reflection::server::Builder::configure()
                 .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
@@ -323,8 +326,30 @@ impl App {
                 stop.clone(),
             ))
         });
-        ready.store(true, Ordering::Release);
         tracing::info!(grpc = %grpc_address, http = %http_address, "cedargate serving");
+        // Ready (`/readyz`, gRPC health) once every required backend can answer: the JWT
+        // issuers' keys are loaded (the refresh task fetches them at start and retries).
+        let readiness = {
+            let (ready, health, jwt, mut stop) =
+                (Arc::clone(&ready), health.clone(), self.jwt.clone(), stop.clone());
+            tokio::spawn(async move {
+                loop {
+                    if jwt.as_ref().is_none_or(|jwt| jwt.has_keys()) {
+                        break;
+                    }
+                    tokio::select! {
+                        _ = stop.changed() => return,
+                        () = tokio::time::sleep(Duration::from_millis(100)) => {}
+                    }
+                }
+                health.set_serving::<proto::authorizer_server::AuthorizerServer<AuthorizerService>>().await;
+                health.set_serving::<proto::sessions_server::SessionsServer<SessionsService>>().await;
+                health.set_serving::<AuthorizationServer<ExtAuthzService>>().await;
+                health.set_service_status("", tonic_health::ServingStatus::Serving).await;
+                ready.store(true, Ordering::Release);
+                tracing::info!("ready");
+            })
+        };
 
         let http_server = async {
             http_server.await;
@@ -338,6 +363,7 @@ impl App {
             result = &mut servers => result,
             () = &mut shutdown => {
                 tracing::info!("shutting down: finishing in-flight requests");
+                readiness.abort();
                 ready.store(false, Ordering::Release);
                 // Every service and the server as a whole, so a balancer probing any of them
                 // stops sending new work.

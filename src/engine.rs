@@ -410,7 +410,7 @@ impl Engine {
                     evaluated_at: now,
                     elapsed,
                 };
-                self.settings.decision_log.write(record::record(&decision, &facts));
+                self.settings.decision_log.write(&record::record(&decision, &facts));
             }
         }
         decision

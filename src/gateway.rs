@@ -15,6 +15,7 @@ use serde_json::{json, Value};
 use crate::config::{GatewayConfig, McpShape, OverrideHeaders};
 use crate::engine::Engine;
 use crate::model::{AuthInfo, Decision, Extra, Refusal, RouteRequest, Target, ToolCall};
+use crate::telemetry::metrics::metrics;
 pub use forwarded::TrustedProxies;
 use mcp::{McpError, McpHeaders, McpRequest};
 
@@ -235,8 +236,16 @@ impl Gateway {
         Self { engine, settings }
     }
 
-    /// Decides `request`. Never fails: a malformed request is a 400 denial.
+    /// Decides `request`. Never fails: a malformed request is a 400 denial (counted).
     pub async fn check(&self, request: &GatewayRequest) -> GatewayAnswer {
+        let answer = self.answer(request).await;
+        if let GatewayAnswer::Deny { refusal: Refusal::InvalidRequest, decision: None, .. } = &answer {
+            metrics().invalid_request(request.wire);
+        }
+        answer
+    }
+
+    async fn answer(&self, request: &GatewayRequest) -> GatewayAnswer {
         let shape = self.mcp_endpoint(request);
         // Only JSON-RPC endpoints answer in JSON-RPC; the example's invoke shape in plain JSON.
         let speaks_jsonrpc = matches!(shape, Some((McpShape::Jsonrpc, _)));

@@ -174,9 +174,10 @@ async fn a_served_process_logs_fingerprints_reloads_on_sighup_and_stops_on_sigte
 
     let allowed = check(&mut client, "Bearer tok-alpha", route("GET", "/anything")).await;
     assert_eq!(allowed.outcome(), Outcome::Allowed);
-    let decision = served.wait_for(|event| event["decision_id"] == allowed.decision_id.as_str(), &mut log);
-    assert_eq!(decision["fingerprint"], allowed.credential_fingerprint.as_str());
-    assert_eq!(decision["subject"], "alpha");
+    let decision = served.wait_for(|event| event["decisionId"] == allowed.decision_id.as_str(), &mut log);
+    assert_eq!(decision["event"], "cedargate.decision");
+    assert_eq!(decision["credential"]["fingerprint"], allowed.credential_fingerprint.as_str());
+    assert_eq!(decision["authInfo"]["subject"], "alpha");
 
     std::fs::write(
         dir.path().join("rules.cedar"),

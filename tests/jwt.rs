@@ -301,3 +301,66 @@ async fn a_new_signing_key_is_accepted_within_the_refetch_interval_despite_probe
     let answer = check(&mut client, &rotated, route("GET", "/user/profile")).await;
     assert_eq!(answer.outcome(), Outcome::Allowed, "{answer:?}");
 }
+
+/// `/readyz` and gRPC health while an issuer's keys cannot be fetched, and once they can.
+async fn readiness(server: &TestServer) -> (u16, i32) {
+    let http = reqwest::get(format!("http://{}/readyz", server.http)).await.unwrap().status().as_u16();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(server.channel().await);
+    let grpc = health
+        .check(tonic_health::pb::HealthCheckRequest { service: String::new() })
+        .await
+        .unwrap()
+        .into_inner()
+        .status;
+    (http, grpc)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_service_is_ready_only_once_every_issuers_keys_are_loaded() {
+    // A JWKS endpoint that fails until it is switched on.
+    let up = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let key = serde_json::to_value(JwkSet { keys: vec![jwk("k1", &signing_key())] }).unwrap();
+    let app = axum::Router::new().route(
+        "/jwks",
+        axum::routing::get({
+            let up = Arc::clone(&up);
+            move || async move {
+                if up.load(Ordering::SeqCst) {
+                    Ok(axum::Json(key))
+                } else {
+                    Err(axum::http::StatusCode::SERVICE_UNAVAILABLE)
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let jwks_url = format!("http://{}/jwks", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let text = format!(
+        "credentials:\n  jwt:\n    - issuer: {ISSUER}\n      audiences: [{AUDIENCE}]\n      jwks_url: {jwks_url}\n      refresh_interval: 1s\n"
+    );
+    let server = TestServer::start(Config::parse("ready.yaml", &text).unwrap()).await;
+    let not_serving = tonic_health::pb::health_check_response::ServingStatus::NotServing as i32;
+    let serving = tonic_health::pb::health_check_response::ServingStatus::Serving as i32;
+    // Liveness is not readiness.
+    let live = reqwest::get(format!("http://{}/healthz", server.http)).await.unwrap().status();
+    assert_eq!(live, 200);
+    for _ in 0..3 {
+        assert_eq!(readiness(&server).await, (503, not_serving));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    up.store(true, Ordering::SeqCst);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while readiness(&server).await != (200, serving) {
+        assert!(std::time::Instant::now() < deadline, "never ready: {:?}", readiness(&server).await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut client = server.authorizer().await;
+    let answer = check(
+        &mut client,
+        &format!("Bearer {}", signed("k1", &signing_key())),
+        route("GET", "/user/profile"),
+    )
+    .await;
+    assert_eq!(answer.outcome(), Outcome::Allowed, "{}", answer.reason);
+}

@@ -250,6 +250,28 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_records_identity_is_the_auth_info_of_the_decision_json() {
+        let mut auth = AuthInfo::new(CredentialKind::Session, "alice", vec!["user".into()]);
+        auth.client_id = "cli".into();
+        auth.scopes = vec!["mcp".into()];
+        auth.expires_at = Some(1_767_225_600);
+        auth.issuer = "https://issuer.example".into();
+        auth.extra = Extra::from([("team".to_owned(), json!({"name": "blue", "size": 3}))]);
+        let mut shown = decision(Outcome::Allowed, &[], true);
+        shown.auth_info = Some(Arc::new(auth.clone()));
+        let json = decision_json(shown).unwrap();
+        let recorded = crate::engine::record::auth_info(&auth);
+        // The same names and values as the decision's JSON, and it reads back the same.
+        assert_eq!(recorded, json["authInfo"]);
+        assert_eq!(auth_info_from_json(&recorded.to_string()).unwrap(), auth);
+        // Without an expiry the record leaves `expiresAt` out (the mapping's default).
+        auth.expires_at = None;
+        let recorded = crate::engine::record::auth_info(&auth);
+        assert!(recorded.get("expiresAt").is_none());
+        assert_eq!(auth_info_from_json(&recorded.to_string()).unwrap(), auth);
+    }
+
     fn every_decision() -> Vec<Decision> {
         vec![
             decision(Outcome::Allowed, &[], true),

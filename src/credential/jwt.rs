@@ -246,6 +246,12 @@ impl JwtResolver {
         self
     }
 
+    /// True once every issuer has signature keys (inline, or fetched at least once): before,
+    /// its tokens could only be an outage, so the service is not ready.
+    pub fn has_keys(&self) -> bool {
+        self.issuers.values().all(|issuer| !issuer.keys.load().keys.is_empty())
+    }
+
     /// Fetches every issuer's JWKS from its URL; an issuer whose fetch fails keeps its keys.
     pub async fn refresh(&self) {
         for issuer in self.issuers.values() {

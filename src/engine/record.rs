@@ -5,11 +5,11 @@
 
 use std::time::Duration;
 
-use serde_json::{json, Map, Value};
+use serde::Serialize;
 
 use super::{Authentication, PreparedTarget};
 use crate::credential::CredentialError;
-use crate::model::{AuthInfo, Decision, Extra, Target, Wire};
+use crate::model::{AuthInfo, Decision, Extra, McpRequest, Target, Wire};
 
 /// The format version; a reader refuses others.
 pub const VERSION: u64 = 1;
@@ -28,89 +28,167 @@ pub(super) struct Facts<'a> {
     pub elapsed: Duration,
 }
 
-/// The record of `decision`.
-pub(super) fn record(decision: &Decision, of: &Facts<'_>) -> Value {
-    let mut record = Map::new();
-    record.insert("event".into(), EVENT.into());
-    record.insert("version".into(), VERSION.into());
-    record.insert(
-        "time".into(),
-        humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string().into(),
-    );
-    record.insert("decisionId".into(), decision.decision_id.clone().into());
-    if let Some((trace_id, span_id)) = crate::telemetry::trace::current_ids() {
-        record.insert("traceId".into(), trace_id.into());
-        record.insert("spanId".into(), span_id.into());
-    }
-    record.insert("wire".into(), of.wire.as_str().into());
-    record.insert("outcome".into(), decision.outcome.api_name().into());
-    record.insert("httpStatus".into(), decision.outcome.http_status().into());
-    record.insert("target".into(), target(of.target, of.prepared));
+/// The record of `decision`, serialized straight from the decision (no intermediate tree).
+pub(super) fn record<'a>(decision: &'a Decision, of: &Facts<'a>) -> Record<'a> {
+    let ids = crate::telemetry::trace::current_ids();
     let state = match of.authentication {
         Authentication::Anonymous => "none",
         Authentication::Authenticated { .. } => "resolved",
         Authentication::Failed { error: CredentialError::Unavailable { .. }, .. } => "unavailable",
         Authentication::Failed { .. } => "refused",
     };
-    let mut credential = Map::new();
-    credential.insert("state".into(), state.into());
-    if let Some(fingerprint) = of.authentication.fingerprint() {
-        credential.insert("fingerprint".into(), fingerprint.into());
+    Record {
+        event: EVENT,
+        version: VERSION,
+        time: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+        decision_id: &decision.decision_id,
+        trace_id: ids.as_ref().map(|(trace_id, _)| trace_id.clone()),
+        span_id: ids.map(|(_, span_id)| span_id),
+        wire: of.wire.as_str(),
+        outcome: decision.outcome.api_name(),
+        http_status: decision.outcome.http_status(),
+        target: RecordedTarget::of(of.target, of.prepared),
+        credential: Credential { state, fingerprint: of.authentication.fingerprint() },
+        auth_info: match of.authentication {
+            Authentication::Authenticated { auth, .. } => Some(RecordedAuth(auth)),
+            _ => None,
+        },
+        facts: of.facts,
+        policy_ids: &decision.policy_ids,
+        policy_revision: of.revision,
+        reason: &decision.reason,
+        errors: &decision.errors,
+        shadow: decision.shadow.as_ref().map(|shadow| Shadow {
+            outcome: shadow.outcome.api_name(),
+            policy_ids: &shadow.policy_ids,
+            reason: &shadow.reason,
+        }),
+        evaluated_at: of.evaluated_at,
+        duration_seconds: of.elapsed.as_secs_f64(),
     }
-    record.insert("credential".into(), credential.into());
-    if let Authentication::Authenticated { auth, .. } = of.authentication {
-        record.insert("authInfo".into(), auth_info(auth));
-    }
-    record.insert("facts".into(), Value::Object(of.facts.clone().into_iter().collect()));
-    record.insert("policyIds".into(), decision.policy_ids.clone().into());
-    record.insert("policyRevision".into(), of.revision.into());
-    record.insert("reason".into(), decision.reason.clone().into());
-    record.insert("errors".into(), decision.errors.clone().into());
-    if let Some(shadow) = &decision.shadow {
-        record.insert(
-            "shadow".into(),
-            json!({"outcome": shadow.outcome.api_name(), "policyIds": shadow.policy_ids, "reason": shadow.reason}),
-        );
-    }
-    record.insert("evaluatedAt".into(), of.evaluated_at.into());
-    record.insert("durationSeconds".into(), of.elapsed.as_secs_f64().into());
-    Value::Object(record)
+}
+
+/// One decision record, borrowing from the decision.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Record<'a> {
+    event: &'static str,
+    version: u64,
+    time: String,
+    decision_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    trace_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    span_id: Option<String>,
+    wire: &'static str,
+    outcome: &'static str,
+    http_status: u16,
+    target: RecordedTarget<'a>,
+    credential: Credential<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    auth_info: Option<RecordedAuth<'a>>,
+    facts: &'a Extra,
+    policy_ids: &'a [String],
+    policy_revision: &'a str,
+    reason: &'a str,
+    errors: &'a [String],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    shadow: Option<Shadow<'a>>,
+    evaluated_at: i64,
+    duration_seconds: f64,
+}
+
+#[derive(Serialize)]
+struct Credential<'a> {
+    state: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fingerprint: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Shadow<'a> {
+    outcome: &'static str,
+    policy_ids: &'a [String],
+    reason: &'a str,
 }
 
 /// The target as the caller asked for it, so a replay prepares it again; a route by its
 /// normalized path (never its query, which may carry a credential).
-fn target(target: &Target, prepared: &PreparedTarget<'_>) -> Value {
-    let call = |kind: &str, call: &crate::model::ToolCall| json!({"kind": kind, "name": call.name, "server": call.server, "arguments": call.arguments});
-    match (target, prepared) {
-        (Target::Tool(tool), _) => call("tool", tool),
-        (Target::Mcp(kind, mcp), _) => call(crate::model::McpKind::from(*kind).as_str(), mcp),
-        (Target::Route(request), PreparedTarget::Route(route)) => {
-            let mut fields = json!({"kind": "route", "method": route.method, "path": route.path});
-            if let (Some(template), Value::Object(fields)) = (&request.template, &mut fields) {
-                fields.insert("template".into(), template.clone().into());
-            }
-            fields
-        }
-        (Target::Route(request), PreparedTarget::Mcp { .. }) => {
-            json!({"kind": "route", "method": request.method, "path": request.path.split('?').next().unwrap_or("")})
+#[derive(Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+enum RecordedTarget<'a> {
+    Tool(Call<'a>),
+    Prompt(Call<'a>),
+    Resource(Call<'a>),
+    Method(Call<'a>),
+    Route {
+        method: &'a str,
+        path: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        template: Option<&'a str>,
+    },
+}
+
+#[derive(Serialize)]
+struct Call<'a> {
+    name: &'a str,
+    server: &'a str,
+    arguments: &'a Extra,
+}
+
+impl<'a> RecordedTarget<'a> {
+    fn of(target: &'a Target, prepared: &'a PreparedTarget<'a>) -> Self {
+        let call = |call: &'a crate::model::ToolCall| Call {
+            name: &call.name,
+            server: &call.server,
+            arguments: &call.arguments,
+        };
+        match (target, prepared) {
+            (Target::Tool(tool), _) => RecordedTarget::Tool(call(tool)),
+            (Target::Mcp(McpRequest::Prompt, mcp), _) => RecordedTarget::Prompt(call(mcp)),
+            (Target::Mcp(McpRequest::Resource, mcp), _) => RecordedTarget::Resource(call(mcp)),
+            (Target::Mcp(McpRequest::Method, mcp), _) => RecordedTarget::Method(call(mcp)),
+            (Target::Route(request), PreparedTarget::Route(route)) => RecordedTarget::Route {
+                method: &route.method,
+                path: &route.path,
+                template: request.template.as_deref(),
+            },
+            (Target::Route(request), PreparedTarget::Mcp { .. }) => RecordedTarget::Route {
+                method: &request.method,
+                path: request.path.split('?').next().unwrap_or(""),
+                template: None,
+            },
         }
     }
 }
 
-/// The protobuf JSON mapping of `cedargate.v1.AuthInfo` (int64 as a string, zero omitted).
-pub fn auth_info(auth: &AuthInfo) -> Value {
-    let mut fields = Map::new();
-    fields.insert("subject".into(), auth.subject.clone().into());
-    fields.insert("clientId".into(), auth.client_id.clone().into());
-    fields.insert("scopes".into(), auth.scopes.clone().into());
-    if let Some(expires_at) = auth.expires_at.filter(|at| *at != 0) {
-        fields.insert("expiresAt".into(), expires_at.to_string().into());
+/// An identity in the protobuf JSON mapping of `cedargate.v1.AuthInfo` (int64 as a string,
+/// zero omitted).
+struct RecordedAuth<'a>(&'a AuthInfo);
+
+impl Serialize for RecordedAuth<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap as _;
+        let auth = self.0;
+        let mut map = serializer.serialize_map(None)?;
+        map.serialize_entry("subject", &auth.subject)?;
+        map.serialize_entry("clientId", &auth.client_id)?;
+        map.serialize_entry("scopes", &auth.scopes)?;
+        if let Some(expires_at) = auth.expires_at.filter(|at| *at != 0) {
+            map.serialize_entry("expiresAt", &expires_at.to_string())?;
+        }
+        map.serialize_entry("resource", &auth.resource)?;
+        map.serialize_entry("roles", &auth.roles)?;
+        map.serialize_entry("tenant", &auth.tenant)?;
+        map.serialize_entry("issuer", &auth.issuer)?;
+        map.serialize_entry("credentialKind", auth.kind.as_str())?;
+        map.serialize_entry("extra", &auth.extra)?;
+        map.end()
     }
-    fields.insert("resource".into(), auth.resource.clone().into());
-    fields.insert("roles".into(), auth.roles.clone().into());
-    fields.insert("tenant".into(), auth.tenant.clone().into());
-    fields.insert("issuer".into(), auth.issuer.clone().into());
-    fields.insert("credentialKind".into(), auth.kind.as_str().into());
-    fields.insert("extra".into(), Value::Object(auth.extra.clone().into_iter().collect()));
-    Value::Object(fields)
+}
+
+/// The protobuf JSON mapping of `cedargate.v1.AuthInfo`, as a record holds it.
+pub fn auth_info(auth: &AuthInfo) -> serde_json::Value {
+    serde_json::to_value(RecordedAuth(auth)).unwrap_or_default()
 }

@@ -233,3 +233,95 @@ async fn a_frozen_clock_decides_expiry_and_context_now() {
         "expiry is checked at the frozen time: {expired:?}"
     );
 }
+
+/// The decision records an app with `decision_log` writes for `checks`, read back from its file.
+async fn records(
+    configure: impl FnOnce(&mut crate::config::DecisionLogConfig),
+    checks: &[(&str, Target)],
+) -> Vec<serde_json::Value> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("decisions.jsonl");
+    let mut config = Config::demo().unwrap();
+    config.decision_log.to = crate::telemetry::decision_log::Destination::File;
+    config.decision_log.path = Some(path.clone());
+    configure(&mut config.decision_log);
+    let app = App::build(config).unwrap();
+    for (authorization, target) in checks {
+        app.engine().check(Wire::EnvoyHttp, authorization, target, &Extra::new()).await.unwrap();
+    }
+    // Dropping the app drops the log, whose writer flushes before it ends.
+    drop(app);
+    let text = std::fs::read_to_string(&path).unwrap();
+    text.lines().map(|line| serde_json::from_str(line).unwrap()).collect()
+}
+
+#[tokio::test]
+async fn every_decision_has_one_record_in_the_documented_shape() {
+    let checks = [
+        ("Bearer user-token-123", route("GET", "/user/profile")),
+        ("Bearer user-token-123", tool("delete_file")),
+        ("", route("GET", "/user/profile")),
+        ("Bearer not-a-token", route("GET", "/user/profile")),
+    ];
+    let records = records(|_| {}, &checks).await;
+    assert_eq!(records.len(), 4, "{records:#?}");
+    let allowed = &records[0];
+    assert_eq!(allowed["event"], "cedargate.decision");
+    assert_eq!(allowed["version"], 1);
+    assert_eq!(allowed["wire"], "envoy_http");
+    assert_eq!(allowed["outcome"], "OUTCOME_ALLOWED");
+    assert_eq!(allowed["httpStatus"], 200);
+    assert_eq!(
+        allowed["target"],
+        serde_json::json!({"kind": "route", "method": "GET", "path": "/user/profile"})
+    );
+    assert_eq!(allowed["credential"]["state"], "resolved");
+    assert!(!allowed["credential"]["fingerprint"].as_str().unwrap().is_empty());
+    assert_eq!(allowed["authInfo"]["subject"], "demo-user");
+    assert_eq!(allowed["authInfo"]["credentialKind"], "static");
+    assert!(!allowed["policyIds"].as_array().unwrap().is_empty());
+    assert_eq!(allowed["policyRevision"].as_str().unwrap().len(), 12);
+    assert!(allowed["durationSeconds"].as_f64().unwrap() > 0.0);
+    assert!(allowed["evaluatedAt"].as_i64().unwrap() > 1_700_000_000);
+    assert!(allowed["time"].as_str().unwrap().ends_with('Z'));
+    let forbidden = &records[1];
+    assert_eq!(forbidden["outcome"], "OUTCOME_FORBIDDEN");
+    assert_eq!(forbidden["target"]["kind"], "tool");
+    assert_eq!(forbidden["target"]["name"], "delete_file");
+    let anonymous = &records[2];
+    assert_eq!(anonymous["credential"], serde_json::json!({"state": "none"}));
+    assert!(anonymous.get("authInfo").is_none());
+    let refused = &records[3];
+    assert_eq!(refused["credential"]["state"], "refused");
+    assert_eq!(refused["policyRevision"], "", "policies were not consulted");
+    // No trace is being exported here: no ids.
+    assert!(allowed.get("traceId").is_none());
+    // Never the credential itself.
+    let text = serde_json::to_string(&records).unwrap();
+    assert!(!text.contains("user-token-123") && !text.contains("not-a-token"), "{text}");
+}
+
+#[tokio::test]
+async fn denies_are_always_recorded_allows_sampled_and_masked_fields_removed() {
+    let checks = [
+        ("Bearer user-token-123", route("GET", "/user/profile")),
+        ("Bearer user-token-123", tool("delete_file")),
+        ("Bearer user-token-123", route("GET", "/user/profile")),
+    ];
+    let records = records(
+        |log| {
+            log.allow_sample_rate = 0.0;
+            log.mask = vec!["authInfo.subject".into(), "target.name".into(), "facts".into()];
+        },
+        &checks,
+    )
+    .await;
+    assert_eq!(records.len(), 1, "only the deny: {records:#?}");
+    let denied = &records[0];
+    assert_eq!(denied["outcome"], "OUTCOME_FORBIDDEN");
+    assert!(denied["authInfo"].get("subject").is_none());
+    assert_eq!(denied["authInfo"]["credentialKind"], "static");
+    assert!(denied["target"].get("name").is_none());
+    assert!(denied.get("facts").is_none());
+    assert_eq!(denied["masked"], serde_json::json!(["authInfo.subject", "target.name", "facts"]));
+}

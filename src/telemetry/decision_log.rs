@@ -133,8 +133,20 @@ impl DecisionLog {
         }
     }
 
-    /// Writes one record (already built; masked here).
-    pub fn write(&self, mut record: Value) {
+    /// Writes one record, masked as configured: straight from the record to bytes unless a
+    /// field is to be masked.
+    pub fn write(&self, record: &impl serde::Serialize) {
+        if matches!(self.sink, Sink::Off) {
+            return;
+        }
+        if self.mask.is_empty() && !matches!(self.sink, Sink::Otlp) {
+            let mut line = Vec::with_capacity(768);
+            if serde_json::to_writer(&mut line, record).is_ok() {
+                self.write_line(line);
+            }
+            return;
+        }
+        let Ok(mut record) = serde_json::to_value(record) else { return };
         let mut masked = Vec::new();
         for (path, segments) in &self.mask {
             if remove(&mut record, segments) {
@@ -144,22 +156,30 @@ impl DecisionLog {
         if let (false, Value::Object(fields)) = (masked.is_empty(), &mut record) {
             fields.insert("masked".to_owned(), Value::Array(masked));
         }
-        match &self.sink {
-            Sink::Off => {}
-            Sink::Log => match LOG_WRITER.get() {
-                Some(writer) => write_line(writer, &record),
-                // No process log stream (a library user, a test): the record is an event.
-                None => tracing::info!(target: "cedargate::decision", record = %record),
-            },
-            Sink::File(writer, _) => write_line(writer, &record),
-            Sink::Otlp => match LOGGER.get() {
-                Some(provider) => emit(provider, record),
-                None => {
-                    if let Some(writer) = LOG_WRITER.get() {
-                        write_line(writer, &record);
-                    }
+        match (&self.sink, LOGGER.get()) {
+            (Sink::Otlp, Some(provider)) => emit(provider, record),
+            _ => self.write_line(serde_json::to_vec(&record).unwrap_or_default()),
+        }
+    }
+
+    fn write_line(&self, mut line: Vec<u8>) {
+        line.push(b'\n');
+        let writer = match &self.sink {
+            Sink::File(writer, _) => Some(writer),
+            _ => LOG_WRITER.get(),
+        };
+        match writer {
+            // The writer is lossy: a full queue drops the line rather than stalling a decision.
+            Some(writer) => {
+                if writer.clone().write_all(&line).is_err() {
+                    metrics().decision_record_dropped();
                 }
-            },
+            }
+            // No process log stream (a library user, a test): the record is an event.
+            None => {
+                let text = String::from_utf8_lossy(&line);
+                tracing::info!(target: "cedargate::decision", record = %text.trim_end());
+            }
         }
     }
 }
@@ -170,15 +190,6 @@ fn open_append(path: &Path) -> Result<std::fs::File, String> {
         .append(true)
         .open(path)
         .map_err(|error| format!("{}: {error}", path.display()))
-}
-
-fn write_line(writer: &NonBlocking, record: &Value) {
-    let mut line = serde_json::to_vec(record).unwrap_or_default();
-    line.push(b'\n');
-    // The writer is lossy: a full queue drops the line rather than stalling a decision.
-    if writer.clone().write_all(&line).is_err() {
-        metrics().decision_record_dropped();
-    }
 }
 
 /// Removes the field at `segments`; true when it was there.

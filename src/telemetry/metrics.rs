@@ -24,6 +24,7 @@ const SECONDS_BUCKETS: [f64; 17] = [
 #[derive(Debug)]
 pub struct Metrics {
     decisions: Counter<u64>,
+    invalid_requests: Counter<u64>,
     check_duration: Histogram<f64>,
     stage_duration: Histogram<f64>,
     in_flight: UpDownCounter<i64>,
@@ -61,6 +62,10 @@ impl Metrics {
             decisions: meter
                 .u64_counter("cedargate.decisions")
                 .with_description("Decisions, by outcome, wire and credential kind")
+                .build(),
+            invalid_requests: meter
+                .u64_counter("cedargate.invalid_requests")
+                .with_description("Gateway requests refused before any decision (HTTP 400), by wire")
                 .build(),
             check_duration: seconds(
                 meter,
@@ -134,6 +139,11 @@ impl Metrics {
         let wire = KeyValue::new("wire", wire.as_str());
         self.check_duration.record(elapsed.as_secs_f64(), &[wire.clone(), outcome.clone()]);
         self.decisions.add(1, &[outcome, wire, KeyValue::new("credential_kind", credential_kind)]);
+    }
+
+    /// A gateway request that could not be decided on (a 400).
+    pub fn invalid_request(&self, wire: Wire) {
+        self.invalid_requests.add(1, &[KeyValue::new("wire", wire.as_str())]);
     }
 
     /// Time spent in a stage (`credential`, `policy`).

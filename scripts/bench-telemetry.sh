@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# What telemetry costs: gRPC Check throughput and latency of three servers measured
+# alternately in one run (docs/benchmarks.md, issue 12):
+#   off      decision_log: off, no OTLP (metrics are always recorded for /metrics)
+#   defaults the shipped defaults: metrics, the decision log on stderr (to a file here)
+#   tracing  defaults + every span exported over OTLP/gRPC (100% sampling) to a local sink
+# Usage: scripts/bench-telemetry.sh [ROUNDS] [DURATION]   (default 3 rounds of 10s each)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+rounds=${1:-3}
+duration=${2:-10s}
+cargo build --release --bins --example otlp_sink >&2
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+sink_port=$(free_port)
+./target/release/examples/otlp_sink "$sink_port" >"$work/sink.log" &
+pids+=($!)
+
+declare -A grpc
+start() { # name, decision_log line, extra env
+  local name=$1 log=$2
+  shift 2
+  local g h
+  g=$(free_port)
+  h=$(free_port)
+  sed -e "s/127.0.0.1:50051/127.0.0.1:$g/" -e "s/127.0.0.1:8080/127.0.0.1:$h/" config/demo.yaml >"$work/$name.yaml"
+  printf '%s\n' "$log" >>"$work/$name.yaml"
+  env "$@" ./target/release/cedargate --config "$work/$name.yaml" 2>"$work/$name.log" &
+  pids+=($!)
+  grpc[$name]=$g
+}
+start off "decision_log: { to: off }"
+start defaults ""
+start tracing "" OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$sink_port" OTEL_EXPORTER_OTLP_PROTOCOL=grpc \
+  OTEL_TRACES_SAMPLER=always_on OTEL_METRIC_EXPORT_INTERVAL=5000
+sleep 2
+
+echo "| round | server | throughput | p50 ms | p99 ms |"
+echo "|---|---|---|---|---|"
+for round in $(seq "$rounds"); do
+  for name in off defaults tracing; do
+    out=$(./target/release/cedargate-load --addr "http://127.0.0.1:${grpc[$name]}" --concurrency 32 \
+      --duration "$duration" --warmup 2s)
+    throughput=$(sed -n 's/^throughput: \([0-9]*\) req\/s/\1/p' <<<"$out")
+    p50=$(sed -n 's/.*p50 \([0-9.]*\).*/\1/p' <<<"$out")
+    p99=$(sed -n 's/.*p99 \([0-9.]*\) .*/\1/p' <<<"$out")
+    errors=$(sed -n 's/.*errors \([0-9]*\)).*/\1/p' <<<"$out")
+    [ "$errors" = 0 ] || { echo "$name: $errors errors" >&2; exit 1; }
+    echo "| $round | $name | $throughput | $p50 | $p99 |"
+  done
+done
+echo
+echo "sink: $(tail -1 "$work/sink.log" 2>/dev/null || echo nothing yet)"
+echo "decision records written by 'defaults': $(grep -c '"event":"cedargate.decision"' "$work/defaults.log")"
+echo "steal: $(awk '/^cpu /{print "steal jiffies " $9}' /proc/stat)"
