@@ -897,6 +897,10 @@ async fn no_credential_of_any_kind_reaches_a_log_metric_span_or_decision_record(
     assert_eq!(verify(&gate, "/service/metrics", &[("x-api-key", "api-key-789")]).await.0, 200);
     http.get(gate.url("/ext_authz/service/metrics")).header("x-api-key", "api-key-789").send().await.unwrap();
     decisions += 3;
+    // A request refused before any decision (an empty path segment), carrying a credential.
+    let invalid =
+        http.get(gate.url("/ext_authz/user//profile")).bearer_auth(&session).send().await.unwrap();
+    assert_eq!(invalid.status(), 400);
     // The admin token: policy status, and an eviction.
     let status = http.get(gate.url("/policies/status")).bearer_auth(&admin_token).send().await.unwrap();
     assert_eq!(status.status(), 200);
@@ -1231,6 +1235,8 @@ fn the_grafana_dashboard_is_valid_promql_over_every_instrument() {
         "cedargate_policy_reloads_total",
         "cedargate_shadow_disagreements_total",
         "cedargate_logins_total",
+        "cedargate_invalid_requests_total",
+        "cedargate_telemetry_export_failures_total",
         "process_cpu_seconds_total",
         "process_resident_memory_bytes",
     ] {
