@@ -3,10 +3,10 @@
 //! Prometheus scraping `/metrics` and `promtool` linting it (`common::prometheus`).
 //!
 //! - traces over OTLP/gRPC (configured by environment variables alone) and OTLP/HTTP (by the
-//!   config file): on each wire (cedargate's gRPC `Check`, Envoy's ext_authz `Check`, HTTP
-//!   `/auth/verify`) the server span joins the caller's `traceparent`, with its children, the
-//!   semantic-convention attributes and the resource; a malformed `traceparent` starts a new
-//!   trace; metrics arrive over OTLP too;
+//!   config file): on each wire (cedargate's gRPC `Check`, Envoy's ext_authz `Check` over gRPC
+//!   and HTTP, `/auth/verify`) the server span joins the caller's `traceparent`, with its
+//!   children, the semantic-convention attributes and the resource; a malformed `traceparent`
+//!   starts a new trace; metrics arrive over OTLP too;
 //! - Prometheus's own count of `cedargate_decisions_total` after known checks, and no
 //!   `promtool check metrics` finding;
 //! - credentials of every kind over every wire, with everything exporting and the decision log
@@ -361,6 +361,7 @@ async fn every_wire_joins_the_callers_trace(
     expected: &Expected<'_>,
 ) -> BTreeMap<(&'static str, &'static str, &'static str), f64> {
     let (grpc_caller, envoy_caller, http_caller) = (Caller::new(), Caller::new(), Caller::new());
+    let envoy_http_caller = Caller::new();
 
     // cedargate's own API: traceparent and tracestate in the gRPC metadata.
     let allowed = grpc_check(
@@ -432,11 +433,31 @@ async fn every_wire_joins_the_callers_trace(
         json!("api_key")
     );
 
+    // Envoy's HTTP mode: the span is named by the axum route template, not the path.
+    let ext_authz = gate
+        .http_client
+        .get(gate.url("/ext_authz/user/profile"))
+        .header("authorization", "Bearer admin-token-456")
+        .header("traceparent", envoy_http_caller.traceparent())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ext_authz.status(), 200);
+    let (span, _) = joined_trace(receiver, &envoy_http_caller, "GET /ext_authz/{*path}", expected).await;
+    for (key, value) in [
+        ("http.request.method", json!("GET")),
+        ("http.route", json!("/ext_authz/{*path}")),
+        ("http.response.status_code", json!(200)),
+    ] {
+        assert_eq!(span.attr(key), value, "{key}: {span:#?}");
+    }
+
     // The decision records name the trace and a span of it.
     for (caller, wire, outcome) in [
         (&grpc_caller, "grpc", "OUTCOME_ALLOWED"),
         (&envoy_caller, "envoy_grpc", "OUTCOME_FORBIDDEN"),
         (&http_caller, "forward_auth", "OUTCOME_FORBIDDEN"),
+        (&envoy_http_caller, "envoy_http", "OUTCOME_ALLOWED"),
     ] {
         let record = gate.wait_decision(|record| record["traceId"] == caller.trace_id.as_str());
         assert_eq!(
@@ -453,7 +474,7 @@ async fn every_wire_joins_the_callers_trace(
     }
 
     // Malformed traceparents (and no credential, so each denial names its decision id).
-    let sent = [&grpc_caller, &envoy_caller, &http_caller];
+    let sent = [&grpc_caller, &envoy_caller, &http_caller, &envoy_http_caller];
     let anonymous =
         grpc_check(gate, "", route("GET", "/user/profile"), Some("00-not-a-trace-id-01"), None).await;
     assert_eq!(anonymous.outcome(), Outcome::Unauthenticated);
@@ -488,6 +509,7 @@ async fn every_wire_joins_the_callers_trace(
         (("unauthenticated", "grpc", "anonymous"), 1.0),
         (("unauthenticated", "envoy_grpc", "anonymous"), 1.0),
         (("unauthenticated", "forward_auth", "anonymous"), 1.0),
+        (("allowed", "envoy_http", "static"), 1.0),
     ])
 }
 
@@ -898,8 +920,7 @@ async fn no_credential_of_any_kind_reaches_a_log_metric_span_or_decision_record(
     http.get(gate.url("/ext_authz/service/metrics")).header("x-api-key", "api-key-789").send().await.unwrap();
     decisions += 3;
     // A request refused before any decision (an empty path segment), carrying a credential.
-    let invalid =
-        http.get(gate.url("/ext_authz/user//profile")).bearer_auth(&session).send().await.unwrap();
+    let invalid = http.get(gate.url("/ext_authz/user//profile")).bearer_auth(&session).send().await.unwrap();
     assert_eq!(invalid.status(), 400);
     // The admin token: policy status, and an eviction.
     let status = http.get(gate.url("/policies/status")).bearer_auth(&admin_token).send().await.unwrap();
