@@ -8,7 +8,8 @@
 //! Module map (dependencies point down; see `ARCHITECTURE.md`):
 //!
 //! - [`authoring`]: `cedargate policy test`: YAML suites run through the real service, with
-//!   coverage and mutation testing.
+//!   coverage and mutation testing; `cedargate policy replay`: a decision log decided again
+//!   against candidate policies.
 //! - [`app`]: composition root: builds the parts from the config, binds, serves, shuts down.
 //! - [`api`]: the only place that knows tonic and HTTP servers: gRPC services (Authorizer,
 //!   Sessions, Admin), HTTP listener, and

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
-use cedargate::authoring::{self, ReportFormat, TestOptions};
+use cedargate::authoring::{self, ReplayFormat, ReplayOptions, ReportFormat, TestOptions};
 use cedargate::config::Config;
 use cedargate::engine::Authentication;
 use cedargate::model::{Outcome, RouteRequest, Scheme, SecretDigest, Target, ToolCall, Wire};
@@ -194,6 +194,24 @@ enum PolicyCommand {
         #[arg(long)]
         mutate: bool,
     },
+    /// Decide every request of a decision log (`docs/decision-log.md`) again against the
+    /// policies of DIR, with the --config's routes and settings (the embedded demo's without
+    /// one), and report the decisions that would change: which, from what outcome and
+    /// determining policies to what, by which policies; also those that keep their outcome
+    /// with other determining policies. Records of refused or unavailable credentials, and
+    /// records with a masked decision input, are skipped and counted. Exit code: 0 no outcome
+    /// would change, 1 some would, 2 error (unreadable log, invalid record, invalid policies).
+    Replay {
+        /// The decision log, JSON lines (`-`: standard input); other log lines are skipped.
+        #[arg(long, value_name = "FILE")]
+        log: PathBuf,
+        /// The candidate policy directory [default: the --config's policy directory, else
+        /// ./policies].
+        dir: Option<PathBuf>,
+        /// How the report is written.
+        #[arg(long, value_enum, default_value_t)]
+        format: ReplayFormat,
+    },
 }
 
 /// How `policy explain` prints.
@@ -333,6 +351,14 @@ fn real_main() -> anyhow::Result<ExitCode> {
                 let run = runtime.block_on(authoring::run(options))?;
                 print!("{}", run.render(format)?);
                 Ok(ExitCode::from(run.exit_code()))
+            }
+            PolicyCommand::Replay { log, dir, format } => {
+                let config = load_config(cli.config.as_ref())?;
+                let dir = dir.unwrap_or_else(|| config.policy_dir_or_default());
+                let options = ReplayOptions { dir, config, style: report_style() };
+                let report = authoring::replay_path(options, &log)?;
+                print!("{}", report.render(format)?);
+                Ok(ExitCode::from(report.exit_code()))
             }
         },
         Command::Init { dir } => {

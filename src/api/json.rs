@@ -5,7 +5,9 @@
 
 use std::sync::OnceLock;
 
-use prost_reflect::{DescriptorPool, DynamicMessage, MessageDescriptor, SerializeOptions};
+use prost_reflect::{
+    DescriptorPool, DeserializeOptions, DynamicMessage, MessageDescriptor, SerializeOptions,
+};
 use prost_types::value::Kind;
 use serde_json::{Number, Value};
 
@@ -147,13 +149,28 @@ fn message_descriptor(
 /// Fails, naming the field, on an unknown field, a value of the wrong type or an unknown
 /// `credentialKind`; an empty `subject` is refused too.
 pub fn auth_info_from_json(text: &str) -> Result<AuthInfo, String> {
+    auth_info_from_json_with(text, true)
+}
+
+/// An identity from a decision record's `authInfo` (`docs/decision-log.md`): the same shape as
+/// [`auth_info_from_json`] reads, but a field this version does not know is ignored, so a
+/// record written by a newer cedargate still reads.
+///
+/// Fails, naming the field, on a value of the wrong type, an unknown `credentialKind` or an
+/// empty `subject`.
+pub fn auth_info_from_record(text: &str) -> Result<AuthInfo, String> {
+    auth_info_from_json_with(text, false)
+}
+
+fn auth_info_from_json_with(text: &str, deny_unknown_fields: bool) -> Result<AuthInfo, String> {
     static DESCRIPTOR: OnceLock<Result<MessageDescriptor, String>> = OnceLock::new();
     let descriptor = message_descriptor(&DESCRIPTOR, AUTH_INFO)?;
     let mut deserializer = serde_json::Deserializer::from_str(text);
     let mut track = serde_path_to_error::Track::new();
-    let message = DynamicMessage::deserialize(
+    let message = DynamicMessage::deserialize_with_options(
         descriptor,
         serde_path_to_error::Deserializer::new(&mut deserializer, &mut track),
+        &DeserializeOptions::new().deny_unknown_fields(deny_unknown_fields),
     )
     .map_err(|error| match track.path().to_string() {
         path if path == "." => error.to_string(),
@@ -270,6 +287,22 @@ mod tests {
         let recorded = crate::engine::record::auth_info(&auth);
         assert!(recorded.get("expiresAt").is_none());
         assert_eq!(auth_info_from_json(&recorded.to_string()).unwrap(), auth);
+    }
+
+    #[test]
+    fn a_record_auth_info_ignores_fields_of_newer_versions_but_not_bad_values() {
+        let text = r#"{"subject": "bob", "roles": ["admin"], "expiresAt": "1767225600", "audience2": "x"}"#;
+        assert!(auth_info_from_json(text).unwrap_err().contains("audience2"), "the CLI stays strict");
+        let read = auth_info_from_record(text).unwrap();
+        assert_eq!((read.subject.as_str(), read.expires_at), ("bob", Some(1_767_225_600)));
+        for (bad, expected) in [
+            (r#"{"subject": "bob", "roles": "admin"}"#, "roles"),
+            (r#"{"subject": ""}"#, "subject"),
+            (r#"{"subject": "bob", "credentialKind": "telepathy"}"#, "telepathy"),
+        ] {
+            let error = auth_info_from_record(bad).unwrap_err();
+            assert!(error.contains(expected), "{bad}: {error}");
+        }
     }
 
     fn every_decision() -> Vec<Decision> {
