@@ -6,7 +6,8 @@
 //!   config file): on each wire (cedargate's gRPC `Check`, Envoy's ext_authz `Check` over gRPC
 //!   and HTTP, `/auth/verify`) the server span joins the caller's `traceparent`, with its
 //!   children, the semantic-convention attributes and the resource; a malformed `traceparent`
-//!   starts a new trace; metrics arrive over OTLP too;
+//!   starts a new trace; the decision record names the server span (on stderr, and as an OTLP
+//!   log record); metrics arrive over OTLP too;
 //! - Prometheus's own count of `cedargate_decisions_total` after known checks, and no
 //!   `promtool check metrics` finding;
 //! - credentials of every kind over every wire, with everything exporting and the decision log
@@ -276,11 +277,46 @@ fn complete_anonymous(server: &'static str) -> impl Fn(&[FlatSpan]) -> bool {
     }
 }
 
-/// What a run's spans must say about the process.
+/// What a run's spans must say about the process, and where its decision records go.
 struct Expected<'a> {
     transport: Transport,
     service_name: &'a str,
     resource: &'a [(&'a str, &'a str)],
+    records: Records,
+}
+
+/// Where a run's decision records go (`decision_log.to`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Records {
+    /// `log`: lines of stderr.
+    Stderr,
+    /// `otlp`: OTLP log records whose body is the record.
+    Otlp,
+}
+
+impl Records {
+    /// The first decision record `wanted` picks, waiting for it. An OTLP record must be the
+    /// event `cedargate.decision` at INFO, with the check's trace context.
+    async fn wait(self, gate: &mut Gate, receiver: &Receiver, wanted: impl Fn(&Value) -> bool) -> Value {
+        match self {
+            Records::Stderr => gate.wait_decision(wanted),
+            Records::Otlp => {
+                let log = receiver
+                    .wait_for("a decision record over OTLP logs", |receiver| {
+                        receiver.logs().into_iter().find(|log| wanted(&log.body))
+                    })
+                    .await;
+                assert_eq!(
+                    (log.event_name.as_str(), log.severity_text.as_str()),
+                    ("cedargate.decision", "INFO"),
+                    "{log:#?}"
+                );
+                assert_eq!(Some(log.trace_id.as_str()), log.body["traceId"].as_str(), "{log:#?}");
+                assert_eq!(Some(log.span_id.as_str()), log.body["spanId"].as_str(), "{log:#?}");
+                log.body
+            }
+        }
+    }
 }
 
 impl Expected<'_> {
@@ -331,11 +367,12 @@ async fn joined_trace(
 async fn fresh_trace(
     gate: &mut Gate,
     receiver: &Receiver,
+    expected: &Expected<'_>,
     decision_id: &str,
     server: &'static str,
     sent: &[&Caller],
 ) -> String {
-    let record = gate.wait_decision(|record| record["decisionId"] == decision_id);
+    let record = expected.records.wait(gate, receiver, |record| record["decisionId"] == decision_id).await;
     let trace_id = record["traceId"].as_str().unwrap_or_else(|| panic!("no traceId in {record}")).to_owned();
     assert_eq!(trace_id.len(), 32, "{record}");
     assert_ne!(trace_id, "0".repeat(32), "{record}");
@@ -346,9 +383,10 @@ async fn fresh_trace(
     let trace = receiver.wait_for_trace(&trace_id, complete_anonymous(server)).await;
     let root = named(&trace, server);
     assert_eq!(root.parent_span_id, "", "a malformed traceparent gave the server span a parent: {root:#?}");
-    assert!(
-        trace.iter().any(|span| Some(span.span_id.as_str()) == record["spanId"].as_str()),
-        "{record} {trace:#?}"
+    assert_eq!(
+        record["spanId"].as_str(),
+        Some(root.span_id.as_str()),
+        "not the server span: {record} {root:#?}"
     );
     trace_id
 }
@@ -391,6 +429,7 @@ async fn every_wire_joins_the_callers_trace(
     assert_eq!(status, 403);
 
     let (span, trace) = joined_trace(receiver, &grpc_caller, "cedargate.v1.Authorizer/Check", expected).await;
+    let grpc_server = span.clone();
     for (key, value) in [
         ("rpc.system", json!("grpc")),
         ("rpc.service", json!("cedargate.v1.Authorizer")),
@@ -410,6 +449,7 @@ async fn every_wire_joins_the_callers_trace(
 
     let (span, trace) =
         joined_trace(receiver, &envoy_caller, "envoy.service.auth.v3.Authorization/Check", expected).await;
+    let envoy_server = span.clone();
     for (key, value) in [
         ("rpc.system", json!("grpc")),
         ("rpc.service", json!("envoy.service.auth.v3.Authorization")),
@@ -421,6 +461,7 @@ async fn every_wire_joins_the_callers_trace(
     assert_eq!(named(&trace, "cedargate.policy.evaluate").attr("cedargate.policy.revision"), revision);
 
     let (span, trace) = joined_trace(receiver, &http_caller, "GET /auth/verify", expected).await;
+    let http_server = span.clone();
     for (key, value) in [
         ("http.request.method", json!("GET")),
         ("http.route", json!("/auth/verify")),
@@ -444,6 +485,7 @@ async fn every_wire_joins_the_callers_trace(
         .unwrap();
     assert_eq!(ext_authz.status(), 200);
     let (span, _) = joined_trace(receiver, &envoy_http_caller, "GET /ext_authz/{*path}", expected).await;
+    let envoy_http_server = span.clone();
     for (key, value) in [
         ("http.request.method", json!("GET")),
         ("http.route", json!("/ext_authz/{*path}")),
@@ -452,25 +494,23 @@ async fn every_wire_joins_the_callers_trace(
         assert_eq!(span.attr(key), value, "{key}: {span:#?}");
     }
 
-    // The decision records name the trace and a span of it.
-    for (caller, wire, outcome) in [
-        (&grpc_caller, "grpc", "OUTCOME_ALLOWED"),
-        (&envoy_caller, "envoy_grpc", "OUTCOME_FORBIDDEN"),
-        (&http_caller, "forward_auth", "OUTCOME_FORBIDDEN"),
-        (&envoy_http_caller, "envoy_http", "OUTCOME_ALLOWED"),
+    // The decision records name the trace and its server span.
+    for (caller, server, wire, outcome) in [
+        (&grpc_caller, &grpc_server, "grpc", "OUTCOME_ALLOWED"),
+        (&envoy_caller, &envoy_server, "envoy_grpc", "OUTCOME_FORBIDDEN"),
+        (&http_caller, &http_server, "forward_auth", "OUTCOME_FORBIDDEN"),
+        (&envoy_http_caller, &envoy_http_server, "envoy_http", "OUTCOME_ALLOWED"),
     ] {
-        let record = gate.wait_decision(|record| record["traceId"] == caller.trace_id.as_str());
+        let record = expected
+            .records
+            .wait(gate, receiver, |record| record["traceId"] == caller.trace_id.as_str())
+            .await;
         assert_eq!(
             (record["wire"].as_str(), record["outcome"].as_str()),
             (Some(wire), Some(outcome)),
             "{record}"
         );
-        let trace: Vec<FlatSpan> =
-            receiver.spans().into_iter().filter(|span| span.trace_id == caller.trace_id).collect();
-        assert!(
-            trace.iter().any(|span| Some(span.span_id.as_str()) == record["spanId"].as_str()),
-            "{record} {trace:#?}"
-        );
+        assert_eq!(record["spanId"].as_str(), Some(server.span_id.as_str()), "not the server span: {record}");
     }
 
     // Malformed traceparents (and no credential, so each denial names its decision id).
@@ -485,16 +525,18 @@ async fn every_wire_joins_the_callers_trace(
     let (status, http_body) = verify(gate, "/user/profile", &[("traceparent", "garbage")]).await;
     assert_eq!(status, 401);
     let fresh = [
-        fresh_trace(gate, receiver, &anonymous.decision_id, "cedargate.v1.Authorizer/Check", &sent).await,
+        fresh_trace(gate, receiver, expected, &anonymous.decision_id, "cedargate.v1.Authorizer/Check", &sent)
+            .await,
         fresh_trace(
             gate,
             receiver,
+            expected,
             &decision_id_of(&envoy_body),
             "envoy.service.auth.v3.Authorization/Check",
             &sent,
         )
         .await,
-        fresh_trace(gate, receiver, &decision_id_of(&http_body), "GET /auth/verify", &sent).await,
+        fresh_trace(gate, receiver, expected, &decision_id_of(&http_body), "GET /auth/verify", &sent).await,
     ];
     assert_eq!(
         fresh.iter().collect::<BTreeSet<_>>().len(),
@@ -567,6 +609,7 @@ async fn traces_and_metrics_over_otlp_grpc_from_the_environment_alone() {
         transport: Transport::Grpc,
         service_name: "gate-from-env",
         resource: &[("deployment.environment.name", "telemetry-test"), ("test.run", &run)],
+        records: Records::Stderr,
     };
     let decisions = every_wire_joins_the_callers_trace(&mut gate, &receiver, &expected).await;
     decisions_over_otlp(&receiver, &decisions).await;
@@ -583,7 +626,7 @@ async fn traces_and_metrics_over_otlp_http_protobuf_from_the_config_file() {
     let run = random_hex(4);
     let telemetry = format!(
         "telemetry:\n  service_name: gate-from-config\n  otlp:\n    endpoint: {}\n    protocol: http/protobuf\n    \
-         metrics_interval: 300ms\n",
+         metrics_interval: 300ms\ndecision_log:\n  to: otlp\n",
         receiver.endpoint(Transport::HttpProtobuf)
     );
     let mut gate = Gate::start(
@@ -594,12 +637,15 @@ async fn traces_and_metrics_over_otlp_http_protobuf_from_the_config_file() {
         transport: Transport::HttpProtobuf,
         service_name: "gate-from-config",
         resource: &[("test.run", &run)],
+        records: Records::Otlp,
     };
     let decisions = every_wire_joins_the_callers_trace(&mut gate, &receiver, &expected).await;
     decisions_over_otlp(&receiver, &decisions).await;
     assert!(receiver.metric_points().iter().all(|point| point.transport == Transport::HttpProtobuf));
+    assert!(receiver.logs().iter().all(|log| log.transport == Transport::HttpProtobuf));
     assert_eq!(receiver.undecodable(), Vec::<String>::new());
     gate.stop();
+    assert!(gate.decisions().is_empty(), "decision records on stderr with `to: otlp`");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
