@@ -86,8 +86,8 @@ impl Served {
         panic!("log event not seen; log so far:\n{}", seen.join("\n"));
     }
 
-    /// Stops the process with SIGTERM (SIGKILL after 20 s) and returns every line it wrote
-    /// that `seen` does not have yet, appending them to `seen` too.
+    /// Stops the process with SIGTERM (SIGKILL after 20 s), appends every line it wrote that
+    /// was not read yet to `seen` (up to the end of its stderr), and returns its exit status.
     pub fn stop(&mut self, seen: &mut Vec<String>) -> std::process::ExitStatus {
         self.signal("TERM");
         let deadline = Instant::now() + Duration::from_secs(20);
