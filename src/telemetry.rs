@@ -154,8 +154,13 @@ pub fn init_with_export(
         }
     }
     let layer = tracer.as_ref().map(|provider| {
+        // The spans' attributes are the conventions' and cedargate's, not the bridge's own
+        // (source location, thread, busy/idle nanoseconds).
         tracing_opentelemetry::layer()
             .with_tracer(provider.tracer("cedargate"))
+            .with_location(false)
+            .with_threads(false)
+            .with_tracked_inactivity(false)
             .with_filter(Targets::new().with_target(trace::TARGET, tracing::Level::TRACE))
             .boxed()
     });

@@ -282,7 +282,12 @@ static METRICS: OnceLock<Metrics> = OnceLock::new();
 /// The service's instruments. The first call fixes the meter provider: `telemetry::init` must
 /// come first for OTLP to get them (a process that never calls it, a test, gets `/metrics`).
 pub fn metrics() -> &'static Metrics {
-    METRICS.get_or_init(|| Metrics::new(&provider().meter("cedargate")))
+    METRICS.get_or_init(|| {
+        let metrics = Metrics::new(&provider().meter("cedargate"));
+        // At 0 from the start, so `rate()` and alerts have a series before the first drop.
+        metrics.slow_decision_log.add(0, &[]);
+        metrics
+    })
 }
 
 fn provider() -> &'static SdkMeterProvider {
