@@ -24,7 +24,8 @@ sink_port=$(free_port)
 ./target/release/examples/otlp_sink "$sink_port" >"$work/sink.log" &
 pids+=($!)
 
-declare -A grpc
+declare -A grpc pid
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 start() { # name, decision_log line, extra env
   local name=$1 log=$2
   shift 2
@@ -35,6 +36,7 @@ start() { # name, decision_log line, extra env
   printf '%s\n' "$log" >>"$work/$name.yaml"
   env "$@" ./target/release/cedargate --config "$work/$name.yaml" 2>"$work/$name.log" &
   pids+=($!)
+  pid[$name]=$!
   grpc[$name]=$g
 }
 start off "decision_log: { to: off }"
@@ -43,18 +45,29 @@ start tracing "" OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$sink_port" OTEL_
   OTEL_TRACES_SAMPLER=always_on OTEL_METRIC_EXPORT_INTERVAL=5000
 sleep 2
 
-echo "| round | server | throughput | p50 ms | p99 ms |"
-echo "|---|---|---|---|---|"
+sink_pid=${pids[0]}
+ticks=$(getconf CLK_TCK)
+echo "| round | server | throughput | p50 ms | p99 ms | server CPU µs/check | sink CPU µs/check |"
+echo "|---|---|---|---|---|---|---|"
 for round in $(seq "$rounds"); do
   for name in off defaults tracing; do
+    server_before=$(cpu_ticks "${pid[$name]}")
+    sink_before=$(cpu_ticks "$sink_pid")
     out=$(./target/release/cedargate-load --addr "http://127.0.0.1:${grpc[$name]}" --concurrency 32 \
       --duration "$duration" --warmup 2s)
+    server_cpu=$(($(cpu_ticks "${pid[$name]}") - server_before))
+    sink_cpu=$(($(cpu_ticks "$sink_pid") - sink_before))
+    requests=$(sed -n 's/^requests: \([0-9]*\).*/\1/p' <<<"$out")
     throughput=$(sed -n 's/^throughput: \([0-9]*\) req\/s/\1/p' <<<"$out")
     p50=$(sed -n 's/.*p50 \([0-9.]*\).*/\1/p' <<<"$out")
     p99=$(sed -n 's/.*p99 \([0-9.]*\) .*/\1/p' <<<"$out")
     errors=$(sed -n 's/.*errors \([0-9]*\)).*/\1/p' <<<"$out")
     [ "$errors" = 0 ] || { echo "$name: $errors errors" >&2; exit 1; }
-    echo "| $round | $name | $throughput | $p50 | $p99 |"
+    # CPU over warm-up and measurement, per measured request: an upper bound, comparable
+    # between the servers.
+    per_check=$(awk -v t="$server_cpu" -v hz="$ticks" -v n="$requests" 'BEGIN { printf "%.0f", t / hz * 1e6 / n }')
+    sink_per_check=$(awk -v t="$sink_cpu" -v hz="$ticks" -v n="$requests" 'BEGIN { printf "%.0f", t / hz * 1e6 / n }')
+    echo "| $round | $name | $throughput | $p50 | $p99 | $per_check | $sink_per_check |"
   done
 done
 echo

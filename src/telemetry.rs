@@ -11,6 +11,7 @@
 //!
 //! The standard `OTEL_*` environment variables override the config file.
 
+mod batch;
 pub mod decision_log;
 mod export;
 pub mod metrics;

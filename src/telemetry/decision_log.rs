@@ -11,7 +11,9 @@ use std::sync::OnceLock;
 use opentelemetry::logs::{AnyValue, LogRecord as _, Logger as _, LoggerProvider as _, Severity};
 use opentelemetry_sdk::logs::SdkLoggerProvider;
 use serde_json::Value;
-use tracing_appender::non_blocking::{NonBlocking, WorkerGuard};
+use tracing_appender::non_blocking::NonBlocking;
+
+use super::batch::Batcher;
 
 use super::metrics::metrics;
 
@@ -55,8 +57,10 @@ impl Default for DecisionLogSettings {
 }
 
 enum Sink {
-    Log,
-    File(NonBlocking, #[allow(dead_code)] WorkerGuard),
+    /// Lines batched into a writer: the process log stream's, or a file.
+    Lines(Batcher),
+    /// No process log stream (a library user, a test): each record is a `tracing` event.
+    Events,
     Otlp,
     Off,
 }
@@ -71,8 +75,8 @@ pub struct DecisionLog {
 impl std::fmt::Debug for DecisionLog {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let sink = match self.sink {
-            Sink::Log => "log",
-            Sink::File(..) => "file",
+            Sink::Lines(_) => "lines",
+            Sink::Events => "events",
             Sink::Otlp => "otlp",
             Sink::Off => "off",
         };
@@ -86,8 +90,16 @@ impl std::fmt::Debug for DecisionLog {
 
 impl Default for DecisionLog {
     fn default() -> Self {
-        Self { sink: Sink::Log, allow_sample_rate: 1.0, mask: Vec::new() }
+        Self { sink: log_stream(), allow_sample_rate: 1.0, mask: Vec::new() }
     }
+}
+
+/// The process log stream, batched, when `telemetry::init` set one up; else events.
+fn log_stream() -> Sink {
+    LOG_WRITER
+        .get()
+        .and_then(|writer| Batcher::new(Box::new(writer.clone())).ok())
+        .map_or(Sink::Events, Sink::Lines)
 }
 
 impl DecisionLog {
@@ -102,16 +114,16 @@ impl DecisionLog {
             return Err(format!("allow_sample_rate {} is not between 0 and 1", settings.allow_sample_rate));
         }
         let sink = match settings.to {
-            Destination::Log => Sink::Log,
+            Destination::Log => log_stream(),
             Destination::Off => Sink::Off,
             Destination::Otlp => Sink::Otlp,
             Destination::File => {
                 let path = settings.path.as_deref().ok_or("`path` is required when `to` is file")?;
                 let file = open_append(path)?;
-                let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-                    .lossy(true)
-                    .finish(std::io::BufWriter::new(file));
-                Sink::File(writer, guard)
+                Sink::Lines(
+                    Batcher::new(Box::new(file))
+                        .map_err(|error| format!("cannot start the decision log writer: {error}"))?,
+                )
             }
         };
         let mask = settings
@@ -164,22 +176,25 @@ impl DecisionLog {
 
     fn write_line(&self, mut line: Vec<u8>) {
         line.push(b'\n');
-        let writer = match &self.sink {
-            Sink::File(writer, _) => Some(writer),
-            _ => LOG_WRITER.get(),
-        };
-        match writer {
-            // The writer is lossy: a full queue drops the line rather than stalling a decision.
-            Some(writer) => {
-                if writer.clone().write_all(&line).is_err() {
+        match &self.sink {
+            Sink::Lines(batcher) => {
+                if !batcher.push(&line) {
                     metrics().decision_record_dropped();
                 }
             }
-            // No process log stream (a library user, a test): the record is an event.
-            None => {
+            Sink::Otlp => {
+                // OTLP was asked for but is not running (no exporter): the log stream has it.
+                if let Some(mut writer) = LOG_WRITER.get().cloned() {
+                    if writer.write_all(&line).is_err() {
+                        metrics().decision_record_dropped();
+                    }
+                }
+            }
+            Sink::Events => {
                 let text = String::from_utf8_lossy(&line);
                 tracing::info!(target: "cedargate::decision", record = %text.trim_end());
             }
+            Sink::Off => {}
         }
     }
 }
