@@ -337,20 +337,14 @@ macro_rules! exporter {
 }
 
 fn tracer_provider(otlp: &Otlp, resource: Resource) -> Result<SdkTracerProvider, TelemetryError> {
-    let exporter = export::CountedSpans(exporter!(
-        opentelemetry_otlp::SpanExporter::builder(),
-        otlp,
-        "TRACES",
-        "v1/traces"
-    )?);
-    // Bounded: a collector that does not keep up costs spans (dropped), never memory or a check.
-    let batch = opentelemetry_sdk::trace::BatchConfigBuilder::default().with_max_queue_size(4096).build();
-    let processor = opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor::builder(
-        exporter,
-        opentelemetry_sdk::runtime::Tokio,
-    )
-    .with_batch_config(batch)
-    .build();
+    let exporter = exporter!(opentelemetry_otlp::SpanExporter::builder(), otlp, "TRACES", "v1/traces")?;
+    let exporter = export::CountedSpans::new(exporter).map_err(TelemetryError)?;
+    // The SDK's own batch processor: a thread that a check wakes only when a batch is full
+    // (the tokio-task variant is woken by every span). Bounded: a collector that does not keep
+    // up costs spans (dropped), never memory or a check.
+    let batch = opentelemetry_sdk::trace::BatchConfigBuilder::default().with_max_queue_size(8192).build();
+    let processor =
+        opentelemetry_sdk::trace::BatchSpanProcessor::builder(exporter).with_batch_config(batch).build();
     Ok(SdkTracerProvider::builder().with_span_processor(processor).with_resource(resource).build())
 }
 
