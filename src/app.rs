@@ -391,6 +391,8 @@ impl App {
         if let Some(policy_watch) = policy_watch {
             let _ = policy_watch.await;
         }
+        // Every record of a decision made is written before the process says it stopped.
+        self.engine.decision_log().flush();
         tracing::info!("cedargate stopped");
         result
     }

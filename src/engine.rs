@@ -125,6 +125,11 @@ impl Engine {
         Self { credentials, policies, routes, settings }
     }
 
+    /// Where decision records go (flushed at shutdown).
+    pub fn decision_log(&self) -> &DecisionLog {
+        &self.settings.decision_log
+    }
+
     /// The policies, for reload and status.
     pub fn policies(&self) -> &Arc<PolicyEngine> {
         &self.policies

@@ -15,6 +15,8 @@ const LIMIT: usize = 8 << 20;
 struct Shared {
     state: Mutex<State>,
     wake: Condvar,
+    /// Where batches go; locked for each write, so `flush` and the thread never interleave.
+    target: Mutex<Box<dyn Write + Send>>,
 }
 
 struct State {
@@ -30,10 +32,11 @@ pub(super) struct Batcher {
 
 impl Batcher {
     /// Starts the writing thread.
-    pub(super) fn new(mut target: Box<dyn Write + Send>) -> std::io::Result<Self> {
+    pub(super) fn new(target: Box<dyn Write + Send>) -> std::io::Result<Self> {
         let shared = Arc::new(Shared {
             state: Mutex::new(State { buffer: Vec::with_capacity(64 << 10), stopping: false }),
             wake: Condvar::new(),
+            target: Mutex::new(target),
         });
         let flusher = std::thread::Builder::new().name("decision-log".into()).spawn({
             let shared = Arc::clone(&shared);
@@ -48,16 +51,22 @@ impl Batcher {
                     let capacity = state.buffer.capacity().min(LIMIT);
                     (std::mem::replace(&mut state.buffer, Vec::with_capacity(capacity)), state.stopping)
                 };
-                if !batch.is_empty() {
-                    // Nowhere to report a failed write but the log it is failing to write.
-                    let _ = target.write_all(&batch).and_then(|()| target.flush());
-                }
+                shared.write(&batch);
                 if stopping {
                     return;
                 }
             }
         })?;
         Ok(Self { shared, flusher: Some(flusher) })
+    }
+
+    /// Writes out what is queued now, before returning.
+    pub(super) fn flush(&self) {
+        let batch = match self.shared.state.lock() {
+            Ok(mut state) => std::mem::take(&mut state.buffer),
+            Err(_) => return,
+        };
+        self.shared.write(&batch);
     }
 
     /// Queues one line (with its newline); false when the buffer is full and it was dropped.
@@ -68,6 +77,18 @@ impl Batcher {
         }
         state.buffer.extend_from_slice(line);
         true
+    }
+}
+
+impl Shared {
+    fn write(&self, batch: &[u8]) {
+        if batch.is_empty() {
+            return;
+        }
+        if let Ok(mut target) = self.target.lock() {
+            // Nowhere to report a failed write but the log it is failing to write.
+            let _ = target.write_all(batch).and_then(|()| target.flush());
+        }
     }
 }
 
@@ -113,6 +134,15 @@ mod tests {
         let written = String::from_utf8(sink.0.lock().unwrap().clone()).unwrap();
         let lines: Vec<usize> = written.lines().map(|line| line.parse().unwrap()).collect();
         assert_eq!(lines, (0..10_000).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn flush_writes_what_is_queued_before_it_returns() {
+        let sink = Sink::default();
+        let batcher = Batcher::new(Box::new(sink.clone())).unwrap();
+        assert!(batcher.push(b"one\n"));
+        batcher.flush();
+        assert_eq!(sink.0.lock().unwrap().as_slice(), b"one\n");
     }
 
     #[test]

@@ -134,6 +134,13 @@ impl DecisionLog {
         Ok(Self { sink, allow_sample_rate: settings.allow_sample_rate, mask })
     }
 
+    /// Writes out every queued record now (at shutdown, before the log stream closes).
+    pub fn flush(&self) {
+        if let Sink::Lines(batcher) = &self.sink {
+            batcher.flush();
+        }
+    }
+
     /// Whether a record of a decision with this result is to be written: every deny, and
     /// allows at the sample rate.
     pub fn wants(&self, allowed: bool) -> bool {
