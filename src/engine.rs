@@ -6,8 +6,6 @@ pub mod record;
 use std::sync::Arc;
 use std::time::Instant;
 
-use tracing::Instrument as _;
-
 use crate::credential::{parse_authorization, CredentialChain, CredentialError};
 use crate::model::{
     unix_now, AuthInfo, Decision, Extra, McpKind, Outcome, Scheme, SecretDigest, ShadowDecision, Target, Wire,
@@ -156,19 +154,15 @@ impl Engine {
             }
         };
         let fingerprint = credential.digest.fingerprint();
-        let span = tracing::info_span!(
-            target: trace::TARGET,
-            "cedargate.credential.resolve",
-            otel.kind = "internal",
-            cedargate.credential.cache = "none",
-            cedargate.credential.kind = tracing::field::Empty,
-        );
+        let span = trace::Span::child("cedargate.credential.resolve", trace::Kind::Internal, || {
+            vec![trace::attribute("cedargate.credential.cache", "none")]
+        });
         let started = Instant::now();
-        let resolved = self.credentials.resolve(&credential, now).instrument(span.clone()).await;
+        let resolved = span.run(self.credentials.resolve(&credential, now)).await;
         metrics().stage("credential", started.elapsed());
         match resolved {
             Ok(auth) => {
-                span.record("cedargate.credential.kind", auth.kind.as_str());
+                span.set("cedargate.credential.kind", auth.kind.as_str());
                 Authentication::Authenticated { auth, scheme: credential.scheme, fingerprint }
             }
             Err(error) => Authentication::Failed { scheme: Some(credential.scheme), error, fingerprint },
@@ -402,8 +396,10 @@ impl Engine {
             if decision.shadow.is_some() {
                 metrics().shadow_disagreement();
             }
-            trace::record("cedargate.decision.outcome", decision.outcome.as_str());
-            trace::record("cedargate.decision.id", &decision.decision_id);
+            if trace::enabled() {
+                trace::record("cedargate.decision.outcome", decision.outcome.as_str());
+                trace::record("cedargate.decision.id", decision.decision_id.clone());
+            }
             if self.settings.decision_log.wants(decision.allowed()) {
                 let facts = record::Facts {
                     wire: call.wire,
@@ -428,17 +424,13 @@ impl Engine {
         facts: &Extra,
         now: i64,
     ) -> Verdict {
-        let span = tracing::info_span!(
-            target: trace::TARGET,
-            "cedargate.policy.evaluate",
-            otel.kind = "internal",
-            cedargate.policy.revision = tracing::field::Empty,
-        );
-        let _entered = span.enter();
+        let span = trace::Span::child("cedargate.policy.evaluate", trace::Kind::Internal, Vec::new);
         let started = Instant::now();
         let verdict = self.policies.evaluate(&Query { auth, resource: resource_of(target), facts, now });
         metrics().stage("policy", started.elapsed());
-        span.record("cedargate.policy.revision", &*verdict.revision);
+        if span.is_some() {
+            span.set("cedargate.policy.revision", verdict.revision.to_string());
+        }
         verdict
     }
 

@@ -4,8 +4,8 @@
 //! - Logs: `tracing` events to stderr through a non-blocking writer (a slow terminal or pipe
 //!   never stalls a decision), text or one JSON object per line; panics and library messages
 //!   (`log` crate, OpenTelemetry's own) included.
-//! - Traces: cedargate's spans (target [`trace::TARGET`]) exported over OTLP by the
-//!   OpenTelemetry SDK when an endpoint is configured, joined to the caller's W3C trace.
+//! - Traces: cedargate's spans ([`trace::Span`], made with the OpenTelemetry SDK directly)
+//!   exported over OTLP when an endpoint is configured, joined to the caller's W3C trace.
 //! - Metrics: [`metrics::metrics`], read by `GET /metrics` and pushed over OTLP when configured.
 //! - Decision log: [`decision_log::DecisionLog`].
 //!
@@ -26,7 +26,7 @@ use opentelemetry_sdk::logs::SdkLoggerProvider;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use opentelemetry_sdk::Resource;
 use tracing_appender::non_blocking::WorkerGuard;
-use tracing_subscriber::filter::{EnvFilter, Targets};
+use tracing_subscriber::filter::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::Layer as _;
@@ -118,7 +118,7 @@ impl Drop for Telemetry {
 
 /// Installs logging only: for commands that export nothing.
 pub fn init(format: LogFormat) -> Telemetry {
-    let guard = install_subscriber(format, None);
+    let guard = install_subscriber(format);
     Telemetry { _log: guard, tracer: None, logger: false }
 }
 
@@ -154,18 +154,10 @@ pub fn init_with_export(
             metrics::metrics().exporting(signal);
         }
     }
-    let layer = tracer.as_ref().map(|provider| {
-        // The spans' attributes are the conventions' and cedargate's, not the bridge's own
-        // (source location, thread, busy/idle nanoseconds).
-        tracing_opentelemetry::layer()
-            .with_tracer(provider.tracer("cedargate"))
-            .with_location(false)
-            .with_threads(false)
-            .with_tracked_inactivity(false)
-            .with_filter(Targets::new().with_target(trace::TARGET, tracing::Level::TRACE))
-            .boxed()
-    });
-    let guard = install_subscriber(format, layer);
+    if let Some(provider) = &tracer {
+        trace::install(provider.tracer("cedargate"));
+    }
+    let guard = install_subscriber(format);
     if let Some(otlp) = &otlp {
         tracing::info!(
             // The config's; OTEL_EXPORTER_OTLP_ENDPOINT and the per-signal variables win.
@@ -184,25 +176,19 @@ pub fn init_with_export(
     Ok(Telemetry { _log: guard, tracer, logger })
 }
 
-type BoxedLayer = Box<dyn tracing_subscriber::Layer<tracing_subscriber::Registry> + Send + Sync>;
-
-fn install_subscriber(format: LogFormat, otel: Option<BoxedLayer>) -> WorkerGuard {
+fn install_subscriber(format: LogFormat) -> WorkerGuard {
     // The writer thread drains every queued line, then flushes: buffering turns a burst of
     // decisions into one write instead of one system call per line. Lossy: a full queue drops
     // lines rather than stalling a decision.
     let (writer, guard) = tracing_appender::non_blocking(std::io::BufWriter::new(std::io::stderr()));
     let _ = decision_log::LOG_WRITER.set(writer.clone());
-    // cedargate's spans are for the exporter only: formatting their fields for log lines
-    // would cost every request an allocation.
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info"))
-        .add_directive(format!("{}=off", trace::TARGET).parse().unwrap_or_default());
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let fmt = tracing_subscriber::fmt::layer().with_ansi(std::io::stderr().is_terminal()).with_writer(writer);
     let fmt = match format {
         LogFormat::Text => fmt.with_filter(filter).boxed(),
         LogFormat::Json => fmt.json().flatten_event(true).with_filter(filter).boxed(),
     };
-    let _ = tracing_subscriber::registry().with(otel).with(fmt).try_init();
+    let _ = tracing_subscriber::registry().with(fmt).try_init();
     // One log line per panic, in the log's own format: the default hook would write raw
     // lines (and a backtrace) past the JSON log. The server layers answer fail-closed.
     std::panic::set_hook(Box::new(|info| {

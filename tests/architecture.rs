@@ -44,7 +44,6 @@ const CONFINED: &[(&str, &[&str])] = &[
     ("opentelemetry_otlp", &["telemetry"]),
     ("opentelemetry_prometheus", &["telemetry"]),
     ("prometheus", &["telemetry"]),
-    ("tracing_opentelemetry", &["telemetry"]),
     ("tracing_appender", &["telemetry"]),
 ];
 

@@ -23,7 +23,6 @@ use crate::gateway::{Gateway, GatewayAnswer, GatewayRequest, Wire};
 use crate::model::Decision;
 use crate::telemetry::trace;
 pub use envoy_types::ext_authz::v3::pb::AuthorizationServer;
-use tracing::Instrument as _;
 
 /// `envoy.service.auth.v3.Authorization`.
 #[derive(Debug, Clone)]
@@ -41,27 +40,26 @@ impl ExtAuthzService {
 #[tonic::async_trait]
 impl Authorization for ExtAuthzService {
     async fn check(&self, request: Request<CheckRequest>) -> Result<Response<CheckResponse>, Status> {
-        let span = tracing::info_span!(
-            target: trace::TARGET,
-            "rpc",
-            otel.name = "envoy.service.auth.v3.Authorization/Check",
-            otel.kind = "server",
-            rpc.system = "grpc",
-            rpc.service = "envoy.service.auth.v3.Authorization",
-            rpc.method = "Check",
-            rpc.grpc.status_code = 0,
-            cedargate.decision.outcome = tracing::field::Empty,
-            cedargate.decision.id = tracing::field::Empty,
-        );
         let (metadata, _, message) = request.into_parts();
         let request = gateway_request(message);
+        let attributes = || {
+            vec![
+                trace::attribute("rpc.system", "grpc"),
+                trace::attribute("rpc.service", "envoy.service.auth.v3.Authorization"),
+                trace::attribute("rpc.method", "Check"),
+                trace::attribute("rpc.grpc.status_code", 0_i64),
+            ]
+        };
+        const NAME: &str = "envoy.service.auth.v3.Authorization/Check";
         // The client's trace, as Envoy forwards its headers; else the one of Envoy's own call.
-        if request.header("traceparent").is_some() {
-            trace::set_parent(&span, |name| request.header(name));
+        let span = if request.header("traceparent").is_some() {
+            trace::Span::server(NAME, attributes, |name| request.header(name))
         } else {
-            trace::set_parent(&span, |name| metadata.get(name).and_then(|value| value.to_str().ok()));
-        }
-        let answer = self.gateway.check(&request).instrument(span).await;
+            trace::Span::server(NAME, attributes, |name| {
+                metadata.get(name).and_then(|value| value.to_str().ok())
+            })
+        };
+        let answer = span.run(self.gateway.check(&request)).await;
         Ok(Response::new(check_response(answer)))
     }
 }

@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use tonic::{Request, Response, Status};
-use tracing::Instrument as _;
 
 use super::admin::{check_admin, AdminRefusal};
 use super::json::{extra_to_struct, struct_to_extra};
@@ -198,9 +197,8 @@ impl proto::authorizer_server::Authorizer for AuthorizerService {
                 .await
                 .map_err(|error| target_status(&error))?;
             Ok(Response::new(decision_to_proto(decision)))
-        }
-        .instrument(span.clone())
-        .await;
+        };
+        let answer = span.run(answer).await;
         record_status(&span, &answer);
         answer
     }
@@ -229,9 +227,8 @@ impl proto::authorizer_server::Authorizer for AuthorizerService {
                 })
                 .collect();
             Ok(Response::new(proto::BatchCheckResponse { results }))
-        }
-        .instrument(span.clone())
-        .await;
+        };
+        let answer = span.run(answer).await;
         record_status(&span, &answer);
         answer
     }
@@ -406,28 +403,25 @@ pub(crate) fn rpc_span(
     service: &'static str,
     method: &'static str,
     metadata: &tonic::metadata::MetadataMap,
-) -> tracing::Span {
-    let span = tracing::info_span!(
-        target: trace::TARGET,
-        "rpc",
-        otel.name = format_args!("{service}/{method}"),
-        otel.kind = "server",
-        rpc.system = "grpc",
-        rpc.service = service,
-        rpc.method = method,
-        rpc.grpc.status_code = tracing::field::Empty,
-        cedargate.decision.outcome = tracing::field::Empty,
-        cedargate.decision.id = tracing::field::Empty,
-    );
-    trace::set_parent(&span, |name| metadata.get(name).and_then(|value| value.to_str().ok()));
-    span
+) -> trace::Span {
+    trace::Span::server(
+        format!("{service}/{method}"),
+        || {
+            vec![
+                trace::attribute("rpc.system", "grpc"),
+                trace::attribute("rpc.service", service),
+                trace::attribute("rpc.method", method),
+            ]
+        },
+        |name| metadata.get(name).and_then(|value| value.to_str().ok()),
+    )
 }
 
 /// `rpc.grpc.status_code` of the answer.
-pub(crate) fn record_status<T>(span: &tracing::Span, answer: &Result<T, Status>) {
+pub(crate) fn record_status<T>(span: &trace::Span, answer: &Result<T, Status>) {
     let code = match answer {
         Ok(_) => 0,
-        Err(status) => i32::from(status.code()),
+        Err(status) => i64::from(i32::from(status.code())),
     };
-    span.record("rpc.grpc.status_code", code);
+    span.set("rpc.grpc.status_code", code);
 }

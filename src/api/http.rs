@@ -27,7 +27,6 @@ use crate::model::{Secret, SecretDigest};
 use crate::policy::PolicyReloader;
 use crate::session::{SessionError, SessionManager, SessionTokens};
 use crate::telemetry::trace;
-use tracing::Instrument as _;
 
 /// Largest request body accepted, in bytes.
 const MAX_BODY_BYTES: usize = 16 * 1024;
@@ -90,24 +89,23 @@ impl ProtectedResource {
 /// child of the caller's trace when it sends a W3C `traceparent`. Health checks and scrapes
 /// are routed outside it.
 async fn traced(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
-    let route = request.extensions().get::<axum::extract::MatchedPath>().map_or("", |path| path.as_str());
-    let span = tracing::info_span!(
-        target: trace::TARGET,
-        "http",
-        otel.name = format_args!("{} {route}", request.method()),
-        otel.kind = "server",
-        http.request.method = %request.method(),
-        http.route = route,
-        http.response.status_code = tracing::field::Empty,
-        cedargate.decision.outcome = tracing::field::Empty,
-        cedargate.decision.id = tracing::field::Empty,
-    );
-    if span.is_disabled() {
+    if !trace::enabled() {
         return next.run(request).await;
     }
-    trace::set_parent(&span, |name| request.headers().get(name).and_then(|value| value.to_str().ok()));
-    let response = next.run(request).instrument(span.clone()).await;
-    span.record("http.response.status_code", i64::from(response.status().as_u16()));
+    let route = request.extensions().get::<axum::extract::MatchedPath>().map_or("", |path| path.as_str());
+    let method = request.method().as_str().to_owned();
+    let span = trace::Span::server(
+        format!("{method} {route}"),
+        || {
+            vec![
+                trace::attribute("http.request.method", method.clone()),
+                trace::attribute("http.route", route.to_owned()),
+            ]
+        },
+        |name| request.headers().get(name).and_then(|value| value.to_str().ok()),
+    );
+    let response = span.run(next.run(request)).await;
+    span.set("http.response.status_code", i64::from(response.status().as_u16()));
     response
 }
 

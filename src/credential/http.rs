@@ -2,8 +2,6 @@
 
 use std::time::Instant;
 
-use tracing::Instrument as _;
-
 use crate::telemetry::metrics::metrics;
 use crate::telemetry::trace;
 
@@ -11,9 +9,8 @@ use crate::telemetry::trace;
 /// `discovery`) for `issuer` (configured, so a bounded label), once more if the first attempt
 /// failed before any answer (typically a pooled connection the server had closed, as after a
 /// restart); never after a timeout. A client span and the backend metrics record it; the span
-/// shows the URL without its query (the body, which may carry a token, never). Integers are
-/// recorded as `i64`: tracing-opentelemetry has no `u64` visitor and would send a `u16` as a
-/// string, where OpenTelemetry's conventions say int.
+/// shows the URL without its query (the body, which may carry a token, never); integers are
+/// `i64`, as OpenTelemetry's conventions have them.
 pub(crate) async fn send(
     backend: &'static str,
     issuer: &str,
@@ -21,24 +18,19 @@ pub(crate) async fn send(
 ) -> Result<reqwest::Response, reqwest::Error> {
     let (client, request) = request.build_split();
     let request = request?;
-    let span = tracing::info_span!(
-        target: trace::TARGET,
-        "http.client",
-        otel.name = %request.method(),
-        otel.kind = "client",
-        http.request.method = %request.method(),
-        server.address = request.url().host_str().unwrap_or_default(),
-        server.port = i64::from(request.url().port_or_known_default().unwrap_or_default()),
-        url.full = tracing::field::Empty,
-        http.response.status_code = tracing::field::Empty,
-        cedargate.backend = backend,
-    );
-    if !span.is_disabled() {
-        let mut url = request.url().clone();
-        url.set_query(None);
-        let _ = url.set_password(None);
-        span.record("url.full", url.as_str());
-    }
+    let span = trace::Span::child(request.method().as_str().to_owned(), trace::Kind::Client, || {
+        let url = request.url();
+        let mut full = url.clone();
+        full.set_query(None);
+        let _ = full.set_password(None);
+        vec![
+            trace::attribute("http.request.method", request.method().as_str().to_owned()),
+            trace::attribute("server.address", url.host_str().unwrap_or_default().to_owned()),
+            trace::attribute("server.port", i64::from(url.port_or_known_default().unwrap_or_default())),
+            trace::attribute("url.full", full.to_string()),
+            trace::attribute("cedargate.backend", backend),
+        ]
+    });
     let started = Instant::now();
     let retry = request.try_clone();
     let answer = async {
@@ -49,13 +41,12 @@ pub(crate) async fn send(
             },
             answer => answer,
         }
-    }
-    .instrument(span.clone())
-    .await;
+    };
+    let answer = span.run(answer).await;
     let ok = answer.as_ref().is_ok_and(|response| response.status().is_success());
     metrics().backend_request(backend, issuer, ok, started.elapsed());
     if let Ok(response) = &answer {
-        span.record("http.response.status_code", i64::from(response.status().as_u16()));
+        span.set("http.response.status_code", i64::from(response.status().as_u16()));
     }
     answer
 }
