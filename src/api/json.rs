@@ -274,13 +274,19 @@ mod tests {
         auth.scopes = vec!["mcp".into()];
         auth.expires_at = Some(1_767_225_600);
         auth.issuer = "https://issuer.example".into();
-        auth.extra = Extra::from([("team".to_owned(), json!({"name": "blue", "size": 3}))]);
+        auth.extra = Extra::from([("team".to_owned(), json!({"name": "blue", "lead": true}))]);
         let mut shown = decision(Outcome::Allowed, &[], true);
         shown.auth_info = Some(Arc::new(auth.clone()));
         let json = decision_json(shown).unwrap();
         let recorded = crate::engine::record::auth_info(&auth);
         // The same names and values as the decision's JSON, and it reads back the same.
         assert_eq!(recorded, json["authInfo"]);
+        assert_eq!(auth_info_from_json(&recorded.to_string()).unwrap(), auth);
+        // A number in `extra` is a protobuf double in the decision's JSON (3.0); the record
+        // keeps the integer, and both read back as it.
+        auth.extra = Extra::from([("size".to_owned(), json!(3))]);
+        let recorded = crate::engine::record::auth_info(&auth);
+        assert_eq!(recorded["extra"]["size"], json!(3));
         assert_eq!(auth_info_from_json(&recorded.to_string()).unwrap(), auth);
         // Without an expiry the record leaves `expiresAt` out (the mapping's default).
         auth.expires_at = None;
