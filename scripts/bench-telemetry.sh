@@ -5,6 +5,8 @@
 #   defaults the shipped defaults: metrics, the decision log on stderr (to a file here)
 #   tracing  defaults + every span exported over OTLP/gRPC (100% sampling) to a local sink
 # Usage: scripts/bench-telemetry.sh [ROUNDS] [DURATION]   (default 3 rounds of 10s each)
+# ISOLATE_SINK=1: the OTLP sink alone on CPU 1, servers and load generator on CPU 0, so the
+# receiver (a collector elsewhere, in a deployment) takes nothing from the servers.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-3}
@@ -21,7 +23,14 @@ trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 sink_port=$(free_port)
-./target/release/examples/otlp_sink "$sink_port" >"$work/sink.log" &
+if [ "${ISOLATE_SINK:-}" = 1 ]; then
+  on_sink=(taskset -c 1)
+  on_servers=(taskset -c 0)
+else
+  on_sink=()
+  on_servers=()
+fi
+"${on_sink[@]}" ./target/release/examples/otlp_sink "$sink_port" >"$work/sink.log" &
 pids+=($!)
 
 declare -A grpc pid
@@ -34,7 +43,7 @@ start() { # name, decision_log line, extra env
   h=$(free_port)
   sed -e "s/127.0.0.1:50051/127.0.0.1:$g/" -e "s/127.0.0.1:8080/127.0.0.1:$h/" config/demo.yaml >"$work/$name.yaml"
   printf '%s\n' "$log" >>"$work/$name.yaml"
-  env "$@" ./target/release/cedargate --config "$work/$name.yaml" 2>"$work/$name.log" &
+  "${on_servers[@]}" env "$@" ./target/release/cedargate --config "$work/$name.yaml" 2>"$work/$name.log" &
   pids+=($!)
   pid[$name]=$!
   grpc[$name]=$g
@@ -53,7 +62,7 @@ for round in $(seq "$rounds"); do
   for name in off defaults tracing; do
     server_before=$(cpu_ticks "${pid[$name]}")
     sink_before=$(cpu_ticks "$sink_pid")
-    out=$(./target/release/cedargate-load --addr "http://127.0.0.1:${grpc[$name]}" --concurrency 32 \
+    out=$("${on_servers[@]}" ./target/release/cedargate-load --addr "http://127.0.0.1:${grpc[$name]}" --concurrency 32 \
       --duration "$duration" --warmup 2s)
     server_cpu=$(($(cpu_ticks "${pid[$name]}") - server_before))
     sink_cpu=$(($(cpu_ticks "$sink_pid") - sink_before))
