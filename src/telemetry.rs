@@ -128,7 +128,7 @@ pub fn init_with_export(
     format: LogFormat,
     settings: &TelemetrySettings,
 ) -> Result<Telemetry, TelemetryError> {
-    let otlp = Otlp::resolve(settings);
+    let otlp = Otlp::resolve(settings)?;
     let resource = resource(settings);
     let tracer = match &otlp {
         Some(otlp) if otlp.enabled("TRACES") => Some(tracer_provider(otlp, resource.clone())?),
@@ -230,7 +230,7 @@ struct Otlp {
 }
 
 impl Otlp {
-    fn resolve(settings: &TelemetrySettings) -> Option<Self> {
+    fn resolve(settings: &TelemetrySettings) -> Result<Option<Self>, TelemetryError> {
         let env = |name: &str| std::env::var(name).ok().filter(|value| !value.is_empty());
         let env_endpoint = [
             "OTEL_EXPORTER_OTLP_ENDPOINT",
@@ -241,22 +241,28 @@ impl Otlp {
         .iter()
         .any(|name| env(name).is_some());
         if !env_endpoint && settings.endpoint.is_none() {
-            return None;
+            return Ok(None);
         }
         let protocol = match env("OTEL_EXPORTER_OTLP_PROTOCOL").as_deref() {
             Some("grpc") => Protocol::Grpc,
-            Some(_) => Protocol::HttpProtobuf,
+            Some("http/protobuf") => Protocol::HttpProtobuf,
+            Some(other) => {
+                return Err(TelemetryError(format!(
+                    "OTEL_EXPORTER_OTLP_PROTOCOL `{}` is not `grpc` or `http/protobuf`",
+                    crate::model::quote(other)
+                )))
+            }
             None => settings.protocol,
         };
         let off = |name: &str| env(name).is_some_and(|value| value == "none");
-        Some(Self {
+        Ok(Some(Self {
             endpoint: settings.endpoint.clone(),
             from_env: env_endpoint,
             protocol,
             timeout: env("OTEL_EXPORTER_OTLP_TIMEOUT").is_none().then_some(settings.timeout),
             traces: settings.traces && !off("OTEL_TRACES_EXPORTER"),
             metrics: settings.metrics && !off("OTEL_METRICS_EXPORTER"),
-        })
+        }))
     }
 
     fn enabled(&self, signal: &str) -> bool {

@@ -316,3 +316,22 @@ forbid (principal is Anonymous, action, resource is Route);
     assert_eq!(decision["outcome"], "OUTCOME_ALLOWED", "{decision}");
     assert!(decision.get("shadow").is_none(), "no difference, no shadow: {decision}");
 }
+
+#[test]
+fn an_otlp_protocol_it_cannot_speak_stops_the_server_naming_the_variable() {
+    let output = Command::new(env!("CARGO_BIN_EXE_cedargate"))
+        .args(["--log-format", "json"])
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:1")
+        .env("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")
+        .env_remove("CEDARGATE_CONFIG")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let line: serde_json::Value = serde_json::from_str(stderr.lines().last().unwrap()).unwrap();
+    assert_eq!(line["level"], "ERROR", "{stderr}");
+    assert!(
+        line["message"].as_str().unwrap().contains("OTEL_EXPORTER_OTLP_PROTOCOL `http/json`"),
+        "{stderr}"
+    );
+}

@@ -23,6 +23,7 @@ pub(crate) async fn send(
         let mut full = url.clone();
         full.set_query(None);
         let _ = full.set_password(None);
+        let _ = full.set_username("");
         vec![
             trace::attribute("http.request.method", request.method().as_str().to_owned()),
             trace::attribute("server.address", url.host_str().unwrap_or_default().to_owned()),

@@ -188,7 +188,9 @@ impl Serialize for RecordedAuth<'_> {
     }
 }
 
-/// The protobuf JSON mapping of `cedargate.v1.AuthInfo`, as a record holds it.
+/// The protobuf JSON mapping of `cedargate.v1.AuthInfo`, as a record holds it (for the test
+/// that holds it to the decision JSON's).
+#[cfg(test)]
 pub fn auth_info(auth: &AuthInfo) -> serde_json::Value {
     serde_json::to_value(RecordedAuth(auth)).unwrap_or_default()
 }

@@ -48,7 +48,8 @@ impl Batcher {
                     else {
                         return;
                     };
-                    let capacity = state.buffer.capacity().min(LIMIT);
+                    // A burst's buffer is not kept for good: the next one starts at most 1 MiB.
+                    let capacity = state.buffer.capacity().min(1 << 20);
                     (std::mem::replace(&mut state.buffer, Vec::with_capacity(capacity)), state.stopping)
                 };
                 shared.write(&batch);

@@ -88,9 +88,11 @@ impl std::fmt::Debug for DecisionLog {
     }
 }
 
+/// Records as `tracing` events: what an engine built without a config gets (a library user, a
+/// test). Starts no thread: `EngineSettings::default()` is also asked for its plain defaults.
 impl Default for DecisionLog {
     fn default() -> Self {
-        Self { sink: log_stream(), allow_sample_rate: 1.0, mask: Vec::new() }
+        Self { sink: Sink::Events, allow_sample_rate: 1.0, mask: Vec::new() }
     }
 }
 
