@@ -94,7 +94,8 @@ impl App {
             Some(dir) => PolicySources::from_dir(dir)?,
             None => PolicySources::embedded_demo(),
         };
-        let policies = Arc::new(PolicyEngine::new(&sources)?);
+        let policies =
+            Arc::new(PolicyEngine::new(&sources)?.with_slice_cache(config.policies.slice_cache_max_policies));
         let reloader = Arc::new(PolicyReloader::new(Arc::clone(&policies), policy_dir.clone(), sources));
         let routes = RouteTable::new(config.routes.iter().map(String::as_str), config.paths.rules())
             .map_err(AppError::Setup)?;

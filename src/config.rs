@@ -145,12 +145,27 @@ pub struct PoliciesConfig {
     /// seen. Without `dir` it has no effect.
     #[serde(default = "default_watch")]
     pub watch: bool,
+    /// Each request is decided by the policies whose scope can match it (its slice); slices
+    /// are cached per policy set, and this bounds the policies the cached slices hold (default
+    /// 100000, a few tens of MB at most). A request whose slice finds the cache full is decided
+    /// by the whole set: correct, slower, logged once per set and counted in
+    /// `cedargate_policy_unsliced_total`. `0` turns slicing off.
+    #[serde(default = "default_slice_cache_max_policies")]
+    pub slice_cache_max_policies: usize,
 }
 
 impl Default for PoliciesConfig {
     fn default() -> Self {
-        Self { dir: None, watch: default_watch() }
+        Self {
+            dir: None,
+            watch: default_watch(),
+            slice_cache_max_policies: default_slice_cache_max_policies(),
+        }
     }
+}
+
+fn default_slice_cache_max_policies() -> usize {
+    crate::policy::DEFAULT_SLICE_CACHE_MAX_POLICIES
 }
 
 fn default_watch() -> bool {

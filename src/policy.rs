@@ -14,6 +14,7 @@ mod load;
 mod mutate;
 mod reload;
 mod request;
+mod slice;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -119,6 +120,10 @@ pub struct PolicySnapshot {
     policies: PolicySet,
     /// The enforced policies and the `@shadow` ones; `None` when there are no shadow policies.
     with_shadow: Option<PolicySet>,
+    /// `policies`, indexed for slicing.
+    sliced: slice::Slicer,
+    /// `with_shadow`, indexed for slicing.
+    sliced_with_shadow: Option<slice::Slicer>,
     /// Ids of the `@shadow` policies.
     shadow_ids: HashSet<PolicyId>,
     /// The schema's action entities (with the `read`/`write` groups) and the static entities
@@ -206,7 +211,12 @@ pub struct PolicyEngine {
     generations: AtomicU64,
     /// Decisions the `@shadow` policies would have changed, since start.
     shadow_disagreements: AtomicU64,
+    /// Bound on the policies the slice caches of a snapshot hold; 0: no slicing.
+    slice_cache_max_policies: usize,
 }
+
+/// Default of [`PolicyEngine::with_slice_cache`]: a few tens of MB at most.
+pub const DEFAULT_SLICE_CACHE_MAX_POLICIES: usize = 100_000;
 
 impl PolicyEngine {
     /// Loads, validates (strict mode) and checks the sources.
@@ -225,7 +235,17 @@ impl PolicyEngine {
             principals: request::PrincipalCache::default(),
             generations,
             shadow_disagreements: AtomicU64::new(0),
+            slice_cache_max_policies: DEFAULT_SLICE_CACHE_MAX_POLICIES,
         })
+    }
+
+    /// Bounds the policies the cached slices of a policy set hold (`0`: every request is
+    /// decided by the whole set). A request whose slice finds the cache full is decided by the
+    /// whole set, correctly but slower, and counted in `cedargate_policy_unsliced_total`.
+    #[must_use]
+    pub fn with_slice_cache(mut self, max_policies: usize) -> Self {
+        self.slice_cache_max_policies = max_policies;
+        self
     }
 
     /// Replaces the policy set with `sources` if they load; otherwise keeps the current set
@@ -291,11 +311,11 @@ impl PolicyEngine {
                 return (verdict, None);
             }
         };
-        let response = self.authorizer.is_authorized(&request, &snapshot.policies, &entities);
+        let response = self.decide(&request, &entities, &snapshot.policies, &snapshot.sliced);
         let mut verdict = verdict_from(snapshot, response.decision(), response.diagnostics());
         // INVARIANT: shadow policies never change the verdict; they only report.
-        if let Some(with_shadow) = &snapshot.with_shadow {
-            let trial = self.authorizer.is_authorized(&request, with_shadow, &entities);
+        if let (Some(with_shadow), Some(sliced)) = (&snapshot.with_shadow, &snapshot.sliced_with_shadow) {
+            let trial = self.decide(&request, &entities, with_shadow, sliced);
             let would = verdict_from(snapshot, trial.decision(), trial.diagnostics());
             if would.allowed != verdict.allowed {
                 self.shadow_disagreements.fetch_add(1, Ordering::Relaxed);
@@ -322,6 +342,25 @@ impl PolicyEngine {
             }
         }
         (verdict, Some((request, entities)))
+    }
+
+    /// Cedar's answer for `request` from the slice of `whole` that can match it.
+    fn decide(
+        &self,
+        request: &cedar_policy::Request,
+        entities: &Entities,
+        whole: &PolicySet,
+        sliced: &slice::Slicer,
+    ) -> cedar_policy::Response {
+        match sliced.slice(request, entities, self.slice_cache_max_policies) {
+            slice::Slice::Set(set) => self.authorizer.is_authorized(request, &set, entities),
+            slice::Slice::Whole { cache_full } => {
+                if cache_full {
+                    crate::telemetry::metrics::metrics().unsliced_decision();
+                }
+                self.authorizer.is_authorized(request, whole, entities)
+            }
+        }
     }
 
     /// How many decisions the `@shadow` policies would have changed since start.

@@ -504,6 +504,8 @@ pub(super) fn check(
     };
     let snapshot = PolicySnapshot {
         shadow_ids: shadow.policies().map(|policy| policy.id().clone()).collect(),
+        sliced: super::slice::Slicer::new(&policies),
+        sliced_with_shadow: with_shadow.as_ref().map(super::slice::Slicer::new),
         policies,
         with_shadow,
         base_entities,

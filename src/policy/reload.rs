@@ -205,6 +205,7 @@ impl PolicyReloader {
     /// One reload, under `running`.
     fn reload_now(&self, trigger: ReloadTrigger) -> Result<Reloaded, ReloadError> {
         let Some(dir) = &self.dir else { return Err(ReloadError::Embedded) };
+        let started = std::time::Instant::now();
         let current = self.record.load_full();
         let loaded = read_settled(|| PolicySources::from_dir(dir)).and_then(|sources| {
             if sources == *current.sources {
@@ -260,6 +261,7 @@ impl PolicyReloader {
                 policies = snapshot.policy_count(),
                 revision = snapshot.revision(),
                 previous = %current.revision,
+                took_ms = started.elapsed().as_millis(),
                 "policies reloaded"
             );
         }

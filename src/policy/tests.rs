@@ -761,3 +761,223 @@ fn the_revision_is_of_the_contents_not_of_where_the_directory_is() {
     assert_eq!(revision(&here), revision(&there));
     assert_ne!(revision(&here), revision(&renamed), "a file's name within the directory counts");
 }
+
+/// Slicing changes nothing: random policy sets (permits and forbids, every scope form,
+/// conditions that error, shadow policies) decide random requests the same with slicing
+/// (and with a slice cache too small to hold them) as with the whole set.
+mod slicing {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const ENTITIES: &str = r#"[
+        {"uid": {"type": "Role", "id": "r1"}, "attrs": {}, "parents": [{"type": "Role", "id": "r0"}]},
+        {"uid": {"type": "Role", "id": "r2"}, "attrs": {}, "parents": [{"type": "Role", "id": "r1"}]},
+        {"uid": {"type": "Server", "id": "s0"}, "attrs": {}, "parents": []}
+    ]"#;
+
+    fn principal_scope() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("principal".to_owned()),
+            (0..3u8).prop_map(|n| format!("principal == User::\"u{n}\"")),
+            (0..4u8).prop_map(|n| format!("principal in Role::\"r{n}\"")),
+            Just("principal is User".to_owned()),
+            (0..4u8).prop_map(|n| format!("principal is User in Role::\"r{n}\"")),
+            Just("principal is Anonymous".to_owned()),
+            Just("principal == Anonymous::\"anonymous\"".to_owned()),
+        ]
+    }
+
+    fn action_scope() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("action".to_owned()),
+            Just("action == Action::\"call\"".to_owned()),
+            Just("action == Action::\"GET\"".to_owned()),
+            Just("action in Action::\"read\"".to_owned()),
+            Just("action in [Action::\"write\", Action::\"call\"]".to_owned()),
+            Just("action in [Action::\"GET\", Action::\"rpc\"]".to_owned()),
+        ]
+    }
+
+    fn resource_scope() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("resource".to_owned()),
+            (0..4u8).prop_map(|n| format!("resource == Tool::\"t{n}\"")),
+            (0..3u8).prop_map(|n| format!("resource in Server::\"s{n}\"")),
+            Just("resource is Tool".to_owned()),
+            (0..3u8).prop_map(|n| format!("resource is Tool in Server::\"s{n}\"")),
+            (0..3u8).prop_map(|n| format!("resource == Route::\"/r{n}\"")),
+            Just("resource is Route".to_owned()),
+            Just("resource is McpMethod".to_owned()),
+        ]
+    }
+
+    fn condition() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just(String::new()),
+            Just(" when { context.authenticated }".to_owned()),
+            Just(" when { resource.hasTag(\"a\") && resource.getTag(\"a\") == \"x\" }".to_owned()),
+            // Overflows (an evaluation error) when `now` is 2 or more.
+            Just(" when { context.now * 4611686018427387904 > 0 }".to_owned()),
+            Just(" unless { context.scopes.contains(\"deny\") }".to_owned()),
+            Just(" when { context.facts.hasTag(\"f\") }".to_owned()),
+        ]
+    }
+
+    fn policy() -> impl Strategy<Value = (bool, bool, String, String, String, String)> {
+        (
+            any::<bool>(),
+            prop::bool::weighted(0.2),
+            principal_scope(),
+            action_scope(),
+            resource_scope(),
+            condition(),
+        )
+    }
+
+    fn policy_set() -> impl Strategy<Value = String> {
+        prop::collection::vec(policy(), 0..24).prop_map(|policies| {
+            policies
+                .into_iter()
+                .enumerate()
+                .map(|(n, (permit, shadow, principal, action, resource, condition))| {
+                    let effect = if permit { "permit" } else { "forbid" };
+                    let shadow = if shadow { " @shadow" } else { "" };
+                    format!(
+                        "@id(\"p{n}\"){shadow}\n{effect} ({principal}, {action}, {resource}){condition};\n"
+                    )
+                })
+                .collect()
+        })
+    }
+
+    #[derive(Debug, Clone)]
+    enum Asked {
+        Tool { name: u8, server: Option<u8>, tagged: bool },
+        Route { method: &'static str, path: u8 },
+        Method,
+    }
+
+    fn asked() -> impl Strategy<Value = Asked> {
+        prop_oneof![
+            (0..5u8, prop::option::of(0..3u8), any::<bool>())
+                .prop_map(|(name, server, tagged)| Asked::Tool { name, server, tagged }),
+            (prop::sample::select(vec!["GET", "POST", "DELETE"]), 0..4u8)
+                .prop_map(|(method, path)| Asked::Route { method, path }),
+            Just(Asked::Method),
+        ]
+    }
+
+    fn caller() -> impl Strategy<Value = Option<(u8, Vec<u8>, bool)>> {
+        prop::option::of((0..4u8, prop::collection::vec(0..4u8, 0..3), any::<bool>()))
+    }
+
+    fn decide(
+        engine: &PolicyEngine,
+        caller: &Option<(u8, Vec<u8>, bool)>,
+        asked: &Asked,
+        facts: bool,
+        now: i64,
+    ) -> Verdict {
+        let auth = caller.as_ref().map(|(subject, roles, deny)| {
+            let mut auth = AuthInfo::new(
+                CredentialKind::Static,
+                format!("u{subject}"),
+                roles.iter().map(|role| format!("r{role}")).collect(),
+            );
+            if *deny {
+                auth.scopes = vec!["deny".to_owned()];
+            }
+            Arc::new(auth)
+        });
+        let tags = Extra::from([("a".to_owned(), serde_json::Value::from("x"))]);
+        let none = Extra::new();
+        let facts =
+            if facts { Extra::from([("f".to_owned(), serde_json::Value::from("1"))]) } else { Extra::new() };
+        let (name, server, path);
+        let resource = match asked {
+            Asked::Tool { name: n, server: s, tagged } => {
+                name = format!("t{n}");
+                server = s.map(|s| format!("s{s}")).unwrap_or_default();
+                Resource::Mcp {
+                    kind: McpKind::Tool,
+                    name: &name,
+                    server: &server,
+                    arguments: if *tagged { &tags } else { &none },
+                }
+            }
+            Asked::Route { method, path: p } => {
+                path = format!("/r{p}");
+                Resource::Route { method, path: &path, template: &path, params: &[] }
+            }
+            Asked::Method => {
+                Resource::Mcp { kind: McpKind::Method, name: "tools/list", server: "s0", arguments: &none }
+            }
+        };
+        engine.evaluate(&Query { auth: auth.as_ref(), resource, facts: &facts, now })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+
+        #[test]
+        fn a_slice_decides_as_the_whole_set(
+            policies in policy_set(),
+            requests in prop::collection::vec((caller(), asked(), any::<bool>(), 0..4i64), 1..12),
+        ) {
+            let sources = with_entities(&[("p.cedar", policies.as_str())], ENTITIES);
+            let whole = match PolicyEngine::new(&sources) {
+                Ok(engine) => engine.with_slice_cache(0),
+                // A generated set the validator refuses (a scope no action applies to is a
+                // warning, not this): nothing to compare.
+                Err(error) => return Err(TestCaseError::reject(format!("{error:?}"))),
+            };
+            let sliced = PolicyEngine::new(&sources).unwrap();
+            let crowded = PolicyEngine::new(&sources).unwrap().with_slice_cache(2);
+            // Twice: the second time from the cache.
+            for _ in 0..2 {
+                for (caller, asked, facts, now) in &requests {
+                    let expected = decide(&whole, caller, asked, *facts, *now);
+                    prop_assert_eq!(&decide(&sliced, caller, asked, *facts, *now), &expected, "{:?} {:?}", caller, asked);
+                    prop_assert_eq!(&decide(&crowded, caller, asked, *facts, *now), &expected, "{:?} {:?}", caller, asked);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_request_is_decided_by_the_policies_its_scope_can_match_only() {
+        let policies = r#"
+            @id("t0-for-r0") permit (principal in Role::"r0", action == Action::"call", resource == Tool::"t0");
+            @id("t1-for-r0") permit (principal in Role::"r0", action == Action::"call", resource == Tool::"t1");
+            @id("s0-tools") forbid (principal, action, resource in Server::"s0") when { context.now > 5 };
+            @id("u0") permit (principal == User::"u0", action, resource);
+            @id("anyone") permit (principal, action == Action::"rpc", resource);
+            @id("everything") forbid (principal, action, resource) when { context.scopes.contains("deny") };
+        "#;
+        let engine = PolicyEngine::new(&with_entities(&[("p.cedar", policies)], ENTITIES)).unwrap();
+        let snapshot = engine.snapshot();
+        let auth = Arc::new(AuthInfo::new(CredentialKind::Static, "u1", vec!["r2".to_owned()]));
+        let query = Query {
+            auth: Some(&auth),
+            resource: Resource::Mcp {
+                kind: McpKind::Tool,
+                name: "t0",
+                server: "s0",
+                arguments: &Extra::new(),
+            },
+            facts: &Extra::new(),
+            now: 0,
+        };
+        let (request, entities) =
+            request::build(&engine.names, &snapshot, &engine.principals, &query).unwrap();
+        let slice::Slice::Set(set) = snapshot.sliced.slice(&request, &entities, 100) else {
+            panic!("expected a slice");
+        };
+        let mut ids: Vec<String> = set.policies().map(|policy| policy.id().to_string()).collect();
+        ids.sort_unstable();
+        // r2 is in r0 through r1; the tool is in s0; not t1's grant, u0's, or the rpc rule.
+        assert_eq!(ids, ["everything", "s0-tools", "t0-for-r0"]);
+        assert!(engine.evaluate(&query).allowed);
+    }
+}

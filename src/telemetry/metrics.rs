@@ -37,6 +37,7 @@ pub struct Metrics {
     policy_last_reload: Gauge<f64>,
     policies: Gauge<u64>,
     shadow_disagreements: Counter<u64>,
+    unsliced: Counter<u64>,
     logins: Counter<u64>,
     export_failures: Counter<u64>,
     slow_decision_log: Counter<u64>,
@@ -117,6 +118,13 @@ impl Metrics {
             shadow_disagreements: meter
                 .u64_counter("cedargate.shadow.disagreements")
                 .with_description("Decisions the @shadow policies would have made differently")
+                .build(),
+            unsliced: meter
+                .u64_counter("cedargate.policy.unsliced")
+                .with_description(
+                    "Decisions made by the whole policy set because the slice cache was full \
+                     (policies.slice_cache_max_policies)",
+                )
                 .build(),
             logins: meter
                 .u64_counter("cedargate.logins")
@@ -208,6 +216,11 @@ impl Metrics {
         self.shadow_disagreements.add(1, &[]);
     }
 
+    /// A decision made by the whole policy set: its slice was not cached and the cache was full.
+    pub fn unsliced_decision(&self) {
+        self.unsliced.add(1, &[]);
+    }
+
     /// A login attempt: `success`, `failure` or `rate_limited`.
     pub fn login(&self, result: &'static str) {
         self.logins.add(1, &[KeyValue::new("result", result)]);
@@ -286,6 +299,7 @@ pub fn metrics() -> &'static Metrics {
         let metrics = Metrics::new(&provider().meter("cedargate"));
         // At 0 from the start, so `rate()` and alerts have a series before the first drop.
         metrics.slow_decision_log.add(0, &[]);
+        metrics.unsliced.add(0, &[]);
         metrics
     })
 }

@@ -1,0 +1,259 @@
+//! Policy slicing: each request is decided by the policies whose scope can match it, not by
+//! the whole set.
+//!
+//! A set is indexed once, when it loads: every policy goes into one bucket, by the most
+//! selective part of its scope (the resource's entity, else the principal's, else the
+//! action's, else the resource's or principal's type, else "always"). A request gathers the
+//! buckets of its resource, principal and action and of their ancestors, keeps the policies
+//! whose whole scope matches, and is decided by a policy set of exactly those, built once per
+//! distinct slice and cached within a bound on the policies the cache holds.
+//!
+//! INVARIANT: a slice decides as the whole set does (decision, determining policies, errors).
+//! A policy left out has a scope that does not match, and Cedar evaluates a policy's scope
+//! before its conditions, so that policy is neither satisfied nor able to fail. The property
+//! test in `policy/tests.rs` holds the two to the same answers.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use cedar_policy::{
+    ActionConstraint, Entities, EntityTypeName, EntityUid, Policy, PolicySet, PrincipalConstraint, Request,
+    ResourceConstraint,
+};
+use dashmap::DashMap;
+
+/// Where a request stands in the entity hierarchy: its uid and every ancestor.
+struct Place<'a> {
+    uid: &'a EntityUid,
+    ancestors: Vec<&'a EntityUid>,
+}
+
+impl<'a> Place<'a> {
+    fn of(uid: &'a EntityUid, entities: &'a Entities) -> Self {
+        let ancestors = entities.ancestors(uid).map(Iterator::collect).unwrap_or_default();
+        Self { uid, ancestors }
+    }
+
+    /// Cedar's `in`: the entity itself or one of its ancestors.
+    fn is_in(&self, target: &EntityUid) -> bool {
+        self.uid == target || self.ancestors.contains(&target)
+    }
+
+    fn is(&self, type_name: &EntityTypeName) -> bool {
+        self.uid.type_name() == type_name
+    }
+
+    /// The entity and its ancestors.
+    fn all(&self) -> impl Iterator<Item = &'a EntityUid> + '_ {
+        std::iter::once(self.uid).chain(self.ancestors.iter().copied())
+    }
+}
+
+/// A policy's scope, as Cedar states it.
+#[derive(Debug)]
+struct Scope {
+    principal: PrincipalConstraint,
+    action: ActionConstraint,
+    resource: ResourceConstraint,
+}
+
+impl Scope {
+    fn of(policy: &Policy) -> Self {
+        Self {
+            principal: policy.principal_constraint(),
+            action: policy.action_constraint(),
+            resource: policy.resource_constraint(),
+        }
+    }
+
+    /// Whether this scope holds for the request: Cedar's semantics of `==`, `in` and `is`.
+    fn matches(&self, principal: &Place<'_>, action: &Place<'_>, resource: &Place<'_>) -> bool {
+        let principal_matches = match &self.principal {
+            PrincipalConstraint::Any => true,
+            PrincipalConstraint::Eq(uid) => principal.uid == uid,
+            PrincipalConstraint::In(uid) => principal.is_in(uid),
+            PrincipalConstraint::Is(type_name) => principal.is(type_name),
+            PrincipalConstraint::IsIn(type_name, uid) => principal.is(type_name) && principal.is_in(uid),
+        };
+        let action_matches = match &self.action {
+            ActionConstraint::Any => true,
+            ActionConstraint::Eq(uid) => action.uid == uid,
+            ActionConstraint::In(uids) => uids.iter().any(|uid| action.is_in(uid)),
+        };
+        let resource_matches = match &self.resource {
+            ResourceConstraint::Any => true,
+            ResourceConstraint::Eq(uid) => resource.uid == uid,
+            ResourceConstraint::In(uid) => resource.is_in(uid),
+            ResourceConstraint::Is(type_name) => resource.is(type_name),
+            ResourceConstraint::IsIn(type_name, uid) => resource.is(type_name) && resource.is_in(uid),
+        };
+        principal_matches && action_matches && resource_matches
+    }
+}
+
+/// The policy set a request is decided by.
+#[derive(Debug, Clone)]
+pub(super) enum Slice {
+    /// The policies whose scope matched (cached).
+    Set(Arc<PolicySet>),
+    /// The whole set: slicing is off, or the slice cache was full (`cache_full`).
+    Whole {
+        /// The slice was not cached and there was no room for it.
+        cache_full: bool,
+    },
+}
+
+/// One policy set, indexed for slicing, with its cache of slices.
+#[derive(Debug)]
+pub(super) struct Slicer {
+    policies: Vec<Policy>,
+    scopes: Vec<Scope>,
+    by_resource: HashMap<EntityUid, Vec<u32>>,
+    by_principal: HashMap<EntityUid, Vec<u32>>,
+    by_action: HashMap<EntityUid, Vec<u32>>,
+    by_resource_type: HashMap<EntityTypeName, Vec<u32>>,
+    by_principal_type: HashMap<EntityTypeName, Vec<u32>>,
+    /// Policies whose scope names no entity and no type: in every slice.
+    always: Vec<u32>,
+    /// Slices by the (sorted) indexes of their policies.
+    cache: DashMap<Box<[u32]>, Arc<PolicySet>>,
+    /// Policies held by the cached slices, against the bound.
+    held: AtomicUsize,
+    /// Whether the full cache was reported (once per set).
+    reported_full: AtomicBool,
+    empty: Arc<PolicySet>,
+}
+
+impl Slicer {
+    /// Indexes `set` (its static policies; cedargate refuses templates).
+    pub(super) fn new(set: &PolicySet) -> Self {
+        let mut slicer = Self {
+            policies: Vec::new(),
+            scopes: Vec::new(),
+            by_resource: HashMap::new(),
+            by_principal: HashMap::new(),
+            by_action: HashMap::new(),
+            by_resource_type: HashMap::new(),
+            by_principal_type: HashMap::new(),
+            always: Vec::new(),
+            cache: DashMap::new(),
+            held: AtomicUsize::new(0),
+            reported_full: AtomicBool::new(false),
+            empty: Arc::new(PolicySet::new()),
+        };
+        for policy in set.policies() {
+            let index = u32::try_from(slicer.policies.len()).unwrap_or(u32::MAX);
+            let scope = Scope::of(policy);
+            slicer.file(index, &scope);
+            slicer.scopes.push(scope);
+            slicer.policies.push(policy.clone());
+        }
+        slicer
+    }
+
+    /// Puts policy `index` into the bucket of the most selective part of its scope.
+    fn file(&mut self, index: u32, scope: &Scope) {
+        let entity_of_resource = match &scope.resource {
+            ResourceConstraint::Eq(uid) | ResourceConstraint::In(uid) | ResourceConstraint::IsIn(_, uid) => {
+                Some(uid)
+            }
+            ResourceConstraint::Any | ResourceConstraint::Is(_) => None,
+        };
+        let entity_of_principal = match &scope.principal {
+            PrincipalConstraint::Eq(uid)
+            | PrincipalConstraint::In(uid)
+            | PrincipalConstraint::IsIn(_, uid) => Some(uid),
+            PrincipalConstraint::Any | PrincipalConstraint::Is(_) => None,
+        };
+        if let Some(uid) = entity_of_resource {
+            self.by_resource.entry(uid.clone()).or_default().push(index);
+        } else if let Some(uid) = entity_of_principal {
+            self.by_principal.entry(uid.clone()).or_default().push(index);
+        } else if let ActionConstraint::Eq(uid) = &scope.action {
+            self.by_action.entry(uid.clone()).or_default().push(index);
+        } else if let ActionConstraint::In(uids) = &scope.action {
+            // In each action's bucket: a request of either finds it (gathering removes repeats).
+            for uid in uids {
+                self.by_action.entry(uid.clone()).or_default().push(index);
+            }
+        } else if let ResourceConstraint::Is(type_name) = &scope.resource {
+            self.by_resource_type.entry(type_name.clone()).or_default().push(index);
+        } else if let PrincipalConstraint::Is(type_name) = &scope.principal {
+            self.by_principal_type.entry(type_name.clone()).or_default().push(index);
+        } else {
+            self.always.push(index);
+        }
+    }
+
+    /// The slice for `request` over `entities` (which hold its principal, action and resource
+    /// and their ancestors). `max_held` bounds the policies all cached slices hold; `0` turns
+    /// slicing off.
+    pub(super) fn slice(&self, request: &Request, entities: &Entities, max_held: usize) -> Slice {
+        let (Some(principal), Some(action), Some(resource)) =
+            (request.principal(), request.action(), request.resource())
+        else {
+            return Slice::Whole { cache_full: false };
+        };
+        if max_held == 0 {
+            return Slice::Whole { cache_full: false };
+        }
+        let principal = Place::of(principal, entities);
+        let action = Place::of(action, entities);
+        let resource = Place::of(resource, entities);
+
+        let mut indexes: Vec<u32> = self.always.clone();
+        let buckets =
+            [(&self.by_resource, &resource), (&self.by_principal, &principal), (&self.by_action, &action)];
+        for (buckets, place) in buckets {
+            for uid in place.all() {
+                if let Some(bucket) = buckets.get(uid) {
+                    indexes.extend_from_slice(bucket);
+                }
+            }
+        }
+        if let Some(bucket) = self.by_resource_type.get(resource.uid.type_name()) {
+            indexes.extend_from_slice(bucket);
+        }
+        if let Some(bucket) = self.by_principal_type.get(principal.uid.type_name()) {
+            indexes.extend_from_slice(bucket);
+        }
+        indexes.retain(|&index| {
+            self.scopes.get(index as usize).is_some_and(|scope| scope.matches(&principal, &action, &resource))
+        });
+        indexes.sort_unstable();
+        indexes.dedup();
+        if indexes.is_empty() {
+            return Slice::Set(Arc::clone(&self.empty));
+        }
+        if let Some(cached) = self.cache.get(indexes.as_slice()) {
+            return Slice::Set(Arc::clone(cached.value()));
+        }
+        let size = indexes.len();
+        if self.held.load(Ordering::Relaxed).saturating_add(size) > max_held {
+            if !self.reported_full.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    max_policies = max_held,
+                    policies = self.policies.len(),
+                    "the policy slice cache is full: requests whose slice is not cached are decided by the \
+                     whole set, correctly but slower; raise policies.slice_cache_max_policies"
+                );
+            }
+            return Slice::Whole { cache_full: true };
+        }
+        let set = match PolicySet::from_policies(
+            indexes.iter().filter_map(|&index| self.policies.get(index as usize).cloned()),
+        ) {
+            Ok(set) => Arc::new(set),
+            // Cannot happen (the policies came from one set); the whole set is always right.
+            Err(_) => return Slice::Whole { cache_full: false },
+        };
+        match self.cache.entry(indexes.into_boxed_slice()) {
+            dashmap::Entry::Occupied(entry) => Slice::Set(Arc::clone(entry.get())),
+            dashmap::Entry::Vacant(entry) => {
+                self.held.fetch_add(size, Ordering::Relaxed);
+                Slice::Set(Arc::clone(entry.insert(set).value()))
+            }
+        }
+    }
+}
