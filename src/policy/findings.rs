@@ -251,12 +251,38 @@ impl Diagnostic for Problem {
 
 /// 1-based line and column of a byte offset.
 pub(super) fn line_column(text: &str, offset: usize) -> (usize, usize) {
-    let before = text.get(..offset.min(text.len())).unwrap_or(text);
-    let line = before.matches('\n').count() + 1;
-    let column = before.rfind('\n').map_or(before.chars().count(), |newline| {
-        before.get(newline + 1..).map_or(0, |rest| rest.chars().count())
-    }) + 1;
-    (line, column)
+    Lines::new(text).at(offset)
+}
+
+/// Line and column of offsets met in increasing order, counting each newline once (a file of
+/// thousands of policies would otherwise be counted from its start for each).
+pub(super) struct Lines<'a> {
+    text: &'a str,
+    /// Where counting stopped, and the line there.
+    offset: usize,
+    line: usize,
+}
+
+impl<'a> Lines<'a> {
+    pub(super) fn new(text: &'a str) -> Self {
+        Self { text, offset: 0, line: 1 }
+    }
+
+    /// The 1-based line and column (in characters) of byte `offset`.
+    pub(super) fn at(&mut self, offset: usize) -> (usize, usize) {
+        let offset = offset.min(self.text.len());
+        if offset < self.offset {
+            (self.offset, self.line) = (0, 1);
+        }
+        let before = self.text.get(..offset).unwrap_or(self.text);
+        self.line += before.get(self.offset..).map_or(0, |skipped| skipped.matches('\n').count());
+        self.offset = before.len();
+        let column = before.rfind('\n').map_or_else(
+            || before.chars().count(),
+            |newline| before.get(newline + 1..).map_or(0, |rest| rest.chars().count()),
+        ) + 1;
+        (self.line, column)
+    }
 }
 
 #[cfg(test)]
@@ -270,6 +296,11 @@ mod tests {
         assert_eq!(line_column(text, 4), (2, 2));
         assert_eq!(line_column(text, 6), (3, 1));
         assert_eq!(line_column(text, 100), (3, 3));
+        let mut lines = Lines::new(text);
+        let forward: Vec<_> = [0, 1, 3, 4, 6, 8].into_iter().map(|offset| lines.at(offset)).collect();
+        assert_eq!(forward, [(1, 1), (1, 2), (2, 1), (2, 2), (3, 1), (3, 3)]);
+        assert_eq!(lines.at(2), (1, 3), "an earlier offset counts again from the start");
+        assert_eq!(lines.at(5), (2, 3));
     }
 
     #[test]

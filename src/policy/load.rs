@@ -10,7 +10,7 @@ use std::sync::Arc;
 use cedar_policy::{Entities, PolicyId, PolicySet, Schema, ValidationMode, Validator};
 use sha2::{Digest, Sha256};
 
-use super::findings::{line_column, Finding, ReportStyle, Severity};
+use super::findings::{Finding, Lines, ReportStyle, Severity};
 use super::request::Names;
 use super::{PolicyMeta, PolicySnapshot};
 
@@ -372,6 +372,7 @@ pub(super) fn check(
         // Policies come in source order, each with its exact source text: searching from the
         // end of the previous one finds each where it is.
         let mut cursor = 0;
+        let mut lines = Lines::new(&file.text);
         for (index, policy) in parsed.policies().enumerate() {
             let span = policy.to_cedar().and_then(|text| {
                 let offset = cursor + file.text.get(cursor..)?.find(&text)?;
@@ -380,10 +381,10 @@ pub(super) fn check(
                 Some((offset, first_line))
             });
             let location = {
-                let (line, column) = span.map_or((1, 1), |(offset, _)| line_column(&file.text, offset));
+                let (line, column) = span.map_or((1, 1), |(offset, _)| lines.at(offset));
                 PolicyLocation { file: file.name.clone(), line, column }
             };
-            let id = match policy.annotation("id") {
+            let id = match super::annotation(policy, "id") {
                 Some(id) => id.to_owned(),
                 None => {
                     let id = format!("{stem}#{index}");
@@ -414,16 +415,15 @@ pub(super) fn check(
             meta.insert(
                 id.clone(),
                 PolicyMeta {
-                    reason: policy.annotation("reason").map(str::to_owned),
-                    scopes: policy
-                        .annotation("scopes")
+                    reason: super::annotation(policy, "reason").map(str::to_owned),
+                    scopes: super::annotation(policy, "scopes")
                         .map(|scopes| scopes.split_whitespace().map(str::to_owned).collect())
                         .unwrap_or_default(),
                 },
             );
             origin.insert(id.clone(), file_index);
             locations.insert(id.clone(), location);
-            let set = if policy.annotation("shadow").is_some() { &mut shadow } else { &mut policies };
+            let set = if super::annotation(policy, "shadow").is_some() { &mut shadow } else { &mut policies };
             if let Err(add_error) = set.add(policy.new_id(id)) {
                 error(file, &add_error, &mut findings);
             }

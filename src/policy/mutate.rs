@@ -180,7 +180,7 @@ fn named_policies(file: &SourceFile) -> Result<Vec<Named>, PolicyError> {
             let (line, end) = position(file, policy, cursor);
             cursor = end;
             Named {
-                id: policy.annotation("id").map_or_else(|| format!("{stem}#{index}"), str::to_owned),
+                id: super::annotation(policy, "id").map_or_else(|| format!("{stem}#{index}"), str::to_owned),
                 line,
                 policy: policy.clone(),
             }
@@ -223,7 +223,7 @@ pub fn outline(sources: &PolicySources) -> Result<Vec<PolicyOutline>, PolicyErro
                 file: file.name.clone(),
                 line: named.line,
                 effect: effect_of(&named.policy),
-                shadow: named.policy.annotation("shadow").is_some(),
+                shadow: super::annotation(&named.policy, "shadow").is_some(),
             });
         }
     }
@@ -250,7 +250,7 @@ pub fn mutants(sources: &PolicySources) -> Result<Vec<Mutant>, PolicyError> {
         }
         for (index, named) in policies.iter().enumerate() {
             let Some(original) = json.get(index) else { continue };
-            if named.policy.annotation("shadow").is_some() {
+            if super::annotation(&named.policy, "shadow").is_some() {
                 continue;
             }
             for (mutation, changed) in mutations_of(original, effect_of(&named.policy)) {
