@@ -81,7 +81,7 @@ for round in $(seq "$rounds"); do
       --authorization "Bearer $token" --tool tool0 --duration "$duration" --warmup 2s)
     cpu=$(($(cpu_ticks "${pid[$name]}") - before))
     requests=$(sed -n 's/^requests: \([0-9]*\).*/\1/p' <<<"$out")
-    allowed=$(sed -n 's/.*allowed \([0-9]*\).*/\1/p' <<<"$out")
+    allowed=$(sed -n 's/^requests: [0-9]* (allowed \([0-9]*\).*/\1/p' <<<"$out")
     [ "$allowed" = "$requests" ] || { echo "$name: not every check was allowed: $out" >&2; exit 1; }
     throughput=$(sed -n 's/^throughput: \([0-9]*\) req\/s/\1/p' <<<"$out")
     p50=$(sed -n 's/.*p50 \([0-9.]*\).*/\1/p' <<<"$out")

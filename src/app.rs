@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::watch;
 
 use crate::api::ext_authz::{AuthorizationServer, ExtAuthzService};
@@ -238,7 +238,14 @@ impl App {
     pub async fn run(&self, shutdown: impl Future<Output = ()>) -> Result<(), AppError> {
         let grpc = bind(self.config.listen.grpc).await?;
         let http = bind(self.config.listen.http).await?;
-        self.serve(grpc, http, shutdown).await
+        let (_socket_file, unix) = match &self.config.listen.grpc_unix {
+            Some(path) => {
+                let (file, listener) = SocketFile::bind(self.config.resolve(path))?;
+                (Some(file), Some(listener))
+            }
+            None => (None, None),
+        };
+        self.serve_with_unix(grpc, unix, http, shutdown).await
     }
 
     /// Serves gRPC on `grpc` and HTTP on `http` (already bound, so tests can bind port 0)
@@ -251,6 +258,23 @@ impl App {
         http: TcpListener,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), AppError> {
+        self.serve_with_unix(grpc, None, http, shutdown).await
+    }
+
+    /// As [`App::serve`], with the gRPC services also on the Unix domain socket `unix`.
+    ///
+    /// Fails when a server fails.
+    pub async fn serve_with_unix(
+        &self,
+        grpc: TcpListener,
+        unix: Option<UnixListener>,
+        http: TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), AppError> {
+        let unix_address = unix
+            .as_ref()
+            .and_then(|unix| unix.local_addr().ok())
+            .and_then(|address| address.as_pathname().map(|path| path.display().to_string()));
         let (stop_sender, stop) = watch::channel(false);
         let ready = Arc::new(AtomicBool::new(false));
         let (health, health_service) = tonic_health::server::health_reporter();
@@ -294,7 +318,7 @@ impl App {
                 self.token_caches.clone(),
                 Arc::clone(&self.policies),
             )))
-            .serve_with_incoming_shutdown(grpc_incoming(grpc, listen), stopped(stop.clone()));
+            .serve_with_incoming_shutdown(grpc_incoming(grpc, unix, listen), stopped(stop.clone()));
         let http_router = router(HttpState {
             sessions: Arc::clone(&self.sessions),
             ready: Arc::clone(&ready),
@@ -327,7 +351,7 @@ impl App {
                 stop.clone(),
             ))
         });
-        tracing::info!(grpc = %grpc_address, http = %http_address, "cedargate serving");
+        tracing::info!(grpc = %grpc_address, grpc_unix = unix_address, http = %http_address, "cedargate serving");
         // Ready (`/readyz`, gRPC health) once every required backend can answer: the JWT
         // issuers' keys are loaded (the refresh task fetches them at start and retries).
         let readiness = {
@@ -462,6 +486,40 @@ fn table(
         entry.digest().map(|digest| (digest, auth))
     });
     DigestTable::new(name, rows).map_err(AppError::Setup)
+}
+
+/// The gRPC port's Unix domain socket file, removed when dropped (at shutdown).
+#[derive(Debug)]
+struct SocketFile(PathBuf);
+
+impl SocketFile {
+    /// Binds `path`, owner and group only. A socket left there by a run that did not shut
+    /// down is replaced; a socket something still listens on, or any other file, is an error.
+    fn bind(path: PathBuf) -> Result<(Self, UnixListener), AppError> {
+        use std::os::unix::fs::{FileTypeExt as _, PermissionsExt as _};
+        let setup = |what: String| AppError::Setup(format!("listen.grpc_unix {}: {what}", path.display()));
+        if let Ok(existing) = std::fs::symlink_metadata(&path) {
+            if !existing.file_type().is_socket() {
+                return Err(setup("exists and is not a socket; refusing to replace it".to_owned()));
+            }
+            if std::os::unix::net::UnixStream::connect(&path).is_ok() {
+                return Err(setup("another process is listening on it".to_owned()));
+            }
+            std::fs::remove_file(&path)
+                .map_err(|error| setup(format!("cannot remove the stale socket: {error}")))?;
+        }
+        let listener = UnixListener::bind(&path)
+            .map_err(|source| AppError::Io { context: format!("cannot bind {}", path.display()), source })?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o660))
+            .map_err(|error| setup(format!("cannot set its permissions: {error}")))?;
+        Ok((Self(path), listener))
+    }
+}
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 async fn bind(address: SocketAddr) -> Result<TcpListener, AppError> {

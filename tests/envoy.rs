@@ -18,15 +18,28 @@ use serde_json::{json, Value};
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Mode {
     Grpc,
+    /// gRPC over a Unix domain socket (Envoy's `pipe` address).
+    GrpcPipe,
     Http,
 }
 
 /// cedargate (the demo plus `extra` config) and an Envoy in `mode` in front of `upstream`.
 async fn stack(mode: Mode, extra: &str, upstream: &Upstream, mcp: Option<&McpServer>) -> (TestServer, Envoy) {
     let text = format!("{}\n{extra}", cedargate::config::DEMO_YAML);
-    let server = TestServer::start(Config::parse("envoy-test.yaml", &text).unwrap()).await;
+    let config = Config::parse("envoy-test.yaml", &text).unwrap();
+    let socket = std::env::temp_dir().join(format!(
+        "cedargate-envoy-{}-{}.sock",
+        std::process::id(),
+        upstream.addr.port()
+    ));
+    let _ = std::fs::remove_file(&socket);
+    let server = match mode {
+        Mode::GrpcPipe => TestServer::start_with_unix(config, &socket).await,
+        Mode::Grpc | Mode::Http => TestServer::start(config).await,
+    };
     let auth = match mode {
         Mode::Grpc => Auth::ExtAuthzGrpc { addr: server.grpc, with_body: true },
+        Mode::GrpcPipe => Auth::ExtAuthzGrpcPipe { path: socket, with_body: true },
         Mode::Http => {
             Auth::ExtAuthzHttp { addr: server.http, path_prefix: "/ext_authz".into(), with_body: true }
         }
@@ -169,6 +182,11 @@ async fn seed_scenarios(mode: Mode) {
 #[tokio::test]
 async fn the_seed_scenarios_pass_through_envoy_grpc_ext_authz() {
     seed_scenarios(Mode::Grpc).await;
+}
+
+#[tokio::test]
+async fn the_seed_scenarios_pass_through_envoy_grpc_ext_authz_over_a_unix_socket() {
+    seed_scenarios(Mode::GrpcPipe).await;
 }
 
 #[tokio::test]

@@ -22,12 +22,12 @@ use std::time::Duration;
 use axum::extract::ConnectInfo;
 use axum::http::StatusCode;
 use axum::Router;
-use futures_util::Stream;
+use futures_util::{Stream, StreamExt as _};
 use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError};
 use tokio::task::JoinSet;
 use tokio::time::{Instant, Sleep};
@@ -74,7 +74,7 @@ pub async fn serve_http(
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
             accepted = acceptor.next() => {
                 let Some((stream, peer, permit)) = accepted else { break };
-                let connection = Connection::new(stream, permit, None, listen.request_timeout.0);
+                let connection = Connection::new(stream.into(), permit, None, listen.request_timeout.0);
                 let timer = HeadTimer {
                     header_read_timeout: listen.header_read_timeout.0,
                     idle_timeout: listen.http_idle_timeout.0,
@@ -102,24 +102,84 @@ pub async fn serve_http(
 /// at once, each with `TCP_NODELAY` and `listen.header_read_timeout` to send the HTTP/2
 /// preface. The stream never yields an error: tonic retries a failed accept at once, which
 /// would spin on `EMFILE`, so errors are handled (and backed off from) here.
+///
+/// With `unix`, connections on that Unix domain socket (Envoy's `pipe` address) are served
+/// too, with a cap of their own of the same size.
 pub fn grpc_incoming(
     listener: TcpListener,
+    unix: Option<UnixListener>,
     listen: &ListenConfig,
 ) -> impl Stream<Item = io::Result<Connection>> {
-    let acceptor =
-        Acceptor::new(listener, listen.grpc_max_connections, "gRPC", "listen.grpc_max_connections");
+    let tcp = accepted(
+        Acceptor::new(listener, listen.grpc_max_connections, "gRPC", "listen.grpc_max_connections"),
+        listen,
+    );
+    let unix = unix.map(|unix| {
+        accepted(
+            Acceptor::new(
+                unix,
+                listen.grpc_max_connections,
+                "gRPC (Unix socket)",
+                "listen.grpc_max_connections",
+            ),
+            listen,
+        )
+    });
+    futures_util::stream::select(tcp.boxed(), futures_util::stream::iter(unix).flatten().boxed())
+}
+
+/// The gRPC connections `acceptor` takes, with their preface and write deadlines.
+fn accepted<A>(
+    acceptor: Acceptor<A>,
+    listen: &ListenConfig,
+) -> impl Stream<Item = io::Result<Connection>> + Send
+where
+    A: Accept + Send + 'static,
+    A::Stream: Into<Socket> + Send,
+{
     let preface_timeout = listen.header_read_timeout.0;
     let write_timeout = listen.request_timeout.0;
     futures_util::stream::unfold(acceptor, move |mut acceptor| async move {
         let (stream, _peer, permit) = acceptor.next().await?;
-        Some((Ok(Connection::new(stream, permit, Some(preface_timeout), write_timeout)), acceptor))
+        Some((Ok(Connection::new(stream.into(), permit, Some(preface_timeout), write_timeout)), acceptor))
     })
 }
 
-/// An accepted TCP connection; it holds its slot in the listener's cap until dropped.
+/// A connection's socket: TCP, or a Unix domain socket on the gRPC port.
+#[derive(Debug)]
+pub enum Socket {
+    /// A TCP connection.
+    Tcp(TcpStream),
+    /// A Unix domain socket connection.
+    Unix(UnixStream),
+}
+
+impl From<TcpStream> for Socket {
+    fn from(stream: TcpStream) -> Self {
+        Self::Tcp(stream)
+    }
+}
+
+impl From<UnixStream> for Socket {
+    fn from(stream: UnixStream) -> Self {
+        Self::Unix(stream)
+    }
+}
+
+/// Forwards an I/O call to the socket of either kind.
+macro_rules! either {
+    ($stream:expr, $inner:ident => $call:expr) => {
+        match $stream {
+            Socket::Tcp($inner) => $call,
+            Socket::Unix($inner) => $call,
+        }
+    };
+}
+
+/// An accepted connection; it holds its slot in the listener's cap until dropped.
 #[derive(Debug)]
 pub struct Connection {
-    stream: TcpStream,
+    stream: Socket,
     _slot: OwnedSemaphorePermit,
     /// Every byte read so far: the HTTP head timer tells an idle keep-alive connection from
     /// one whose next request has begun by it.
@@ -136,15 +196,17 @@ pub struct Connection {
 
 impl Connection {
     fn new(
-        stream: TcpStream,
+        stream: Socket,
         slot: OwnedSemaphorePermit,
         preface_timeout: Option<Duration>,
         write_timeout: Duration,
     ) -> Self {
         // Decisions are small messages on long-lived connections: never let Nagle's algorithm
         // hold one back waiting for a delayed ACK.
-        if let Err(error) = stream.set_nodelay(true) {
-            tracing::debug!("cannot set TCP_NODELAY: {error}");
+        if let Socket::Tcp(tcp) = &stream {
+            if let Err(error) = tcp.set_nodelay(true) {
+                tracing::debug!("cannot set TCP_NODELAY: {error}");
+            }
         }
         Self {
             stream,
@@ -176,7 +238,7 @@ impl AsyncRead for Connection {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         let before = buf.filled().len();
-        let result = Pin::new(&mut this.stream).poll_read(cx, buf);
+        let result = either!(&mut this.stream, stream => Pin::new(stream).poll_read(cx, buf));
         match &result {
             Poll::Ready(Ok(())) => {
                 let read = (buf.filled().len() - before) as u64;
@@ -204,7 +266,7 @@ impl AsyncRead for Connection {
 impl AsyncWrite for Connection {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        let result = Pin::new(&mut this.stream).poll_write(cx, buf);
+        let result = either!(&mut this.stream, stream => Pin::new(stream).poll_write(cx, buf));
         this.watch_write(cx, result)
     }
 
@@ -214,48 +276,65 @@ impl AsyncWrite for Connection {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        let result = Pin::new(&mut this.stream).poll_write_vectored(cx, bufs);
+        let result = either!(&mut this.stream, stream => Pin::new(stream).poll_write_vectored(cx, bufs));
         this.watch_write(cx, result)
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
+        either!(&self.stream, stream => stream.is_write_vectored())
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        let result = Pin::new(&mut this.stream).poll_flush(cx);
+        let result = either!(&mut this.stream, stream => Pin::new(stream).poll_flush(cx));
         this.watch_write(cx, result)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+        either!(&mut self.get_mut().stream, stream => Pin::new(stream).poll_shutdown(cx))
     }
 }
 
-/// The peer address, so gRPC handlers see `remote_addr()` as they do on a plain `TcpStream`.
+/// The peer address, so gRPC handlers see `remote_addr()` as they do on a plain `TcpStream`;
+/// none on a Unix socket (a local proxy: there is no client address to see).
 impl Connected for Connection {
     type ConnectInfo = TcpConnectInfo;
 
     fn connect_info(&self) -> TcpConnectInfo {
-        self.stream.connect_info()
+        match &self.stream {
+            Socket::Tcp(tcp) => tcp.connect_info(),
+            Socket::Unix(_) => TcpConnectInfo { local_addr: None, remote_addr: None },
+        }
     }
 }
 
-/// Where connections come from: a `TcpListener`, or a scripted source in tests.
+/// Where connections come from: a `TcpListener`, a `UnixListener`, or a scripted source in
+/// tests.
 trait Accept {
     /// What an accepted connection is.
     type Stream;
+    /// Who is at the other end.
+    type Peer: Send;
 
     /// The next connection and its peer.
-    fn accept(&mut self) -> impl Future<Output = io::Result<(Self::Stream, SocketAddr)>> + Send;
+    fn accept(&mut self) -> impl Future<Output = io::Result<(Self::Stream, Self::Peer)>> + Send;
 }
 
 impl Accept for TcpListener {
     type Stream = TcpStream;
+    type Peer = SocketAddr;
 
     fn accept(&mut self) -> impl Future<Output = io::Result<(TcpStream, SocketAddr)>> + Send {
         TcpListener::accept(self)
+    }
+}
+
+impl Accept for UnixListener {
+    type Stream = UnixStream;
+    type Peer = ();
+
+    async fn accept(&mut self) -> io::Result<(UnixStream, ())> {
+        UnixListener::accept(self).await.map(|(stream, _)| (stream, ()))
     }
 }
 
@@ -294,7 +373,7 @@ impl<A: Accept> Acceptor<A> {
     /// The next connection with its slot, once a slot is free. Cancel-safe: a connection is
     /// never taken from the source and then dropped. `None` only if the semaphore is closed,
     /// which nothing does.
-    async fn next(&mut self) -> Option<(A::Stream, SocketAddr, OwnedSemaphorePermit)> {
+    async fn next(&mut self) -> Option<(A::Stream, A::Peer, OwnedSemaphorePermit)> {
         let slot = match Arc::clone(&self.slots).try_acquire_owned() {
             Ok(slot) => slot,
             Err(TryAcquireError::Closed) => return None,

@@ -11,6 +11,12 @@ pub struct ListenConfig {
     /// gRPC (Authorizer, Sessions, health, reflection). Default `127.0.0.1:50051`.
     #[serde(default = "default_grpc")]
     pub grpc: SocketAddr,
+    /// Also serve the gRPC services on this Unix domain socket (Envoy's `pipe` address),
+    /// relative to the config file. Created at start (a stale socket left by a previous run is
+    /// replaced; any other file there is an error), readable and writable by its owner and
+    /// group only, and removed at shutdown. Absent: TCP only.
+    #[serde(default)]
+    pub grpc_unix: Option<PathBuf>,
     /// HTTP (login, `/healthz`, `/readyz`). Default `127.0.0.1:8080`.
     #[serde(default = "default_http")]
     pub http: SocketAddr,
@@ -122,6 +128,7 @@ impl Default for ListenConfig {
     fn default() -> Self {
         Self {
             grpc: default_grpc(),
+            grpc_unix: None,
             http: default_http(),
             shutdown_grace: default_shutdown_grace(),
             header_read_timeout: default_header_read_timeout(),

@@ -37,6 +37,8 @@ pub enum Auth {
     None,
     /// `ext_authz` calling `envoy.service.auth.v3.Authorization/Check` over HTTP/2 at `addr`.
     ExtAuthzGrpc { addr: SocketAddr, with_body: bool },
+    /// The same over the Unix domain socket at `path` (Envoy's `pipe` address).
+    ExtAuthzGrpcPipe { path: std::path::PathBuf, with_body: bool },
     /// `ext_authz` in HTTP mode: the request's method, `path_prefix` + path and the allowed headers
     /// go to `addr`; a 200 lets the request through with its `x-auth-*` headers.
     ExtAuthzHttp { addr: SocketAddr, path_prefix: String, with_body: bool },
@@ -119,6 +121,12 @@ impl EnvoyConfig {
         }
         match &self.auth {
             Auth::ExtAuthzGrpc { addr, .. } => clusters.push(cluster("ext_authz", *addr, true)),
+            Auth::ExtAuthzGrpcPipe { path, .. } => {
+                let mut pipe = cluster("ext_authz", "127.0.0.1:9".parse().unwrap(), true);
+                pipe["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"] =
+                    json!({ "pipe": { "path": path.to_str().unwrap() } });
+                clusters.push(pipe);
+            }
             Auth::ExtAuthzHttp { addr, .. } => clusters.push(cluster("ext_authz", *addr, false)),
             Auth::None | Auth::JwtRbac { .. } => {}
         }
@@ -170,7 +178,7 @@ impl EnvoyConfig {
 
     fn virtual_host(&self) -> Value {
         let mut host = json!({ "name": "all", "domains": ["*"], "routes": self.routes() });
-        if matches!(self.auth, Auth::ExtAuthzGrpc { .. }) {
+        if matches!(self.auth, Auth::ExtAuthzGrpc { .. } | Auth::ExtAuthzGrpcPipe { .. }) {
             // Shows the client what ext_authz put into the dynamic metadata for other filters.
             host["response_headers_to_add"] = json!([{
                 "header": {
@@ -185,7 +193,7 @@ impl EnvoyConfig {
     fn auth_filters(&self) -> Vec<Value> {
         match &self.auth {
             Auth::None => Vec::new(),
-            Auth::ExtAuthzGrpc { with_body, .. } => {
+            Auth::ExtAuthzGrpc { with_body, .. } | Auth::ExtAuthzGrpcPipe { with_body, .. } => {
                 let mut config = json!({
                     "@type": any_type("extensions.filters.http.ext_authz.v3.ExtAuthz"),
                     "transport_api_version": "V3",
@@ -292,7 +300,10 @@ impl EnvoyConfig {
     }
 
     fn routes(&self) -> Vec<Value> {
-        let ext_authz = matches!(self.auth, Auth::ExtAuthzGrpc { .. } | Auth::ExtAuthzHttp { .. });
+        let ext_authz = matches!(
+            self.auth,
+            Auth::ExtAuthzGrpc { .. } | Auth::ExtAuthzGrpcPipe { .. } | Auth::ExtAuthzHttp { .. }
+        );
         let extensions = |pairs: &[(String, String)]| -> Option<Value> {
             ext_authz.then(|| {
                 let map: Map<String, Value> =

@@ -29,6 +29,8 @@ pub struct TestServer {
     pub http: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), AppError>>>,
+    /// The Unix socket of `start_with_unix`, removed on drop.
+    unix: Option<std::path::PathBuf>,
 }
 
 impl TestServer {
@@ -47,7 +49,27 @@ impl TestServer {
                 })
                 .await
         });
-        Self { app, grpc, http, stop: Some(stop), task: Some(task) }
+        Self { app, grpc, http, stop: Some(stop), task: Some(task), unix: None }
+    }
+
+    /// As `start`, with the gRPC services also on a Unix domain socket at `unix`.
+    pub async fn start_with_unix(config: Config, unix: &std::path::Path) -> Self {
+        let app = Arc::new(App::build(config).expect("app builds"));
+        let grpc_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let http_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let unix_listener = tokio::net::UnixListener::bind(unix).unwrap();
+        let grpc = grpc_listener.local_addr().unwrap();
+        let http = http_listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let served = Arc::clone(&app);
+        let task = tokio::spawn(async move {
+            served
+                .serve_with_unix(grpc_listener, Some(unix_listener), http_listener, async {
+                    let _ = stopped.await;
+                })
+                .await
+        });
+        Self { app, grpc, http, stop: Some(stop), task: Some(task), unix: Some(unix.to_path_buf()) }
     }
 
     pub async fn demo() -> Self {
@@ -83,6 +105,9 @@ impl Drop for TestServer {
     fn drop(&mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
+        }
+        if let Some(unix) = &self.unix {
+            let _ = std::fs::remove_file(unix);
         }
     }
 }

@@ -23,6 +23,7 @@ struct Script {
 
 impl Accept for Script {
     type Stream = ();
+    type Peer = SocketAddr;
 
     fn accept(&mut self) -> impl Future<Output = io::Result<((), SocketAddr)>> + Send {
         self.calls.fetch_add(1, Ordering::SeqCst);
@@ -155,7 +156,7 @@ async fn a_peer_that_stops_reading_loses_its_connection_after_the_write_timeout(
     let _client = TcpStream::connect(address).await.unwrap();
     let (stream, _) = listener.accept().await.unwrap();
     let slot = Arc::new(Semaphore::new(1)).try_acquire_owned().unwrap();
-    let mut connection = Connection::new(stream, slot, None, Duration::from_millis(200));
+    let mut connection = Connection::new(stream.into(), slot, None, Duration::from_millis(200));
     // Far more than the socket buffers hold: the write stalls, then fails.
     let written = tokio::time::timeout(GENEROUS, connection.write_all(&vec![b'x'; 64 << 20])).await;
     let error = written.expect("the stalled write ends within the deadline").unwrap_err();
