@@ -28,7 +28,7 @@ use tonic::transport::{Channel, Endpoint};
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Args {
-    /// Server address (gRPC mode).
+    /// Server address (gRPC mode); `unix:/path` for a Unix domain socket (`listen.grpc_unix`).
     #[arg(long, default_value = "http://127.0.0.1:50051")]
     addr: String,
     /// HTTP mode: send `--method` requests to this URL instead of gRPC Checks, over HTTP/1.1
@@ -199,14 +199,39 @@ async fn grpc_probes(args: &Args) -> anyhow::Result<Vec<Probe>> {
     };
     let mut probes = Vec::with_capacity(args.connections);
     for _ in 0..args.connections {
-        let channel: Channel = Endpoint::from_shared(args.addr.clone())?
-            .tcp_nodelay(true)
-            .connect()
-            .await
-            .with_context(|| format!("cannot connect to {}", args.addr))?;
+        let channel: Channel = match args.addr.strip_prefix("unix:") {
+            Some(path) => Endpoint::from_static("http://cedargate")
+                .connect_with_connector(UnixConnector(path.into()))
+                .await
+                .with_context(|| format!("cannot connect to {path}"))?,
+            None => Endpoint::from_shared(args.addr.clone())?
+                .tcp_nodelay(true)
+                .connect()
+                .await
+                .with_context(|| format!("cannot connect to {}", args.addr))?,
+        };
         probes.push(Probe::Grpc { client: AuthorizerClient::new(channel), request: request.clone() });
     }
     Ok(probes)
+}
+
+/// Connects to a Unix domain socket, for tonic.
+#[derive(Debug, Clone)]
+struct UnixConnector(std::path::PathBuf);
+
+impl tonic::codegen::Service<tonic::codegen::http::Uri> for UnixConnector {
+    type Response = hyper_util::rt::TokioIo<tokio::net::UnixStream>;
+    type Error = std::io::Error;
+    type Future = tonic::codegen::BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: tonic::codegen::http::Uri) -> Self::Future {
+        let path = self.0.clone();
+        Box::pin(async move { tokio::net::UnixStream::connect(path).await.map(hyper_util::rt::TokioIo::new) })
+    }
 }
 
 /// One probe whose client keeps a keep-alive connection per request in flight.
