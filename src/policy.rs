@@ -215,7 +215,10 @@ pub struct PolicyEngine {
     slice_cache_max_policies: usize,
 }
 
-/// Default of [`PolicyEngine::with_slice_cache`]: a few tens of MB at most.
+/// Default of [`PolicyEngine::with_slice_cache`]. The bound counts policies, not bytes: a
+/// cached slice holds a copy of each of its policies (source text included), so the most it
+/// holds is about this many times a policy's size (tens of MB for policies of a few hundred
+/// bytes).
 pub const DEFAULT_SLICE_CACHE_MAX_POLICIES: usize = 100_000;
 
 impl PolicyEngine {
@@ -240,8 +243,9 @@ impl PolicyEngine {
     }
 
     /// Bounds the policies the cached slices of a policy set hold (`0`: every request is
-    /// decided by the whole set). A request whose slice finds the cache full is decided by the
-    /// whole set, correctly but slower, and counted in `cedargate_policy_unsliced_total`.
+    /// decided by the whole set). A slice that finds the cache full clears it, and the cache
+    /// starts over with the slices requests then need: correct, slower while it refills, and
+    /// counted in `cedargate_policy_slice_cache_resets_total`.
     #[must_use]
     pub fn with_slice_cache(mut self, max_policies: usize) -> Self {
         self.slice_cache_max_policies = max_policies;
@@ -352,14 +356,13 @@ impl PolicyEngine {
         whole: &PolicySet,
         sliced: &slice::Slicer,
     ) -> cedar_policy::Response {
-        match sliced.slice(request, entities, self.slice_cache_max_policies) {
+        let (slice, cache) = sliced.slice(request, entities, self.slice_cache_max_policies);
+        if matches!(cache, slice::Cache::Reset | slice::Cache::TooLarge) {
+            crate::telemetry::metrics::metrics().slice_cache_reset();
+        }
+        match slice {
             slice::Slice::Set(set) => self.authorizer.is_authorized(request, &set, entities),
-            slice::Slice::Whole { cache_full } => {
-                if cache_full {
-                    crate::telemetry::metrics::metrics().unsliced_decision();
-                }
-                self.authorizer.is_authorized(request, whole, entities)
-            }
+            slice::Slice::Whole => self.authorizer.is_authorized(request, whole, entities),
         }
     }
 

@@ -6,7 +6,8 @@
 //! action's, else the resource's or principal's type, else "always"). A request gathers the
 //! buckets of its resource, principal and action and of their ancestors, keeps the policies
 //! whose whole scope matches, and is decided by a policy set of exactly those, built once per
-//! distinct slice and cached within a bound on the policies the cache holds.
+//! distinct slice and cached within a bound on the policies the cache holds (full, it starts
+//! over).
 //!
 //! INVARIANT: a slice decides as the whole set does (decision, determining policies, errors).
 //! A policy left out has a scope that does not match, and Cedar evaluates a policy's scope
@@ -14,8 +15,8 @@
 //! test in `policy/tests.rs` holds the two to the same answers.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use cedar_policy::{
     ActionConstraint, Entities, EntityTypeName, EntityUid, Policy, PolicySet, PrincipalConstraint, Request,
@@ -95,13 +96,23 @@ impl Scope {
 /// The policy set a request is decided by.
 #[derive(Debug, Clone)]
 pub(super) enum Slice {
-    /// The policies whose scope matched (cached).
+    /// The policies whose scope matched.
     Set(Arc<PolicySet>),
-    /// The whole set: slicing is off, or the slice cache was full (`cache_full`).
-    Whole {
-        /// The slice was not cached and there was no room for it.
-        cache_full: bool,
-    },
+    /// The whole set: slicing is off.
+    Whole,
+}
+
+/// What a request's slice cost, for the caller's metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Cache {
+    /// Cached already, empty, or slicing off.
+    Hit,
+    /// Built and cached.
+    Miss,
+    /// Built, and the cache was full: it started over with this slice.
+    Reset,
+    /// Built, larger than the whole bound: used for this request only.
+    TooLarge,
 }
 
 /// One policy set, indexed for slicing, with its cache of slices.
@@ -118,9 +129,10 @@ pub(super) struct Slicer {
     always: Vec<u32>,
     /// Slices by the (sorted) indexes of their policies.
     cache: DashMap<Box<[u32]>, Arc<PolicySet>>,
-    /// Policies held by the cached slices, against the bound.
-    held: AtomicUsize,
-    /// Whether the full cache was reported (once per set).
+    /// Policies held by the cached slices, against the bound; taken to add or clear (misses
+    /// only), so the count is exact.
+    held: Mutex<usize>,
+    /// Whether a full cache was reported (once per set).
     reported_full: AtomicBool,
     empty: Arc<PolicySet>,
 }
@@ -138,7 +150,7 @@ impl Slicer {
             by_principal_type: HashMap::new(),
             always: Vec::new(),
             cache: DashMap::new(),
-            held: AtomicUsize::new(0),
+            held: Mutex::new(0),
             reported_full: AtomicBool::new(false),
             empty: Arc::new(PolicySet::new()),
         };
@@ -187,16 +199,18 @@ impl Slicer {
     }
 
     /// The slice for `request` over `entities` (which hold its principal, action and resource
-    /// and their ancestors). `max_held` bounds the policies all cached slices hold; `0` turns
-    /// slicing off.
-    pub(super) fn slice(&self, request: &Request, entities: &Entities, max_held: usize) -> Slice {
+    /// and their ancestors). `max_held` bounds the policies all cached slices hold (`0` turns
+    /// slicing off): a slice that does not fit clears the cache, which starts over with it, so
+    /// the slices in use are always the ones cached, whoever asked first. A slice larger than
+    /// the bound itself is built for its request and not kept.
+    pub(super) fn slice(&self, request: &Request, entities: &Entities, max_held: usize) -> (Slice, Cache) {
         let (Some(principal), Some(action), Some(resource)) =
             (request.principal(), request.action(), request.resource())
         else {
-            return Slice::Whole { cache_full: false };
+            return (Slice::Whole, Cache::Hit);
         };
         if max_held == 0 {
-            return Slice::Whole { cache_full: false };
+            return (Slice::Whole, Cache::Hit);
         }
         let principal = Place::of(principal, entities);
         let action = Place::of(action, entities);
@@ -224,36 +238,42 @@ impl Slicer {
         indexes.sort_unstable();
         indexes.dedup();
         if indexes.is_empty() {
-            return Slice::Set(Arc::clone(&self.empty));
+            return (Slice::Set(Arc::clone(&self.empty)), Cache::Hit);
         }
         if let Some(cached) = self.cache.get(indexes.as_slice()) {
-            return Slice::Set(Arc::clone(cached.value()));
+            return (Slice::Set(Arc::clone(cached.value())), Cache::Hit);
         }
+        let policies = indexes.iter().filter_map(|&index| self.policies.get(index as usize).cloned());
+        let set = match PolicySet::from_policies(policies) {
+            Ok(set) => Arc::new(set),
+            // Cannot happen (the policies came from one set); the whole set is always right.
+            Err(_) => return (Slice::Whole, Cache::Miss),
+        };
         let size = indexes.len();
-        if self.held.load(Ordering::Relaxed).saturating_add(size) > max_held {
+        if size > max_held {
+            return (Slice::Set(set), Cache::TooLarge);
+        }
+        // A poisoned count is still a count: nothing panics while holding it.
+        let mut held = self.held.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(cached) = self.cache.get(indexes.as_slice()) {
+            return (Slice::Set(Arc::clone(cached.value())), Cache::Hit);
+        }
+        let mut outcome = Cache::Miss;
+        if held.saturating_add(size) > max_held {
+            self.cache.clear();
+            *held = 0;
+            outcome = Cache::Reset;
             if !self.reported_full.swap(true, Ordering::Relaxed) {
                 tracing::warn!(
                     max_policies = max_held,
                     policies = self.policies.len(),
-                    "the policy slice cache is full: requests whose slice is not cached are decided by the \
-                     whole set, correctly but slower; raise policies.slice_cache_max_policies"
+                    "the policy slice cache is full: it starts over when a new slice does not fit, and \
+                     requests rebuild their slices, correctly but slower; raise policies.slice_cache_max_policies"
                 );
             }
-            return Slice::Whole { cache_full: true };
         }
-        let set = match PolicySet::from_policies(
-            indexes.iter().filter_map(|&index| self.policies.get(index as usize).cloned()),
-        ) {
-            Ok(set) => Arc::new(set),
-            // Cannot happen (the policies came from one set); the whole set is always right.
-            Err(_) => return Slice::Whole { cache_full: false },
-        };
-        match self.cache.entry(indexes.into_boxed_slice()) {
-            dashmap::Entry::Occupied(entry) => Slice::Set(Arc::clone(entry.get())),
-            dashmap::Entry::Vacant(entry) => {
-                self.held.fetch_add(size, Ordering::Relaxed);
-                Slice::Set(Arc::clone(entry.insert(set).value()))
-            }
-        }
+        *held += size;
+        self.cache.insert(indexes.into_boxed_slice(), Arc::clone(&set));
+        (Slice::Set(set), outcome)
     }
 }

@@ -971,13 +971,84 @@ mod slicing {
         };
         let (request, entities) =
             request::build(&engine.names, &snapshot, &engine.principals, &query).unwrap();
-        let slice::Slice::Set(set) = snapshot.sliced.slice(&request, &entities, 100) else {
-            panic!("expected a slice");
+        let (slice::Slice::Set(set), slice::Cache::Miss) = snapshot.sliced.slice(&request, &entities, 100)
+        else {
+            panic!("expected a new slice");
         };
         let mut ids: Vec<String> = set.policies().map(|policy| policy.id().to_string()).collect();
         ids.sort_unstable();
         // r2 is in r0 through r1; the tool is in s0; not t1's grant, u0's, or the rpc rule.
         assert_eq!(ids, ["everything", "s0-tools", "t0-for-r0"]);
         assert!(engine.evaluate(&query).allowed);
+    }
+
+    #[test]
+    fn slices_asked_first_never_keep_the_others_out_of_the_cache() {
+        // One slice per tool; room for two slices of two policies.
+        let policies: String = (0..6)
+            .map(|n| {
+                format!(
+                    "@id(\"t{n}\") permit (principal, action == Action::\"call\", resource == Tool::\"t{n}\");\n\
+                     @id(\"t{n}-r0\") permit (principal in Role::\"r0\", action, resource == Tool::\"t{n}\");\n"
+                )
+            })
+            .collect();
+        let engine = PolicyEngine::new(&with_entities(&[("p.cedar", policies.as_str())], ENTITIES)).unwrap();
+        let snapshot = engine.snapshot();
+        let member = Arc::new(AuthInfo::new(CredentialKind::Static, "u1", vec!["r0".to_owned()]));
+        let slice_of = |auth: Option<&Arc<AuthInfo>>, tool: &str| {
+            let query = Query {
+                auth,
+                resource: Resource::Mcp {
+                    kind: McpKind::Tool,
+                    name: tool,
+                    server: "",
+                    arguments: &Extra::new(),
+                },
+                facts: &Extra::new(),
+                now: 0,
+            };
+            let (request, entities) =
+                request::build(&engine.names, &snapshot, &engine.principals, &query).unwrap();
+            let (slice, cache) = snapshot.sliced.slice(&request, &entities, 4);
+            let slice::Slice::Set(set) = slice else { panic!("sliced") };
+            (set.policies().count(), cache)
+        };
+        // Callers without a credential fill it with slices of their own...
+        assert_eq!(slice_of(None, "t0"), (1, slice::Cache::Miss));
+        assert_eq!(slice_of(None, "t1"), (1, slice::Cache::Miss));
+        assert_eq!(slice_of(None, "t2"), (1, slice::Cache::Miss));
+        assert_eq!(slice_of(None, "t3"), (1, slice::Cache::Miss));
+        // ...and a member's slice still gets in, then serves from the cache.
+        assert_eq!(slice_of(Some(&member), "t0"), (2, slice::Cache::Reset));
+        assert_eq!(slice_of(Some(&member), "t0"), (2, slice::Cache::Hit));
+        assert_eq!(slice_of(Some(&member), "t1"), (2, slice::Cache::Miss));
+        assert_eq!(slice_of(Some(&member), "t0"), (2, slice::Cache::Hit));
+        // A slice larger than the whole bound is used, not kept.
+        let (request, entities) = request::build(
+            &engine.names,
+            &snapshot,
+            &engine.principals,
+            &Query {
+                auth: Some(&member),
+                resource: Resource::Mcp {
+                    kind: McpKind::Tool,
+                    name: "t5",
+                    server: "",
+                    arguments: &Extra::new(),
+                },
+                facts: &Extra::new(),
+                now: 0,
+            },
+        )
+        .unwrap();
+        assert!(matches!(
+            snapshot.sliced.slice(&request, &entities, 1),
+            (slice::Slice::Set(_), slice::Cache::TooLarge)
+        ));
+        assert!(matches!(
+            snapshot.sliced.slice(&request, &entities, 1),
+            (slice::Slice::Set(_), slice::Cache::TooLarge)
+        ));
     }
 }

@@ -37,7 +37,7 @@ pub struct Metrics {
     policy_last_reload: Gauge<f64>,
     policies: Gauge<u64>,
     shadow_disagreements: Counter<u64>,
-    unsliced: Counter<u64>,
+    slice_cache_resets: Counter<u64>,
     logins: Counter<u64>,
     export_failures: Counter<u64>,
     slow_decision_log: Counter<u64>,
@@ -119,11 +119,11 @@ impl Metrics {
                 .u64_counter("cedargate.shadow.disagreements")
                 .with_description("Decisions the @shadow policies would have made differently")
                 .build(),
-            unsliced: meter
-                .u64_counter("cedargate.policy.unsliced")
+            slice_cache_resets: meter
+                .u64_counter("cedargate.policy.slice_cache.resets")
                 .with_description(
-                    "Decisions made by the whole policy set because the slice cache was full \
-                     (policies.slice_cache_max_policies)",
+                    "Times a policy slice did not fit in the slice cache: the cache started over, or \
+                     the slice alone is larger than policies.slice_cache_max_policies",
                 )
                 .build(),
             logins: meter
@@ -216,9 +216,10 @@ impl Metrics {
         self.shadow_disagreements.add(1, &[]);
     }
 
-    /// A decision made by the whole policy set: its slice was not cached and the cache was full.
-    pub fn unsliced_decision(&self) {
-        self.unsliced.add(1, &[]);
+    /// A slice did not fit in the policy slice cache (it started over, or the slice is larger
+    /// than the bound).
+    pub fn slice_cache_reset(&self) {
+        self.slice_cache_resets.add(1, &[]);
     }
 
     /// A login attempt: `success`, `failure` or `rate_limited`.
@@ -299,7 +300,7 @@ pub fn metrics() -> &'static Metrics {
         let metrics = Metrics::new(&provider().meter("cedargate"));
         // At 0 from the start, so `rate()` and alerts have a series before the first drop.
         metrics.slow_decision_log.add(0, &[]);
-        metrics.unsliced.add(0, &[]);
+        metrics.slice_cache_resets.add(0, &[]);
         metrics
     })
 }
