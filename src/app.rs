@@ -241,7 +241,8 @@ impl App {
         let (_socket_file, unix) = match &self.config.listen.grpc_unix {
             Some(path) => {
                 let (file, listener) = SocketFile::bind(self.config.resolve(path))?;
-                (Some(file), Some(listener))
+                let path = file.0.clone();
+                (Some(file), Some((listener, path)))
             }
             None => (None, None),
         };
@@ -261,20 +262,21 @@ impl App {
         self.serve_with_unix(grpc, None, http, shutdown).await
     }
 
-    /// As [`App::serve`], with the gRPC services also on the Unix domain socket `unix`.
+    /// As [`App::serve`], with the gRPC services also on the Unix domain socket `unix` (the
+    /// listener, and the path it is at now, for the log).
     ///
     /// Fails when a server fails.
     pub async fn serve_with_unix(
         &self,
         grpc: TcpListener,
-        unix: Option<UnixListener>,
+        unix: Option<(UnixListener, PathBuf)>,
         http: TcpListener,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), AppError> {
-        let unix_address = unix
-            .as_ref()
-            .and_then(|unix| unix.local_addr().ok())
-            .and_then(|address| address.as_pathname().map(|path| path.display().to_string()));
+        let (unix, unix_address) = match unix {
+            Some((listener, path)) => (Some(listener), Some(path.display().to_string())),
+            None => (None, None),
+        };
         let (stop_sender, stop) = watch::channel(false);
         let ready = Arc::new(AtomicBool::new(false));
         let (health, health_service) = tonic_health::server::health_reporter();
@@ -508,10 +510,17 @@ impl SocketFile {
             std::fs::remove_file(&path)
                 .map_err(|error| setup(format!("cannot remove the stale socket: {error}")))?;
         }
-        let listener = UnixListener::bind(&path)
+        // Bound under a name nobody knows, narrowed to 0660, then renamed into place: no one can
+        // connect while it still has the umask's permissions.
+        let name = path.file_name().map_or_else(|| "grpc".into(), |name| name.to_string_lossy().into_owned());
+        let staging = Self(path.with_file_name(format!(".{name}.{:016x}", rand::random::<u64>())));
+        let listener = UnixListener::bind(&staging.0)
             .map_err(|source| AppError::Io { context: format!("cannot bind {}", path.display()), source })?;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o660))
+        std::fs::set_permissions(&staging.0, std::fs::Permissions::from_mode(0o660))
             .map_err(|error| setup(format!("cannot set its permissions: {error}")))?;
+        std::fs::rename(&staging.0, &path)
+            .map_err(|error| setup(format!("cannot put it in place: {error}")))?;
+        // `staging` is dropped with nothing left at its name; on an error above, it removes it.
         Ok((Self(path), listener))
     }
 }

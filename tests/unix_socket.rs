@@ -53,6 +53,13 @@ async fn the_grpc_services_answer_on_a_unix_socket_that_is_owner_and_group_only(
     let metadata = std::fs::symlink_metadata(&socket).unwrap();
     assert!(metadata.file_type().is_socket());
     assert_eq!(metadata.permissions().mode() & 0o777, 0o660);
+    // Bound under a hidden name and renamed into place: nothing else is left beside it.
+    let mut names: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort_unstable();
+    assert_eq!(names, ["cedargate.sock", "cedargate.yaml"]);
 
     let mut client = AuthorizerClient::new(unix_channel(socket.clone()).await);
     let allowed =

@@ -35,41 +35,33 @@ pub struct TestServer {
 
 impl TestServer {
     pub async fn start(config: Config) -> Self {
-        let app = Arc::new(App::build(config).expect("app builds"));
-        let grpc_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let http_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let grpc = grpc_listener.local_addr().unwrap();
-        let http = http_listener.local_addr().unwrap();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let served = Arc::clone(&app);
-        let task = tokio::spawn(async move {
-            served
-                .serve(grpc_listener, http_listener, async {
-                    let _ = stopped.await;
-                })
-                .await
-        });
-        Self { app, grpc, http, stop: Some(stop), task: Some(task), unix: None }
+        Self::serve(config, None).await
     }
 
     /// As `start`, with the gRPC services also on a Unix domain socket at `unix`.
     pub async fn start_with_unix(config: Config, unix: &std::path::Path) -> Self {
+        Self::serve(config, Some(unix)).await
+    }
+
+    async fn serve(config: Config, unix: Option<&std::path::Path>) -> Self {
         let app = Arc::new(App::build(config).expect("app builds"));
         let grpc_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let http_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let unix_listener = tokio::net::UnixListener::bind(unix).unwrap();
+        let unix_listener =
+            unix.map(|path| (tokio::net::UnixListener::bind(path).unwrap(), path.to_path_buf()));
         let grpc = grpc_listener.local_addr().unwrap();
         let http = http_listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
         let served = Arc::clone(&app);
         let task = tokio::spawn(async move {
             served
-                .serve_with_unix(grpc_listener, Some(unix_listener), http_listener, async {
+                .serve_with_unix(grpc_listener, unix_listener, http_listener, async {
                     let _ = stopped.await;
                 })
                 .await
         });
-        Self { app, grpc, http, stop: Some(stop), task: Some(task), unix: Some(unix.to_path_buf()) }
+        let unix = unix.map(std::path::Path::to_path_buf);
+        Self { app, grpc, http, stop: Some(stop), task: Some(task), unix }
     }
 
     pub async fn demo() -> Self {
