@@ -22,7 +22,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# shellcheck source=scripts/bench-lib.sh
+source scripts/bench-lib.sh
 token=bench-token-0
 digest=$(printf '%s' "$token" | sha256sum | cut -d' ' -f1)
 
@@ -70,23 +71,16 @@ for name in "${names[@]}"; do
   until curl -sf "http://127.0.0.1:${http[$name]}/readyz" >/dev/null; do sleep 0.2; done
 done
 
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-ticks=$(getconf CLK_TCK)
 echo "| round | server | throughput | p50 ms | p99 ms | server CPU µs/check |"
 echo "|---|---|---|---|---|---|"
 for round in $(seq "$rounds"); do
   for name in "${names[@]}"; do
     before=$(cpu_ticks "${pid[$name]}")
-    out=$(./target/release/cedargate-load --addr "http://127.0.0.1:${grpc[$name]}" --concurrency 32 \
-      --authorization "Bearer $token" --tool tool0 --duration "$duration" --warmup 2s)
+    load --addr "http://127.0.0.1:${grpc[$name]}" --concurrency 32 \
+      --authorization "Bearer $token" --tool tool0 --duration "$duration" --warmup 2s
     cpu=$(($(cpu_ticks "${pid[$name]}") - before))
-    requests=$(sed -n 's/^requests: \([0-9]*\).*/\1/p' <<<"$out")
-    allowed=$(sed -n 's/^requests: [0-9]* (allowed \([0-9]*\).*/\1/p' <<<"$out")
     [ "$allowed" = "$requests" ] || { echo "$name: not every check was allowed: $out" >&2; exit 1; }
-    throughput=$(sed -n 's/^throughput: \([0-9]*\) req\/s/\1/p' <<<"$out")
-    p50=$(sed -n 's/.*p50 \([0-9.]*\).*/\1/p' <<<"$out")
-    p99=$(sed -n 's/.*p99 \([0-9.]*\) .*/\1/p' <<<"$out")
-    per_check=$(awk -v t="$cpu" -v hz="$ticks" -v n="$requests" 'BEGIN { printf "%.0f", t / hz * 1e6 / n }')
+    per_check=$(per_request "$cpu" "$requests")
     echo "| $round | $name | $throughput | $p50 | $p99 | $per_check |"
   done
 done

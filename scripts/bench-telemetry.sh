@@ -21,7 +21,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# shellcheck source=scripts/bench-lib.sh
+source scripts/bench-lib.sh
 sink_port=$(free_port)
 if [ "${ISOLATE_SINK:-}" = 1 ]; then
   on_sink=(taskset -c 1)
@@ -34,7 +35,6 @@ fi
 pids+=($!)
 
 declare -A grpc pid
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 start() { # name, decision_log line, extra env
   local name=$1 log=$2
   shift 2
@@ -55,27 +55,21 @@ start tracing "" OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$sink_port" OTEL_
 sleep 2
 
 sink_pid=${pids[0]}
-ticks=$(getconf CLK_TCK)
 echo "| round | server | throughput | p50 ms | p99 ms | server CPU µs/check | sink CPU µs/check |"
 echo "|---|---|---|---|---|---|---|"
 for round in $(seq "$rounds"); do
   for name in off defaults tracing; do
     server_before=$(cpu_ticks "${pid[$name]}")
     sink_before=$(cpu_ticks "$sink_pid")
-    out=$("${on_servers[@]}" ./target/release/cedargate-load --addr "http://127.0.0.1:${grpc[$name]}" --concurrency 32 \
-      --duration "$duration" --warmup 2s)
+    load_prefix=("${on_servers[@]}")
+    load --addr "http://127.0.0.1:${grpc[$name]}" --concurrency 32 --duration "$duration" --warmup 2s
     server_cpu=$(($(cpu_ticks "${pid[$name]}") - server_before))
     sink_cpu=$(($(cpu_ticks "$sink_pid") - sink_before))
-    requests=$(sed -n 's/^requests: \([0-9]*\).*/\1/p' <<<"$out")
-    throughput=$(sed -n 's/^throughput: \([0-9]*\) req\/s/\1/p' <<<"$out")
-    p50=$(sed -n 's/.*p50 \([0-9.]*\).*/\1/p' <<<"$out")
-    p99=$(sed -n 's/.*p99 \([0-9.]*\) .*/\1/p' <<<"$out")
-    errors=$(sed -n 's/.*errors \([0-9]*\)).*/\1/p' <<<"$out")
     [ "$errors" = 0 ] || { echo "$name: $errors errors" >&2; exit 1; }
     # CPU over warm-up and measurement, per measured request: an upper bound, comparable
     # between the servers.
-    per_check=$(awk -v t="$server_cpu" -v hz="$ticks" -v n="$requests" 'BEGIN { printf "%.0f", t / hz * 1e6 / n }')
-    sink_per_check=$(awk -v t="$sink_cpu" -v hz="$ticks" -v n="$requests" 'BEGIN { printf "%.0f", t / hz * 1e6 / n }')
+    per_check=$(per_request "$server_cpu" "$requests")
+    sink_per_check=$(per_request "$sink_cpu" "$requests")
     echo "| $round | $name | $throughput | $p50 | $p99 | $per_check | $sink_per_check |"
   done
 done

@@ -16,7 +16,8 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# shellcheck source=scripts/bench-lib.sh
+source scripts/bench-lib.sh
 g=$(free_port)
 h=$(free_port)
 sed -e "s|127.0.0.1:50051|127.0.0.1:$g|" -e "s|  http: 127.0.0.1:8080|  http: 127.0.0.1:$h\n  grpc_unix: $work/grpc.sock|" \
@@ -26,8 +27,6 @@ echo "decision_log: { to: off }" >>"$work/demo.yaml"
 server=$!
 until curl -sf "http://127.0.0.1:$h/readyz" >/dev/null; do sleep 0.2; done
 
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-ticks=$(getconf CLK_TCK)
 echo "| round | transport | throughput | p50 ms | p99 ms | server CPU µs/check |"
 echo "|---|---|---|---|---|---|"
 for round in $(seq "$rounds"); do
@@ -35,15 +34,10 @@ for round in $(seq "$rounds"); do
     addr="http://127.0.0.1:$g"
     [ "$transport" = unix ] && addr="unix:$work/grpc.sock"
     before=$(cpu_ticks "$server")
-    out=$(./target/release/cedargate-load --addr "$addr" --concurrency 32 --duration "$duration" --warmup 2s)
+    load --addr "$addr" --concurrency 32 --duration "$duration" --warmup 2s
     cpu=$(($(cpu_ticks "$server") - before))
-    requests=$(sed -n 's/^requests: \([0-9]*\).*/\1/p' <<<"$out")
-    errors=$(sed -n 's/.*errors \([0-9]*\)).*/\1/p' <<<"$out")
     [ "$errors" = 0 ] || { echo "$transport: $errors errors" >&2; exit 1; }
-    throughput=$(sed -n 's/^throughput: \([0-9]*\) req\/s/\1/p' <<<"$out")
-    p50=$(sed -n 's/.*p50 \([0-9.]*\).*/\1/p' <<<"$out")
-    p99=$(sed -n 's/.*p99 \([0-9.]*\) .*/\1/p' <<<"$out")
-    per_check=$(awk -v t="$cpu" -v hz="$ticks" -v n="$requests" 'BEGIN { printf "%.0f", t / hz * 1e6 / n }')
+    per_check=$(per_request "$cpu" "$requests")
     echo "| $round | $transport | $throughput | $p50 | $p99 | $per_check |"
   done
 done
