@@ -129,6 +129,9 @@ pub struct PolicySnapshot {
     /// The schema's action entities (with the `read`/`write` groups) and the static entities
     /// of `entities.json`; every request's entity store starts from a clone of this.
     base_entities: Entities,
+    /// Entities of `base_entities` of a per-request type that are ancestors of others (rare):
+    /// a request that adds one has its closure computed by Cedar.
+    request_ancestors: HashSet<cedar_policy_core::ast::EntityUID>,
     /// Upper-case names of the actions that apply to `Route`: the HTTP methods policies know.
     route_actions: HashSet<String>,
     /// Distinguishes snapshots, so prepared principals built for an older one are rebuilt.
@@ -394,10 +397,9 @@ fn verdict_from(
         failed_ids.push(evaluation.policy_id().to_string());
         errors.push(error.to_string());
     }
-    let meta_of = |id: &PolicyId| snapshot.meta.get(id).cloned().unwrap_or_default();
     let first_reason = || {
         determining.first().map(|id| {
-            meta_of(id).reason.unwrap_or_else(|| match decision {
+            snapshot.meta.get(*id).and_then(|meta| meta.reason.clone()).unwrap_or_else(|| match decision {
                 CedarDecision::Allow => format!("allowed by policy `{id}`"),
                 CedarDecision::Deny => format!("forbidden by policy `{id}`"),
             })
@@ -418,7 +420,11 @@ fn verdict_from(
         };
     }
     if decision == CedarDecision::Deny && !determining.is_empty() {
-        let mut required_scopes: Vec<String> = determining.iter().flat_map(|id| meta_of(id).scopes).collect();
+        let mut required_scopes: Vec<String> = determining
+            .iter()
+            .filter_map(|id| snapshot.meta.get(*id))
+            .flat_map(|meta| meta.scopes.iter().cloned())
+            .collect();
         required_scopes.sort_unstable();
         required_scopes.dedup();
         return Verdict {

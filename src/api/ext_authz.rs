@@ -77,15 +77,17 @@ fn gateway_request(request: CheckRequest) -> GatewayRequest {
                         let value = if header.raw_value.is_empty() {
                             header.value
                         } else {
-                            String::from_utf8_lossy(&header.raw_value).into_owned()
+                            String::from_utf8(header.raw_value).unwrap_or_else(|error| {
+                                String::from_utf8_lossy(error.as_bytes()).into_owned()
+                            })
                         };
-                        (header.key.to_ascii_lowercase(), value)
+                        (lowercase(header.key), value)
                     })
                     .collect()
             })
             .unwrap_or_default()
     } else {
-        http.headers.into_iter().map(|(key, value)| (key.to_ascii_lowercase(), value)).collect()
+        http.headers.into_iter().map(|(key, value)| (lowercase(key), value)).collect()
     };
     let body = if http.raw_body.is_empty() { http.body.into_bytes() } else { http.raw_body };
     let source = attributes.source.unwrap_or_default();
@@ -106,6 +108,13 @@ fn gateway_request(request: CheckRequest) -> GatewayRequest {
         extensions,
         wire: Wire::EnvoyGrpc,
     }
+}
+
+/// `name` in lower case, in place: Envoy already sends names in lower case, so this usually
+/// changes nothing and never allocates.
+fn lowercase(mut name: String) -> String {
+    name.make_ascii_lowercase();
+    name
 }
 
 fn check_response(answer: GatewayAnswer) -> CheckResponse {

@@ -508,6 +508,7 @@ pub(super) fn check(
         sliced_with_shadow: with_shadow.as_ref().map(super::slice::Slicer::new),
         policies,
         with_shadow,
+        request_ancestors: super::request::request_ancestors(names, &base_entities),
         base_entities,
         route_actions,
         generation,

@@ -8,7 +8,11 @@ use arc_swap::ArcSwap;
 use cedar_policy::{
     Context, Entities, Entity, EntityId, EntityTypeName, EntityUid, Request, RestrictedExpression, Schema,
 };
+use cedar_policy_core::ast::{self, PartialValue};
+use cedar_policy_core::entities::{Dereference, Entities as CoreEntities, NoEntitiesSchema, TCComputation};
+use cedar_policy_core::extensions::Extensions;
 use dashmap::DashMap;
+use smol_str::SmolStr;
 
 use super::{PolicySnapshot, Query, Resource};
 use crate::model::{AuthInfo, CredentialKind, Extra, McpKind};
@@ -75,14 +79,6 @@ fn mcp_action(kind: McpKind) -> &'static str {
 
 fn string(value: &str) -> RestrictedExpression {
     RestrictedExpression::new_string(value.to_owned())
-}
-
-/// A tag value: strings as they are, anything else as its JSON text.
-fn tag_value(value: &serde_json::Value) -> RestrictedExpression {
-    match value {
-        serde_json::Value::String(text) => string(text),
-        other => RestrictedExpression::new_string(other.to_string()),
-    }
 }
 
 /// The Cedar side of one identity, built once and reused for as long as the identity and the
@@ -177,38 +173,74 @@ fn principal_entity(names: &Names, auth: Option<&AuthInfo>) -> Entity {
     }
 }
 
-fn resource_entity(names: &Names, resource: Resource<'_>) -> Result<(EntityUid, Entity), String> {
-    let (action, entity) = match resource {
+/// The resource entity and the action of `resource`.
+///
+/// Built as Cedar's core type, with values rather than expressions: Cedar's public constructor
+/// runs its evaluator on every attribute and tag, and the entity would then be copied again to
+/// close its ancestors.
+fn resource_entity(names: &Names, resource: Resource<'_>) -> (EntityUid, ast::Entity) {
+    match resource {
         Resource::Route { method, path, template, params } => (
             names.uid(&names.action, method),
-            Entity::new_with_tags(
+            core_entity(
                 names.uid(&names.route, template),
-                [("path".to_owned(), string(path)), ("template".to_owned(), string(template))],
-                [],
-                params.iter().map(|(name, value)| (name.clone(), string(value))),
+                [(NAME_PATH, core_string(path)), (NAME_TEMPLATE, core_string(template))],
+                None,
+                params.iter().map(|(name, value)| (SmolStr::new(name), core_string(value))),
             ),
         ),
         Resource::Mcp { kind, name, server, arguments } => (
             names.uid(&names.action, mcp_action(kind)),
-            Entity::new_with_tags(
+            core_entity(
                 names.uid(names.mcp_type(kind), name),
-                [("name".to_owned(), string(name)), ("server".to_owned(), string(server))],
+                [(NAME_NAME, core_string(name)), (NAME_SERVER, core_string(server))],
                 (!server.is_empty()).then(|| names.uid(&names.server, server)),
-                arguments.iter().map(|(key, value)| (key.clone(), tag_value(value))),
+                arguments.iter().map(|(key, value)| (SmolStr::new(key), core_tag(value))),
             ),
         ),
-    };
-    Ok((action, entity.map_err(|error| error.to_string())?))
+    }
 }
 
-fn facts_entity(names: &Names, facts: &Extra) -> Result<Entity, String> {
-    Entity::new_with_tags(
-        names.uid(&names.facts, FACTS_ID),
-        [],
-        [],
-        facts.iter().map(|(key, value)| (key.clone(), tag_value(value))),
+const NAME_PATH: &str = "path";
+const NAME_TEMPLATE: &str = "template";
+const NAME_NAME: &str = "name";
+const NAME_SERVER: &str = "server";
+
+fn core_entity(
+    uid: EntityUid,
+    attrs: [(&'static str, PartialValue); 2],
+    parent: Option<EntityUid>,
+    tags: impl Iterator<Item = (SmolStr, PartialValue)>,
+) -> ast::Entity {
+    ast::Entity::new_with_attr_partial_value(
+        uid.into(),
+        attrs.into_iter().map(|(name, value)| (SmolStr::new_static(name), value)),
+        HashSet::new(),
+        parent.into_iter().map(Into::into).collect(),
+        tags,
     )
-    .map_err(|error| error.to_string())
+}
+
+fn core_string(value: &str) -> PartialValue {
+    PartialValue::from(value)
+}
+
+/// A tag value: strings as they are, anything else as its JSON text.
+fn core_tag(value: &serde_json::Value) -> PartialValue {
+    match value {
+        serde_json::Value::String(text) => core_string(text),
+        other => PartialValue::from(other.to_string()),
+    }
+}
+
+fn facts_entity(names: &Names, facts: &Extra) -> ast::Entity {
+    ast::Entity::new_with_attr_partial_value(
+        names.uid(&names.facts, FACTS_ID).into(),
+        [],
+        HashSet::new(),
+        HashSet::new(),
+        facts.iter().map(|(key, value)| (SmolStr::new(key), core_tag(value))),
+    )
 }
 
 fn context(names: &Names, auth: Option<&AuthInfo>, now: i64) -> Result<Context, String> {
@@ -236,17 +268,77 @@ pub(super) fn build(
         None => Arc::clone(&snapshot.anonymous),
     };
     let context = prepared.context_at(names, query.auth.map(Arc::as_ref), query.now)?;
-    let (action, resource) = resource_entity(names, query.resource)?;
-    let resource_uid = resource.uid();
+    let (action, resource) = resource_entity(names, query.resource);
+    let resource_uid = EntityUid::from(resource.uid().clone());
     let mut added = vec![resource];
     // No facts, no entity: `context.facts.hasTag(..)` is then false, as it should be.
     if !query.facts.is_empty() {
-        added.push(facts_entity(names, query.facts)?);
+        added.push(facts_entity(names, query.facts));
     }
-    let entities = prepared.base.clone().add_entities(added, None).map_err(|error| error.to_string())?;
+    let entities = with_request_entities(&prepared.base, added, &snapshot.request_ancestors)?;
     let request = Request::new(prepared.uid.clone(), action, resource_uid, context, None)
         .map_err(|error| error.to_string())?;
     Ok((request, entities))
+}
+
+/// `base` with the request's own entities (the resource, the facts) added.
+///
+/// Cedar's `add_entities` recomputes the transitive closure by walking every entity of the
+/// store, which cost about a quarter of a decision. It is not needed when the new entities
+/// are leaves of a closed graph: `base` is closed, so a new entity's ancestors are its
+/// parents and their ancestors in `base`; and no entity of `base` has a new entity as an
+/// ancestor, so nothing else changes. INVARIANT: the result equals Cedar's own closure
+/// (`policy::tests::request_entities_are_closed_as_cedar_closes_them`); when an entity of
+/// `base` does name a request entity as an ancestor (`request_ancestors`, from
+/// `entities.json`), Cedar computes it.
+pub(super) fn with_request_entities(
+    base: &Entities,
+    added: Vec<ast::Entity>,
+    request_ancestors: &HashSet<ast::EntityUID>,
+) -> Result<Entities, String> {
+    if added.iter().any(|entity| request_ancestors.contains(entity.uid())) {
+        let added = added.into_iter().map(Entity::from);
+        return base.clone().add_entities(added, None).map_err(|error| error.to_string());
+    }
+    let store: &CoreEntities = base.as_ref();
+    let closed = added.into_iter().map(|mut entity| {
+        let inherited: Vec<_> = entity
+            .parents()
+            .filter_map(|parent| match store.entity(parent) {
+                Dereference::Data(parent) => Some(parent.ancestors().cloned()),
+                Dereference::NoSuchEntity | Dereference::Residual(_) => None,
+            })
+            .flatten()
+            .collect();
+        for ancestor in inherited {
+            entity.add_indirect_ancestor(ancestor);
+        }
+        Arc::new(entity)
+    });
+    store
+        .clone()
+        .add_entities(
+            closed,
+            None::<&NoEntitiesSchema>,
+            TCComputation::AssumeAlreadyComputed,
+            Extensions::all_available(),
+        )
+        .map(Entities::from)
+        .map_err(|error| error.to_string())
+}
+
+/// The entities of `base` whose type is one cedargate builds per request (a route, an MCP
+/// entity, the facts) and that some entity of `base` names as an ancestor: adding such an
+/// entity to a request changes other entities' ancestors.
+pub(super) fn request_ancestors(names: &Names, base: &Entities) -> HashSet<ast::EntityUID> {
+    let per_request =
+        [&names.route, &names.tool, &names.prompt, &names.mcp_resource, &names.mcp_method, &names.facts];
+    base.iter()
+        .filter_map(|entity| base.ancestors(&entity.uid()))
+        .flatten()
+        .filter(|ancestor| per_request.contains(&ancestor.type_name()))
+        .map(|ancestor| ancestor.as_ref().clone())
+        .collect()
 }
 
 fn context_pairs(auth: Option<&AuthInfo>, facts: EntityUid, now: i64) -> Vec<(String, RestrictedExpression)> {
@@ -311,7 +403,8 @@ pub(super) fn check_schema(names: &Names, schema: &Schema) -> Result<(), String>
     for resource in resources {
         for principal in [Some(&auth), None] {
             let principal_entity = principal_entity(names, principal);
-            let (action, resource) = resource_entity(names, resource)?;
+            let (action, resource) = resource_entity(names, resource);
+            let resource = Entity::from(resource);
             let shape = format!("{action} on {}", resource.uid());
             Request::new(
                 principal_entity.uid(),
@@ -321,8 +414,11 @@ pub(super) fn check_schema(names: &Names, schema: &Schema) -> Result<(), String>
                 Some(schema),
             )
             .map_err(|error| format!("{shape}: {error}"))?;
-            Entities::from_entities([principal_entity, resource, facts_entity(names, &facts)?], Some(schema))
-                .map_err(|error| format!("{shape}: {error}"))?;
+            Entities::from_entities(
+                [principal_entity, resource, Entity::from(facts_entity(names, &facts))],
+                Some(schema),
+            )
+            .map_err(|error| format!("{shape}: {error}"))?;
         }
     }
     Ok(())

@@ -1052,3 +1052,100 @@ mod slicing {
         ));
     }
 }
+
+mod request_entities {
+    use std::collections::{BTreeSet, HashSet};
+    use std::str::FromStr;
+
+    use cedar_policy::{Entities, Entity, EntityUid, RestrictedExpression};
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn uid(text: &str) -> EntityUid {
+        EntityUid::from_str(text).unwrap()
+    }
+
+    /// Every entity of the store and its ancestors, comparable.
+    fn closure(entities: &Entities) -> BTreeSet<(String, BTreeSet<String>)> {
+        entities
+            .iter()
+            .map(|entity| {
+                let ancestors = entities.ancestors(&entity.uid()).unwrap().map(ToString::to_string).collect();
+                (entity.uid().to_string(), ancestors)
+            })
+            .collect()
+    }
+
+    /// Servers `s0..s4` whose parents are any of the servers before them (a DAG), plus a
+    /// role, and sometimes a server under a tool (a request entity as an ancestor).
+    fn base() -> impl Strategy<Value = (Vec<Vec<bool>>, Option<u8>)> {
+        (prop::collection::vec(prop::collection::vec(any::<bool>(), 5), 5), prop::option::of(0..3u8))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+
+        /// INVARIANT (`request::with_request_entities`): adding a request's entities without
+        /// recomputing the closure gives the store Cedar's own closure gives.
+        #[test]
+        fn request_entities_are_closed_as_cedar_closes_them(
+            (edges, under_tool) in base(),
+            server in prop::option::of(0..6u8),
+            tool in 0..3u8,
+            facts in any::<bool>(),
+        ) {
+            let names = request::Names::new().unwrap();
+            let mut statics = vec![Entity::new_no_attrs(uid(r#"Role::"r0""#), HashSet::new())];
+            for (child, parents) in edges.iter().enumerate() {
+                let mut parents: HashSet<EntityUid> = parents[..child]
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, edge)| **edge)
+                    .map(|(parent, _)| uid(&format!(r#"Server::"s{parent}""#)))
+                    .collect();
+                if under_tool == Some(u8::try_from(child).unwrap()) {
+                    parents.insert(uid(r#"Tool::"t0""#));
+                }
+                statics.push(Entity::new_no_attrs(uid(&format!(r#"Server::"s{child}""#)), parents));
+            }
+            let base = Entities::from_entities(statics, None).unwrap();
+            let ancestors = request::request_ancestors(&names, &base);
+            prop_assert_eq!(ancestors.is_empty(), under_tool.is_none());
+
+            // `s5` is a server no entity describes.
+            let resource = Entity::new_with_tags(
+                uid(&format!(r#"Tool::"t{tool}""#)),
+                [("name".to_owned(), RestrictedExpression::new_string(format!("t{tool}")))],
+                server.map(|server| uid(&format!(r#"Server::"s{server}""#))),
+                [("a".to_owned(), RestrictedExpression::new_string("x".to_owned()))],
+            )
+            .unwrap();
+            let mut added = vec![resource];
+            if facts {
+                added.push(Entity::new_no_attrs(uid(r#"Facts::"request""#), HashSet::new()));
+            }
+            let cedar = base.clone().add_entities(added.clone(), None);
+            let added = added.iter().map(|entity| entity.as_ref().clone()).collect();
+            let ours = request::with_request_entities(&base, added, &ancestors);
+            // A server under the tool that is in it is a cycle: refused both ways.
+            let (ours, cedar) = match (ours, cedar) {
+                (Ok(ours), Ok(cedar)) => (ours, cedar),
+                (Err(_), Err(_)) => return Ok(()),
+                (ours, cedar) => {
+                    return Err(TestCaseError::fail(format!("ours {:?}, Cedar's {:?}", ours.err(), cedar.err())))
+                }
+            };
+            prop_assert_eq!(closure(&ours), closure(&cedar));
+            let tagged = uid(&format!(r#"Tool::"t{tool}""#));
+            prop_assert_eq!(
+                ours.get(&tagged).unwrap().tag("a").map(|tag| tag.unwrap().to_string()),
+                cedar.get(&tagged).unwrap().tag("a").map(|tag| tag.unwrap().to_string())
+            );
+            prop_assert_eq!(
+                ours.get(&tagged).unwrap().attr("name").map(|attr| attr.unwrap().to_string()),
+                cedar.get(&tagged).unwrap().attr("name").map(|attr| attr.unwrap().to_string())
+            );
+        }
+    }
+}
