@@ -160,6 +160,13 @@ impl DecisionLog {
         if matches!(self.sink, Sink::Off) {
             return;
         }
+        if let (true, Sink::Events) = (self.mask.is_empty(), &self.sink) {
+            // Serialized as a `String` at once: no second pass to check the UTF-8.
+            if let Ok(text) = serde_json::to_string(record) {
+                tracing::info!(target: "cedargate::decision", record = %text);
+            }
+            return;
+        }
         if self.mask.is_empty() && !matches!(self.sink, Sink::Otlp) {
             let mut line = Vec::with_capacity(768);
             if serde_json::to_writer(&mut line, record).is_ok() {
