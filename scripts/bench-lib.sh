@@ -11,11 +11,12 @@ load_prefix=()
 # µs of CPU per request: ticks $1 spent over $2 requests.
 per_request() { awk -v t="$1" -v hz="$ticks" -v n="$2" 'BEGIN { printf "%.0f", t / hz * 1e6 / n }'; }
 
-# Runs cedargate-load (under "${load_prefix[@]}", e.g. taskset, when set) with the arguments
-# given and sets, from its report: requests, allowed,
-# errors, throughput, p50, p99 (and out, the whole report).
+# Runs cedargate-load (under "${load_prefix[@]}", e.g. taskset, when set; from
+# "$target_dir/release" when target_dir is set, e.g. to $CARGO_TARGET_DIR, else ./target) with
+# the arguments given and sets, from its report: requests, allowed, errors, throughput, p50,
+# p99 (and out, the whole report).
 load() {
-  out=$("${load_prefix[@]}" ./target/release/cedargate-load "$@")
+  out=$("${load_prefix[@]}" "${target_dir:-./target}/release/cedargate-load" "$@")
   requests=$(sed -n 's/^requests: \([0-9]*\).*/\1/p' <<<"$out")
   allowed=$(sed -n 's/^requests: [0-9]* (allowed \([0-9]*\).*/\1/p' <<<"$out")
   errors=$(sed -n 's/.*errors \([0-9]*\)).*/\1/p' <<<"$out")
