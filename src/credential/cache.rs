@@ -72,9 +72,14 @@ impl CachedResolver {
 
     /// Forgets every cached answer whose digest has this fingerprint; how many.
     pub fn evict_fingerprint(&self, fingerprint: &str) -> usize {
-        let before = self.entries.len();
-        self.entries.retain(|digest, _| digest.fingerprint() != fingerprint);
-        let evicted = before.saturating_sub(self.entries.len());
+        // Counted as removed, not as the change in size: a concurrent store or eviction
+        // changes the size too, and the gauge would drift.
+        let mut evicted = 0;
+        self.entries.retain(|digest, _| {
+            let keep = digest.fingerprint() != fingerprint;
+            evicted += usize::from(!keep);
+            keep
+        });
         if evicted > 0 {
             metrics().cache_entries(-count(evicted), Some("evicted"));
         }
@@ -117,9 +122,13 @@ impl CachedResolver {
         };
         if self.entries.len() >= self.settings.max_entries {
             let now = Instant::now();
-            let before = self.entries.len();
-            self.entries.retain(|_, entry| entry.until > now);
-            metrics().cache_entries(-count(before.saturating_sub(self.entries.len())), Some("expired"));
+            let mut expired = 0;
+            self.entries.retain(|_, entry| {
+                let keep = entry.until > now;
+                expired += usize::from(!keep);
+                keep
+            });
+            metrics().cache_entries(-count(expired), Some("expired"));
             if self.entries.len() >= self.settings.max_entries {
                 // Still full of live entries: drop the ones closest to expiry.
                 let mut untils: Vec<(SecretDigest, Instant)> =
