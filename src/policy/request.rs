@@ -85,12 +85,13 @@ fn string(value: &str) -> RestrictedExpression {
 /// policy snapshot live: the principal's entity store and its context.
 #[derive(Debug)]
 pub(super) struct Prepared {
-    /// The snapshot generation this was built for (its actions and static entities are in `base`).
+    /// The snapshot generation this was built for.
     generation: u64,
     uid: EntityUid,
-    /// The schema's action entities, the static entities (`entities.json`) and the principal,
-    /// transitive closure computed: a role's ancestors are the principal's ancestors too.
-    base: Entities,
+    /// The principal, its ancestors closed against the snapshot's static entities: a role's
+    /// ancestors are the principal's too. Only the entity, not a store of its own: a few
+    /// hundred bytes per identity rather than a copy of every action and static entity.
+    principal: Arc<ast::Entity>,
     /// The context, for the second (`now`) it was last built for.
     context: ArcSwap<(i64, Context)>,
 }
@@ -104,10 +105,24 @@ impl Prepared {
     ) -> Result<Self, String> {
         let principal = principal_entity(names, auth);
         let uid = principal.uid();
-        let base =
+        // Cedar closes it (and refuses a principal that is also a static entity).
+        let closed =
             base_entities.clone().add_entities([principal], None).map_err(|error| error.to_string())?;
+        let store: &CoreEntities = closed.as_ref();
+        let principal = match store.entity(uid.as_ref()) {
+            Dereference::Data(principal) => Arc::new(principal.clone()),
+            Dereference::NoSuchEntity | Dereference::Residual(_) => {
+                return Err(format!("the principal {uid} is missing from its own entity store"))
+            }
+        };
         let context = context(names, auth, 0)?;
-        Ok(Self { generation, uid, base, context: ArcSwap::from_pointee((0, context)) })
+        Ok(Self { generation, uid, principal, context: ArcSwap::from_pointee((0, context)) })
+    }
+
+    /// The principal entity, closed.
+    #[cfg(test)]
+    pub(super) fn principal(&self) -> &Arc<ast::Entity> {
+        &self.principal
     }
 
     /// The context at `now`; rebuilt at most once per second per identity.
@@ -275,13 +290,19 @@ pub(super) fn build(
     if !query.facts.is_empty() {
         added.push(facts_entity(names, query.facts));
     }
-    let entities = with_request_entities(&prepared.base, added, &snapshot.request_ancestors)?;
+    let entities = with_request_entities(
+        &snapshot.base_entities,
+        &prepared.principal,
+        added,
+        &snapshot.request_ancestors,
+    )?;
     let request = Request::new(prepared.uid.clone(), action, resource_uid, context, None)
         .map_err(|error| error.to_string())?;
     Ok((request, entities))
 }
 
-/// `base` with the request's own entities (the resource, the facts) added.
+/// `base` (the snapshot's actions and static entities) with the request's own entities: the
+/// principal, already closed when it was prepared, and the resource and facts.
 ///
 /// Cedar's `add_entities` recomputes the transitive closure by walking every entity of the
 /// store, which cost about a quarter of a decision. It is not needed when the new entities
@@ -293,11 +314,14 @@ pub(super) fn build(
 /// `entities.json`), Cedar computes it.
 pub(super) fn with_request_entities(
     base: &Entities,
+    principal: &Arc<ast::Entity>,
     added: Vec<ast::Entity>,
     request_ancestors: &HashSet<ast::EntityUID>,
 ) -> Result<Entities, String> {
-    if added.iter().any(|entity| request_ancestors.contains(entity.uid())) {
-        let added = added.into_iter().map(Entity::from);
+    let named_as_ancestor = |uid: &ast::EntityUID| request_ancestors.contains(uid);
+    if named_as_ancestor(principal.uid()) || added.iter().any(|entity| named_as_ancestor(entity.uid())) {
+        let principal = Entity::from(ast::Entity::clone(principal));
+        let added = std::iter::once(principal).chain(added.into_iter().map(Entity::from));
         return base.clone().add_entities(added, None).map_err(|error| error.to_string());
     }
     let store: &CoreEntities = base.as_ref();
@@ -315,10 +339,11 @@ pub(super) fn with_request_entities(
         }
         Arc::new(entity)
     });
+    let added = std::iter::once(Arc::clone(principal)).chain(closed);
     store
         .clone()
         .add_entities(
-            closed,
+            added,
             None::<&NoEntitiesSchema>,
             TCComputation::AssumeAlreadyComputed,
             Extensions::all_available(),
@@ -327,12 +352,20 @@ pub(super) fn with_request_entities(
         .map_err(|error| error.to_string())
 }
 
-/// The entities of `base` whose type is one cedargate builds per request (a route, an MCP
-/// entity, the facts) and that some entity of `base` names as an ancestor: adding such an
-/// entity to a request changes other entities' ancestors.
+/// The entities of `base` whose type is one cedargate builds per request (a principal, a
+/// route, an MCP entity, the facts) and that some entity of `base` names as an ancestor:
+/// adding such an entity to a request changes other entities' ancestors.
 pub(super) fn request_ancestors(names: &Names, base: &Entities) -> HashSet<ast::EntityUID> {
-    let per_request =
-        [&names.route, &names.tool, &names.prompt, &names.mcp_resource, &names.mcp_method, &names.facts];
+    let per_request = [
+        &names.user,
+        &names.anonymous,
+        &names.route,
+        &names.tool,
+        &names.prompt,
+        &names.mcp_resource,
+        &names.mcp_method,
+        &names.facts,
+    ];
     base.iter()
         .filter_map(|entity| base.ancestors(&entity.uid()))
         .flatten()

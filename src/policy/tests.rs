@@ -1077,43 +1077,67 @@ mod request_entities {
             .collect()
     }
 
-    /// Servers `s0..s4` whose parents are any of the servers before them (a DAG), plus a
-    /// role, and sometimes a server under a tool (a request entity as an ancestor).
-    fn base() -> impl Strategy<Value = (Vec<Vec<bool>>, Option<u8>)> {
-        (prop::collection::vec(prop::collection::vec(any::<bool>(), 5), 5), prop::option::of(0..3u8))
+    /// The static entities: roles `r0..r2` then servers `s0..s4`, each with parents among
+    /// the ones before it (a DAG); sometimes one of them under a request's own entity (the
+    /// tool `t0` or the user `u0`).
+    fn base() -> impl Strategy<Value = (Vec<Vec<bool>>, Option<(u8, bool)>)> {
+        (
+            prop::collection::vec(prop::collection::vec(any::<bool>(), 8), 8),
+            prop::option::of((0..8u8, any::<bool>())),
+        )
+    }
+
+    fn node(index: usize) -> EntityUid {
+        if index < 3 {
+            uid(&format!(r#"Role::"r{index}""#))
+        } else {
+            uid(&format!(r#"Server::"s{}""#, index - 3))
+        }
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(300))]
+        #![proptest_config(ProptestConfig::with_cases(400))]
 
         /// INVARIANT (`request::with_request_entities`): adding a request's entities without
         /// recomputing the closure gives the store Cedar's own closure gives.
         #[test]
         fn request_entities_are_closed_as_cedar_closes_them(
-            (edges, under_tool) in base(),
+            (edges, under) in base(),
+            roles in prop::collection::vec(0..4u8, 0..3),
             server in prop::option::of(0..6u8),
             tool in 0..3u8,
             facts in any::<bool>(),
         ) {
             let names = request::Names::new().unwrap();
-            let mut statics = vec![Entity::new_no_attrs(uid(r#"Role::"r0""#), HashSet::new())];
+            let mut statics = Vec::new();
             for (child, parents) in edges.iter().enumerate() {
                 let mut parents: HashSet<EntityUid> = parents[..child]
                     .iter()
                     .enumerate()
                     .filter(|(_, edge)| **edge)
-                    .map(|(parent, _)| uid(&format!(r#"Server::"s{parent}""#)))
+                    .map(|(parent, _)| node(parent))
                     .collect();
-                if under_tool == Some(u8::try_from(child).unwrap()) {
-                    parents.insert(uid(r#"Tool::"t0""#));
-                }
-                statics.push(Entity::new_no_attrs(uid(&format!(r#"Server::"s{child}""#)), parents));
+                match under {
+                    Some((index, true)) if usize::from(index) == child => parents.insert(uid(r#"Tool::"t0""#)),
+                    Some((index, false)) if usize::from(index) == child => parents.insert(uid(r#"User::"u0""#)),
+                    _ => false,
+                };
+                statics.push(Entity::new_no_attrs(node(child), parents));
             }
             let base = Entities::from_entities(statics, None).unwrap();
             let ancestors = request::request_ancestors(&names, &base);
-            prop_assert_eq!(ancestors.is_empty(), under_tool.is_none());
+            prop_assert_eq!(ancestors.is_empty(), under.is_none());
 
-            // `s5` is a server no entity describes.
+            // `r3` is a role and `s5` a server no entity describes.
+            let auth = AuthInfo::new(
+                CredentialKind::Static,
+                "u0",
+                roles.iter().map(|role| format!("r{role}")).collect(),
+            );
+            let principal = Entity::new_no_attrs(
+                uid(r#"User::"u0""#),
+                roles.iter().map(|role| uid(&format!(r#"Role::"r{role}""#))).collect(),
+            );
             let resource = Entity::new_with_tags(
                 uid(&format!(r#"Tool::"t{tool}""#)),
                 [("name".to_owned(), RestrictedExpression::new_string(format!("t{tool}")))],
@@ -1125,10 +1149,13 @@ mod request_entities {
             if facts {
                 added.push(Entity::new_no_attrs(uid(r#"Facts::"request""#), HashSet::new()));
             }
-            let cedar = base.clone().add_entities(added.clone(), None);
+            let cedar = base.clone().add_entities(std::iter::once(principal).chain(added.clone()), None);
             let added = added.iter().map(|entity| entity.as_ref().clone()).collect();
-            let ours = request::with_request_entities(&base, added, &ancestors);
-            // A server under the tool that is in it is a cycle: refused both ways.
+            let ours = request::Prepared::new(&names, &base, 0, Some(&auth)).and_then(|prepared| {
+                request::with_request_entities(&base, prepared.principal(), added, &ancestors)
+            });
+            // A server under the tool that is in it, or a role under the user who has it, is a
+            // cycle: refused both ways.
             let (ours, cedar) = match (ours, cedar) {
                 (Ok(ours), Ok(cedar)) => (ours, cedar),
                 (Err(_), Err(_)) => return Ok(()),
@@ -1137,6 +1164,7 @@ mod request_entities {
                 }
             };
             prop_assert_eq!(closure(&ours), closure(&cedar));
+            prop_assert!(ours.get(&uid(r#"User::"u0""#)).is_some());
             let tagged = uid(&format!(r#"Tool::"t{tool}""#));
             prop_assert_eq!(
                 ours.get(&tagged).unwrap().tag("a").map(|tag| tag.unwrap().to_string()),
