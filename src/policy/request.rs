@@ -143,17 +143,33 @@ impl Prepared {
 /// a `Weak` to that allocation, which keeps the address from being reused while the entry
 /// exists, so an address that matches is the same identity (a backend never mutates an
 /// `AuthInfo` behind an `Arc`).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct PrincipalCache {
     entries: DashMap<usize, (Weak<AuthInfo>, Arc<Prepared>)>,
+    max: usize,
 }
 
 /// Above this many entries, entries of dropped identities are purged before adding; if that
-/// is not enough, the cache starts over.
+/// is not enough, a tenth of them go.
 const PRINCIPAL_CACHE_MAX: usize = 65_536;
 
+impl Default for PrincipalCache {
+    fn default() -> Self {
+        Self::with_max(PRINCIPAL_CACHE_MAX)
+    }
+}
+
 impl PrincipalCache {
-    fn get(
+    pub(super) fn with_max(max: usize) -> Self {
+        Self { entries: DashMap::new(), max: max.max(1) }
+    }
+
+    #[cfg(test)]
+    pub(super) fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub(super) fn get(
         &self,
         names: &Names,
         snapshot: &PolicySnapshot,
@@ -167,10 +183,17 @@ impl PrincipalCache {
         }
         let prepared =
             Arc::new(Prepared::new(names, &snapshot.base_entities, snapshot.generation, Some(auth))?);
-        if self.entries.len() >= PRINCIPAL_CACHE_MAX {
+        if self.entries.len() >= self.max {
             self.entries.retain(|_, (owner, _)| owner.strong_count() > 0);
-            if self.entries.len() >= PRINCIPAL_CACHE_MAX {
-                self.entries.clear();
+            if self.entries.len() >= self.max {
+                // Still full of live identities (a token cache holds them): drop a tenth, in
+                // the map's order (the hash of an address: no caller picks whom), rather than
+                // all of them, so memory and the hit rate stay level instead of a sawtooth.
+                let mut seen = 0_usize;
+                self.entries.retain(|_, _| {
+                    seen += 1;
+                    seen % 10 != 1
+                });
             }
         }
         self.entries.insert(key, (Arc::downgrade(auth), Arc::clone(&prepared)));

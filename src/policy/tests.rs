@@ -1177,3 +1177,35 @@ mod request_entities {
         }
     }
 }
+
+/// The per-identity cache stays within its bound by dropping a tenth when full of live
+/// identities (not everything, which made memory a sawtooth), and purges dead ones first.
+#[test]
+fn the_principal_cache_stays_bounded_and_level() {
+    let engine = PolicyEngine::new(&PolicySources::embedded_demo()).unwrap();
+    let snapshot = engine.snapshot();
+    let cache = request::PrincipalCache::with_max(20);
+    let live: Vec<Arc<AuthInfo>> = (0..60)
+        .map(|n| Arc::new(AuthInfo::new(CredentialKind::Static, format!("u{n}"), vec!["user".to_owned()])))
+        .collect();
+    for (n, auth) in live.iter().enumerate() {
+        cache.get(&engine.names, &snapshot, auth).unwrap();
+        assert!(cache.len() <= 20, "after {n}: {} entries", cache.len());
+        if n >= 20 {
+            assert!(cache.len() >= 18, "after {n}: {} entries, the cache was emptied", cache.len());
+        }
+    }
+    // Filled up exactly, then every identity dropped: the next one finds only dead entries.
+    let mut more = Vec::new();
+    while cache.len() < 20 {
+        let auth = Arc::new(AuthInfo::new(CredentialKind::Static, format!("m{}", more.len()), Vec::new()));
+        cache.get(&engine.names, &snapshot, &auth).unwrap();
+        more.push(auth);
+    }
+    drop(live);
+    drop(more);
+    let fresh = Arc::new(AuthInfo::new(CredentialKind::Static, "fresh", Vec::new()));
+    cache.get(&engine.names, &snapshot, &fresh).unwrap();
+    // The dead identities went, all of them, and nothing else.
+    assert_eq!(cache.len(), 1);
+}
