@@ -1,5 +1,16 @@
 # Shared by the scripts/bench-*.sh scripts: sourced, not run.
 
+# A scratch directory, and the processes a script starts (it appends their pids to `pids`):
+# both gone when the script exits, however it exits.
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
 # A TCP port nothing listens on now.
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 

@@ -22,16 +22,6 @@ bound=${3:-100000}
 parts=${PARTS:-fill bounded mixed}
 target_dir=${CARGO_TARGET_DIR:-./target}
 cargo build --release --bins >&2
-work=$(mktemp -d)
-server=
-sampler=
-cleanup() {
-  [ -n "$sampler" ] && kill "$sampler" 2>/dev/null || true
-  [ -n "$server" ] && kill "$server" 2>/dev/null || true
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
 # shellcheck source=scripts/bench-lib.sh
 source scripts/bench-lib.sh
 
@@ -77,6 +67,7 @@ decision_log: { to: off }
 YAML
   "$target_dir/release/cedargate" --config "$work/cedargate.yaml" 2>"$work/server.log" &
   server=$!
+  pids+=("$server")
   until curl -sf "http://127.0.0.1:$http/readyz" >/dev/null; do sleep 0.2; done
 }
 
@@ -111,6 +102,7 @@ fill() {
   echo "|---|---|---|---|"
   sample &
   sampler=$!
+  pids+=("$sampler")
   load --addr "http://127.0.0.1:$grpc" "${jwt_args[@]}" --jwt-subjects "$subjects" \
     --requests "$subjects" --warmup 0s --concurrency 32
   kill "$sampler"
@@ -155,6 +147,7 @@ echo "|---|---|---|---|"
 echo "| before | $(mb "$(kib "$server" VmRSS)") | $(mb "$(kib "$server" VmHWM)") | $(entries) |"
 sample &
 sampler=$!
+pids+=("$sampler")
 load --addr "http://127.0.0.1:$grpc" --authorization "$static" --authorization "$api_key" \
   "${jwt_args[@]}" --jwt-subjects $((2 * bound)) --duration "$duration" --warmup 0s --concurrency 32
 kill "$sampler"

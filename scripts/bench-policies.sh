@@ -13,15 +13,6 @@ cd "$(dirname "$0")/.."
 rounds=${1:-3}
 duration=${2:-10s}
 cargo build --release --bins >&2
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
 # shellcheck source=scripts/bench-lib.sh
 source scripts/bench-lib.sh
 token=bench-token-0

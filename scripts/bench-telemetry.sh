@@ -12,15 +12,6 @@ cd "$(dirname "$0")/.."
 rounds=${1:-3}
 duration=${2:-10s}
 cargo build --release --bins --example otlp_sink >&2
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
 # shellcheck source=scripts/bench-lib.sh
 source scripts/bench-lib.sh
 sink_port=$(free_port)

@@ -8,14 +8,6 @@ cd "$(dirname "$0")/.."
 rounds=${1:-3}
 duration=${2:-10s}
 cargo build --release --bins >&2
-work=$(mktemp -d)
-server=
-cleanup() {
-  [ -n "$server" ] && kill "$server" 2>/dev/null || true
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
 # shellcheck source=scripts/bench-lib.sh
 source scripts/bench-lib.sh
 g=$(free_port)
@@ -25,6 +17,7 @@ sed -e "s|127.0.0.1:50051|127.0.0.1:$g|" -e "s|  http: 127.0.0.1:8080|  http: 12
 echo "decision_log: { to: off }" >>"$work/demo.yaml"
 ./target/release/cedargate --config "$work/demo.yaml" 2>"$work/server.log" &
 server=$!
+pids+=("$server")
 until curl -sf "http://127.0.0.1:$h/readyz" >/dev/null; do sleep 0.2; done
 
 echo "| round | transport | throughput | p50 ms | p99 ms | server CPU µs/check |"

@@ -136,14 +136,7 @@ impl Gate {
 
     /// `cedargate_token_cache_entries` from `/metrics`.
     async fn entries(&self) -> i64 {
-        let client = reqwest::Client::builder().no_proxy().build().unwrap();
-        let text =
-            client.get(format!("http://{}/metrics", self.http)).send().await.unwrap().text().await.unwrap();
-        let line = text
-            .lines()
-            .find(|line| line.starts_with("cedargate_token_cache_entries"))
-            .unwrap_or_else(|| panic!("no cedargate_token_cache_entries in\n{text}"));
-        line.rsplit(' ').next().unwrap().parse::<f64>().unwrap() as i64
+        common::metric_value(self.http, "cedargate_token_cache_entries").await as i64
     }
 
     /// RSS once the allocator has had a moment to give freed pages back.

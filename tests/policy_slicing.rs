@@ -97,14 +97,7 @@ impl Gate {
     }
 
     async fn resets(&self) -> u64 {
-        let client = reqwest::Client::builder().no_proxy().build().unwrap();
-        let text =
-            client.get(format!("http://{}/metrics", self.http)).send().await.unwrap().text().await.unwrap();
-        let line = text
-            .lines()
-            .find(|line| line.starts_with("cedargate_policy_slice_cache_resets_total"))
-            .unwrap_or_else(|| panic!("no cedargate_policy_slice_cache_resets_total in\n{text}"));
-        line.rsplit(' ').next().unwrap().parse::<f64>().unwrap() as u64
+        common::metric_value(self.http, "cedargate_policy_slice_cache_resets_total").await as u64
     }
 
     /// The warnings of a full cache logged so far (the log is written every 50 ms at most).

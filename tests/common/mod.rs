@@ -22,6 +22,17 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::transport::Channel;
 
+/// The value of the unlabelled sample `name` on the `/metrics` page of the HTTP port `http`.
+pub async fn metric_value(http: SocketAddr, name: &str) -> f64 {
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let text = client.get(format!("http://{http}/metrics")).send().await.unwrap().text().await.unwrap();
+    let line = text
+        .lines()
+        .find(|line| line.strip_prefix(name).is_some_and(|rest| rest.starts_with(' ')))
+        .unwrap_or_else(|| panic!("no {name} in\n{text}"));
+    line.rsplit(' ').next().unwrap().parse().unwrap()
+}
+
 /// A served App; stops when dropped or on `stop()`.
 pub struct TestServer {
     pub app: Arc<App>,
