@@ -183,7 +183,8 @@ impl PrincipalCache {
         }
         let prepared =
             Arc::new(Prepared::new(names, &snapshot.base_entities, snapshot.generation, Some(auth))?);
-        if self.entries.len() >= self.max {
+        // An identity prepared again for a new snapshot replaces its entry: no room needed.
+        if self.entries.len() >= self.max && !self.entries.contains_key(&key) {
             self.entries.retain(|_, (owner, _)| owner.strong_count() > 0);
             if self.entries.len() >= self.max {
                 // Still full of live identities (a token cache holds them): drop a tenth, in
