@@ -147,7 +147,7 @@ pub struct PoliciesConfig {
     pub watch: bool,
     /// Each request is decided by the policies whose scope can match it (its slice); slices
     /// are cached per policy set, and this bounds the policies the cached slices hold (default
-    /// 100000; each holds a copy of its policies, so about that many times a policy's size). A
+    /// 100000; each holds a pointer to each of its policies, about 8 bytes per policy). A
     /// slice that finds the cache full clears it and the cache starts over (correct, slower
     /// while it refills), logged once per set and counted in
     /// `cedargate_policy_slice_cache_resets_total`. `0` turns slicing off.

@@ -7,6 +7,7 @@
 //! takes a lock-free snapshot, and a reload swaps in a new one only after the whole set parsed
 //! and validated, so a bad reload keeps the last good set.
 
+mod authorize;
 mod explain;
 mod findings;
 mod format;
@@ -118,11 +119,10 @@ struct PolicyMeta {
 pub struct PolicySnapshot {
     /// The enforced policies.
     policies: PolicySet,
-    /// The enforced policies and the `@shadow` ones; `None` when there are no shadow policies.
-    with_shadow: Option<PolicySet>,
     /// `policies`, indexed for slicing.
     sliced: slice::Slicer,
-    /// `with_shadow`, indexed for slicing.
+    /// The enforced policies and the `@shadow` ones, indexed for slicing; `None` when there
+    /// are no shadow policies.
     sliced_with_shadow: Option<slice::Slicer>,
     /// Ids of the `@shadow` policies.
     shadow_ids: HashSet<PolicyId>,
@@ -216,12 +216,14 @@ pub struct PolicyEngine {
     shadow_disagreements: AtomicU64,
     /// Bound on the policies the slice caches of a snapshot hold; 0: no slicing.
     slice_cache_max_policies: usize,
+    /// Decide by `cedar_policy::Authorizer` over the whole set instead (the tests' oracle).
+    #[cfg(test)]
+    cedar_authorizer: bool,
 }
 
 /// Default of [`PolicyEngine::with_slice_cache`]. The bound counts policies, not bytes: a
-/// cached slice holds a copy of each of its policies (source text included), so the most it
-/// holds is about this many times a policy's size (tens of MB for policies of a few hundred
-/// bytes).
+/// cached slice holds a pointer to each of its policies (built once per load), so the cache
+/// holds at most about this many pointers and indexes (a few MB).
 pub const DEFAULT_SLICE_CACHE_MAX_POLICIES: usize = 100_000;
 
 impl PolicyEngine {
@@ -242,6 +244,8 @@ impl PolicyEngine {
             generations,
             shadow_disagreements: AtomicU64::new(0),
             slice_cache_max_policies: DEFAULT_SLICE_CACHE_MAX_POLICIES,
+            #[cfg(test)]
+            cedar_authorizer: false,
         })
     }
 
@@ -318,12 +322,12 @@ impl PolicyEngine {
                 return (verdict, None);
             }
         };
-        let response = self.decide(&request, &entities, &snapshot.policies, &snapshot.sliced);
-        let mut verdict = verdict_from(snapshot, response.decision(), response.diagnostics());
+        let decided = self.decide(&request, &entities, &snapshot.sliced);
+        let mut verdict = verdict_from(snapshot, decided);
         // INVARIANT: shadow policies never change the verdict; they only report.
-        if let (Some(with_shadow), Some(sliced)) = (&snapshot.with_shadow, &snapshot.sliced_with_shadow) {
-            let trial = self.decide(&request, &entities, with_shadow, sliced);
-            let would = verdict_from(snapshot, trial.decision(), trial.diagnostics());
+        if let Some(sliced) = &snapshot.sliced_with_shadow {
+            let trial = self.decide(&request, &entities, sliced);
+            let would = verdict_from(snapshot, trial);
             if would.allowed != verdict.allowed {
                 self.shadow_disagreements.fetch_add(1, Ordering::Relaxed);
                 let shadow_ids: Vec<String> = would
@@ -351,22 +355,36 @@ impl PolicyEngine {
         (verdict, Some((request, entities)))
     }
 
-    /// Cedar's answer for `request` from the slice of `whole` that can match it.
+    /// Cedar's answer for `request` from the slice of the set that can match it.
     fn decide(
         &self,
         request: &cedar_policy::Request,
         entities: &Entities,
-        whole: &PolicySet,
         sliced: &slice::Slicer,
-    ) -> cedar_policy::Response {
+    ) -> authorize::Decided {
+        #[cfg(test)]
+        if self.cedar_authorizer {
+            let whole = sliced.all().iter().map(|compiled| compiled.policy.clone());
+            let whole = PolicySet::from_policies(whole).expect("the policies of one set");
+            return authorize::Decided::from_response(
+                &self.authorizer.is_authorized(request, &whole, entities),
+            );
+        }
         let (slice, cache) = sliced.slice(request, entities, self.slice_cache_max_policies);
         if matches!(cache, slice::Cache::Reset | slice::Cache::TooLarge) {
             crate::telemetry::metrics::metrics().slice_cache_reset();
         }
         match slice {
-            slice::Slice::Set(set) => self.authorizer.is_authorized(request, &set, entities),
-            slice::Slice::Whole => self.authorizer.is_authorized(request, whole, entities),
+            slice::Slice::Set(policies) => authorize::authorize(request, entities, &policies),
+            slice::Slice::Whole => authorize::authorize(request, entities, sliced.all()),
         }
+    }
+
+    /// Decides by Cedar's own authorizer over the whole set: the oracle of the tests.
+    #[cfg(test)]
+    fn with_cedar_authorizer(mut self) -> Self {
+        self.cedar_authorizer = true;
+        self
     }
 
     /// How many decisions the `@shadow` policies would have changed since start.
@@ -383,23 +401,20 @@ fn annotation<'a>(policy: &'a cedar_policy::Policy, key: &str) -> Option<&'a str
     policy.annotations().find(|(name, _)| *name == key).map(|(_, value)| value)
 }
 
-fn verdict_from(
-    snapshot: &PolicySnapshot,
-    decision: CedarDecision,
-    diagnostics: &cedar_policy::Diagnostics,
-) -> Verdict {
-    let mut determining: Vec<&PolicyId> = diagnostics.reason().collect();
+fn verdict_from(snapshot: &PolicySnapshot, decided: authorize::Decided) -> Verdict {
+    let authorize::Decided { decision, mut determining, errors: mut failed } = decided;
     determining.sort_unstable_by(|a, b| AsRef::<str>::as_ref(a).cmp(b.as_ref()));
-    let mut errors = Vec::new();
-    let mut failed_ids = Vec::new();
-    for error in diagnostics.errors() {
-        let cedar_policy::AuthorizationError::PolicyEvaluationError(evaluation) = error;
-        failed_ids.push(evaluation.policy_id().to_string());
-        errors.push(error.to_string());
+    // By policy id, so the reason names the same failure whichever order the policies ran in.
+    failed.sort_by(|(a, _), (b, _)| AsRef::<str>::as_ref(a).cmp(b.as_ref()));
+    let mut errors = Vec::with_capacity(failed.len());
+    let mut failed_ids = Vec::with_capacity(failed.len());
+    for (id, error) in failed {
+        failed_ids.push(id.to_string());
+        errors.push(error);
     }
     let first_reason = || {
         determining.first().map(|id| {
-            snapshot.meta.get(*id).and_then(|meta| meta.reason.clone()).unwrap_or_else(|| match decision {
+            snapshot.meta.get(id).and_then(|meta| meta.reason.clone()).unwrap_or_else(|| match decision {
                 CedarDecision::Allow => format!("allowed by policy `{id}`"),
                 CedarDecision::Deny => format!("forbidden by policy `{id}`"),
             })
@@ -422,7 +437,7 @@ fn verdict_from(
     if decision == CedarDecision::Deny && !determining.is_empty() {
         let mut required_scopes: Vec<String> = determining
             .iter()
-            .filter_map(|id| snapshot.meta.get(*id))
+            .filter_map(|id| snapshot.meta.get(id))
             .flat_map(|meta| meta.scopes.iter().cloned())
             .collect();
         required_scopes.sort_unstable();

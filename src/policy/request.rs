@@ -376,6 +376,39 @@ pub(super) fn with_request_entities(
         .map_err(|error| error.to_string())
 }
 
+/// The most entities a request adds to its store: the principal, the resource, the facts.
+const REQUEST_ENTITIES: usize = 3;
+
+/// `base` with room for a request's entities. Every request's store is a clone of `base`,
+/// and a clone has its original's capacity: a store built full would grow, rehashing every
+/// entry, on each request. Room is made by adding placeholders and removing them again (a
+/// map does not shrink); failing that, `base` is returned as it was, slower and as correct.
+pub(super) fn with_room_for_requests(names: &Names, base: Entities) -> Entities {
+    // Of a per-request type: `entities.json` cannot hold one, so they collide with nothing.
+    let placeholders: Vec<ast::EntityUID> =
+        (0..REQUEST_ENTITIES).map(|n| names.uid(&names.facts, &format!("room {n}")).into()).collect();
+    let store: &CoreEntities = base.as_ref();
+    let roomy = store
+        .clone()
+        .add_entities(
+            placeholders.iter().map(|uid| {
+                Arc::new(ast::Entity::new_with_attr_partial_value(
+                    uid.clone(),
+                    [],
+                    HashSet::new(),
+                    HashSet::new(),
+                    [],
+                ))
+            }),
+            None::<&NoEntitiesSchema>,
+            TCComputation::AssumeAlreadyComputed,
+            Extensions::all_available(),
+        )
+        .ok()
+        .and_then(|store| store.remove_entities(placeholders, TCComputation::AssumeAlreadyComputed).ok());
+    roomy.map_or(base, Entities::from)
+}
+
 /// The entities of `base` whose type is one cedargate builds per request (a principal, a
 /// route, an MCP entity, the facts) and that some entity of `base` names as an ancestor:
 /// adding such an entity to a request changes other entities' ancestors.

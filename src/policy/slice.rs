@@ -5,9 +5,9 @@
 //! selective part of its scope (the resource's entity, else the principal's, else the
 //! action's, else the resource's or principal's type, else "always"). A request gathers the
 //! buckets of its resource, principal and action and of their ancestors, keeps the policies
-//! whose whole scope matches, and is decided by a policy set of exactly those, built once per
-//! distinct slice and cached within a bound on the policies the cache holds (full, it starts
-//! over).
+//! whose whole scope matches, and is decided by exactly those (`authorize.rs`), listed once
+//! per distinct slice and cached within a bound on the policies the cache holds (full, it
+//! starts over).
 //!
 //! INVARIANT: a slice decides as the whole set does (decision, determining policies, errors).
 //! A policy left out has a scope that does not match, and Cedar evaluates a policy's scope
@@ -23,6 +23,14 @@ use cedar_policy::{
     ResourceConstraint,
 };
 use dashmap::DashMap;
+
+use super::authorize::Compiled;
+
+/// The indexes' maps: seeded (a request's uids are the caller's) and cheaper than SipHash.
+type Index<K> = HashMap<K, Vec<u32>, foldhash::fast::RandomState>;
+
+/// The policies of one slice.
+pub(super) type Policies = Arc<[Arc<Compiled>]>;
 
 /// Where a request stands in the entity hierarchy: its uid and every ancestor.
 struct Place<'a> {
@@ -93,11 +101,11 @@ impl Scope {
     }
 }
 
-/// The policy set a request is decided by.
+/// The policies a request is decided by.
 #[derive(Debug, Clone)]
 pub(super) enum Slice {
     /// The policies whose scope matched.
-    Set(Arc<PolicySet>),
+    Set(Policies),
     /// The whole set: slicing is off.
     Whole,
 }
@@ -118,23 +126,23 @@ pub(super) enum Cache {
 /// One policy set, indexed for slicing, with its cache of slices.
 #[derive(Debug)]
 pub(super) struct Slicer {
-    policies: Vec<Policy>,
+    policies: Vec<Arc<Compiled>>,
     scopes: Vec<Scope>,
-    by_resource: HashMap<EntityUid, Vec<u32>>,
-    by_principal: HashMap<EntityUid, Vec<u32>>,
-    by_action: HashMap<EntityUid, Vec<u32>>,
-    by_resource_type: HashMap<EntityTypeName, Vec<u32>>,
-    by_principal_type: HashMap<EntityTypeName, Vec<u32>>,
+    by_resource: Index<EntityUid>,
+    by_principal: Index<EntityUid>,
+    by_action: Index<EntityUid>,
+    by_resource_type: Index<EntityTypeName>,
+    by_principal_type: Index<EntityTypeName>,
     /// Policies whose scope names no entity and no type: in every slice.
     always: Vec<u32>,
     /// Slices by the (sorted) indexes of their policies.
-    cache: DashMap<Box<[u32]>, Arc<PolicySet>>,
+    cache: DashMap<Box<[u32]>, Policies, foldhash::fast::RandomState>,
     /// Policies held by the cached slices, against the bound; taken to add or clear (misses
     /// only), so the count is exact.
     held: Mutex<usize>,
     /// Whether a full cache was reported (once per set).
     reported_full: AtomicBool,
-    empty: Arc<PolicySet>,
+    empty: Policies,
 }
 
 impl Slicer {
@@ -143,25 +151,30 @@ impl Slicer {
         let mut slicer = Self {
             policies: Vec::new(),
             scopes: Vec::new(),
-            by_resource: HashMap::new(),
-            by_principal: HashMap::new(),
-            by_action: HashMap::new(),
-            by_resource_type: HashMap::new(),
-            by_principal_type: HashMap::new(),
+            by_resource: Index::default(),
+            by_principal: Index::default(),
+            by_action: Index::default(),
+            by_resource_type: Index::default(),
+            by_principal_type: Index::default(),
             always: Vec::new(),
-            cache: DashMap::new(),
+            cache: DashMap::default(),
             held: Mutex::new(0),
             reported_full: AtomicBool::new(false),
-            empty: Arc::new(PolicySet::new()),
+            empty: Arc::new([]),
         };
         for policy in set.policies() {
             let index = u32::try_from(slicer.policies.len()).unwrap_or(u32::MAX);
             let scope = Scope::of(policy);
             slicer.file(index, &scope);
             slicer.scopes.push(scope);
-            slicer.policies.push(policy.clone());
+            slicer.policies.push(Arc::new(Compiled::new(policy)));
         }
         slicer
+    }
+
+    /// Every policy of the set, for a request decided without slicing.
+    pub(super) fn all(&self) -> &[Arc<Compiled>] {
+        &self.policies
     }
 
     /// Puts policy `index` into the bucket of the most selective part of its scope.
@@ -243,12 +256,8 @@ impl Slicer {
         if let Some(cached) = self.cache.get(indexes.as_slice()) {
             return (Slice::Set(Arc::clone(cached.value())), Cache::Hit);
         }
-        let policies = indexes.iter().filter_map(|&index| self.policies.get(index as usize).cloned());
-        let set = match PolicySet::from_policies(policies) {
-            Ok(set) => Arc::new(set),
-            // Cannot happen (the policies came from one set); the whole set is always right.
-            Err(_) => return (Slice::Whole, Cache::Miss),
-        };
+        let set: Policies =
+            indexes.iter().filter_map(|&index| self.policies.get(index as usize).cloned()).collect();
         let size = indexes.len();
         if size > max_held {
             return (Slice::Set(set), Cache::TooLarge);
