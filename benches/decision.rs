@@ -12,6 +12,10 @@ use cedargate::policy::{Query, Resource};
 use cedargate::App;
 use criterion::{criterion_group, criterion_main, Criterion};
 
+/// The service's allocator (`src/main.rs`), so the path is measured as the service runs it.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn decision_path(c: &mut Criterion) {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let app = App::build(Config::demo().unwrap()).unwrap();

@@ -230,7 +230,11 @@ pub fn normalize_path(path: &str, rules: PathRules) -> Result<String, TargetErro
         }
         // With path parameters allowed, `..;x` is still `..` to the servers that drop them.
         let name = segment.split(';').next().unwrap_or_default();
-        let name = name.find("%3B").or_else(|| name.find("%3b")).map_or(name, |end| &name[..end]);
+        let name = if name.contains('%') {
+            name.find("%3B").or_else(|| name.find("%3b")).map_or(name, |end| &name[..end])
+        } else {
+            name
+        };
         if name == "." || name == ".." {
             return Err(TargetError::Path("dot segments are not allowed"));
         }

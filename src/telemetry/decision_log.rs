@@ -56,6 +56,9 @@ impl Default for DecisionLogSettings {
     }
 }
 
+/// Bytes reserved for one serialized record: most fit (about 600 to 900).
+const RECORD_CAPACITY: usize = 1024;
+
 enum Sink {
     /// Lines batched into a writer: the process log stream's, or a file.
     Lines(Batcher),
@@ -161,14 +164,17 @@ impl DecisionLog {
             return;
         }
         if let (true, Sink::Events) = (self.mask.is_empty(), &self.sink) {
-            // Serialized as a `String` at once: no second pass to check the UTF-8.
-            if let Ok(text) = serde_json::to_string(record) {
-                tracing::info!(target: "cedargate::decision", record = %text);
+            // Into a buffer the size of a record, not grown from empty a dozen times.
+            let mut line = Vec::with_capacity(RECORD_CAPACITY);
+            if serde_json::to_writer(&mut line, record).is_ok() {
+                if let Ok(text) = String::from_utf8(line) {
+                    tracing::info!(target: "cedargate::decision", record = %text);
+                }
             }
             return;
         }
         if self.mask.is_empty() && !matches!(self.sink, Sink::Otlp) {
-            let mut line = Vec::with_capacity(768);
+            let mut line = Vec::with_capacity(RECORD_CAPACITY);
             if serde_json::to_writer(&mut line, record).is_ok() {
                 self.write_line(line);
             }
