@@ -384,10 +384,16 @@ const REQUEST_ENTITIES: usize = 3;
 /// entry, on each request. Room is made by adding placeholders and removing them again (a
 /// map does not shrink); failing that, `base` is returned as it was, slower and as correct.
 pub(super) fn with_room_for_requests(names: &Names, base: Entities) -> Entities {
-    // Of a per-request type: `entities.json` cannot hold one, so they collide with nothing.
+    // Of a per-request type: `entities.json` cannot hold one, so none is overwritten.
     let placeholders: Vec<ast::EntityUID> =
         (0..REQUEST_ENTITIES).map(|n| names.uid(&names.facts, &format!("room {n}")).into()).collect();
     let store: &CoreEntities = base.as_ref();
+    // Removing an entity also strips it from its descendants' ancestors: a placeholder that a
+    // static entity names as a parent (a schema may allow that) would lose the edge. Such a
+    // store gets no room.
+    if store.iter().any(|entity| placeholders.iter().any(|uid| entity.is_descendant_of(uid))) {
+        return base;
+    }
     let roomy = store
         .clone()
         .add_entities(
