@@ -1091,11 +1091,12 @@ mod request_entities {
 
     /// The static entities: roles `r0..r2` then servers `s0..s4`, each with parents among
     /// the ones before it (a DAG); sometimes one of them under a request's own entity (the
-    /// tool `t0` or the user `u0`).
-    fn base() -> impl Strategy<Value = (Vec<Vec<bool>>, Option<(u8, bool)>)> {
+    /// tool `t0` or the user `u0`) or under the uid of a placeholder the store is given room
+    /// with (`Facts::"room 0"`).
+    fn base() -> impl Strategy<Value = (Vec<Vec<bool>>, Option<(u8, u8)>)> {
         (
             prop::collection::vec(prop::collection::vec(any::<bool>(), 8), 8),
-            prop::option::of((0..8u8, any::<bool>())),
+            prop::option::of((0..8u8, 0..3u8)),
         )
     }
 
@@ -1130,8 +1131,11 @@ mod request_entities {
                     .map(|(parent, _)| node(parent))
                     .collect();
                 match under {
-                    Some((index, true)) if usize::from(index) == child => parents.insert(uid(r#"Tool::"t0""#)),
-                    Some((index, false)) if usize::from(index) == child => parents.insert(uid(r#"User::"u0""#)),
+                    Some((index, 0)) if usize::from(index) == child => parents.insert(uid(r#"Tool::"t0""#)),
+                    Some((index, 1)) if usize::from(index) == child => parents.insert(uid(r#"User::"u0""#)),
+                    Some((index, _)) if usize::from(index) == child => {
+                        parents.insert(uid(r#"Facts::"room 0""#))
+                    }
                     _ => false,
                 };
                 statics.push(Entity::new_no_attrs(node(child), parents));
