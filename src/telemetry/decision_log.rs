@@ -163,17 +163,8 @@ impl DecisionLog {
         if matches!(self.sink, Sink::Off) {
             return;
         }
-        if let (true, Sink::Events) = (self.mask.is_empty(), &self.sink) {
-            // Into a buffer the size of a record, not grown from empty a dozen times.
-            let mut line = Vec::with_capacity(RECORD_CAPACITY);
-            if serde_json::to_writer(&mut line, record).is_ok() {
-                if let Ok(text) = String::from_utf8(line) {
-                    tracing::info!(target: "cedargate::decision", record = %text);
-                }
-            }
-            return;
-        }
         if self.mask.is_empty() && !matches!(self.sink, Sink::Otlp) {
+            // Into a buffer the size of a record, not grown from empty a dozen times.
             let mut line = Vec::with_capacity(RECORD_CAPACITY);
             if serde_json::to_writer(&mut line, record).is_ok() {
                 self.write_line(line);
