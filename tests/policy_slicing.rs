@@ -60,9 +60,8 @@ impl Gate {
         std::fs::write(&config, yaml).unwrap();
         let served = Served::start(&config);
         let mut log = Vec::new();
-        let serving = served.wait_for(|event| event["message"] == "cedargate serving", &mut log);
-        let address = |name: &str| serving[name].as_str().unwrap().parse::<SocketAddr>().unwrap();
-        Self { grpc: address("grpc"), http: address("http"), served, log, _dir: dir }
+        let (grpc, http) = served.addresses(&mut log);
+        Self { grpc, http, served, log, _dir: dir }
     }
 
     /// Each tool called without arguments (allowed) and with a forbidden one (denied), twice.

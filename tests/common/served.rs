@@ -1,6 +1,7 @@
 //! The real `cedargate` binary, served from a config file, with its JSON log read line by line.
 
 use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -84,6 +85,14 @@ impl Served {
             }
         }
         panic!("log event not seen; log so far:\n{}", seen.join("\n"));
+    }
+
+    /// Waits for the "cedargate serving" event and returns the gRPC and HTTP addresses it
+    /// names.
+    pub fn addresses(&self, seen: &mut Vec<String>) -> (SocketAddr, SocketAddr) {
+        let serving = self.wait_for(|event| event["message"] == "cedargate serving", seen);
+        let address = |name: &str| serving[name].as_str().unwrap().parse::<SocketAddr>().unwrap();
+        (address("grpc"), address("http"))
     }
 
     /// Stops the process with SIGTERM (SIGKILL after 20 s), appends every line it wrote that
