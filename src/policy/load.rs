@@ -502,10 +502,13 @@ pub(super) fn check(
             return (None, findings);
         }
     };
+    let sliced = super::slice::Slicer::new(&policies);
     let snapshot = PolicySnapshot {
         shadow_ids: shadow.policies().map(|policy| policy.id().clone()).collect(),
-        sliced: super::slice::Slicer::new(&policies),
-        sliced_with_shadow: with_shadow.as_ref().map(super::slice::Slicer::new),
+        sliced_with_shadow: with_shadow
+            .as_ref()
+            .map(|with_shadow| super::slice::Slicer::sharing(with_shadow, &sliced)),
+        sliced,
         policies,
         request_ancestors: super::request::request_ancestors(names, &base_entities),
         base_entities: super::request::with_room_for_requests(names, base_entities),

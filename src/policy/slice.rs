@@ -19,8 +19,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use cedar_policy::{
-    ActionConstraint, Entities, EntityTypeName, EntityUid, Policy, PolicySet, PrincipalConstraint, Request,
-    ResourceConstraint,
+    ActionConstraint, Entities, EntityTypeName, EntityUid, Policy, PolicyId, PolicySet, PrincipalConstraint,
+    Request, ResourceConstraint,
 };
 use dashmap::DashMap;
 
@@ -148,6 +148,17 @@ pub(super) struct Slicer {
 impl Slicer {
     /// Indexes `set` (its static policies; cedargate refuses templates).
     pub(super) fn new(set: &PolicySet) -> Self {
+        Self::reusing(set, &HashMap::new())
+    }
+
+    /// Indexes `set`, taking the compiled policies `shared` holds rather than building them
+    /// again: the set with the `@shadow` policies holds every enforced one.
+    pub(super) fn sharing(set: &PolicySet, shared: &Slicer) -> Self {
+        let compiled = shared.policies.iter().map(|compiled| (compiled.policy.id(), compiled)).collect();
+        Self::reusing(set, &compiled)
+    }
+
+    fn reusing(set: &PolicySet, compiled: &HashMap<&PolicyId, &Arc<Compiled>>) -> Self {
         let mut slicer = Self {
             policies: Vec::new(),
             scopes: Vec::new(),
@@ -167,7 +178,8 @@ impl Slicer {
             let scope = Scope::of(policy);
             slicer.file(index, &scope);
             slicer.scopes.push(scope);
-            slicer.policies.push(Arc::new(Compiled::new(policy)));
+            let shared = compiled.get(policy.id()).map(|compiled| Arc::clone(compiled));
+            slicer.policies.push(shared.unwrap_or_else(|| Arc::new(Compiled::new(policy))));
         }
         slicer
     }

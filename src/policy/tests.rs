@@ -995,6 +995,25 @@ mod slicing {
     }
 
     #[test]
+    fn the_set_with_shadow_policies_shares_the_enforced_policies_compiled_once() {
+        let policies = r#"
+            @id("grant") permit (principal in Role::"r0", action == Action::"call", resource == Tool::"t0");
+            @id("trial") @shadow forbid (principal, action, resource == Tool::"t0");
+        "#;
+        let engine = PolicyEngine::new(&with_entities(&[("p.cedar", policies)], ENTITIES)).unwrap();
+        let snapshot = engine.snapshot();
+        let with_shadow = snapshot.sliced_with_shadow.as_ref().expect("a shadow policy");
+        let find = |slicer: &slice::Slicer, id: &str| {
+            slicer.all().iter().find(|compiled| compiled.policy.id().to_string() == id).cloned()
+        };
+        let (enforced, shared) =
+            (find(&snapshot.sliced, "grant").unwrap(), find(with_shadow, "grant").unwrap());
+        assert!(Arc::ptr_eq(&enforced, &shared), "the enforced policy was compiled twice");
+        assert!(find(&snapshot.sliced, "trial").is_none());
+        assert!(find(with_shadow, "trial").is_some());
+    }
+
+    #[test]
     fn slices_asked_first_never_keep_the_others_out_of_the_cache() {
         // One slice per tool; room for two slices of two policies.
         let policies: String = (0..6)
