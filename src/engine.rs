@@ -272,6 +272,40 @@ impl Engine {
         })
     }
 
+    /// For each of `entries`, whether the caller could use it: whether some call of it could
+    /// be allowed, whatever its arguments ([`PolicyEngine::could_allow`]). This is how an
+    /// entry of an MCP list (`tools/list`, `prompts/list`, `resources/list`) is decided: one
+    /// identity and one set of facts for all of them. A route-generated tool is decided as its
+    /// route, each path parameter standing for itself (`/users/{id}`). A credential that
+    /// failed lists nothing; a malformed entry is not listed.
+    pub fn could_use(&self, authentication: &Authentication, entries: &[Target], facts: &Extra) -> Vec<bool> {
+        let auth = match authentication {
+            Authentication::Authenticated { auth, .. } => Some(auth),
+            Authentication::Anonymous => None,
+            Authentication::Failed { .. } => return vec![false; entries.len()],
+        };
+        let now = unix_now();
+        entries
+            .iter()
+            .map(|target| match self.prepare_listed(target) {
+                Ok(prepared) => {
+                    self.policies.could_allow(&Query { auth, resource: resource_of(&prepared), facts, now })
+                }
+                Err(_) => false,
+            })
+            .collect()
+    }
+
+    /// [`Engine::prepare`] for a list entry: a route-generated tool's parameters are not known.
+    fn prepare_listed<'a>(&self, target: &'a Target) -> Result<PreparedTarget<'a>, TargetError> {
+        if let Target::Tool(tool) = target {
+            if let Some((method, path)) = route::route_of_listed_tool(&tool.name)? {
+                return Ok(PreparedTarget::Route(self.routes.resolve(&method, &path)?));
+            }
+        }
+        self.prepare(target)
+    }
+
     /// Refuses a batch larger than `max_batch_targets`.
     pub fn check_batch_size(&self, count: usize) -> Result<(), TargetError> {
         let max = self.settings.max_batch_targets;

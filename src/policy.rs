@@ -291,6 +291,25 @@ impl PolicyEngine {
         self.evaluate_on(&snapshot, query).0
     }
 
+    /// Whether some call of `query`'s resource could be allowed, whatever its arguments: how
+    /// an entry of an MCP list (`tools/list`, `prompts/list`, `resources/list`) is decided.
+    /// The resource's tags (a call's arguments) are unknown, everything else is as a call
+    /// would have it; `@shadow` policies take no part. False when the request cannot be built.
+    pub fn could_allow(&self, query: &Query<'_>) -> bool {
+        let snapshot = self.current.load();
+        let Ok((request, entities)) = request::build(&self.names, &snapshot, &self.principals, query) else {
+            return false;
+        };
+        let (slice, cache) = snapshot.sliced.slice(&request, &entities, self.slice_cache_max_policies);
+        if matches!(cache, slice::Cache::Reset | slice::Cache::TooLarge) {
+            crate::telemetry::metrics::metrics().slice_cache_reset();
+        }
+        match slice {
+            slice::Slice::Set(policies) => authorize::could_allow(&request, &entities, &policies),
+            slice::Slice::Whole => authorize::could_allow(&request, &entities, snapshot.sliced.all()),
+        }
+    }
+
     /// Decides `query` as [`PolicyEngine::evaluate`] does, and says why: the determining
     /// policies with file:line, and for a deny every permit whose scope matched with the
     /// condition that stopped it.

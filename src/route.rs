@@ -327,5 +327,23 @@ pub fn route_of_tool(name: &str, arguments: &Extra) -> Result<Option<(String, St
     Ok(Some((method.to_owned(), path)))
 }
 
+/// If `name` is a route-generated tool, the method and path it is listed as, before any call:
+/// its template with each parameter standing for itself (`GET_/users/{id}` is
+/// `GET /users/{id}`), so rules on the route's place decide it and rules on a parameter's
+/// value are left to the call.
+///
+/// Fails as [`route_of_tool`] does on a template it cannot fill.
+pub fn route_of_listed_tool(name: &str) -> Result<Option<(String, String)>, TargetError> {
+    let mut placeholders = Extra::new();
+    let mut rest = name;
+    while let Some(open) = rest.find('{') {
+        let Some(close) = rest[open..].find('}').map(|close| open + close) else { break };
+        let parameter = rest[open + 1..close].trim_start_matches('*');
+        placeholders.insert(parameter.to_owned(), serde_json::Value::from(format!("{{{parameter}}}")));
+        rest = &rest[close + 1..];
+    }
+    route_of_tool(name, &placeholders)
+}
+
 #[cfg(test)]
 mod tests;

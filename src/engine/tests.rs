@@ -1,6 +1,6 @@
 use super::*;
 use crate::config::Config;
-use crate::model::{RouteRequest, ToolCall};
+use crate::model::{McpRequest, RouteRequest, ToolCall};
 use crate::App;
 
 fn demo() -> App {
@@ -324,4 +324,64 @@ async fn denies_are_always_recorded_allows_sampled_and_masked_fields_removed() {
     assert!(denied["target"].get("name").is_none());
     assert!(denied.get("facts").is_none());
     assert_eq!(denied["masked"], serde_json::json!(["authInfo.subject", "target.name", "facts"]));
+}
+
+fn mcp(kind: McpRequest, name: &str) -> Target {
+    Target::Mcp(kind, ToolCall { name: name.into(), server: "files".into(), ..Default::default() })
+}
+
+#[tokio::test]
+async fn a_list_shows_each_caller_what_some_call_of_it_could_do() {
+    let app = demo();
+    let engine = app.engine();
+    let entries = [
+        tool("echo"),
+        tool("whoami"),
+        tool("read_file"),
+        tool("delete_file"),
+        tool("GET_/user/profile"),
+        tool("GET_/admin/users"),
+        tool("GET_/public/info"),
+        mcp(McpRequest::Prompt, "greeting"),
+        mcp(McpRequest::Resource, "file:///readme"),
+        // Malformed: never listed.
+        tool(""),
+        tool("bell\u{7}"),
+    ];
+    let entries = &entries;
+    let listed = |authorization: &'static str| async move {
+        let authentication = engine.authenticate(authorization).await;
+        engine.could_use(&authentication, entries, &Extra::new())
+    };
+    let (t, f) = (true, false);
+    // The user reads files under /docs only, but some `read_file` call is theirs to make.
+    assert_eq!(listed("Bearer user-token-123").await, [t, t, t, f, t, f, t, t, f, f, f]);
+    assert_eq!(listed("Bearer admin-token-456").await, [t, t, t, t, t, t, t, t, t, f, f]);
+    assert_eq!(listed("").await, [f, f, f, f, f, f, t, f, f, f, f]);
+    assert_eq!(listed("Bearer invalid-token").await, [f; 11]);
+    // The same calls, made: each listed entry some call reaches, each unlisted one none.
+    let user = engine.authenticate("Bearer user-token-123").await;
+    let call = |name: &str, path: &str| {
+        let arguments = Extra::from([("path".to_owned(), serde_json::Value::from(path))]);
+        Target::Tool(ToolCall { name: name.into(), arguments, ..Default::default() })
+    };
+    let decide = |target: &Target| {
+        engine.check_authenticated_at(&user, target, &Extra::new(), unix_now()).unwrap().allowed()
+    };
+    assert!(decide(&call("read_file", "/docs/a")));
+    assert!(!decide(&call("read_file", "/secret/a")));
+    assert!(!decide(&call("delete_file", "/docs/a")));
+}
+
+#[tokio::test]
+async fn a_route_tool_with_parameters_is_listed_by_its_routes_place() {
+    let text = format!(
+        "{}\nroutes: [\"/user/{{id}}\", \"/admin/{{id}}\", \"/user/files/{{*rest}}\"]\n",
+        crate::config::DEMO_YAML.replace("routes: []", "")
+    );
+    let app = App::build(Config::parse("routes.yaml", &text).unwrap()).unwrap();
+    let engine = app.engine();
+    let user = engine.authenticate("Bearer user-token-123").await;
+    let entries = [tool("GET_/user/{id}"), tool("GET_/admin/{id}"), tool("DELETE_/user/files/{*rest}")];
+    assert_eq!(engine.could_use(&user, &entries, &Extra::new()), [true, false, true]);
 }

@@ -827,6 +827,10 @@ mod slicing {
             Just(" when { resource is Tool && resource.server like \"s*\" } unless { context.scopes.isEmpty() }".to_owned()),
             Just(" when { principal in [Role::\"r1\", Role::\"r3\"] && ip(\"10.0.0.1\").isInRange(ip(\"10.0.0.0/8\")) }".to_owned()),
             Just(" when { {a: context.now}.a + 9223372036854775807 > 0 }".to_owned()),
+            // Fails without the tag: a list entry must not count on it.
+            Just(" when { resource.getTag(\"a\") like \"x*\" }".to_owned()),
+            Just(" unless { resource.hasTag(\"b\") || context.now > 2 }".to_owned()),
+            Just(" when { {t: resource.hasTag(\"a\")}.t && [resource.hasTag(\"b\")].contains(true) }".to_owned()),
         ]
     }
 
@@ -953,6 +957,72 @@ mod slicing {
                         prop_assert_eq!(&decide(engine, caller, asked, *facts, *now), &expected, "{:?} {:?}", caller, asked);
                     }
                 }
+            }
+        }
+    }
+
+    /// The arguments a generated tool call may carry: tags `a` and `b`, each absent, `x` or `y`.
+    fn argument_sets() -> Vec<Extra> {
+        let values = [None, Some("x"), Some("y")];
+        let mut sets = Vec::new();
+        for a in values {
+            for b in values {
+                let mut set = Extra::new();
+                if let Some(a) = a {
+                    set.insert("a".to_owned(), serde_json::Value::from(a));
+                }
+                if let Some(b) = b {
+                    set.insert("b".to_owned(), serde_json::Value::from(b));
+                }
+                sets.push(set);
+            }
+        }
+        sets
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+
+        /// A list entry left out is one no call can get through: when `could_allow` says no
+        /// for a tool, every call of it is denied, whatever its arguments. And a tool some
+        /// call reaches is listed.
+        #[test]
+        fn an_unlisted_tool_is_denied_for_every_argument(
+            policies in policy_set(),
+            asked in prop::collection::vec((caller(), 0..5u8, prop::option::of(0..3u8), any::<bool>(), 0..4i64), 1..8),
+        ) {
+            let sources = with_entities(&[("p.cedar", policies.as_str())], ENTITIES);
+            let Ok(engine) = PolicyEngine::new(&sources) else {
+                return Err(TestCaseError::reject("refused by the validator"));
+            };
+            let arguments = argument_sets();
+            for (caller, name, server, facts, now) in &asked {
+                let auth = caller.as_ref().map(|(subject, roles, deny)| {
+                    let mut auth = AuthInfo::new(
+                        CredentialKind::Static,
+                        format!("u{subject}"),
+                        roles.iter().map(|role| format!("r{role}")).collect(),
+                    );
+                    if *deny {
+                        auth.scopes = vec!["deny".to_owned()];
+                    }
+                    Arc::new(auth)
+                });
+                let name = format!("t{name}");
+                let server = server.map(|s| format!("s{s}")).unwrap_or_default();
+                let facts = if *facts {
+                    Extra::from([("f".to_owned(), serde_json::Value::from("1"))])
+                } else {
+                    Extra::new()
+                };
+                let none = Extra::new();
+                let tool = |arguments| Resource::Mcp { kind: McpKind::Tool, name: &name, server: &server, arguments };
+                let listed = engine.could_allow(&Query { auth: auth.as_ref(), resource: tool(&none), facts: &facts, now: *now });
+                let reached: Vec<&Extra> = arguments
+                    .iter()
+                    .filter(|set| engine.evaluate(&Query { auth: auth.as_ref(), resource: tool(set), facts: &facts, now: *now }).allowed)
+                    .collect();
+                prop_assert!(listed || reached.is_empty(), "{} unlisted for {:?}, yet {:?} is allowed", name, caller, reached);
             }
         }
     }
