@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod ext_authz;
+pub mod ext_proc;
 pub mod grpc;
 pub mod http;
 pub mod json;

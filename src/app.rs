@@ -16,6 +16,7 @@ use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::watch;
 
 use crate::api::ext_authz::{AuthorizationServer, ExtAuthzService};
+use crate::api::ext_proc::{ExtProcService, ExternalProcessorServer};
 use crate::api::grpc::{AdminService, AuthorizerService, SessionsService};
 use crate::api::http::{router, HttpState, ProtectedResource};
 use crate::api::proto;
@@ -285,6 +286,7 @@ impl App {
         health.set_not_serving::<proto::authorizer_server::AuthorizerServer<AuthorizerService>>().await;
         health.set_not_serving::<proto::sessions_server::SessionsServer<SessionsService>>().await;
         health.set_not_serving::<AuthorizationServer<ExtAuthzService>>().await;
+        health.set_not_serving::<ExternalProcessorServer<ExtProcService>>().await;
         health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
         let reflection = || {
             tonic_reflection::server::Builder::configure()
@@ -315,6 +317,7 @@ impl App {
                 TrustedProxies::new(self.config.gateway.trusted_proxies.clone()),
             )))
             .add_service(AuthorizationServer::new(ExtAuthzService::new(Arc::clone(&self.gateway))))
+            .add_service(ExternalProcessorServer::new(ExtProcService::new(Arc::clone(&self.gateway))))
             .add_service(proto::admin_server::AdminServer::new(AdminService::new(
                 self.config.admin.token_sha256.map(|digest| digest.0),
                 self.token_caches.clone(),
@@ -372,6 +375,7 @@ impl App {
                 health.set_serving::<proto::authorizer_server::AuthorizerServer<AuthorizerService>>().await;
                 health.set_serving::<proto::sessions_server::SessionsServer<SessionsService>>().await;
                 health.set_serving::<AuthorizationServer<ExtAuthzService>>().await;
+                health.set_serving::<ExternalProcessorServer<ExtProcService>>().await;
                 health.set_service_status("", tonic_health::ServingStatus::Serving).await;
                 ready.store(true, Ordering::Release);
                 tracing::info!("ready");
@@ -397,6 +401,7 @@ impl App {
                 health.set_not_serving::<proto::authorizer_server::AuthorizerServer<AuthorizerService>>().await;
                 health.set_not_serving::<proto::sessions_server::SessionsServer<SessionsService>>().await;
                 health.set_not_serving::<AuthorizationServer<ExtAuthzService>>().await;
+                health.set_not_serving::<ExternalProcessorServer<ExtProcService>>().await;
                 health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
                 let _ = stop_sender.send(true);
                 let grace = self.config.listen.shutdown_grace.0;

@@ -5,8 +5,11 @@
 //!
 //! Wire-neutral: `api::ext_authz` and `api::http` translate to and from these types.
 
+pub mod exchange;
 pub mod forwarded;
+pub mod listing;
 pub mod mcp;
+pub mod mcp_sessions;
 
 use std::sync::Arc;
 
@@ -153,6 +156,8 @@ struct Settings {
     /// Every `-`/`_` spelling of the override headers, removed on each allow when refused.
     override_spellings: Vec<String>,
     mcp_trust_headers: bool,
+    /// The largest MCP list answer trimmed.
+    max_list_bytes: usize,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -181,6 +186,8 @@ impl IdentityField {
 pub struct Gateway {
     engine: Arc<Engine>,
     settings: Settings,
+    /// Who each MCP session belongs to; `None` when sessions are not bound.
+    sessions: Option<mcp_sessions::SessionOwners>,
 }
 
 /// Where the credential of a request was found.
@@ -232,8 +239,13 @@ impl Gateway {
                 OverrideHeaders::Allow => Vec::new(),
             },
             mcp_trust_headers: config.mcp_trust_headers,
+            max_list_bytes: config.mcp_exchange.max_list_bytes,
         };
-        Self { engine, settings }
+        let exchange = &config.mcp_exchange;
+        let sessions = exchange
+            .bind_sessions
+            .then(|| mcp_sessions::SessionOwners::new(exchange.session_ttl.0, exchange.max_sessions));
+        Self { engine, settings, sessions }
     }
 
     /// Decides `request`. Never fails: a malformed request is a 400 denial (counted).
@@ -275,6 +287,13 @@ impl Gateway {
             Ok(decision) => deny(decision, jsonrpc(id)),
             Err(error) => invalid(jsonrpc(id), mcp::code::INVALID_PARAMS, &error.to_string()),
         }
+    }
+
+    /// Whether `request` is to a JSON-RPC MCP endpoint, whatever its method: an exchange
+    /// cedargate's ext_proc filter follows ([`exchange`]).
+    pub fn is_mcp_exchange(&self, request: &GatewayRequest) -> bool {
+        let path = request.path_only();
+        self.settings.mcp.iter().any(|(endpoint, shape, _)| endpoint == path && *shape == McpShape::Jsonrpc)
     }
 
     /// Whether `request` is a POST to an MCP endpoint, and of which shape and server. The path

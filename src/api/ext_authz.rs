@@ -60,7 +60,9 @@ impl Authorization for ExtAuthzService {
             })
         };
         let answer = span.run(self.gateway.check(&request)).await;
-        Ok(Response::new(check_response(answer)))
+        // Only an MCP exchange is followed by cedargate's ext_proc filter.
+        let identity = self.gateway.is_mcp_exchange(&request);
+        Ok(Response::new(check_response(answer, identity)))
     }
 }
 
@@ -117,11 +119,12 @@ fn lowercase(mut name: String) -> String {
     name
 }
 
-fn check_response(answer: GatewayAnswer) -> CheckResponse {
+/// The answer to Envoy; `identity` adds the caller's whole identity to the metadata.
+fn check_response(answer: GatewayAnswer, identity: bool) -> CheckResponse {
     match answer {
         GatewayAnswer::Allow { set_headers, remove_headers, remove_query, decision } => CheckResponse {
             status: Some(rpc::Status { code: tonic::Code::Ok as i32, ..Default::default() }),
-            dynamic_metadata: Some(metadata(&decision)),
+            dynamic_metadata: Some(metadata(&decision, identity)),
             http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
                 headers: set_headers.into_iter().map(overwrite).collect(),
                 headers_to_remove: remove_headers,
@@ -133,7 +136,7 @@ fn check_response(answer: GatewayAnswer) -> CheckResponse {
             let code = super::grpc::code_of(refusal);
             CheckResponse {
                 status: Some(rpc::Status { code: code as i32, ..Default::default() }),
-                dynamic_metadata: decision.as_deref().map(metadata),
+                dynamic_metadata: decision.as_deref().map(|decision| metadata(decision, false)),
                 http_response: Some(HttpResponse::DeniedResponse(DeniedHttpResponse {
                     status: Some(HttpStatus { code: i32::from(refusal.http_status()) }),
                     headers: headers.into_iter().map(overwrite).collect(),
@@ -153,8 +156,9 @@ fn overwrite((key, value): (String, String)) -> HeaderValueOption {
 }
 
 /// The identity and decision for other Envoy filters (rate limits, access logs), found under
-/// the ext_authz filter's namespace, `envoy.filters.http.ext_authz`.
-fn metadata(decision: &Decision) -> Struct {
+/// the ext_authz filter's namespace, `envoy.filters.http.ext_authz`; with `identity`, also the
+/// whole identity as JSON (`auth_info`).
+fn metadata(decision: &Decision, identity: bool) -> Struct {
     let string = |text: &str| Value { kind: Some(Kind::StringValue(text.to_owned())) };
     let list = |items: &[String]| Value {
         kind: Some(Kind::ListValue(ListValue { values: items.iter().map(|item| string(item)).collect() })),
@@ -169,6 +173,16 @@ fn metadata(decision: &Decision) -> Struct {
         fields.insert("roles".to_owned(), list(&auth.roles));
         fields.insert("tenant".to_owned(), string(&auth.tenant));
         fields.insert("credential_kind".to_owned(), string(auth.kind.as_str()));
+        // The whole identity, for cedargate's ext_proc filter on the same request (which may
+        // no longer see the credential, removed on the way upstream).
+        if identity {
+            match super::json::auth_info_json(auth) {
+                Ok(json) => {
+                    fields.insert("auth_info".to_owned(), string(&json));
+                }
+                Err(error) => tracing::error!(%error, "the identity could not be written for ext_proc"),
+            }
+        }
     }
     Struct { fields }
 }
@@ -257,7 +271,7 @@ mod tests {
                 body: "{}".into(),
                 decision: None,
             };
-            let response = check_response(answer);
+            let response = check_response(answer, false);
             assert_eq!(response.status.unwrap().code, code as i32);
             let Some(HttpResponse::DeniedResponse(denied)) = response.http_response else { panic!() };
             assert_eq!(denied.status.unwrap().code, status);

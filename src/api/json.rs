@@ -142,6 +142,14 @@ fn message_descriptor(
     .clone()
 }
 
+/// An identity as JSON in the shape a decision shows it (the protobuf JSON mapping of
+/// `AuthInfo`): what [`auth_info_from_record`] reads back.
+///
+/// Fails only if the embedded descriptors do not describe `AuthInfo`.
+pub fn auth_info_json(auth: &crate::model::AuthInfo) -> Result<String, String> {
+    message_json(&super::grpc::auth_info_to_proto(auth), AUTH_INFO).map(|json| json.to_string())
+}
+
 /// An identity from JSON in the shape a decision shows it (`authInfo` of `cedargate check`:
 /// the protobuf JSON mapping of `AuthInfo`, lowerCamelCase or proto field names), for
 /// `cedargate policy explain --auth-info`.

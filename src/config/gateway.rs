@@ -45,6 +45,55 @@ pub struct GatewayConfig {
     /// refused.
     #[serde(default)]
     pub mcp_trust_headers: bool,
+    /// What cedargate does with an MCP exchange it sees whole, request and response (Envoy's
+    /// ext_proc filter): trimming list answers and binding sessions to their callers.
+    #[serde(default)]
+    pub mcp_exchange: McpExchangeConfig,
+}
+
+/// The MCP exchange as Envoy's external processing filter shows it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct McpExchangeConfig {
+    /// The largest list answer (`tools/list`, ...) trimmed, in bytes; a larger one is withheld
+    /// (502, a JSON-RPC error). Default 8 MiB.
+    #[serde(default = "default_max_list_bytes")]
+    pub max_list_bytes: usize,
+    /// Bind each `Mcp-Session-Id` to the caller it was issued to, and refuse it to anyone
+    /// else. Default true.
+    #[serde(default = "default_true")]
+    pub bind_sessions: bool,
+    /// How long a session binding lives after its last use. Default 24h.
+    #[serde(default = "default_session_ttl")]
+    pub session_ttl: HumanDuration,
+    /// How many session bindings are kept; beyond it the least recently used are dropped (a
+    /// dropped session gets 404, and its client starts a new one). Default 100,000.
+    #[serde(default = "default_max_sessions")]
+    pub max_sessions: usize,
+}
+
+fn default_max_list_bytes() -> usize {
+    8 * 1024 * 1024
+}
+fn default_true() -> bool {
+    true
+}
+fn default_session_ttl() -> HumanDuration {
+    HumanDuration(std::time::Duration::from_secs(24 * 3600))
+}
+fn default_max_sessions() -> usize {
+    100_000
+}
+
+impl Default for McpExchangeConfig {
+    fn default() -> Self {
+        Self {
+            max_list_bytes: default_max_list_bytes(),
+            bind_sessions: true,
+            session_ttl: default_session_ttl(),
+            max_sessions: default_max_sessions(),
+        }
+    }
 }
 
 /// How the forward-auth endpoint reads the original request.
@@ -264,6 +313,7 @@ impl Default for GatewayConfig {
             trusted_proxies: Vec::new(),
             override_headers: OverrideHeaders::default(),
             mcp_trust_headers: false,
+            mcp_exchange: McpExchangeConfig::default(),
         }
     }
 }

@@ -41,6 +41,9 @@ pub struct Metrics {
     logins: Counter<u64>,
     export_failures: Counter<u64>,
     slow_decision_log: Counter<u64>,
+    mcp_list_entries: Counter<u64>,
+    mcp_lists_withheld: Counter<u64>,
+    mcp_sessions_refused: Counter<u64>,
 }
 
 /// The revision of the policy set in force, read by the `cedargate.policy.info` callback so
@@ -160,6 +163,24 @@ impl Metrics {
                      the slice alone is larger than policies.slice_cache_max_policies",
                 )
                 .build(),
+            mcp_list_entries: meter
+                .u64_counter("cedargate.mcp.list.entries")
+                .with_description(
+                    "Entries of MCP list answers (tools/list, ...) seen through ext_proc, by method and \
+                     result (kept, removed)",
+                )
+                .build(),
+            mcp_lists_withheld: meter
+                .u64_counter("cedargate.mcp.list.withheld")
+                .with_description("MCP list answers withheld whole because they could not be read, by method")
+                .build(),
+            mcp_sessions_refused: meter
+                .u64_counter("cedargate.mcp.sessions.refused")
+                .with_description(
+                    "Requests refused for their Mcp-Session-Id, by reason (foreign: another caller's; \
+                     unknown: not bound)",
+                )
+                .build(),
             logins: meter
                 .u64_counter("cedargate.logins")
                 .with_description("Login attempts, by result (success, failure, rate_limited)")
@@ -259,6 +280,25 @@ impl Metrics {
     /// than the bound).
     pub fn slice_cache_reset(&self) {
         self.slice_cache_resets.add(1, &[]);
+    }
+
+    /// The entries of one MCP list answer: how many were passed on and how many removed.
+    pub fn mcp_list_entries(&self, method: &'static str, kept: usize, removed: usize) {
+        let count = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
+        self.mcp_list_entries
+            .add(count(kept), &[KeyValue::new("method", method), KeyValue::new("result", "kept")]);
+        self.mcp_list_entries
+            .add(count(removed), &[KeyValue::new("method", method), KeyValue::new("result", "removed")]);
+    }
+
+    /// An MCP list answer withheld whole.
+    pub fn mcp_list_withheld(&self, method: &'static str) {
+        self.mcp_lists_withheld.add(1, &[KeyValue::new("method", method)]);
+    }
+
+    /// A request refused for its session id: `foreign` or `unknown`.
+    pub fn mcp_session_refused(&self, reason: &'static str) {
+        self.mcp_sessions_refused.add(1, &[KeyValue::new("reason", reason)]);
     }
 
     /// A login attempt: `success`, `failure` or `rate_limited`.

@@ -1,0 +1,225 @@
+//! An MCP exchange seen whole, request and response, as Envoy's external processing filter
+//! shows it: list answers trimmed to what the caller could use, and sessions bound to the
+//! caller that opened them.
+//!
+//! Wire-neutral: `api::ext_proc` feeds an [`Exchange`] each part of one HTTP exchange as it
+//! arrives and does what it answers.
+
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use super::listing::{self, Answer, ListKind, Trimmed};
+use super::mcp_sessions::{Owner, Standing};
+use super::{facts, jsonrpc_error, mcp, Gateway, GatewayRequest};
+use crate::config::McpShape;
+use crate::engine::Authentication;
+use crate::model::{AuthInfo, Scheme};
+use crate::telemetry::metrics::metrics;
+
+/// JSON-RPC code of an answer withheld because it could not be trimmed (internal error).
+const WITHHELD: i64 = -32603;
+
+/// What the proxy must answer the client with instead of going on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    /// HTTP status.
+    pub status: u16,
+    /// Response headers.
+    pub headers: Vec<(String, String)>,
+    /// Body.
+    pub body: String,
+}
+
+impl Reply {
+    fn jsonrpc(status: u16, id: &Value, code: i64, message: &str) -> Self {
+        Self {
+            status,
+            headers: vec![("content-type".to_owned(), "application/json".to_owned())],
+            body: jsonrpc_error(id, code, message, None),
+        }
+    }
+}
+
+/// How much of the exchange cedargate needs to see after the request headers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Interest {
+    /// Nothing: not an MCP endpoint.
+    None,
+    /// The request body (if any) and the response headers.
+    Exchange,
+}
+
+/// One HTTP exchange with an MCP endpoint.
+#[derive(Debug)]
+pub struct Exchange {
+    gateway: Arc<Gateway>,
+    request: GatewayRequest,
+    /// The identity the proxy's ext_authz filter established, if it passed one on.
+    identity: Option<Arc<AuthInfo>>,
+    server: String,
+    authentication: Option<Authentication>,
+    method: Option<String>,
+    id: Value,
+    list: Option<ListKind>,
+    response: Option<(bool, String)>,
+}
+
+impl Gateway {
+    /// An exchange starting with `request`'s headers. `identity` is the caller as cedargate's
+    /// ext_authz decided it for this same request, when the proxy passes it on; without it
+    /// the credential in the headers is resolved again.
+    pub fn exchange(self: &Arc<Self>, request: GatewayRequest, identity: Option<Arc<AuthInfo>>) -> Exchange {
+        Exchange {
+            gateway: Arc::clone(self),
+            request,
+            identity,
+            server: String::new(),
+            authentication: None,
+            method: None,
+            id: Value::Null,
+            list: None,
+            response: None,
+        }
+    }
+}
+
+impl Exchange {
+    /// The request headers: whether the exchange is cedargate's to follow, or the answer the
+    /// client gets instead (a session id that is not the caller's).
+    pub async fn request_headers(&mut self) -> Result<Interest, Reply> {
+        let path = self.request.path_only();
+        let Some(server) = self
+            .gateway
+            .settings
+            .mcp
+            .iter()
+            .find(|(endpoint, shape, _)| endpoint == path && *shape == McpShape::Jsonrpc)
+            .map(|(_, _, server)| server.clone())
+        else {
+            return Ok(Interest::None);
+        };
+        self.server = server;
+        let authentication = match self.identity.take() {
+            Some(auth) => {
+                Authentication::Authenticated { auth, scheme: Scheme::Bearer, fingerprint: String::new() }
+            }
+            None => match self.gateway.credential(&self.request) {
+                Ok(Some((value, _))) => self.gateway.engine.authenticate(&value).await,
+                Ok(None) => Authentication::Anonymous,
+                // ext_authz refuses such a request before it gets here.
+                Err(reason) => {
+                    return Err(Reply::jsonrpc(400, &Value::Null, mcp::code::INVALID_REQUEST, reason))
+                }
+            },
+        };
+        let session = self.gateway.sessions.as_ref().zip(self.request.header("mcp-session-id"));
+        if let Some((sessions, session_id)) = session {
+            match sessions.standing(session_id, &owner(&authentication)) {
+                Standing::Owned => {}
+                Standing::Foreign => {
+                    metrics().mcp_session_refused("foreign");
+                    return Err(Reply::jsonrpc(
+                        403,
+                        &Value::Null,
+                        mcp::code::UNAUTHORIZED,
+                        "the MCP session belongs to another caller",
+                    ));
+                }
+                Standing::Unknown => {
+                    metrics().mcp_session_refused("unknown");
+                    return Err(Reply::jsonrpc(
+                        404,
+                        &Value::Null,
+                        mcp::code::INVALID_REQUEST,
+                        "the MCP session is not known (expired or never issued here): start a new one",
+                    ));
+                }
+            }
+        }
+        self.authentication = Some(authentication);
+        Ok(Interest::Exchange)
+    }
+
+    /// The request body: which method is asked, and so whether its answer needs trimming.
+    pub fn request_body(&mut self, body: &[u8]) {
+        // The body was decided by ext_authz, which refuses one that does not parse; this only
+        // needs its method and id.
+        let Ok(Value::Object(message)) = serde_json::from_slice::<Value>(body) else {
+            return;
+        };
+        self.id = message.get("id").cloned().unwrap_or(Value::Null);
+        if let Some(method) = message.get("method").and_then(Value::as_str) {
+            self.list = ListKind::of_method(method);
+            self.method = Some(method.to_owned());
+        }
+    }
+
+    /// The response headers: sessions are bound and ended here. True when the response body
+    /// is needed (a list answer to trim).
+    pub fn response_headers(&mut self, status: u16, headers: &[(String, String)]) -> bool {
+        let header = |name: &str| {
+            headers.iter().find(|(key, _)| key.eq_ignore_ascii_case(name)).map(|(_, value)| value.as_str())
+        };
+        let success = (200..300).contains(&status);
+        if let (Some(sessions), Some(authentication)) = (&self.gateway.sessions, &self.authentication) {
+            if success && self.method.as_deref() == Some("initialize") {
+                if let Some(session_id) = header("mcp-session-id") {
+                    sessions.bind(session_id, owner(authentication));
+                }
+            }
+            if success && self.request.method.eq_ignore_ascii_case("DELETE") {
+                if let Some(session_id) = self.request.header("mcp-session-id") {
+                    sessions.end(session_id);
+                }
+            }
+        }
+        if self.list.is_none() {
+            return false;
+        }
+        self.response = Some((success, header("content-type").unwrap_or_default().to_owned()));
+        true
+    }
+
+    /// The response body of a list request: what to pass on, or the error that replaces an
+    /// answer that cannot be trimmed.
+    pub fn response_body(&mut self, body: &[u8]) -> Result<Trimmed, Reply> {
+        let (Some(kind), Some(authentication)) = (self.list, &self.authentication) else {
+            return Ok(Trimmed::Unchanged);
+        };
+        let (success, content_type) = self.response.clone().unwrap_or_default();
+        let answer = Answer {
+            kind,
+            server: &self.server,
+            content_type: &content_type,
+            success,
+            max_bytes: self.gateway.settings.max_list_bytes,
+        };
+        let facts = facts(&self.request, Some(kind.call_method()));
+        let engine = &self.gateway.engine;
+        let mut decide = |targets: &[_]| engine.could_use(authentication, targets, &facts);
+        match listing::trim(answer, body, &mut decide) {
+            Ok((trimmed, counts)) => {
+                metrics().mcp_list_entries(kind.method(), counts.kept, counts.removed);
+                Ok(trimmed)
+            }
+            Err(reason) => {
+                tracing::warn!(method = kind.method(), reason, "MCP list answer withheld");
+                metrics().mcp_list_withheld(kind.method());
+                let message =
+                    format!("cedargate withheld the MCP server's {} answer: {reason}", kind.method());
+                Err(Reply::jsonrpc(502, &self.id, WITHHELD, &message))
+            }
+        }
+    }
+}
+
+fn owner(authentication: &Authentication) -> Owner {
+    match authentication {
+        Authentication::Authenticated { auth, .. } => Owner::of(Some(auth)),
+        Authentication::Anonymous | Authentication::Failed { .. } => Owner::of(None),
+    }
+}
+
+#[cfg(test)]
+mod tests;

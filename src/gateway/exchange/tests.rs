@@ -1,0 +1,154 @@
+use serde_json::json;
+
+use super::*;
+use crate::app::App;
+use crate::config::Config;
+
+fn gateway(extra_yaml: &str) -> Arc<Gateway> {
+    let text = format!("{}\n{extra_yaml}", crate::config::DEMO_YAML);
+    let config = Config::parse("gateway.yaml", &text).unwrap();
+    let app = App::build(config.clone()).unwrap();
+    Arc::new(Gateway::new(Arc::clone(app.engine()), &config.gateway))
+}
+
+fn request(method: &str, path: &str, headers: &[(&str, &str)]) -> GatewayRequest {
+    GatewayRequest {
+        method: method.into(),
+        path: path.into(),
+        host: "api.example".into(),
+        headers: headers.iter().map(|(key, value)| ((*key).to_owned(), (*value).to_owned())).collect(),
+        ..Default::default()
+    }
+}
+
+const USER: (&str, &str) = ("authorization", "Bearer user-token-123");
+const ADMIN: (&str, &str) = ("authorization", "Bearer admin-token-456");
+
+fn tools_answer() -> Vec<u8> {
+    let names = [
+        "echo",
+        "whoami",
+        "read_file",
+        "delete_file",
+        "GET_/user/profile",
+        "GET_/admin/users",
+        "GET_/public/info",
+    ];
+    let tools: Vec<Value> =
+        names.iter().map(|name| json!({ "name": name, "inputSchema": { "type": "object" } })).collect();
+    json!({ "jsonrpc": "2.0", "id": 4, "result": { "tools": tools, "nextCursor": "2" } })
+        .to_string()
+        .into_bytes()
+}
+
+/// The tool names the caller of `headers` gets from a tools/list exchange.
+async fn listed(
+    gateway: &Arc<Gateway>,
+    headers: &[(&str, &str)],
+    identity: Option<Arc<AuthInfo>>,
+) -> Vec<String> {
+    let mut exchange = gateway.exchange(request("POST", "/mcp", headers), identity);
+    assert_eq!(exchange.request_headers().await.unwrap(), Interest::Exchange);
+    exchange.request_body(br#"{"jsonrpc":"2.0","id":4,"method":"tools/list","params":{"cursor":"1"}}"#);
+    assert!(exchange.response_headers(200, &[("content-type".into(), "application/json".into())]));
+    let body = match exchange.response_body(&tools_answer()).unwrap() {
+        Trimmed::Replaced(body) => body,
+        Trimmed::Unchanged => tools_answer(),
+    };
+    let answer: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(answer["result"]["nextCursor"], "2");
+    answer["result"]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|tool| tool["name"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn each_caller_is_listed_the_tools_it_could_call() {
+    let gateway = gateway("");
+    assert_eq!(
+        listed(&gateway, &[USER], None).await,
+        ["echo", "whoami", "read_file", "GET_/user/profile", "GET_/public/info"]
+    );
+    assert_eq!(listed(&gateway, &[ADMIN], None).await.len(), 7);
+    assert_eq!(listed(&gateway, &[], None).await, ["GET_/public/info"]);
+    // The identity ext_authz passed on is used as it is: no credential needed.
+    let admin =
+        Arc::new(AuthInfo::new(crate::model::CredentialKind::Static, "demo-admin", vec!["admin".into()]));
+    assert_eq!(listed(&gateway, &[], Some(admin)).await.len(), 7);
+}
+
+#[tokio::test]
+async fn other_paths_and_other_methods_are_not_followed_or_changed() {
+    let gateway = gateway("");
+    let mut exchange = gateway.exchange(request("GET", "/user/profile", &[USER]), None);
+    assert_eq!(exchange.request_headers().await.unwrap(), Interest::None);
+    let mut exchange = gateway.exchange(request("POST", "/mcp/invoke", &[USER]), None);
+    assert_eq!(exchange.request_headers().await.unwrap(), Interest::None);
+    let mut exchange = gateway.exchange(request("POST", "/mcp", &[USER]), None);
+    exchange.request_headers().await.unwrap();
+    exchange.request_body(br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo"}}"#);
+    assert!(!exchange.response_headers(200, &[("content-type".into(), "application/json".into())]));
+}
+
+#[tokio::test]
+async fn an_unreadable_list_answer_is_replaced_by_an_error() {
+    let gateway = gateway("");
+    let mut exchange = gateway.exchange(request("POST", "/mcp", &[USER]), None);
+    exchange.request_headers().await.unwrap();
+    exchange.request_body(br#"{"jsonrpc":"2.0","id":"q","method":"prompts/list"}"#);
+    assert!(exchange.response_headers(200, &[("content-type".into(), "application/json".into())]));
+    let reply =
+        exchange.response_body(br#"{"jsonrpc":"2.0","id":"q","result":{"prompts":[{"name":"#).unwrap_err();
+    assert_eq!(reply.status, 502);
+    let body: Value = serde_json::from_str(&reply.body).unwrap();
+    assert_eq!(body["id"], "q");
+    assert_eq!(body["error"]["code"], WITHHELD);
+    assert!(body["error"]["message"].as_str().unwrap().contains("prompts/list"), "{body}");
+}
+
+async fn standing(gateway: &Arc<Gateway>, method: &str, headers: &[(&str, &str)]) -> Result<Interest, Reply> {
+    gateway.exchange(request(method, "/mcp", headers), None).request_headers().await
+}
+
+#[tokio::test]
+async fn a_session_is_refused_to_anyone_but_the_caller_it_was_issued_to() {
+    let gateway = gateway("");
+    let mut exchange = gateway.exchange(request("POST", "/mcp", &[USER]), None);
+    exchange.request_headers().await.unwrap();
+    exchange.request_body(br#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{}}"#);
+    exchange.response_headers(200, &[("mcp-session-id".into(), "s-1".into())]);
+    let session = ("mcp-session-id", "s-1");
+    for method in ["POST", "GET", "DELETE"] {
+        let refused = standing(&gateway, method, &[ADMIN, session]).await.unwrap_err();
+        assert_eq!(refused.status, 403, "{method}");
+        let body: Value = serde_json::from_str(&refused.body).unwrap();
+        assert_eq!(body["error"]["code"], mcp::code::UNAUTHORIZED);
+        assert_eq!(standing(&gateway, method, &[session]).await.unwrap_err().status, 403, "{method}");
+        assert_eq!(standing(&gateway, method, &[USER, session]).await.unwrap(), Interest::Exchange);
+    }
+    // An id never issued here is unknown: the client starts over.
+    assert_eq!(standing(&gateway, "POST", &[USER, ("mcp-session-id", "s-2")]).await.unwrap_err().status, 404);
+    // A failed initialize binds nothing.
+    let mut exchange = gateway.exchange(request("POST", "/mcp", &[USER]), None);
+    exchange.request_headers().await.unwrap();
+    exchange.request_body(br#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{}}"#);
+    exchange.response_headers(500, &[("mcp-session-id".into(), "s-3".into())]);
+    assert_eq!(standing(&gateway, "POST", &[USER, ("mcp-session-id", "s-3")]).await.unwrap_err().status, 404);
+    // Ended by its owner, the session is gone.
+    let mut exchange = gateway.exchange(request("DELETE", "/mcp", &[USER, session]), None);
+    exchange.request_headers().await.unwrap();
+    exchange.response_headers(200, &[]);
+    assert_eq!(standing(&gateway, "POST", &[USER, session]).await.unwrap_err().status, 404);
+}
+
+#[tokio::test]
+async fn unbound_sessions_pass_when_binding_is_off() {
+    let gateway = gateway("gateway:\n  mcp_exchange: { bind_sessions: false }\n");
+    assert_eq!(
+        standing(&gateway, "POST", &[ADMIN, ("mcp-session-id", "s-1")]).await.unwrap(),
+        Interest::Exchange
+    );
+}

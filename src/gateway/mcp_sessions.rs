@@ -1,0 +1,217 @@
+//! Which caller each MCP session belongs to. The MCP specification asks servers to bind
+//! `Mcp-Session-Id` to the user it was issued to; cedargate does it for them, from the
+//! `initialize` answer that issued the id, and refuses the id to anyone else.
+//!
+//! Bounded and expiring: a binding lives `ttl` after its last use, and at `max` bindings the
+//! expired, then the least recently used, are dropped. A session id cedargate does not know
+//! (dropped, expired, issued before a restart, or never seen) is refused as the specification
+//! has servers refuse an unknown session: 404, and the client starts a new session. So no
+//! binding can be pushed out to let another caller in.
+//!
+//! Session ids and callers are held as SHA-256 digests.
+
+use std::time::{Duration, Instant};
+
+use dashmap::DashMap;
+
+use crate::model::{AuthInfo, SecretDigest};
+
+/// A caller, as a session is bound to it: the subject within its tenant and issuer, or no
+/// one (a caller without a credential).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owner(SecretDigest);
+
+impl Owner {
+    /// The owner `auth` is; `None` is a caller without a credential.
+    pub fn of(auth: Option<&AuthInfo>) -> Self {
+        let key = match auth {
+            // Lengths first, so no subject can pose as another tenant's or issuer's.
+            Some(auth) => format!(
+                "{}:{}:{}:{}{}{}",
+                auth.tenant.len(),
+                auth.issuer.len(),
+                auth.subject.len(),
+                auth.tenant,
+                auth.issuer,
+                auth.subject
+            ),
+            None => "anonymous".to_owned(),
+        };
+        Self(SecretDigest::of(key.as_bytes()))
+    }
+}
+
+/// How a session id stands with a caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Standing {
+    /// The caller's own session.
+    Owned,
+    /// Another caller's session.
+    Foreign,
+    /// No binding (never issued through cedargate, expired or dropped).
+    Unknown,
+}
+
+#[derive(Debug)]
+struct Binding {
+    owner: Owner,
+    last_used: Instant,
+}
+
+/// The session bindings.
+#[derive(Debug)]
+pub struct SessionOwners {
+    bindings: DashMap<SecretDigest, Binding>,
+    ttl: Duration,
+    max: usize,
+}
+
+impl SessionOwners {
+    /// At most `max` bindings (at least one), each living `ttl` after its last use.
+    pub fn new(ttl: Duration, max: usize) -> Self {
+        Self { bindings: DashMap::new(), ttl, max: max.max(1) }
+    }
+
+    /// Binds `session_id` to `owner`, replacing any binding it had.
+    pub fn bind(&self, session_id: &str, owner: Owner) {
+        self.bind_at(session_id, owner, Instant::now());
+    }
+
+    fn bind_at(&self, session_id: &str, owner: Owner, now: Instant) {
+        let key = digest(session_id);
+        if self.bindings.len() >= self.max && !self.bindings.contains_key(&key) {
+            self.make_room(now);
+        }
+        self.bindings.insert(key, Binding { owner, last_used: now });
+    }
+
+    /// How `session_id` stands with `owner`; its own session's binding is renewed.
+    pub fn standing(&self, session_id: &str, owner: &Owner) -> Standing {
+        self.standing_at(session_id, owner, Instant::now())
+    }
+
+    fn standing_at(&self, session_id: &str, owner: &Owner, now: Instant) -> Standing {
+        let key = digest(session_id);
+        let Some(mut binding) = self.bindings.get_mut(&key) else {
+            return Standing::Unknown;
+        };
+        if now.saturating_duration_since(binding.last_used) >= self.ttl {
+            drop(binding);
+            self.bindings
+                .remove_if(&key, |_, binding| now.saturating_duration_since(binding.last_used) >= self.ttl);
+            return Standing::Unknown;
+        }
+        if !binding.owner.0.ct_eq(&owner.0) {
+            return Standing::Foreign;
+        }
+        binding.last_used = now;
+        Standing::Owned
+    }
+
+    /// Forgets `session_id` (its session was ended).
+    pub fn end(&self, session_id: &str) {
+        self.bindings.remove(&digest(session_id));
+    }
+
+    /// How many bindings are held.
+    pub fn len(&self) -> usize {
+        self.bindings.len()
+    }
+
+    /// Whether none are.
+    pub fn is_empty(&self) -> bool {
+        self.bindings.is_empty()
+    }
+
+    /// Drops the expired bindings, then, if still full, the least recently used tenth.
+    fn make_room(&self, now: Instant) {
+        self.bindings.retain(|_, binding| now.saturating_duration_since(binding.last_used) < self.ttl);
+        if self.bindings.len() < self.max {
+            return;
+        }
+        let mut ages: Vec<Instant> = self.bindings.iter().map(|entry| entry.last_used).collect();
+        let drop = (self.max / 10).max(1).min(ages.len());
+        ages.select_nth_unstable(drop - 1);
+        let cutoff = ages[drop - 1];
+        let mut dropped = 0;
+        self.bindings.retain(|_, binding| {
+            if dropped < drop && binding.last_used <= cutoff {
+                dropped += 1;
+                return false;
+            }
+            true
+        });
+    }
+}
+
+fn digest(session_id: &str) -> SecretDigest {
+    SecretDigest::of(session_id.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::CredentialKind;
+
+    fn auth(subject: &str, issuer: &str, tenant: &str) -> AuthInfo {
+        let mut auth = AuthInfo::new(CredentialKind::Jwt, subject, Vec::new());
+        auth.issuer = issuer.to_owned();
+        auth.tenant = tenant.to_owned();
+        auth
+    }
+
+    #[test]
+    fn a_session_is_its_owners_only() {
+        let owners = SessionOwners::new(Duration::from_secs(60), 10);
+        let alice = Owner::of(Some(&auth("alice", "https://a", "")));
+        owners.bind("s1", alice.clone());
+        assert_eq!(owners.standing("s1", &alice), Standing::Owned);
+        // The same subject from another issuer or tenant is someone else, as is no one.
+        for other in [
+            Owner::of(Some(&auth("alice", "https://b", ""))),
+            Owner::of(Some(&auth("alice", "https://a", "t2"))),
+            Owner::of(Some(&auth("bob", "https://a", ""))),
+            // Lengths keep the parts apart: "https://a" + "" + "alice" is not "https://" + "a" + "alice".
+            Owner::of(Some(&auth("aalice", "https://", ""))),
+            Owner::of(None),
+        ] {
+            assert_eq!(owners.standing("s1", &other), Standing::Foreign);
+        }
+        assert_eq!(owners.standing("s2", &alice), Standing::Unknown);
+        owners.end("s1");
+        assert_eq!(owners.standing("s1", &alice), Standing::Unknown);
+    }
+
+    #[test]
+    fn a_binding_expires_after_its_last_use() {
+        let owners = SessionOwners::new(Duration::from_secs(60), 10);
+        let alice = Owner::of(Some(&auth("alice", "", "")));
+        let start = Instant::now();
+        owners.bind_at("s1", alice.clone(), start);
+        assert_eq!(owners.standing_at("s1", &alice, start + Duration::from_secs(50)), Standing::Owned);
+        // Renewed at 50 s, so alive at 100 s; gone 60 s after that.
+        assert_eq!(owners.standing_at("s1", &alice, start + Duration::from_secs(100)), Standing::Owned);
+        assert_eq!(owners.standing_at("s1", &alice, start + Duration::from_secs(160)), Standing::Unknown);
+        assert!(owners.is_empty());
+    }
+
+    #[test]
+    fn a_full_table_drops_the_least_recently_used() {
+        let owners = SessionOwners::new(Duration::from_secs(3600), 20);
+        let alice = Owner::of(Some(&auth("alice", "", "")));
+        let start = Instant::now();
+        for n in 0..20u64 {
+            owners.bind_at(&format!("s{n}"), alice.clone(), start + Duration::from_secs(n));
+        }
+        // s0 is used again, so s1 and s2 are the oldest.
+        owners.standing_at("s0", &alice, start + Duration::from_secs(30));
+        owners.bind_at("new", alice.clone(), start + Duration::from_secs(31));
+        assert!(owners.len() <= 20);
+        let at = start + Duration::from_secs(32);
+        assert_eq!(owners.standing_at("s0", &alice, at), Standing::Owned);
+        assert_eq!(owners.standing_at("s1", &alice, at), Standing::Unknown);
+        assert_eq!(owners.standing_at("s2", &alice, at), Standing::Unknown);
+        assert_eq!(owners.standing_at("s3", &alice, at), Standing::Owned);
+        assert_eq!(owners.standing_at("new", &alice, at), Standing::Owned);
+    }
+}
