@@ -72,7 +72,7 @@ fi
 # tests/mcp/package-lock.json changes. The scripts are copied beside node_modules because Node
 # resolves an ES module's imports from the script's own folder.
 npm_install mcp @modelcontextprotocol/sdk
-cp tests/mcp/server.mjs tests/mcp/client.mjs .tools/mcp/
+cp tests/mcp/server.mjs tests/mcp/client.mjs tests/mcp/list_server.mjs tests/mcp/lister.mjs .tools/mcp/
 
 # nginx, for the tests that run examples/nginx/cedargate.conf through a real nginx: bookworm's
 # package (1.22, with auth_request built in), fetched with `apt-get download` and unpacked with

@@ -134,17 +134,20 @@ async fn answer(
             }
         }
         Some(Part::RequestBody(body)) => {
-            let exchange = exchange.as_mut().ok_or_else(out_of_order)?;
-            exchange.request_body(&body.body);
+            if let Some(exchange) = exchange.as_mut() {
+                exchange.request_body(&body.body);
+            }
             Ok(ProcessingResponse {
                 response: Some(Answer::RequestBody(BodyResponse::default())),
                 ..Default::default()
             })
         }
         Some(Part::ResponseHeaders(headers)) => {
-            let exchange = exchange.as_mut().ok_or_else(out_of_order)?;
+            // Without request headers first, this is a reply Envoy made itself (an ext_authz
+            // denial, a local error): nothing of it is cedargate's.
             let (status, headers) = response_headers(headers.headers.as_ref());
-            let wants_body = exchange.response_headers(status, &headers);
+            let wants_body =
+                exchange.as_mut().is_some_and(|exchange| exchange.response_headers(status, &headers));
             Ok(ProcessingResponse {
                 response: Some(Answer::ResponseHeaders(HeadersResponse::default())),
                 mode_override: wants_body.then(|| ProcessingMode {
@@ -155,6 +158,7 @@ async fn answer(
             })
         }
         Some(Part::ResponseBody(body)) => {
+            // Asked for only after the response headers of an exchange.
             let exchange = exchange.as_mut().ok_or_else(out_of_order)?;
             match exchange.response_body(&body.body) {
                 Ok(Trimmed::Unchanged) => Ok(ProcessingResponse {
@@ -195,7 +199,7 @@ async fn answer(
 }
 
 fn out_of_order() -> Status {
-    Status::failed_precondition("a processing request before the request headers")
+    Status::failed_precondition("a response body before the request headers")
 }
 
 /// The caller cedargate's ext_authz filter passed on (`auth_info` in its namespace), if the

@@ -21,6 +21,7 @@ use tempfile::TempDir;
 pub const METADATA_PREFIX: &str = "/.well-known/oauth-protected-resource";
 
 const EXT_AUTHZ: &str = "envoy.filters.http.ext_authz";
+const EXT_PROC: &str = "envoy.filters.http.ext_proc";
 const JWT_AUTHN: &str = "envoy.filters.http.jwt_authn";
 const JWT_PROVIDER: &str = "test-issuer";
 /// The shipped Envoy example, relative to the crate root.
@@ -65,6 +66,9 @@ pub struct EnvoyConfig {
     pub context_extensions: Vec<(String, Vec<(String, String)>)>,
     /// Envoy's worker threads.
     pub concurrency: u32,
+    /// cedargate's ext_proc server on the `/mcp` route (before ext_authz), as the shipped
+    /// example configures it.
+    pub ext_proc: Option<SocketAddr>,
 }
 
 impl EnvoyConfig {
@@ -77,6 +81,7 @@ impl EnvoyConfig {
             auth: Auth::None,
             context_extensions: Vec::new(),
             concurrency: 1,
+            ext_proc: None,
         }
     }
 
@@ -98,6 +103,11 @@ impl EnvoyConfig {
     pub fn with_context_extensions(mut self, prefix: &str, pairs: &[(&str, &str)]) -> Self {
         let pairs = pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
         self.context_extensions.push((prefix.to_owned(), pairs));
+        self
+    }
+
+    pub fn with_ext_proc(mut self, cedargate_grpc: SocketAddr) -> Self {
+        self.ext_proc = Some(cedargate_grpc);
         self
     }
 
@@ -131,7 +141,14 @@ impl EnvoyConfig {
             Auth::None | Auth::JwtRbac { .. } => {}
         }
 
-        let mut http_filters = self.auth_filters();
+        let mut http_filters = Vec::new();
+        if let Some(addr) = self.ext_proc {
+            // Before ext_authz: it sees the request as the client sent it, and the replies
+            // ext_authz makes pass back through it like any other answer.
+            clusters.push(cluster("ext_proc", addr, true));
+            http_filters.push(ext_proc_filter());
+        }
+        http_filters.extend(self.auth_filters());
         http_filters.push(json!({
             "name": "envoy.filters.http.router",
             "typed_config": { "@type": any_type("extensions.filters.http.router.v3.Router") }
@@ -314,10 +331,22 @@ impl EnvoyConfig {
                 }})
             })
         };
+        let ext_proc = self.ext_proc.is_some();
         let route = |name: &str, matcher: Value, cluster: &str, per_filter: Option<Value>| -> Value {
             let mut route = json!({ "name": name, "match": matcher, "route": { "cluster": cluster } });
             if let Some(per_filter) = per_filter {
                 route["typed_per_filter_config"] = per_filter;
+            }
+            // Only the MCP endpoint's exchanges are cedargate's to follow.
+            if ext_proc && name != "mcp" {
+                route["typed_per_filter_config"][EXT_PROC] = json!({
+                    "@type": any_type("extensions.filters.http.ext_proc.v3.ExtProcPerRoute"),
+                    "disabled": true,
+                });
+            }
+            if ext_proc && name == "mcp" {
+                // Tool calls and event streams may last.
+                route["route"]["timeout"] = json!("0s");
             }
             route
         };
@@ -355,6 +384,31 @@ impl EnvoyConfig {
         routes.push(route("default", json!({ "prefix": "/" }), "upstream", None));
         routes
     }
+}
+
+/// cedargate's ext_proc filter as `examples/envoy/envoy.yaml` has it: request headers and the
+/// buffered body, response headers, and what cedargate asks for beyond (a list answer's body);
+/// closed when cedargate cannot be reached.
+fn ext_proc_filter() -> Value {
+    json!({
+        "name": EXT_PROC,
+        "typed_config": {
+            "@type": any_type("extensions.filters.http.ext_proc.v3.ExternalProcessor"),
+            "grpc_service": { "envoy_grpc": { "cluster_name": "ext_proc" }, "timeout": "5s" },
+            "failure_mode_allow": false,
+            "allow_mode_override": true,
+            "message_timeout": "5s",
+            "processing_mode": {
+                "request_header_mode": "SEND",
+                "request_body_mode": "BUFFERED",
+                "response_header_mode": "SEND",
+                "response_body_mode": "NONE",
+                "request_trailer_mode": "SKIP",
+                "response_trailer_mode": "SKIP",
+            },
+            "request_attributes": ["source.address"],
+        }
+    })
 }
 
 /// `examples/envoy/envoy.yaml` with admin and `ingress` on `127.0.0.1:0` and the endpoints of

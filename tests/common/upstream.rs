@@ -111,11 +111,25 @@ pub struct McpServer {
 impl McpServer {
     /// Starts node and waits (blocking, about half a second) for the port line.
     pub fn start() -> Self {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join(".tools/mcp/server.mjs");
+        Self::start_script("server.mjs", &[])
+    }
+
+    /// `tests/mcp/list_server.mjs` with `flags` (`--sse`, `--stateful`, `--page-size N`,
+    /// `--bulk N`, `--malformed`): the fixed tools, prompts and resources of every kind.
+    pub fn start_lists(flags: &[&str]) -> Self {
+        Self::start_script("list_server.mjs", flags)
+    }
+
+    fn start_script(name: &str, flags: &[&str]) -> Self {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join(".tools/mcp").join(name);
         assert!(script.exists(), "{} is missing: run scripts/install-test-deps.sh", script.display());
-        let mut child = Command::new("node")
-            .arg(&script)
-            .arg("0")
+        let mut command = Command::new("node");
+        command.arg(&script);
+        if flags.is_empty() && name == "server.mjs" {
+            command.arg("0");
+        }
+        let mut child = command
+            .args(flags)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

@@ -1,0 +1,393 @@
+//! MCP list filtering and session binding through a real Envoy (ext_authz + ext_proc, both
+//! cedargate) in front of the real MCP SDK server of `tests/mcp/list_server.mjs`, listed and
+//! called by the real MCP SDK client of `tests/mcp/lister.mjs`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use cedargate::config::Config;
+use common::envoy::{Auth, Envoy, EnvoyConfig};
+use common::upstream::McpServer;
+use common::TestServer;
+use serde_json::{json, Value};
+
+const USER: &str = "Authorization: Bearer user-token-123";
+const ADMIN: &str = "Authorization: Bearer admin-token-456";
+const SERVICE: &str = "x-api-key: api-key-789";
+
+const CONFIG: &str = "
+gateway:
+  strip_authorization: true
+  api_key: { header: x-api-key }
+";
+
+/// cedargate (the demo with `CONFIG`) and an Envoy with cedargate's ext_authz and ext_proc in
+/// front of `mcp`; `ext_proc` overrides where Envoy finds the ext_proc server.
+async fn stack(mcp: &McpServer, ext_proc: Option<SocketAddr>) -> (TestServer, Envoy) {
+    let text = format!("{}\n{CONFIG}", cedargate::config::DEMO_YAML);
+    let server = TestServer::start(Config::parse("mcp-lists.yaml", &text).unwrap()).await;
+    let config = EnvoyConfig::new(mcp.addr)
+        .with_auth(Auth::ExtAuthzGrpc { addr: server.grpc, with_body: true })
+        .with_mcp(mcp.addr)
+        .with_ext_proc(ext_proc.unwrap_or(server.grpc));
+    let envoy = Envoy::start(&config).await;
+    (server, envoy)
+}
+
+/// Every fixed entry of the list server, with arguments a call of it may be allowed with.
+fn every_call() -> Value {
+    let tool = |name: &str, arguments: Value| json!({ "kind": "tool", "name": name, "arguments": arguments });
+    json!([
+        tool("echo", json!({ "text": "hi" })),
+        tool("whoami", json!({})),
+        tool("read_file", json!({ "path": "/docs/a" })),
+        tool("delete_file", json!({ "path": "/docs/a" })),
+        tool("GET_/user/profile", json!({})),
+        tool("GET_/admin/users", json!({})),
+        tool("GET_/public/info", json!({})),
+        { "kind": "prompt", "name": "greeting", "arguments": { "name": "Ada" } },
+        { "kind": "prompt", "name": "admin_report", "arguments": {} },
+        { "kind": "resource", "name": "file:///readme" },
+        { "kind": "resource", "name": "file:///secrets" },
+    ])
+}
+
+/// What the real MCP client saw: `node lister.mjs` against `url` as `headers`. Run without
+/// blocking the runtime, which serves cedargate too.
+async fn lister(url: &str, headers: &[&str], calls: &Value) -> Value {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join(".tools/mcp/lister.mjs");
+    assert!(script.exists(), "{} is missing: run scripts/install-test-deps.sh", script.display());
+    let mut command = Command::new("node");
+    command.arg(&script);
+    for header in headers {
+        command.args(["-H", header]);
+    }
+    command.arg(url).arg(calls.to_string());
+    let output = tokio::task::spawn_blocking(move || command.output()).await.unwrap().expect("node runs");
+    assert!(output.status.success(), "lister failed: {}", String::from_utf8_lossy(&output.stderr));
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|error| {
+        panic!("lister printed no JSON ({error}): {}", String::from_utf8_lossy(&output.stdout))
+    })
+}
+
+fn names(seen: &Value, list: &str) -> BTreeSet<String> {
+    seen[list]
+        .as_array()
+        .unwrap_or_else(|| panic!("no {list} in {seen}"))
+        .iter()
+        .map(|name| name.as_str().unwrap().to_owned())
+        .collect()
+}
+
+fn set(items: &[&str]) -> BTreeSet<String> {
+    items.iter().map(|item| (*item).to_owned()).collect()
+}
+
+/// The entries whose call went through, by kind.
+fn called(seen: &Value, kind: &str) -> BTreeSet<String> {
+    seen["calls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|call| call["kind"] == kind && call["result"] == "ok")
+        .map(|call| call["name"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Asserts that `who` sees exactly `tools`, `prompts`, `resources` and `templates`, and that
+/// exactly the listed tools, prompts and resources can be called.
+fn assert_sees(
+    seen: &Value,
+    who: &str,
+    tools: &[&str],
+    prompts: &[&str],
+    resources: &[&str],
+    templates: &[&str],
+) {
+    assert_eq!(seen["listErrors"], json!({}), "{who}: {seen}");
+    assert_eq!(names(seen, "tools"), set(tools), "{who}: {seen}");
+    assert_eq!(names(seen, "prompts"), set(prompts), "{who}: {seen}");
+    assert_eq!(names(seen, "resources"), set(resources), "{who}: {seen}");
+    assert_eq!(names(seen, "templates"), set(templates), "{who}: {seen}");
+    // Every listed entry is callable, every unlisted one is refused.
+    assert_eq!(called(seen, "tool"), set(tools), "{who}: {seen}");
+    assert_eq!(called(seen, "prompt"), set(prompts), "{who}: {seen}");
+    assert_eq!(called(seen, "resource"), set(resources), "{who}: {seen}");
+    for call in seen["calls"].as_array().unwrap() {
+        let result = call["result"].as_str().unwrap();
+        assert!(result == "ok" || result == "refused:403", "{who}: {call}");
+    }
+}
+
+const ALL_TOOLS: [&str; 7] = [
+    "echo",
+    "whoami",
+    "read_file",
+    "delete_file",
+    "GET_/user/profile",
+    "GET_/admin/users",
+    "GET_/public/info",
+];
+const USER_TOOLS: [&str; 5] = ["echo", "whoami", "read_file", "GET_/user/profile", "GET_/public/info"];
+
+async fn assert_each_identity_sees_what_it_may_call(url: &str) {
+    let calls = every_call();
+    let user = lister(url, &[USER], &calls).await;
+    assert_sees(&user, "user", &USER_TOOLS, &["greeting", "admin_report"], &[], &[]);
+    let admin = lister(url, &[ADMIN], &calls).await;
+    let resources = ["file:///readme", "file:///secrets"];
+    assert_sees(
+        &admin,
+        "admin",
+        &ALL_TOOLS,
+        &["greeting", "admin_report"],
+        &resources,
+        &["file:///docs/{name}"],
+    );
+    // The service speaks MCP but has no tool rule: only the public route is its to call.
+    let service = lister(url, &[SERVICE], &calls).await;
+    assert_sees(&service, "service", &["GET_/public/info"], &[], &[], &[]);
+    let anonymous = lister(url, &[], &calls).await;
+    assert!(anonymous["connectError"].as_str().unwrap_or_default().contains("401"), "{anonymous}");
+}
+
+#[tokio::test]
+async fn each_identity_lists_exactly_what_it_may_call_in_json() {
+    let mcp = McpServer::start_lists(&[]);
+    let (_server, envoy) = stack(&mcp, None).await;
+    assert_each_identity_sees_what_it_may_call(&envoy.url("/mcp")).await;
+}
+
+#[tokio::test]
+async fn each_identity_lists_exactly_what_it_may_call_in_event_streams_over_pages() {
+    let mcp = McpServer::start_lists(&["--sse", "--stateful", "--page-size", "2"]);
+    let (_server, envoy) = stack(&mcp, None).await;
+    assert_each_identity_sees_what_it_may_call(&envoy.url("/mcp")).await;
+}
+
+/// A JSON-RPC request through Envoy, as an MCP client sends it.
+async fn post(
+    envoy: &Envoy,
+    headers: &[(&str, &str)],
+    method: &str,
+    body: Option<Value>,
+) -> (u16, Value, reqwest::header::HeaderMap) {
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let mut request = client
+        .request(method.parse().unwrap(), envoy.url("/mcp"))
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", "2025-06-18");
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.timeout(Duration::from_secs(10)).send().await.unwrap();
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let text = response.text().await.unwrap();
+    // An event stream's first data line, or the JSON body.
+    let json = text
+        .lines()
+        .find_map(|line| line.strip_prefix("data: ").filter(|data| !data.trim().is_empty()))
+        .map_or_else(
+            || serde_json::from_str(&text).unwrap_or(Value::Null),
+            |data| serde_json::from_str(data).unwrap(),
+        );
+    (status, json, headers)
+}
+
+#[tokio::test]
+async fn a_session_answers_only_the_caller_it_was_issued_to() {
+    let mcp = McpServer::start_lists(&["--stateful", "--sse", "--page-size", "2"]);
+    let (_server, envoy) = stack(&mcp, None).await;
+    let user = lister(&envoy.url("/mcp"), &[USER], &json!([])).await;
+    let session = user["sessionId"].as_str().unwrap_or_else(|| panic!("no session: {user}")).to_owned();
+    let session = ("mcp-session-id", session.as_str());
+    let user = ("authorization", "Bearer user-token-123");
+    let admin = ("authorization", "Bearer admin-token-456");
+    let list = || Some(json!({ "jsonrpc": "2.0", "id": 9, "method": "tools/list" }));
+    // Its owner goes on using it. Each page is trimmed on its own and keeps its cursor.
+    let (status, first, _) = post(&envoy, &[user, session], "POST", list()).await;
+    assert_eq!(status, 200, "{first}");
+    let names = |page: &Value| -> Vec<String> {
+        page["result"]["tools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|tool| tool["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(names(&first), ["echo", "whoami"]);
+    let cursor = first["result"]["nextCursor"].as_str().unwrap();
+    let second =
+        json!({ "jsonrpc": "2.0", "id": 10, "method": "tools/list", "params": { "cursor": cursor } });
+    let (status, second, _) = post(&envoy, &[user, session], "POST", Some(second)).await;
+    assert_eq!(status, 200, "{second}");
+    // read_file and delete_file, of which the user may call only the first.
+    assert_eq!(names(&second), ["read_file"]);
+    assert!(second["result"]["nextCursor"].is_string(), "{second}");
+    // Another caller is refused on every method, with a JSON-RPC error.
+    for (method, body) in [("POST", list()), ("GET", None), ("DELETE", None)] {
+        let (status, answer, _) = post(&envoy, &[admin, session], method, body).await;
+        assert_eq!(status, 403, "{method}: {answer}");
+        assert_eq!(answer["error"]["code"], -32001, "{method}: {answer}");
+        assert_eq!(answer["error"]["message"], "the MCP session belongs to another caller");
+    }
+    // So is a caller without a credential.
+    let (status, answer, _) = post(&envoy, &[session], "POST", list()).await;
+    assert_eq!((status, &answer["error"]["code"]), (403, &json!(-32001)), "{answer}");
+    // A made-up session id is unknown: the client is told to start over.
+    let (status, answer, _) = post(&envoy, &[user, ("mcp-session-id", "made-up")], "POST", list()).await;
+    assert_eq!(status, 404, "{answer}");
+    // Its owner ends it; then it is gone for everyone.
+    let (status, _, _) = post(&envoy, &[user, session], "DELETE", None).await;
+    assert_eq!(status, 200);
+    let (status, _, _) = post(&envoy, &[user, session], "POST", list()).await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test]
+async fn a_malformed_list_answer_is_withheld_and_other_lists_still_answer() {
+    let mcp = McpServer::start_lists(&["--malformed"]);
+    let (_server, envoy) = stack(&mcp, None).await;
+    let admin = lister(
+        &envoy.url("/mcp"),
+        &[ADMIN],
+        &json!([{ "kind": "tool", "name": "echo", "arguments": { "text": "x" } }]),
+    )
+    .await;
+    let error = admin["listErrors"]["tools"].as_str().unwrap_or_else(|| panic!("tools listed: {admin}"));
+    assert!(error.contains("withheld") || error.contains("502"), "{error}");
+    assert_eq!(names(&admin, "tools"), set(&[]), "{admin}");
+    assert_eq!(names(&admin, "prompts"), set(&["greeting", "admin_report"]));
+    // The call itself was never a list: it passes.
+    assert_eq!(admin["calls"][0]["result"], "ok", "{admin}");
+}
+
+#[tokio::test]
+async fn envoy_fails_closed_without_cedargate() {
+    let mcp = McpServer::start_lists(&[]);
+    // ext_proc at a port nobody listens on: every MCP exchange fails, nothing is listed.
+    let nobody = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let (_server, envoy) = stack(&mcp, Some(nobody)).await;
+    let list = Some(json!({ "jsonrpc": "2.0", "id": 1, "method": "tools/list" }));
+    let (status, answer, _) =
+        post(&envoy, &[("authorization", "Bearer admin-token-456")], "POST", list.clone()).await;
+    assert_eq!(status, 500, "{answer}");
+    assert!(answer.get("result").is_none(), "{answer}");
+    drop(envoy);
+
+    // cedargate stopped, with both filters on it.
+    let (server, envoy) = stack(&mcp, None).await;
+    let (status, answer, _) =
+        post(&envoy, &[("authorization", "Bearer admin-token-456")], "POST", list.clone()).await;
+    assert_eq!((status, answer["result"]["tools"].as_array().map(Vec::len)), (200, Some(ALL_TOOLS.len())));
+    server.stop().await.unwrap();
+    let (status, answer, _) =
+        post(&envoy, &[("authorization", "Bearer admin-token-456")], "POST", list).await;
+    assert!(status >= 400, "{status} {answer}");
+    assert!(answer.get("result").is_none(), "{answer}");
+}
+
+mod protocol {
+    //! The ext_proc stream itself, from a gRPC client, as Envoy drives it.
+
+    use envoy_types::pb::envoy::config::core::v3::{HeaderMap, HeaderValue};
+    use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_client::ExternalProcessorClient;
+    use envoy_types::pb::envoy::service::ext_proc::v3::{
+        processing_request, processing_response, HttpBody, HttpHeaders, ProcessingRequest,
+    };
+    use tokio_stream::StreamExt;
+
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)], end_of_stream: bool) -> HttpHeaders {
+        let headers = pairs
+            .iter()
+            .map(|(key, value)| HeaderValue {
+                key: (*key).into(),
+                raw_value: value.as_bytes().to_vec(),
+                ..Default::default()
+            })
+            .collect();
+        HttpHeaders { headers: Some(HeaderMap { headers }), end_of_stream, ..Default::default() }
+    }
+
+    #[tokio::test]
+    async fn each_part_is_answered_in_order_and_a_list_body_is_asked_for() {
+        let text = format!("{}\n{CONFIG}", cedargate::config::DEMO_YAML);
+        let server = TestServer::start(Config::parse("mcp-lists.yaml", &text).unwrap()).await;
+        let mut client = ExternalProcessorClient::new(server.channel().await);
+        let (sender, receiver) = tokio::sync::mpsc::channel(4);
+        let mut answers =
+            client.process(tokio_stream::wrappers::ReceiverStream::new(receiver)).await.unwrap().into_inner();
+        use processing_request::Request as Part;
+        use processing_response::Response as Answer;
+        let send = |part| ProcessingRequest { request: Some(part), ..Default::default() };
+        sender
+            .send(send(Part::RequestHeaders(headers(
+                &[
+                    (":method", "POST"),
+                    (":path", "/mcp"),
+                    (":authority", "x"),
+                    ("authorization", "Bearer user-token-123"),
+                ],
+                false,
+            ))))
+            .await
+            .unwrap();
+        let answer = tokio::time::timeout(Duration::from_secs(5), answers.next())
+            .await
+            .expect("an answer")
+            .unwrap()
+            .unwrap();
+        assert!(matches!(answer.response, Some(Answer::RequestHeaders(_))), "{answer:?}");
+        let body = br#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#.to_vec();
+        sender
+            .send(send(Part::RequestBody(HttpBody { body, end_of_stream: true, ..Default::default() })))
+            .await
+            .unwrap();
+        let answer = answers.next().await.unwrap().unwrap();
+        assert!(matches!(answer.response, Some(Answer::RequestBody(_))), "{answer:?}");
+        sender
+            .send(send(Part::ResponseHeaders(headers(
+                &[(":status", "200"), ("content-type", "application/json")],
+                false,
+            ))))
+            .await
+            .unwrap();
+        let answer = answers.next().await.unwrap().unwrap();
+        assert!(matches!(answer.response, Some(Answer::ResponseHeaders(_))), "{answer:?}");
+        assert_eq!(answer.mode_override.unwrap().response_body_mode, 2, "BUFFERED");
+        let body = json!({ "jsonrpc": "2.0", "id": 1, "result": { "tools": [{ "name": "echo" }, { "name": "delete_file" }] } });
+        sender
+            .send(send(Part::ResponseBody(HttpBody {
+                body: body.to_string().into_bytes(),
+                end_of_stream: true,
+                ..Default::default()
+            })))
+            .await
+            .unwrap();
+        let answer = answers.next().await.unwrap().unwrap();
+        let Some(Answer::ResponseBody(body)) = answer.response else { panic!("{answer:?}") };
+        let common = body.response.unwrap();
+        let Some(envoy_types::pb::envoy::service::ext_proc::v3::body_mutation::Mutation::Body(trimmed)) =
+            common.body_mutation.unwrap().mutation
+        else {
+            panic!()
+        };
+        let trimmed: Value = serde_json::from_slice(&trimmed).unwrap();
+        assert_eq!(trimmed["result"]["tools"], json!([{ "name": "echo" }]));
+        let length = &common.header_mutation.unwrap().set_headers[0];
+        assert_eq!(length.header.as_ref().unwrap().key, "content-length");
+    }
+}
