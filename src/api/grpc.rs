@@ -10,6 +10,7 @@ use super::admin::{check_admin, AdminRefusal};
 use super::json::{extra_to_struct, struct_to_extra};
 use super::proto;
 use crate::engine::{Authentication, Call, Engine};
+use crate::gateway::listing::{self, ListKind};
 use crate::gateway::TrustedProxies;
 use crate::model::{
     AuthInfo, Decision, McpRequest, Outcome, Refusal, RouteRequest, Secret, Target, ToolCall, Wire,
@@ -30,6 +31,65 @@ impl AuthorizerService {
     /// Serves decisions from `engine`.
     pub fn new(engine: Arc<Engine>) -> Self {
         Self { engine }
+    }
+}
+
+impl AuthorizerService {
+    /// The entries of `request` the caller could use, as `kind`'s list answer is trimmed.
+    async fn filter(
+        &self,
+        method: &'static str,
+        request: Request<proto::FilterRequest>,
+        kind: ListKind,
+    ) -> Result<Response<proto::FilterResponse>, Status> {
+        let span = rpc_span("cedargate.v1.Authorizer", method, request.metadata());
+        let answer = async {
+            let _in_flight = metrics().in_flight(Wire::Grpc);
+            let request = request.into_inner();
+            self.engine.check_batch_size(request.entries.len()).map_err(|error| target_status(&error))?;
+            let facts = struct_to_extra(request.context.as_ref()).map_err(|error| target_status(&error))?;
+            let authentication = self.engine.authenticate(&request.authorization).await;
+            let auth_info = match &authentication {
+                Authentication::Authenticated { auth, .. } => Some(auth_info_to_proto(auth)),
+                Authentication::Anonymous => None,
+                Authentication::Failed { error, .. } => {
+                    let code = if matches!(error, crate::credential::CredentialError::Unavailable { .. }) {
+                        tonic::Code::Unavailable
+                    } else {
+                        tonic::Code::Unauthenticated
+                    };
+                    return Err(Status::new(code, error.to_string()));
+                }
+            };
+            let names = request.entries.iter().map(|entry| entry_name(entry, kind));
+            let mut decide = |targets: &[Target]| self.engine.could_use(&authentication, targets, &facts);
+            let allowed = listing::allowed(kind, &request.server, names, &mut decide);
+            let total = request.entries.len();
+            let entries: Vec<_> = request
+                .entries
+                .into_iter()
+                .zip(allowed)
+                .filter(|(_, allowed)| *allowed)
+                .map(|(entry, _)| entry)
+                .collect();
+            let removed = u32::try_from(total - entries.len()).unwrap_or(u32::MAX);
+            Ok(Response::new(proto::FilterResponse { entries, removed, auth_info }))
+        };
+        let answer = span.run(answer).await;
+        record_status(&span, &answer);
+        answer
+    }
+}
+
+/// The name of a list entry: `uri` (or `uriTemplate`) for resources, `name` otherwise.
+fn entry_name(entry: &prost_types::Struct, kind: ListKind) -> Option<&str> {
+    let field = |key: &str| match entry.fields.get(key).and_then(|value| value.kind.as_ref()) {
+        Some(prost_types::value::Kind::StringValue(name)) => Some(name.as_str()),
+        _ => None,
+    };
+    match kind {
+        ListKind::Resources | ListKind::ResourceTemplates => field("uri").or_else(|| field("uriTemplate")),
+        ListKind::Tools | ListKind::Prompts => field("name"),
     }
 }
 
@@ -231,6 +291,27 @@ impl proto::authorizer_server::Authorizer for AuthorizerService {
         let answer = span.run(answer).await;
         record_status(&span, &answer);
         answer
+    }
+
+    async fn filter_tools(
+        &self,
+        request: Request<proto::FilterRequest>,
+    ) -> Result<Response<proto::FilterResponse>, Status> {
+        self.filter("FilterTools", request, ListKind::Tools).await
+    }
+
+    async fn filter_prompts(
+        &self,
+        request: Request<proto::FilterRequest>,
+    ) -> Result<Response<proto::FilterResponse>, Status> {
+        self.filter("FilterPrompts", request, ListKind::Prompts).await
+    }
+
+    async fn filter_resources(
+        &self,
+        request: Request<proto::FilterRequest>,
+    ) -> Result<Response<proto::FilterResponse>, Status> {
+        self.filter("FilterResources", request, ListKind::Resources).await
     }
 
     async fn introspect(

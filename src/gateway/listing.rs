@@ -207,23 +207,14 @@ fn trim_result(
     let Some(Value::Array(entries)) = result.get_mut(field) else {
         return Err(format!("the {} answer has no `result.{field}` list", answer.kind.method()));
     };
-    let mut seen = HashSet::with_capacity(entries.len());
-    let mut named = Vec::with_capacity(entries.len());
-    for (index, entry) in entries.iter().enumerate() {
-        match entry.get(key).and_then(Value::as_str) {
-            Some(name) if !name.is_empty() && seen.insert(name) => named.push((index, name)),
-            _ => {}
-        }
-    }
-    let targets: Vec<Target> =
-        named.iter().map(|(_, name)| answer.kind.target(name, answer.server)).collect();
-    let allowed = decide(&targets);
-    let keep: HashSet<usize> = named
-        .iter()
-        .zip(allowed.iter().chain(std::iter::repeat(&false)))
-        .filter(|(_, allowed)| **allowed)
-        .map(|((index, _), _)| *index)
-        .collect();
+    let allowed = allowed(
+        answer.kind,
+        answer.server,
+        entries.iter().map(|entry| entry.get(key).and_then(Value::as_str)),
+        decide,
+    );
+    let keep: HashSet<usize> =
+        allowed.iter().enumerate().filter(|(_, allowed)| **allowed).map(|(index, _)| index).collect();
     let counts = Counts { kept: keep.len(), removed: entries.len() - keep.len() };
     if counts.removed > 0 {
         let mut index = 0;
@@ -234,6 +225,33 @@ fn trim_result(
         });
     }
     Ok(counts)
+}
+
+/// Which entries the caller could use, given each entry's name (`None` when it has none): a
+/// nameless entry never, a name seen before never, the others as `decide` says, all of them
+/// in one call.
+pub fn allowed<'n>(
+    kind: ListKind,
+    server: &str,
+    names: impl IntoIterator<Item = Option<&'n str>>,
+    decide: &mut Decide<'_>,
+) -> Vec<bool> {
+    let names: Vec<Option<&str>> = names.into_iter().collect();
+    let mut seen = HashSet::with_capacity(names.len());
+    let mut targets = Vec::with_capacity(names.len());
+    let mut decided = Vec::with_capacity(names.len());
+    for (index, name) in names.iter().enumerate() {
+        if let Some(name) = name.filter(|name| !name.is_empty() && seen.insert(*name)) {
+            targets.push(kind.target(name, server));
+            decided.push(index);
+        }
+    }
+    let verdicts = decide(&targets);
+    let mut allowed = vec![false; names.len()];
+    for (index, verdict) in decided.into_iter().zip(verdicts) {
+        allowed[index] = verdict;
+    }
+    allowed
 }
 
 /// An event stream: each event whose data is a JSON-RPC response is trimmed; requests,
