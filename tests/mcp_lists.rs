@@ -360,14 +360,15 @@ mod protocol {
         assert!(matches!(answer.response, Some(Answer::RequestBody(_))), "{answer:?}");
         sender
             .send(send(Part::ResponseHeaders(headers(
-                &[(":status", "200"), ("content-type", "application/json")],
+                &[(":status", "200"), ("content-type", "application/json"), ("content-length", "90")],
                 false,
             ))))
             .await
             .unwrap();
         let answer = answers.next().await.unwrap().unwrap();
         assert!(matches!(answer.response, Some(Answer::ResponseHeaders(_))), "{answer:?}");
-        assert_eq!(answer.mode_override.unwrap().response_body_mode, 2, "BUFFERED");
+        // With its length known, the answer is buffered whole (BUFFERED).
+        assert_eq!(answer.mode_override.unwrap().response_body_mode, 2);
         let body = json!({ "jsonrpc": "2.0", "id": 1, "result": { "tools": [{ "name": "echo" }, { "name": "delete_file" }] } });
         sender
             .send(send(Part::ResponseBody(HttpBody {
@@ -388,6 +389,174 @@ mod protocol {
         let trimmed: Value = serde_json::from_slice(&trimmed).unwrap();
         assert_eq!(trimmed["result"]["tools"], json!([{ "name": "echo" }]));
         let length = &common.header_mutation.unwrap().set_headers[0];
-        assert_eq!(length.header.as_ref().unwrap().key, "content-length");
+        let length = length.header.as_ref().unwrap();
+        assert_eq!(
+            (length.key.as_str(), length.raw_value.clone()),
+            ("content-length", trimmed.to_string().len().to_string().into_bytes())
+        );
+    }
+}
+
+mod bad_upstream {
+    //! A misbehaving MCP server (an in-process fake: fault injection) behind the real Envoy and
+    //! cedargate: whatever it answers a list with, no entry the caller may not use gets out.
+
+    use std::sync::{Arc, Mutex};
+
+    use axum::http::header::CONTENT_TYPE;
+
+    use super::*;
+
+    /// Answers every request with the content type and body set last; an event stream in
+    /// chunks, without a length, as the SDK sends one.
+    struct Fake {
+        addr: SocketAddr,
+        answer: Arc<Mutex<(&'static str, Vec<u8>)>>,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    impl Fake {
+        async fn start() -> Self {
+            let answer = Arc::new(Mutex::new(("application/json", Vec::new())));
+            let served = Arc::clone(&answer);
+            let app = axum::Router::new().fallback(move || {
+                let (content_type, body) = served.lock().unwrap().clone();
+                async move {
+                    let body = if content_type == "text/event-stream" {
+                        let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+                            body.chunks(64 * 1024).map(|chunk| Ok(chunk.to_vec())).collect();
+                        axum::body::Body::from_stream(futures_util::stream::iter(chunks))
+                    } else {
+                        axum::body::Body::from(body)
+                    };
+                    ([(CONTENT_TYPE, content_type)], body)
+                }
+            });
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let task = tokio::spawn(async move {
+                let _ = axum::serve(listener, app).await;
+            });
+            Self { addr, answer, task }
+        }
+
+        fn answer(&self, content_type: &'static str, body: impl Into<Vec<u8>>) {
+            *self.answer.lock().unwrap() = (content_type, body.into());
+        }
+    }
+
+    impl Drop for Fake {
+        fn drop(&mut self) {
+            self.task.abort();
+        }
+    }
+
+    fn tools(entries: Value) -> String {
+        json!({ "jsonrpc": "2.0", "id": 1, "result": { "tools": entries } }).to_string()
+    }
+
+    #[tokio::test]
+    async fn no_answer_lets_an_entry_out_that_the_caller_may_not_use() {
+        let fake = Fake::start().await;
+        let text = format!("{}\n{CONFIG}", cedargate::config::DEMO_YAML);
+        let server = TestServer::start(Config::parse("mcp-lists.yaml", &text).unwrap()).await;
+        let config = EnvoyConfig::new(fake.addr)
+            .with_auth(Auth::ExtAuthzGrpc { addr: server.grpc, with_body: true })
+            .with_mcp(fake.addr)
+            .with_ext_proc(server.grpc);
+        let envoy = Envoy::start(&config).await;
+        let user = ("authorization", "Bearer user-token-123");
+        let list = || Some(json!({ "jsonrpc": "2.0", "id": 1, "method": "tools/list" }));
+        let raw = |status: u16, answer: &Value| format!("{status} {answer}");
+
+        // Repeated names: the first is kept (a call cannot tell them apart); nameless ones go.
+        fake.answer(
+            "application/json",
+            tools(json!([
+                { "name": "echo", "description": "first" },
+                { "name": "echo", "description": "secret twin" },
+                { "description": "secret without a name" },
+                { "name": "" },
+                { "name": "delete_file", "description": "secret" },
+            ])),
+        );
+        let (status, answer, headers) = post(&envoy, &[user], "POST", list()).await;
+        assert_eq!(
+            answer["result"]["tools"],
+            json!([{ "name": "echo", "description": "first" }]),
+            "{}",
+            raw(status, &answer)
+        );
+        // The length is the trimmed body's.
+        let length: usize = headers["content-length"].to_str().unwrap().parse().unwrap();
+        assert_eq!(length, answer.to_string().len());
+
+        // Deeply nested JSON: withheld, not parsed to the bottom.
+        let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+        fake.answer(
+            "application/json",
+            format!(r#"{{"jsonrpc":"2.0","id":1,"result":{{"tools":[{{"name":"echo","x":{deep}}},{{"name":"delete_file"}}]}}}}"#),
+        );
+        let (status, answer, _) = post(&envoy, &[user], "POST", list()).await;
+        assert_eq!(status, 502, "{}", raw(status, &answer));
+        assert_eq!(answer["error"]["code"], -32603, "{answer}");
+        assert!(!answer.to_string().contains("delete_file"), "{answer}");
+
+        // The same in an event stream.
+        fake.answer("text/event-stream", format!("event: message\ndata: {{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{{\"tools\":[{{\"name\":\"delete_file\",\"x\":{deep}}}]}}}}\n\n"));
+        let (status, answer, _) = post(&envoy, &[user], "POST", list()).await;
+        assert_eq!(status, 502, "{}", raw(status, &answer));
+
+        // A list answer in some other form: withheld.
+        fake.answer("text/plain", tools(json!([{ "name": "delete_file" }])));
+        let (status, _, _) = post(&envoy, &[user], "POST", list()).await;
+        assert_eq!(status, 502);
+
+        // 50 MB, with its length: withheld at the headers, never buffered.
+        let huge: Vec<Value> = (0..400_000)
+            .map(|n| json!({ "name": format!("delete_file_{n}"), "description": "x".repeat(100) }))
+            .collect();
+        let huge = tools(Value::Array(huge));
+        assert!(huge.len() > 50_000_000);
+        fake.answer("application/json", huge.clone());
+        let (status, body) = raw_list(&envoy).await;
+        assert_eq!(status, 502, "{body}");
+        assert!(body.contains("exceeds 1048576 bytes"), "{body}");
+        assert!(!body.contains("delete_file"), "{body}");
+        // The same as an event stream of unknown length: Envoy buffers up to its limit, and
+        // what came unfinished is withheld.
+        fake.answer("text/event-stream", format!("event: message\ndata: {huge}\n\n"));
+        let (status, body) = raw_list(&envoy).await;
+        assert_eq!(status, 502, "{body}");
+        assert!(body.contains("larger than the proxy buffers"), "{body}");
+        assert!(!body.contains("delete_file"), "{body}");
+        // A small stream is trimmed whole.
+        fake.answer(
+            "text/event-stream",
+            format!(
+                "event: message\ndata: {}\n\n",
+                tools(json!([{ "name": "delete_file" }, { "name": "echo" }]))
+            ),
+        );
+        let (status, body) = raw_list(&envoy).await;
+        assert_eq!(status, 200, "{body}");
+        assert!(body.contains("echo") && !body.contains("delete_file"), "{body}");
+    }
+
+    /// A user's `tools/list` through Envoy: the status and the body as text.
+    async fn raw_list(envoy: &Envoy) -> (u16, String) {
+        let client = reqwest::Client::builder().no_proxy().build().unwrap();
+        let response = client
+            .post(envoy.url("/mcp"))
+            .header("authorization", "Bearer user-token-123")
+            .header("accept", "application/json, text/event-stream")
+            .json(&json!({ "jsonrpc": "2.0", "id": 1, "method": "tools/list" }))
+            .timeout(Duration::from_secs(30))
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        let body = response.bytes().await.unwrap_or_default();
+        (status, String::from_utf8_lossy(&body).into_owned())
     }
 }

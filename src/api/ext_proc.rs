@@ -14,6 +14,7 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
+use envoy_types::pb::envoy::config::core::v3::header_value_option::HeaderAppendAction;
 use envoy_types::pb::envoy::config::core::v3::{HeaderMap, HeaderValue, HeaderValueOption, Metadata};
 use envoy_types::pb::envoy::extensions::filters::http::ext_proc::v3::{
     processing_mode::{BodySendMode, HeaderSendMode},
@@ -32,7 +33,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::json::auth_info_from_record;
-use crate::gateway::exchange::{Exchange, Interest, Reply};
+use crate::gateway::exchange::{Body, Exchange, Interest, Reply};
 use crate::gateway::listing::Trimmed;
 use crate::gateway::{Gateway, GatewayRequest, Wire};
 use crate::model::AuthInfo;
@@ -73,8 +74,14 @@ impl ExternalProcessor for ExtProcService {
             loop {
                 let message = match messages.message().await {
                     Ok(Some(message)) => message,
-                    // Envoy ended the stream (the exchange is over) or it broke.
-                    Ok(None) | Err(_) => break,
+                    // Envoy ended the stream: the exchange is over.
+                    Ok(None) => break,
+                    // It broke, or a message was too large to read: Envoy must not take the
+                    // end of the stream for a go-ahead.
+                    Err(status) => {
+                        let _ = answers.send(Err(status)).await;
+                        break;
+                    }
                 };
                 let answer = answer(&gateway, &mut exchange, message).await;
                 let last = answer.as_ref().map_or(true, |answer| {
@@ -146,21 +153,33 @@ async fn answer(
             // Without request headers first, this is a reply Envoy made itself (an ext_authz
             // denial, a local error): nothing of it is cedargate's.
             let (status, headers) = response_headers(headers.headers.as_ref());
-            let wants_body =
-                exchange.as_mut().is_some_and(|exchange| exchange.response_headers(status, &headers));
+            let body = match exchange.as_mut() {
+                Some(exchange) => match exchange.response_headers(status, &headers) {
+                    Ok(body) => body,
+                    Err(reply) => return Ok(immediate(reply)),
+                },
+                None => Body::Unwanted,
+            };
+            let response_body_mode = match body {
+                Body::Unwanted => None,
+                // The trimmed body's length replaces the answer's (Envoy applies header
+                // changes with a body only when it buffered the whole of it).
+                Body::Whole => Some(BodySendMode::Buffered),
+                // Without a length, buffered up to Envoy's limit: a larger answer comes
+                // unfinished and is withheld, instead of Envoy holding it for ever.
+                Body::UpTo(_) => Some(BodySendMode::BufferedPartial),
+            };
             Ok(ProcessingResponse {
                 response: Some(Answer::ResponseHeaders(HeadersResponse::default())),
-                mode_override: wants_body.then(|| ProcessingMode {
-                    response_body_mode: BodySendMode::Buffered.into(),
-                    ..Default::default()
-                }),
+                mode_override: response_body_mode
+                    .map(|mode| ProcessingMode { response_body_mode: mode.into(), ..Default::default() }),
                 ..Default::default()
             })
         }
         Some(Part::ResponseBody(body)) => {
             // Asked for only after the response headers of an exchange.
             let exchange = exchange.as_mut().ok_or_else(out_of_order)?;
-            match exchange.response_body(&body.body) {
+            match exchange.response_body(&body.body, body.end_of_stream) {
                 Ok(Trimmed::Unchanged) => Ok(ProcessingResponse {
                     response: Some(Answer::ResponseBody(BodyResponse::default())),
                     ..Default::default()
@@ -272,6 +291,7 @@ fn response_headers(map: Option<&HeaderMap>) -> (u16, Vec<(String, String)>) {
     (status, all)
 }
 
+/// A header that replaces any of its name.
 fn header(key: &str, value: &str) -> HeaderValueOption {
     HeaderValueOption {
         header: Some(HeaderValue {
@@ -279,6 +299,7 @@ fn header(key: &str, value: &str) -> HeaderValueOption {
             raw_value: value.as_bytes().to_vec(),
             ..Default::default()
         }),
+        append_action: HeaderAppendAction::OverwriteIfExistsOrAdd.into(),
         ..Default::default()
     }
 }

@@ -56,7 +56,9 @@ pub struct GatewayConfig {
 #[serde(deny_unknown_fields)]
 pub struct McpExchangeConfig {
     /// The largest list answer (`tools/list`, ...) trimmed, in bytes; a larger one is withheld
-    /// (502, a JSON-RPC error). Default 8 MiB.
+    /// (502, a JSON-RPC error). Keep it at most the proxy's buffer limit (Envoy's
+    /// `per_connection_buffer_limit_bytes`, 1 MiB by default): an answer Envoy cannot buffer
+    /// whole is withheld too. Default 1 MiB.
     #[serde(default = "default_max_list_bytes")]
     pub max_list_bytes: usize,
     /// Bind each `Mcp-Session-Id` to the caller it was issued to, and refuse it to anyone
@@ -73,7 +75,7 @@ pub struct McpExchangeConfig {
 }
 
 fn default_max_list_bytes() -> usize {
-    8 * 1024 * 1024
+    1024 * 1024
 }
 fn default_true() -> bool {
     true

@@ -50,6 +50,18 @@ pub enum Interest {
     Exchange,
 }
 
+/// How much of a response body cedargate needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Body {
+    /// None of it.
+    Unwanted,
+    /// All of it: its length is known and small enough, so the trimmed body gets its own.
+    Whole,
+    /// As much as the proxy buffers, at most this many bytes: an answer of unknown length (an
+    /// event stream, chunked JSON) that arrives unfinished is withheld.
+    UpTo(usize),
+}
+
 /// One HTTP exchange with an MCP endpoint.
 #[derive(Debug)]
 pub struct Exchange {
@@ -155,9 +167,10 @@ impl Exchange {
         }
     }
 
-    /// The response headers: sessions are bound and ended here. True when the response body
-    /// is needed (a list answer to trim).
-    pub fn response_headers(&mut self, status: u16, headers: &[(String, String)]) -> bool {
+    /// The response headers: sessions are bound and ended here. Whether and how the response
+    /// body is needed (a list answer to trim), or the reply that replaces an answer too large
+    /// to trim.
+    pub fn response_headers(&mut self, status: u16, headers: &[(String, String)]) -> Result<Body, Reply> {
         let header = |name: &str| {
             headers.iter().find(|(key, _)| key.eq_ignore_ascii_case(name)).map(|(_, value)| value.as_str())
         };
@@ -174,19 +187,32 @@ impl Exchange {
                 }
             }
         }
-        if self.list.is_none() {
-            return false;
-        }
+        let Some(kind) = self.list else {
+            return Ok(Body::Unwanted);
+        };
         self.response = Some((success, header("content-type").unwrap_or_default().to_owned()));
-        true
+        let max = self.gateway.settings.max_list_bytes;
+        match header("content-length").map(|length| length.trim().parse::<u64>()) {
+            Some(Ok(length)) if usize::try_from(length).is_ok_and(|length| length <= max) => Ok(Body::Whole),
+            Some(Ok(_)) => Err(self.withhold(
+                kind,
+                &format!("the answer exceeds {max} bytes (gateway.mcp_exchange.max_list_bytes)"),
+            )),
+            Some(Err(_)) => Err(self.withhold(kind, "the answer's content-length is not a number")),
+            None => Ok(Body::UpTo(max)),
+        }
     }
 
-    /// The response body of a list request: what to pass on, or the error that replaces an
-    /// answer that cannot be trimmed.
-    pub fn response_body(&mut self, body: &[u8]) -> Result<Trimmed, Reply> {
+    /// The response body of a list request (`complete` unless the proxy stopped buffering it
+    /// at its limit): what to pass on, or the error that replaces an answer that cannot be
+    /// trimmed.
+    pub fn response_body(&mut self, body: &[u8], complete: bool) -> Result<Trimmed, Reply> {
         let (Some(kind), Some(authentication)) = (self.list, &self.authentication) else {
             return Ok(Trimmed::Unchanged);
         };
+        if !complete {
+            return Err(self.withhold(kind, "the answer is larger than the proxy buffers for cedargate"));
+        }
         let (success, content_type) = self.response.clone().unwrap_or_default();
         let answer = Answer {
             kind,
@@ -203,14 +229,16 @@ impl Exchange {
                 metrics().mcp_list_entries(kind.method(), counts.kept, counts.removed);
                 Ok(trimmed)
             }
-            Err(reason) => {
-                tracing::warn!(method = kind.method(), reason, "MCP list answer withheld");
-                metrics().mcp_list_withheld(kind.method());
-                let message =
-                    format!("cedargate withheld the MCP server's {} answer: {reason}", kind.method());
-                Err(Reply::jsonrpc(502, &self.id, WITHHELD, &message))
-            }
+            Err(reason) => Err(self.withhold(kind, &reason)),
         }
+    }
+
+    /// The reply that replaces a list answer that cannot be trimmed.
+    fn withhold(&self, kind: ListKind, reason: &str) -> Reply {
+        tracing::warn!(method = kind.method(), reason, "MCP list answer withheld");
+        metrics().mcp_list_withheld(kind.method());
+        let message = format!("cedargate withheld the MCP server's {} answer: {reason}", kind.method());
+        Reply::jsonrpc(502, &self.id, WITHHELD, &message)
     }
 }
 

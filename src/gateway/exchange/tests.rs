@@ -50,8 +50,11 @@ async fn listed(
     let mut exchange = gateway.exchange(request("POST", "/mcp", headers), identity);
     assert_eq!(exchange.request_headers().await.unwrap(), Interest::Exchange);
     exchange.request_body(br#"{"jsonrpc":"2.0","id":4,"method":"tools/list","params":{"cursor":"1"}}"#);
-    assert!(exchange.response_headers(200, &[("content-type".into(), "application/json".into())]));
-    let body = match exchange.response_body(&tools_answer()).unwrap() {
+    assert_eq!(
+        exchange.response_headers(200, &[("content-type".into(), "application/json".into())]),
+        Ok(Body::UpTo(1 << 20))
+    );
+    let body = match exchange.response_body(&tools_answer(), true).unwrap() {
         Trimmed::Replaced(body) => body,
         Trimmed::Unchanged => tools_answer(),
     };
@@ -90,7 +93,10 @@ async fn other_paths_and_other_methods_are_not_followed_or_changed() {
     let mut exchange = gateway.exchange(request("POST", "/mcp", &[USER]), None);
     exchange.request_headers().await.unwrap();
     exchange.request_body(br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo"}}"#);
-    assert!(!exchange.response_headers(200, &[("content-type".into(), "application/json".into())]));
+    assert_eq!(
+        exchange.response_headers(200, &[("content-type".into(), "application/json".into())]),
+        Ok(Body::Unwanted)
+    );
 }
 
 #[tokio::test]
@@ -99,9 +105,22 @@ async fn an_unreadable_list_answer_is_replaced_by_an_error() {
     let mut exchange = gateway.exchange(request("POST", "/mcp", &[USER]), None);
     exchange.request_headers().await.unwrap();
     exchange.request_body(br#"{"jsonrpc":"2.0","id":"q","method":"prompts/list"}"#);
-    assert!(exchange.response_headers(200, &[("content-type".into(), "application/json".into())]));
+    let json = ("content-type".to_owned(), "application/json".to_owned());
+    let length = |length: &str| ("content-length".to_owned(), length.to_owned());
+    // A known length small enough is buffered whole; a larger one is withheld at once.
+    assert_eq!(exchange.response_headers(200, &[json.clone(), length("1048576")]), Ok(Body::Whole));
+    let reply = exchange.response_headers(200, &[json.clone(), length("1048577")]).unwrap_err();
+    assert_eq!(reply.status, 502);
+    assert!(reply.body.contains("exceeds 1048576 bytes"), "{}", reply.body);
+    assert!(exchange.response_headers(200, &[json.clone(), length("-1")]).is_err());
+    assert_eq!(exchange.response_headers(200, &[json]), Ok(Body::UpTo(1 << 20)));
+    // Cut off where the proxy stopped buffering: withheld, even if what came parses.
     let reply =
-        exchange.response_body(br#"{"jsonrpc":"2.0","id":"q","result":{"prompts":[{"name":"#).unwrap_err();
+        exchange.response_body(br#"{"jsonrpc":"2.0","id":"q","result":{"prompts":[]}}"#, false).unwrap_err();
+    assert!(reply.body.contains("larger than the proxy buffers"), "{}", reply.body);
+    let reply = exchange
+        .response_body(br#"{"jsonrpc":"2.0","id":"q","result":{"prompts":[{"name":"#, true)
+        .unwrap_err();
     assert_eq!(reply.status, 502);
     let body: Value = serde_json::from_str(&reply.body).unwrap();
     assert_eq!(body["id"], "q");
@@ -119,7 +138,7 @@ async fn a_session_is_refused_to_anyone_but_the_caller_it_was_issued_to() {
     let mut exchange = gateway.exchange(request("POST", "/mcp", &[USER]), None);
     exchange.request_headers().await.unwrap();
     exchange.request_body(br#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{}}"#);
-    exchange.response_headers(200, &[("mcp-session-id".into(), "s-1".into())]);
+    exchange.response_headers(200, &[("mcp-session-id".into(), "s-1".into())]).unwrap();
     let session = ("mcp-session-id", "s-1");
     for method in ["POST", "GET", "DELETE"] {
         let refused = standing(&gateway, method, &[ADMIN, session]).await.unwrap_err();
@@ -135,12 +154,12 @@ async fn a_session_is_refused_to_anyone_but_the_caller_it_was_issued_to() {
     let mut exchange = gateway.exchange(request("POST", "/mcp", &[USER]), None);
     exchange.request_headers().await.unwrap();
     exchange.request_body(br#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{}}"#);
-    exchange.response_headers(500, &[("mcp-session-id".into(), "s-3".into())]);
+    exchange.response_headers(500, &[("mcp-session-id".into(), "s-3".into())]).unwrap();
     assert_eq!(standing(&gateway, "POST", &[USER, ("mcp-session-id", "s-3")]).await.unwrap_err().status, 404);
     // Ended by its owner, the session is gone.
     let mut exchange = gateway.exchange(request("DELETE", "/mcp", &[USER, session]), None);
     exchange.request_headers().await.unwrap();
-    exchange.response_headers(200, &[]);
+    exchange.response_headers(200, &[]).unwrap();
     assert_eq!(standing(&gateway, "POST", &[USER, session]).await.unwrap_err().status, 404);
 }
 
