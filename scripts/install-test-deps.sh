@@ -68,11 +68,13 @@ if ! envoy_installed; then
   }
 fi
 
-# The MCP server and client (the official @modelcontextprotocol/sdk): reinstalled only when
+# The MCP server and client (the official @modelcontextprotocol/sdk), and the gRPC client
+# (@grpc/grpc-js, @grpc/proto-loader) of examples/mcp/filtered_server.mjs: reinstalled only when
 # tests/mcp/package-lock.json changes. The scripts are copied beside node_modules because Node
 # resolves an ES module's imports from the script's own folder.
 npm_install mcp @modelcontextprotocol/sdk
-cp tests/mcp/server.mjs tests/mcp/client.mjs tests/mcp/list_server.mjs tests/mcp/lister.mjs .tools/mcp/
+cp tests/mcp/server.mjs tests/mcp/client.mjs tests/mcp/list_server.mjs tests/mcp/lister.mjs \
+  examples/mcp/filtered_server.mjs .tools/mcp/
 
 # nginx, for the tests that run examples/nginx/cedargate.conf through a real nginx: bookworm's
 # package (1.22, with auth_request built in), fetched with `apt-get download` and unpacked with
