@@ -172,6 +172,38 @@ async fn each_identity_lists_exactly_what_it_may_call_in_event_streams_over_page
     assert_each_identity_sees_what_it_may_call(&envoy.url("/mcp")).await;
 }
 
+#[tokio::test]
+async fn after_ext_authz_the_identity_comes_from_its_metadata() {
+    let mcp = McpServer::start_lists(&["--stateful"]);
+    let text = format!("{}\n{CONFIG}", cedargate::config::DEMO_YAML);
+    let server = TestServer::start(Config::parse("mcp-lists.yaml", &text).unwrap()).await;
+    let config = EnvoyConfig::new(mcp.addr)
+        .with_auth(Auth::ExtAuthzGrpc { addr: server.grpc, with_body: true })
+        .with_mcp(mcp.addr)
+        .with_ext_proc_after_authz(server.grpc);
+    let envoy = Envoy::start(&config).await;
+    // ext_authz strips the credential on its way upstream (`strip_authorization`), so ext_proc
+    // knows the caller only from ext_authz's metadata.
+    let calls = every_call();
+    let user = lister(&envoy.url("/mcp"), &[USER], &calls).await;
+    assert_sees(&user, "user", &USER_TOOLS, &["greeting", "admin_report"], &[], &[]);
+    let admin = lister(&envoy.url("/mcp"), &[ADMIN], &calls).await;
+    assert_eq!(names(&admin, "tools"), set(&ALL_TOOLS), "{admin}");
+    // The session is the user's by that identity too; ext_authz's own refusals pass through.
+    let session = user["sessionId"].as_str().unwrap().to_owned();
+    let list = || Some(json!({ "jsonrpc": "2.0", "id": 9, "method": "tools/list" }));
+    let (status, answer, _) = post(
+        &envoy,
+        &[("authorization", "Bearer admin-token-456"), ("mcp-session-id", &session)],
+        "POST",
+        list(),
+    )
+    .await;
+    assert_eq!(status, 403, "{answer}");
+    let (status, answer, _) = post(&envoy, &[("mcp-session-id", &session)], "POST", list()).await;
+    assert_eq!(status, 401, "ext_authz's refusal: {answer}");
+}
+
 /// A JSON-RPC request through Envoy, as an MCP client sends it.
 async fn post(
     envoy: &Envoy,

@@ -69,6 +69,8 @@ pub struct EnvoyConfig {
     /// cedargate's ext_proc server on the `/mcp` route (before ext_authz), as the shipped
     /// example configures it.
     pub ext_proc: Option<SocketAddr>,
+    /// Put ext_proc after ext_authz instead, with ext_authz's dynamic metadata forwarded to it.
+    pub ext_proc_after_authz: bool,
 }
 
 impl EnvoyConfig {
@@ -82,6 +84,7 @@ impl EnvoyConfig {
             context_extensions: Vec::new(),
             concurrency: 1,
             ext_proc: None,
+            ext_proc_after_authz: false,
         }
     }
 
@@ -108,6 +111,12 @@ impl EnvoyConfig {
 
     pub fn with_ext_proc(mut self, cedargate_grpc: SocketAddr) -> Self {
         self.ext_proc = Some(cedargate_grpc);
+        self
+    }
+
+    pub fn with_ext_proc_after_authz(mut self, cedargate_grpc: SocketAddr) -> Self {
+        self.ext_proc = Some(cedargate_grpc);
+        self.ext_proc_after_authz = true;
         self
     }
 
@@ -143,12 +152,22 @@ impl EnvoyConfig {
 
         let mut http_filters = Vec::new();
         if let Some(addr) = self.ext_proc {
+            clusters.push(cluster("ext_proc", addr, true));
+        }
+        match (self.ext_proc, self.ext_proc_after_authz) {
             // Before ext_authz: it sees the request as the client sent it, and the replies
             // ext_authz makes pass back through it like any other answer.
-            clusters.push(cluster("ext_proc", addr, true));
-            http_filters.push(ext_proc_filter());
+            (Some(_), false) => {
+                http_filters.push(ext_proc_filter(false));
+                http_filters.extend(self.auth_filters());
+            }
+            // After: it reads the identity ext_authz established from the dynamic metadata.
+            (Some(_), true) => {
+                http_filters.extend(self.auth_filters());
+                http_filters.push(ext_proc_filter(true));
+            }
+            (None, _) => http_filters.extend(self.auth_filters()),
         }
-        http_filters.extend(self.auth_filters());
         http_filters.push(json!({
             "name": "envoy.filters.http.router",
             "typed_config": { "@type": any_type("extensions.filters.http.router.v3.Router") }
@@ -388,9 +407,10 @@ impl EnvoyConfig {
 
 /// cedargate's ext_proc filter as `examples/envoy/envoy.yaml` has it: request headers and the
 /// buffered body, response headers, and what cedargate asks for beyond (a list answer's body);
-/// closed when cedargate cannot be reached.
-fn ext_proc_filter() -> Value {
-    json!({
+/// closed when cedargate cannot be reached. With `metadata`, ext_authz's dynamic metadata goes
+/// with each message.
+fn ext_proc_filter(metadata: bool) -> Value {
+    let mut filter = json!({
         "name": EXT_PROC,
         "typed_config": {
             "@type": any_type("extensions.filters.http.ext_proc.v3.ExternalProcessor"),
@@ -408,7 +428,12 @@ fn ext_proc_filter() -> Value {
             },
             "request_attributes": ["source.address"],
         }
-    })
+    });
+    if metadata {
+        filter["typed_config"]["metadata_options"] =
+            json!({ "forwarding_namespaces": { "untyped": [EXT_AUTHZ] } });
+    }
+    filter
 }
 
 /// `examples/envoy/envoy.yaml` with admin and `ingress` on `127.0.0.1:0` and the endpoints of
