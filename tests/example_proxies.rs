@@ -13,7 +13,7 @@ use std::path::Path;
 use cedargate::config::Config;
 use common::envoy::Envoy;
 use common::nginx::Nginx;
-use common::upstream::Upstream;
+use common::upstream::{McpServer, Upstream};
 use common::TestServer;
 
 fn client() -> reqwest::Client {
@@ -88,4 +88,38 @@ async fn envoy_example_passes_a_public_route_and_challenges_an_anonymous_caller(
     assert_eq!(anonymous.status(), 401);
     assert!(anonymous.headers().contains_key("www-authenticate"), "{:?}", anonymous.headers());
     assert_eq!((app.count(), mcp.count()), (1, 0), "a denied request reached an upstream");
+}
+
+#[tokio::test]
+async fn envoy_example_trims_an_mcp_list_to_what_the_caller_may_call() {
+    let config_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/envoy/cedargate.yaml");
+    let server = TestServer::start(Config::load(&config_path).unwrap()).await;
+    let app = Upstream::start().await;
+    let mcp = McpServer::start_lists(&[]);
+    let envoy = Envoy::start_example(&[
+        ("cedargate", server.grpc),
+        ("cedargate_http", server.http),
+        ("app", app.addr),
+        ("mcp", mcp.addr),
+    ])
+    .await;
+    let list = |token: &'static str| {
+        client()
+            .post(envoy.url("/mcp"))
+            .header("authorization", token)
+            .header("accept", "application/json, text/event-stream")
+            .json(&serde_json::json!({ "jsonrpc": "2.0", "id": 1, "method": "tools/list" }))
+            .send()
+    };
+    let names = |answer: serde_json::Value| -> Vec<String> {
+        let tools =
+            answer["result"]["tools"].as_array().unwrap_or_else(|| panic!("no tools: {answer}")).clone();
+        tools.iter().map(|tool| tool["name"].as_str().unwrap().to_owned()).collect()
+    };
+    let user = list("Bearer user-token-123").await.unwrap();
+    assert_eq!(user.status(), 200, "stderr: {}", envoy.stderr());
+    let user = names(user.json().await.unwrap());
+    assert_eq!(user, ["echo", "whoami", "read_file", "GET_/user/profile", "GET_/public/info"]);
+    let admin = names(list("Bearer admin-token-456").await.unwrap().json().await.unwrap());
+    assert_eq!(admin.len(), 7, "{admin:?}");
 }

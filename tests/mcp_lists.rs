@@ -383,6 +383,9 @@ mod protocol {
             .unwrap()
             .unwrap();
         assert!(matches!(answer.response, Some(Answer::RequestHeaders(_))), "{answer:?}");
+        // An MCP exchange: the response headers are asked for (SEND), the body stays buffered.
+        let mode = answer.mode_override.unwrap();
+        assert_eq!((mode.response_header_mode, mode.request_body_mode), (1, 2));
         let body = br#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#.to_vec();
         sender
             .send(send(Part::RequestBody(HttpBody { body, end_of_stream: true, ..Default::default() })))

@@ -3,10 +3,11 @@
 //! [`Exchange`].
 //!
 //! Envoy opens one stream per HTTP request and sends its parts as its `processing_mode` says;
-//! the filter is configured to send request headers and a buffered request body, and the
-//! response headers. cedargate answers each part in order, and asks for what it needs beyond
+//! the filter is configured to send the request headers and a buffered request body, and to
+//! skip the response. cedargate answers each part in order, and asks for what it needs beyond
 //! that per request (`mode_override`, which Envoy honours with `allow_mode_override`): nothing
-//! more for a path that is not an MCP endpoint, the buffered response body for a list answer.
+//! more for a path that is not an MCP endpoint, else the response headers, and for a list
+//! answer its body.
 //!
 //! The stream fails closed: a message out of order or a stream error ends it with a gRPC
 //! error, and Envoy (with `failure_mode_allow: false`) answers the client with an error.
@@ -122,6 +123,15 @@ async fn answer(
             match started.request_headers().await {
                 Ok(Interest::Exchange) => Ok(ProcessingResponse {
                     response: Some(Answer::RequestHeaders(HeadersResponse::default())),
+                    // The response headers too. Asked for here, not in the filter's
+                    // configuration: a reply Envoy makes before this filter saw the request
+                    // (a malformed request) then never waits on cedargate.
+                    mode_override: Some(ProcessingMode {
+                        request_body_mode: BodySendMode::Buffered.into(),
+                        response_header_mode: HeaderSendMode::Send.into(),
+                        response_body_mode: BodySendMode::None.into(),
+                        ..Default::default()
+                    }),
                     ..Default::default()
                 }),
                 Ok(Interest::None) => {
@@ -171,8 +181,14 @@ async fn answer(
             };
             Ok(ProcessingResponse {
                 response: Some(Answer::ResponseHeaders(HeadersResponse::default())),
-                mode_override: response_body_mode
-                    .map(|mode| ProcessingMode { response_body_mode: mode.into(), ..Default::default() }),
+                // Restating the response headers' mode: left at DEFAULT, it would fall back to
+                // the filter's configuration (SKIP), and Envoy would then refuse the trimmed
+                // body's length with it.
+                mode_override: response_body_mode.map(|mode| ProcessingMode {
+                    response_header_mode: HeaderSendMode::Send.into(),
+                    response_body_mode: mode.into(),
+                    ..Default::default()
+                }),
                 ..Default::default()
             })
         }

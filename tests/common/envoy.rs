@@ -421,7 +421,7 @@ fn ext_proc_filter(metadata: bool) -> Value {
             "processing_mode": {
                 "request_header_mode": "SEND",
                 "request_body_mode": "BUFFERED",
-                "response_header_mode": "SEND",
+                "response_header_mode": "SKIP",
                 "response_body_mode": "NONE",
                 "request_trailer_mode": "SKIP",
                 "response_trailer_mode": "SKIP",
