@@ -324,6 +324,14 @@ impl Config {
         if self.limits.max_batch_targets == 0 {
             report("max_batch_targets", "limits.max_batch_targets".into(), "must be at least 1".into());
         }
+        let exchange = &self.gateway.mcp_exchange;
+        for (field, value) in
+            [("max_list_bytes", exchange.max_list_bytes), ("max_sessions", exchange.max_sessions)]
+        {
+            if value == 0 {
+                report(field, format!("gateway.mcp_exchange.{field}"), "must be at least 1".into());
+            }
+        }
         if let Err(error) =
             crate::route::RouteTable::new(self.routes.iter().map(String::as_str), self.paths.rules())
         {

@@ -203,3 +203,25 @@ fn a_missing_config_file_says_what_to_do() {
     let bare = Config::load(Path::new("missing.yaml")).unwrap_err().to_string();
     assert!(bare.contains("cedargate init .` "), "{bare}");
 }
+
+#[test]
+fn the_mcp_exchange_settings_have_defaults_and_refuse_zero() {
+    let exchange = parse("").unwrap().gateway.mcp_exchange;
+    assert_eq!(
+        (exchange.max_list_bytes, exchange.bind_sessions, exchange.max_sessions),
+        (1 << 20, true, 100_000)
+    );
+    assert_eq!(exchange.session_ttl.0, Duration::from_secs(24 * 3600));
+    let text = "gateway:\n  mcp_exchange:\n    max_list_bytes: 0\n    max_sessions: 0\n";
+    let error = parse(text).unwrap_err();
+    let ConfigError::Invalid { problems } = error else { panic!("{error:?}") };
+    assert_eq!(
+        problems,
+        [
+            "test.yaml:3: gateway.mcp_exchange.max_list_bytes: must be at least 1",
+            "test.yaml:4: gateway.mcp_exchange.max_sessions: must be at least 1",
+        ]
+    );
+    let error = parse("gateway:\n  mcp_exchange: { session_ttl: 0s }\n").unwrap_err();
+    assert!(error.to_string().contains("session_ttl: duration must be greater than zero"), "{error}");
+}
