@@ -49,6 +49,9 @@ struct Args {
     /// HTTP mode: a request header, `name: value`; repeatable.
     #[arg(long = "header", value_name = "NAME: VALUE", requires = "http_url")]
     headers: Vec<String>,
+    /// HTTP mode: the request body (for example a JSON-RPC `tools/list`), sent with each request.
+    #[arg(long, requires = "http_url")]
+    body: Option<String>,
     /// Requests in flight (closed loop).
     #[arg(long, default_value_t = 32)]
     concurrency: usize,
@@ -133,7 +136,13 @@ enum Probe {
     /// rotation.
     Grpc { client: AuthorizerClient<Channel>, request: proto::CheckRequest, credentials: Arc<Credentials> },
     /// One client whose pool holds the keep-alive connections.
-    Http { client: reqwest::Client, method: reqwest::Method, url: String, headers: HeaderMap },
+    Http {
+        client: reqwest::Client,
+        method: reqwest::Method,
+        url: String,
+        headers: HeaderMap,
+        body: Option<String>,
+    },
 }
 
 /// What came back for one request.
@@ -279,9 +288,12 @@ impl Probe {
                 let proto::CheckResponse { allowed, http_status, reason, .. } = response;
                 Ok(Answer::Grpc { allowed, http_status, reason })
             }
-            Self::Http { client, method, url, headers } => {
-                let response =
-                    client.request(method.clone(), url.as_str()).headers(headers.clone()).send().await?;
+            Self::Http { client, method, url, headers, body } => {
+                let mut request = client.request(method.clone(), url.as_str()).headers(headers.clone());
+                if let Some(body) = body {
+                    request = request.body(body.clone());
+                }
+                let response = request.send().await?;
                 let status = response.status();
                 // Read the whole body, so the connection goes back to the pool for the next request.
                 let body_bytes = response.bytes().await?.len();
@@ -413,7 +425,8 @@ fn http_probe(args: &Args, url: &str) -> anyhow::Result<Probe> {
         builder = builder.pool_max_idle_per_host(args.concurrency);
     }
     let client = builder.build().context("cannot build the HTTP client")?;
-    Ok(Probe::Http { client, method, url: url.to_owned(), headers })
+    let body = args.body.clone();
+    Ok(Probe::Http { client, method, url: url.to_owned(), headers, body })
 }
 
 /// `name: value`, as curl's `-H`.
