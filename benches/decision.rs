@@ -63,7 +63,9 @@ fn decision_path(c: &mut Criterion) {
 
     // The Cedar part alone: request building plus evaluation of the seven demo policies.
     let user = runtime.block_on(engine.authenticate("Bearer user-token-123"));
-    let cedargate::engine::Authentication::Authenticated { auth, .. } = user else { panic!("demo token") };
+    let cedargate::engine::Authentication::Authenticated { auth, .. } = user.clone() else {
+        panic!("demo token")
+    };
     let resource =
         Resource::Route { method: "GET", path: "/user/profile", template: "/user/profile", params: &[] };
     c.bench_function("policy/evaluate_user_profile", |b| {
@@ -90,6 +92,30 @@ fn decision_path(c: &mut Criterion) {
             }))
         })
     });
+
+    // An MCP list of 500 tools for one caller: decided in one pass, as ext_proc and
+    // FilterTools decide it, against the same 500 as separate checks (BatchCheck's way: one
+    // authentication, a full decision with its record per tool). Half are the user's to call.
+    let tools: Vec<Target> = (0..500)
+        .map(|n| {
+            let name = if n % 2 == 0 { "echo".to_owned() } else { format!("bulk_{n}") };
+            Target::Tool(ToolCall { name, server: "files".into(), ..Default::default() })
+        })
+        .collect();
+    let mut group = c.benchmark_group("mcp_list_500");
+    group.bench_function("one_pass", |b| {
+        b.iter(|| engine.could_use(black_box(&user), black_box(&tools), &facts))
+    });
+    group.bench_function("as_checks", |b| {
+        b.iter(|| {
+            let call = cedargate::engine::Call::now(Wire::Grpc);
+            black_box(&tools)
+                .iter()
+                .map(|tool| engine.check_authenticated(call, &user, tool, &facts).unwrap().allowed())
+                .collect::<Vec<_>>()
+        })
+    });
+    group.finish();
 
     c.bench_function("authenticate/static_token", |b| {
         b.iter(|| runtime.block_on(engine.authenticate(black_box("Bearer user-token-123"))))

@@ -595,3 +595,60 @@ mod bad_upstream {
         (status, String::from_utf8_lossy(&body).into_owned())
     }
 }
+
+/// The answer to `method` with `headers` as the user, read for at most `wait` (an event stream
+/// may stay open).
+async fn streamed(
+    envoy: &Envoy,
+    method: &str,
+    headers: &[(&str, &str)],
+    body: Option<Value>,
+    wait: Duration,
+) -> (u16, reqwest::header::HeaderMap, String) {
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let mut request = client
+        .request(method.parse().unwrap(), envoy.url("/mcp"))
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", "2025-11-25")
+        .header("authorization", "Bearer user-token-123");
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let mut response = request.send().await.unwrap();
+    let (status, headers) = (response.status().as_u16(), response.headers().clone());
+    let mut text = String::new();
+    let deadline = tokio::time::Instant::now() + wait;
+    while let Ok(Ok(Some(chunk))) = tokio::time::timeout_at(deadline, response.chunk()).await {
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    (status, headers, text)
+}
+
+/// Found by the adversarial review: a server with an event store replays a stream on `GET`
+/// with `Last-Event-ID`, list answers included, past the trimming.
+#[tokio::test]
+async fn a_resumed_stream_never_replays_an_untrimmed_list() {
+    let mcp = McpServer::start_lists(&["--stateful", "--resumable", "--sse"]);
+    let (_server, envoy) = stack(&mcp, None).await;
+    let wait = Duration::from_secs(2);
+    let init = json!({ "jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": { "name": "t", "version": "1" } } });
+    let (status, headers, _) = streamed(&envoy, "POST", &[], Some(init), wait).await;
+    assert_eq!(status, 200);
+    let session = headers["mcp-session-id"].to_str().unwrap().to_owned();
+    let session = ("mcp-session-id", session.as_str());
+    let initialized = json!({ "jsonrpc": "2.0", "method": "notifications/initialized" });
+    streamed(&envoy, "POST", &[session], Some(initialized), wait).await;
+    let list = json!({ "jsonrpc": "2.0", "id": 1, "method": "tools/list" });
+    let (status, _, listed) = streamed(&envoy, "POST", &[session], Some(list), wait).await;
+    assert_eq!(status, 200);
+    assert!(listed.contains("echo") && !listed.contains("delete_file"), "{listed}");
+    // The stream's first event id, from which the server would replay the list answer.
+    let primed = listed.lines().find_map(|line| line.strip_prefix("id: ")).expect("an event id").to_owned();
+    let (_, _, replayed) = streamed(&envoy, "GET", &[session, ("last-event-id", &primed)], None, wait).await;
+    assert!(!replayed.contains("delete_file"), "the replayed list leaked: {replayed}");
+    assert!(!replayed.contains("\"tools\""), "a list answer was replayed: {replayed}");
+}

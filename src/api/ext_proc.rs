@@ -122,7 +122,15 @@ async fn answer(
             let started = exchange.insert(gateway.exchange(request, identity));
             match started.request_headers().await {
                 Ok(Interest::Exchange) => Ok(ProcessingResponse {
-                    response: Some(Answer::RequestHeaders(HeadersResponse::default())),
+                    response: Some(Answer::RequestHeaders(HeadersResponse {
+                        response: Some(CommonResponse {
+                            header_mutation: Some(HeaderMutation {
+                                remove_headers: started.request_headers_to_remove(),
+                                ..Default::default()
+                            }),
+                            ..Default::default()
+                        }),
+                    })),
                     // The response headers too. Asked for here, not in the filter's
                     // configuration: a reply Envoy makes before this filter saw the request
                     // (a malformed request) then never waits on cedargate.

@@ -125,7 +125,18 @@ impl Exchange {
                 }
             },
         };
-        let session = self.gateway.sessions.as_ref().zip(self.request.header("mcp-session-id"));
+        // One session id: which of several a server takes (the first, the last, all joined)
+        // varies, and it must be the one checked.
+        let ids: Vec<&str> = self.request.header_values("mcp-session-id").collect();
+        if ids.len() > 1 || ids.iter().any(|id| id.contains(',')) {
+            return Err(Reply::jsonrpc(
+                400,
+                &Value::Null,
+                mcp::code::INVALID_REQUEST,
+                "send one Mcp-Session-Id header with one session id",
+            ));
+        }
+        let session = self.gateway.sessions.as_ref().zip(ids.first().copied());
         if let Some((sessions, session_id)) = session {
             match sessions.standing(session_id, &owner(&authentication)) {
                 Standing::Owned => {}
@@ -151,6 +162,18 @@ impl Exchange {
         }
         self.authentication = Some(authentication);
         Ok(Interest::Exchange)
+    }
+
+    /// Request headers the proxy must remove before the request goes on. `Last-Event-ID`
+    /// asks the server to replay a stream's events from there, answers to list requests
+    /// included, on a `GET` whose stream is never buffered to be trimmed: replay is refused by
+    /// dropping the header, so the server opens a fresh stream instead.
+    pub fn request_headers_to_remove(&self) -> Vec<String> {
+        if self.request.header("last-event-id").is_none() {
+            return Vec::new();
+        }
+        tracing::info!("Last-Event-ID removed from an MCP request: replayed answers cannot be trimmed");
+        vec!["last-event-id".to_owned()]
     }
 
     /// The request body: which method is asked, and so whether its answer needs trimming.
@@ -213,7 +236,9 @@ impl Exchange {
         if !complete {
             return Err(self.withhold(kind, "the answer is larger than the proxy buffers for cedargate"));
         }
-        let (success, content_type) = self.response.clone().unwrap_or_default();
+        let Some((success, content_type)) = self.response.clone() else {
+            return Err(self.withhold(kind, "the answer's body came before its headers"));
+        };
         let answer = Answer {
             kind,
             server: &self.server,

@@ -273,9 +273,17 @@ fn trim_events(
         }
         let mut message: Value =
             serde_json::from_str(&data).map_err(|error| format!("an event's data is not JSON: {error}"))?;
-        if message.get("method").is_some() {
-            out.push_str(event.raw);
-            continue;
+        // A request or a notification (a string method, no result or error) passes; a message
+        // that is both, or whose method is not a string, is not one a client would read as
+        // either for sure, and is withheld.
+        let is_response = message.get("result").is_some() || message.get("error").is_some();
+        match message.get("method") {
+            Some(Value::String(_)) if !is_response => {
+                out.push_str(event.raw);
+                continue;
+            }
+            Some(_) => return Err("an event's message has a `method` and is not a request".to_owned()),
+            None => {}
         }
         responses += 1;
         let trimmed = trim_value(answer, &mut message, decide)?;

@@ -6,12 +6,14 @@
 // once bound; exits on SIGTERM/SIGINT. scripts/install-test-deps.sh copies it into .tools/mcp/,
 // beside the SDK it imports.
 //
-// Usage: node list_server.mjs [--port N] [--sse] [--stateful] [--page-size K] [--bulk N] [--malformed]
+// Usage: node list_server.mjs [--port N] [--sse] [--stateful [--resumable]] [--page-size K] [--bulk N] [--malformed]
 //   --port N       port to bind (default 0: an ephemeral one)
 //   --sse          answer POSTs as text/event-stream (default: application/json)
 //   --stateful     sessions (mcp-session-id); GET /mcp opens the session's SSE stream, DELETE /mcp
 //                  ends it; an unknown session id is a 404 JSON-RPC error. Default: stateless,
 //                  a fresh server and transport per POST, GET/DELETE answered 405.
+//   --resumable    with --stateful: the SDK's in-memory event store, so a GET with Last-Event-ID
+//                  replays a stream's events (its list answers included) from that event on
 //   --page-size K  tools/list, prompts/list, resources/list and resources/templates/list return at
 //                  most K entries a page, with an opaque nextCursor (default: one page)
 //   --bulk N       N more tools, bulk_0 ... bulk_{N-1} {text}, each returning `bulk i`
@@ -22,6 +24,7 @@
 // Prompts:   greeting {name}, admin_report {}
 // Resources: file:///readme (readme), file:///secrets (secrets)
 // Template:  file:///docs/{name} (docs)
+import { InMemoryEventStore } from '@modelcontextprotocol/sdk/examples/shared/inMemoryEventStore.js';
 import { randomUUID } from 'node:crypto';
 import { Server } from '@modelcontextprotocol/sdk/server/index.js';
 import { StreamableHTTPServerTransport } from '@modelcontextprotocol/sdk/server/streamableHttp.js';
@@ -38,7 +41,7 @@ import {
 } from '@modelcontextprotocol/sdk/types.js';
 
 const usage =
-  'usage: node list_server.mjs [--port N] [--sse] [--stateful] [--page-size K] [--bulk N] [--malformed]';
+  'usage: node list_server.mjs [--port N] [--sse] [--stateful [--resumable]] [--page-size K] [--bulk N] [--malformed]';
 
 function fail(message) {
   console.error(message);
@@ -47,7 +50,7 @@ function fail(message) {
 
 // --- Options -------------------------------------------------------------------------------------
 
-const options = { port: 0, sse: false, stateful: false, pageSize: Infinity, bulk: 0, malformed: false };
+const options = { port: 0, sse: false, stateful: false, resumable: false, pageSize: Infinity, bulk: 0, malformed: false };
 {
   const args = process.argv.slice(2);
   const count = (flag, value, min) => {
@@ -60,6 +63,7 @@ const options = { port: 0, sse: false, stateful: false, pageSize: Infinity, bulk
       case '--port': options.port = count(flag, args[(i += 1)], 0); break;
       case '--sse': options.sse = true; break;
       case '--stateful': options.stateful = true; break;
+      case '--resumable': options.resumable = true; break;
       case '--page-size': options.pageSize = count(flag, args[(i += 1)], 1); break;
       case '--bulk': options.bulk = count(flag, args[(i += 1)], 0); break;
       case '--malformed': options.malformed = true; break;
@@ -275,6 +279,7 @@ if (options.stateful) {
       const transport = new StreamableHTTPServerTransport({
         sessionIdGenerator: () => randomUUID(),
         enableJsonResponse: !options.sse,
+        eventStore: options.resumable ? new InMemoryEventStore() : undefined,
         onsessioninitialized: (id) => {
           sessions.set(id, transport);
         },

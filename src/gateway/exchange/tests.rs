@@ -171,3 +171,33 @@ async fn unbound_sessions_pass_when_binding_is_off() {
         Interest::Exchange
     );
 }
+
+#[tokio::test]
+async fn a_session_id_is_one_header_with_one_value() {
+    let gateway = gateway("");
+    let twice =
+        standing(&gateway, "POST", &[USER, ("mcp-session-id", "mine"), ("mcp-session-id", "victim")]).await;
+    assert_eq!(twice.unwrap_err().status, 400);
+    let joined = standing(&gateway, "POST", &[USER, ("mcp-session-id", "mine, victim")]).await;
+    assert_eq!(joined.unwrap_err().status, 400);
+}
+
+#[tokio::test]
+async fn a_stream_is_never_replayed_past_the_trimming() {
+    let gateway = gateway("");
+    let mut exchange = gateway.exchange(request("GET", "/mcp", &[USER, ("last-event-id", "stream_1")]), None);
+    exchange.request_headers().await.unwrap();
+    assert_eq!(exchange.request_headers_to_remove(), ["last-event-id"]);
+    let mut exchange = gateway.exchange(request("GET", "/mcp", &[USER]), None);
+    exchange.request_headers().await.unwrap();
+    assert!(exchange.request_headers_to_remove().is_empty());
+}
+
+#[tokio::test]
+async fn a_list_body_without_its_headers_is_withheld() {
+    let gateway = gateway("");
+    let mut exchange = gateway.exchange(request("POST", "/mcp", &[USER]), None);
+    exchange.request_headers().await.unwrap();
+    exchange.request_body(br#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#);
+    assert_eq!(exchange.response_body(&tools_answer(), true).unwrap_err().status, 502);
+}

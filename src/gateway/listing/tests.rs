@@ -216,3 +216,18 @@ fn every_response_in_a_stream_is_trimmed() {
     let body = String::from_utf8(body).unwrap();
     assert!(!body.contains("secret"), "{body}");
 }
+
+#[test]
+fn a_message_that_is_both_request_and_response_is_withheld() {
+    let response = r#"{"jsonrpc":"2.0","id":2,"result":{"tools":[{"name":"ok"}]}}"#;
+    for odd in [
+        r#"{"jsonrpc":"2.0","id":1,"method":null,"result":{"tools":[{"name":"secret"}]}}"#,
+        r#"{"jsonrpc":"2.0","id":1,"method":"x","result":{"tools":[{"name":"secret"}]}}"#,
+        r#"{"jsonrpc":"2.0","id":1,"method":7}"#,
+    ] {
+        let stream = format!("data: {response}\n\ndata: {odd}\n\n");
+        let error = trim(answer(ListKind::Tools, "text/event-stream"), stream.as_bytes(), &mut by_prefix)
+            .unwrap_err();
+        assert!(error.contains("not a request"), "{odd}: {error}");
+    }
+}
