@@ -184,6 +184,7 @@ fn trim_value(
     let Value::Object(message) = message else {
         return Err("the answer is not a JSON-RPC object".to_owned());
     };
+    refuse_impostors(message, &["jsonrpc", "id", "result", "error"])?;
     if !message.contains_key("result") {
         // A JSON-RPC error carries no entries.
         return if message.contains_key("error") {
@@ -204,9 +205,15 @@ fn trim_result(
     decide: &mut Decide<'_>,
 ) -> Result<Counts, Unreadable> {
     let (field, key) = (answer.kind.field(), answer.kind.key());
+    refuse_impostors(result, &[field, "nextCursor"])?;
     let Some(Value::Array(entries)) = result.get_mut(field) else {
         return Err(format!("the {} answer has no `result.{field}` list", answer.kind.method()));
     };
+    for entry in entries.iter() {
+        if let Value::Object(entry) = entry {
+            refuse_impostors(entry, &[key])?;
+        }
+    }
     let allowed = allowed(
         answer.kind,
         answer.server,
@@ -225,6 +232,17 @@ fn trim_result(
         });
     }
     Ok(counts)
+}
+
+/// Fails on a key of `object` a loose decoder would read as one of `known` (`Tools`,
+/// `toolſ`, `Name`): the client might take the list, or an entry's name, from it.
+fn refuse_impostors(object: &Map<String, Value>, known: &[&str]) -> Result<(), Unreadable> {
+    match super::mcp::impostor(object, known) {
+        Some(key) => {
+            Err(format!("the answer has a key `{}` a client may read as another", crate::model::quote(key)))
+        }
+        None => Ok(()),
+    }
 }
 
 /// Which entries the caller could use, given each entry's name (`None` when it has none): a

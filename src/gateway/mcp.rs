@@ -49,6 +49,49 @@ impl McpError {
     }
 }
 
+/// Whether `key` would be read as `known` by a decoder that matches object keys loosely while
+/// not being it: Go's `encoding/json` matches without ASCII case and reads `ſ` as `s` and `K`
+/// (Kelvin) as `k`; some decoders stop a key at a NUL. A body cedargate decides by `name` must
+/// not carry a `Name` the server runs instead.
+pub fn poses_as(key: &str, known: &str) -> bool {
+    let fold = |text: &str| -> String {
+        let text = text.split('\0').next().unwrap_or_default();
+        text.chars()
+            .map(|c| match c {
+                '\u{17f}' => 's',
+                '\u{212a}' => 'k',
+                c => c.to_ascii_lowercase(),
+            })
+            .collect()
+    };
+    key != known && fold(key) == fold(known)
+}
+
+/// The first key of `object` that poses as one of `known` ([`poses_as`]).
+pub fn impostor<'a>(object: &'a Map<String, Value>, known: &[&str]) -> Option<&'a str> {
+    object.keys().map(String::as_str).find(|key| known.iter().any(|known| poses_as(key, known)))
+}
+
+/// Fails on a key of `object` that poses as one of `known`.
+fn exact_keys(object: &Map<String, Value>, known: &[&str], id: &Value) -> Result<(), McpError> {
+    match impostor(object, known) {
+        Some(key) => Err(McpError::new(
+            code::INVALID_REQUEST,
+            format!(
+                "`{}` is not a field of an MCP request: fields match exactly (a server may read it as `{}`)",
+                crate::model::quote(key),
+                known.iter().find(|known| poses_as(key, known)).unwrap_or(&""),
+            ),
+            id,
+        )),
+        None => Ok(()),
+    }
+}
+
+/// The fields of a JSON-RPC message and of the `params` cedargate decides by.
+const MESSAGE_FIELDS: [&str; 6] = ["jsonrpc", "id", "method", "params", "result", "error"];
+const PARAMS_FIELDS: [&str; 3] = ["name", "arguments", "uri"];
+
 /// The `Mcp-Method` and `Mcp-Name` request headers, when sent.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct McpHeaders<'a> {
@@ -161,6 +204,7 @@ pub fn parse_jsonrpc(body: &[u8], server: &str, headers: McpHeaders<'_>) -> Resu
         return Err(McpError::new(code::INVALID_REQUEST, reason, &Value::Null));
     };
     let id = message.get("id").cloned().unwrap_or(Value::Null);
+    exact_keys(&message, &MESSAGE_FIELDS, &Value::Null)?;
     if !matches!(id, Value::Null | Value::String(_) | Value::Number(_)) {
         return Err(McpError::new(code::INVALID_REQUEST, "`id` must be a string or a number", &Value::Null));
     }
@@ -181,6 +225,7 @@ pub fn parse_jsonrpc(body: &[u8], server: &str, headers: McpHeaders<'_>) -> Resu
         Some(Value::Object(params)) => params,
         Some(_) => return Err(McpError::new(code::INVALID_PARAMS, "`params` must be an object", &id)),
     };
+    exact_keys(params, &PARAMS_FIELDS, &id)?;
     let (target, name) = target_of(method, params, server, &id)?;
     if let Some(expected) = headers.method.filter(|expected| *expected != method) {
         return Err(McpError::new(
@@ -213,6 +258,9 @@ pub fn parse_jsonrpc(body: &[u8], server: &str, headers: McpHeaders<'_>) -> Resu
 pub fn parse_invoke(body: &[u8], server: &str) -> Result<McpRequest, McpError> {
     let message: Value = serde_json::from_slice(body)
         .map_err(|error| McpError::new(code::PARSE_ERROR, format!("request body: {error}"), &Value::Null))?;
+    if let Value::Object(fields) = &message {
+        exact_keys(fields, &["toolName", "args"], &Value::Null)?;
+    }
     let Some(name) = message.get("toolName").and_then(Value::as_str) else {
         return Err(McpError::new(code::INVALID_PARAMS, "`toolName` must be a string", &Value::Null));
     };

@@ -503,3 +503,35 @@ mod properties {
         }
     }
 }
+
+/// Found by the adversarial review: Go's `encoding/json` reads `Name`, `nam\u{17f}`... as
+/// `name`, so a body decided as `echo` would run `delete_file` on a Go server.
+#[tokio::test]
+async fn keys_a_loose_decoder_reads_as_a_decided_field_are_a_400() {
+    let gateway = demo();
+    for body in [
+        r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","Name":"delete_file"}}"#,
+        r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","NAME":"delete_file"}}"#,
+        "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/call\",\"params\":{\"name\":\"echo\",\"\u{212a}ey\":1,\"argument\u{17f}\":{}}}",
+        r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","name\u0000":"delete_file"}}"#,
+        r#"{"jsonrpc":"2.0","id":1,"method":"ping","Method":"tools/call","params":{"name":"delete_file"}}"#,
+        r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo"},"Params":{"name":"delete_file"}}"#,
+    ] {
+        let answer = gateway.check(&request("POST", "/mcp", &[USER], body)).await;
+        assert_eq!(answer.status(), 400, "{body}");
+        let message = body_of(&answer)["error"]["message"].as_str().unwrap().to_owned();
+        assert!(message.contains("fields match exactly"), "{body}: {message}");
+    }
+    let answer = gateway
+        .check(&request(
+            "POST",
+            "/mcp/invoke",
+            &[USER],
+            r#"{"toolName":"GET_/user/profile","ToolName":"GET_/admin/users"}"#,
+        ))
+        .await;
+    assert_eq!(answer.status(), 400);
+    // Other fields are the server's business.
+    let fine = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","_meta":{"progressToken":1},"names":[]}}"#;
+    assert!(gateway.check(&request("POST", "/mcp", &[USER], fine)).await.allowed());
+}

@@ -231,3 +231,21 @@ fn a_message_that_is_both_request_and_response_is_withheld() {
         assert!(error.contains("not a request"), "{odd}: {error}");
     }
 }
+
+#[test]
+fn keys_a_loose_decoder_reads_as_the_list_or_a_name_are_withheld() {
+    for body in [
+        r#"{"jsonrpc":"2.0","id":1,"result":{"tools":[{"name":"ok"}],"Tools":[{"name":"secret"}]}}"#,
+        "{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{\"tools\":[{\"name\":\"ok\"}],\"tool\u{17f}\":[{\"name\":\"secret\"}]}}",
+        r#"{"jsonrpc":"2.0","id":1,"result":{"tools":[{"name":"ok","Name":"secret"}]}}"#,
+        r#"{"jsonrpc":"2.0","id":1,"result":{"tools":[{"name":"ok","name\u0000":"secret"}]}}"#,
+        r#"{"jsonrpc":"2.0","id":1,"Result":{"tools":[{"name":"secret"}]},"result":{"tools":[]}}"#,
+    ] {
+        let error = trim(answer(ListKind::Tools, "application/json"), body.as_bytes(), &mut by_prefix).unwrap_err();
+        assert!(error.contains("a client may read as another"), "{body}: {error}");
+    }
+    // Other keys are no one's business here.
+    let fine =
+        r#"{"jsonrpc":"2.0","id":1,"result":{"tools":[{"name":"ok","title":"T","names":["x"]}],"_meta":{}}}"#;
+    assert!(trim(answer(ListKind::Tools, "application/json"), fine.as_bytes(), &mut by_prefix).is_ok());
+}
