@@ -99,6 +99,9 @@ pub enum GatewayAnswer {
         remove_query: Vec<String>,
         /// The decision.
         decision: Box<Decision>,
+        /// For an MCP request, the facts and the server it was decided with: a list entry
+        /// of the same exchange is decided with them too (`exchange`).
+        mcp: Option<Box<(Extra, String)>>,
     },
     /// Answer the client directly.
     Deny {
@@ -283,7 +286,15 @@ impl Gateway {
         };
         let facts = facts(request, mcp_method.as_deref());
         match self.engine.check(request.wire, &authorization, &target, &facts).await {
-            Ok(decision) if decision.allowed() => self.allow(decision, request, source),
+            Ok(decision) if decision.allowed() => {
+                let mut answer = self.allow(decision, request, source);
+                if let (GatewayAnswer::Allow { mcp, .. }, Target::Tool(call) | Target::Mcp(_, call)) =
+                    (&mut answer, &target)
+                {
+                    *mcp = Some(Box::new((facts, call.server.clone())));
+                }
+                answer
+            }
             Ok(decision) => deny(decision, jsonrpc(id)),
             Err(error) => invalid(jsonrpc(id), mcp::code::INVALID_PARAMS, &error.to_string()),
         }
@@ -478,7 +489,13 @@ impl Gateway {
                 }
             }
         }
-        GatewayAnswer::Allow { set_headers, remove_headers, remove_query, decision: Box::new(decision) }
+        GatewayAnswer::Allow {
+            set_headers,
+            remove_headers,
+            remove_query,
+            decision: Box::new(decision),
+            mcp: None,
+        }
     }
 }
 

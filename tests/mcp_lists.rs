@@ -652,3 +652,42 @@ async fn a_resumed_stream_never_replays_an_untrimmed_list() {
     assert!(!replayed.contains("delete_file"), "the replayed list leaked: {replayed}");
     assert!(!replayed.contains("\"tools\""), "a list answer was replayed: {replayed}");
 }
+
+/// Found by the adversarial review: ext_authz decides a call with the route's context
+/// extensions, which ext_proc never sees; a list entry must be decided with them too.
+#[tokio::test]
+async fn a_list_entry_is_decided_with_the_facts_its_call_gets() {
+    let policies = tempfile::tempdir().unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+    for file in ["schema.cedarschema", "mcp.cedar", "routes.cedar"] {
+        std::fs::copy(root.join(file), policies.path().join(file)).unwrap();
+    }
+    std::fs::write(
+        policies.path().join("team.cedar"),
+        "@id(\"blue-team-no-echo\")\nforbid (principal, action == Action::\"call\", resource is Tool)\n\
+         when { context.facts.hasTag(\"team\") && context.facts.getTag(\"team\") == \"blue\" && resource.name == \"echo\" };\n",
+    )
+    .unwrap();
+    let text = format!(
+        "{}\n{CONFIG}\npolicies: {{ dir: {}, watch: false }}\n",
+        cedargate::config::DEMO_YAML,
+        policies.path().display()
+    );
+    let server = TestServer::start(Config::parse("mcp-lists.yaml", &text).unwrap()).await;
+    let mcp = McpServer::start_lists(&[]);
+    for after in [false, true] {
+        let config = EnvoyConfig::new(mcp.addr)
+            .with_auth(Auth::ExtAuthzGrpc { addr: server.grpc, with_body: true })
+            .with_mcp(mcp.addr)
+            .with_context_extensions("/mcp", &[("team", "blue")]);
+        let config = if after {
+            config.with_ext_proc_after_authz(server.grpc)
+        } else {
+            config.with_ext_proc(server.grpc)
+        };
+        let envoy = Envoy::start(&config).await;
+        let user = lister(&envoy.url("/mcp"), &[USER], &every_call()).await;
+        let tools: Vec<&str> = USER_TOOLS.iter().copied().filter(|tool| *tool != "echo").collect();
+        assert_sees(&user, "user of the blue team", &tools, &["greeting", "admin_report"], &[], &[]);
+    }
+}

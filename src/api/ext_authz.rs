@@ -122,9 +122,9 @@ fn lowercase(mut name: String) -> String {
 /// The answer to Envoy; `identity` adds the caller's whole identity to the metadata.
 fn check_response(answer: GatewayAnswer, identity: bool) -> CheckResponse {
     match answer {
-        GatewayAnswer::Allow { set_headers, remove_headers, remove_query, decision } => CheckResponse {
+        GatewayAnswer::Allow { set_headers, remove_headers, remove_query, decision, mcp } => CheckResponse {
             status: Some(rpc::Status { code: tonic::Code::Ok as i32, ..Default::default() }),
-            dynamic_metadata: Some(metadata(&decision, identity)),
+            dynamic_metadata: Some(metadata(&decision, mcp.as_deref().filter(|_| identity))),
             http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
                 headers: set_headers.into_iter().map(overwrite).collect(),
                 headers_to_remove: remove_headers,
@@ -136,7 +136,7 @@ fn check_response(answer: GatewayAnswer, identity: bool) -> CheckResponse {
             let code = super::grpc::code_of(refusal);
             CheckResponse {
                 status: Some(rpc::Status { code: code as i32, ..Default::default() }),
-                dynamic_metadata: decision.as_deref().map(|decision| metadata(decision, false)),
+                dynamic_metadata: decision.as_deref().map(|decision| metadata(decision, None)),
                 http_response: Some(HttpResponse::DeniedResponse(DeniedHttpResponse {
                     status: Some(HttpStatus { code: i32::from(refusal.http_status()) }),
                     headers: headers.into_iter().map(overwrite).collect(),
@@ -156,9 +156,11 @@ fn overwrite((key, value): (String, String)) -> HeaderValueOption {
 }
 
 /// The identity and decision for other Envoy filters (rate limits, access logs), found under
-/// the ext_authz filter's namespace, `envoy.filters.http.ext_authz`; with `identity`, also the
-/// whole identity as JSON (`auth_info`).
-fn metadata(decision: &Decision, identity: bool) -> Struct {
+/// the ext_authz filter's namespace, `envoy.filters.http.ext_authz`. For an MCP exchange
+/// (`mcp`: the facts and server it was decided with), also what cedargate's ext_proc filter
+/// decides the exchange's list entries with: the whole identity (`auth_info`), the facts
+/// (`facts`) and the server (`server`), as JSON.
+fn metadata(decision: &Decision, mcp: Option<&(crate::model::Extra, String)>) -> Struct {
     let string = |text: &str| Value { kind: Some(Kind::StringValue(text.to_owned())) };
     let list = |items: &[String]| Value {
         kind: Some(Kind::ListValue(ListValue { values: items.iter().map(|item| string(item)).collect() })),
@@ -173,9 +175,7 @@ fn metadata(decision: &Decision, identity: bool) -> Struct {
         fields.insert("roles".to_owned(), list(&auth.roles));
         fields.insert("tenant".to_owned(), string(&auth.tenant));
         fields.insert("credential_kind".to_owned(), string(auth.kind.as_str()));
-        // The whole identity, for cedargate's ext_proc filter on the same request (which may
-        // no longer see the credential, removed on the way upstream).
-        if identity {
+        if mcp.is_some() {
             match super::json::auth_info_json(auth) {
                 Ok(json) => {
                     fields.insert("auth_info".to_owned(), string(&json));
@@ -183,6 +183,13 @@ fn metadata(decision: &Decision, identity: bool) -> Struct {
                 Err(error) => tracing::error!(%error, "the identity could not be written for ext_proc"),
             }
         }
+    }
+    // For cedargate's ext_proc filter on the same request, which may no longer see the
+    // credential (removed on the way upstream), and never sees the route's context extensions.
+    if let Some((facts, server)) = mcp {
+        let facts: serde_json::Map<String, serde_json::Value> = facts.clone().into_iter().collect();
+        fields.insert("facts".to_owned(), string(&serde_json::Value::Object(facts).to_string()));
+        fields.insert("server".to_owned(), string(server));
     }
     Struct { fields }
 }

@@ -34,10 +34,10 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::json::auth_info_from_record;
-use crate::gateway::exchange::{Body, Exchange, Interest, Reply};
+use crate::gateway::exchange::{Body, Decided, Exchange, Interest, Reply};
 use crate::gateway::listing::Trimmed;
 use crate::gateway::{Gateway, GatewayRequest, Wire};
-use crate::model::AuthInfo;
+use crate::model::Extra;
 pub use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::ExternalProcessorServer;
 
 /// The dynamic metadata namespace cedargate's ext_authz answer fills (`api::ext_authz`).
@@ -105,7 +105,7 @@ async fn answer(
 ) -> Result<ProcessingResponse, Status> {
     use processing_request::Request as Part;
     use processing_response::Response as Answer;
-    let identity = identity(message.metadata_context.as_ref());
+    let decided = ext_authz_view(message.metadata_context.as_ref());
     let source_ip = message
         .attributes
         .values()
@@ -119,7 +119,8 @@ async fn answer(
     match message.request {
         Some(Part::RequestHeaders(headers)) => {
             let request = gateway_request(&headers, source_ip);
-            let started = exchange.insert(gateway.exchange(request, identity));
+            let started = exchange.insert(gateway.exchange(request, decided.auth.clone()));
+            started.decided(decided);
             match started.request_headers().await {
                 Ok(Interest::Exchange) => Ok(ProcessingResponse {
                     response: Some(Answer::RequestHeaders(HeadersResponse {
@@ -160,6 +161,7 @@ async fn answer(
         }
         Some(Part::RequestBody(body)) => {
             if let Some(exchange) = exchange.as_mut() {
+                exchange.decided(decided);
                 exchange.request_body(&body.body);
             }
             Ok(ProcessingResponse {
@@ -172,7 +174,7 @@ async fn answer(
             // denial, a local error): nothing of it is cedargate's.
             let (status, headers) = response_headers(headers.headers.as_ref());
             let body = match exchange.as_mut() {
-                Some(exchange) => match exchange.response_headers(status, &headers) {
+                Some(exchange) => match exchange.decided(decided).response_headers(status, &headers) {
                     Ok(body) => body,
                     Err(reply) => return Ok(immediate(reply)),
                 },
@@ -203,7 +205,7 @@ async fn answer(
         Some(Part::ResponseBody(body)) => {
             // Asked for only after the response headers of an exchange.
             let exchange = exchange.as_mut().ok_or_else(out_of_order)?;
-            match exchange.response_body(&body.body, body.end_of_stream) {
+            match exchange.decided(decided).response_body(&body.body, body.end_of_stream) {
                 Ok(Trimmed::Unchanged) => Ok(ProcessingResponse {
                     response: Some(Answer::ResponseBody(BodyResponse::default())),
                     ..Default::default()
@@ -245,20 +247,31 @@ fn out_of_order() -> Status {
     Status::failed_precondition("a response body before the request headers")
 }
 
-/// The caller cedargate's ext_authz filter passed on (`auth_info` in its namespace), if the
-/// proxy forwards that namespace to this filter.
-fn identity(metadata: Option<&Metadata>) -> Option<Arc<AuthInfo>> {
-    let fields = &metadata?.filter_metadata.get(EXT_AUTHZ_NAMESPACE)?.fields;
-    let Some(Kind::StringValue(json)) = &fields.get("auth_info")?.kind else {
-        return None;
+/// What cedargate's ext_authz filter decided this request with, when the proxy forwards its
+/// metadata namespace to this filter: the caller (`auth_info`), the facts and the server.
+fn ext_authz_view(metadata: Option<&Metadata>) -> Decided {
+    let Some(fields) = metadata.and_then(|metadata| metadata.filter_metadata.get(EXT_AUTHZ_NAMESPACE)) else {
+        return Decided::default();
     };
-    match auth_info_from_record(json) {
+    let text = |name: &str| match fields.fields.get(name).and_then(|value| value.kind.as_ref()) {
+        Some(Kind::StringValue(text)) => Some(text.as_str()),
+        _ => None,
+    };
+    let auth = text("auth_info").and_then(|json| match auth_info_from_record(json) {
         Ok(auth) => Some(Arc::new(auth)),
         Err(error) => {
             tracing::warn!(%error, "the ext_authz metadata's auth_info does not read; the credential is resolved again");
             None
         }
-    }
+    });
+    let facts = text("facts").and_then(|json| match serde_json::from_str::<Extra>(json) {
+        Ok(facts) => Some(facts),
+        Err(error) => {
+            tracing::warn!(%error, "the ext_authz metadata's facts do not read; cedargate's own are used");
+            None
+        }
+    });
+    Decided { auth, facts, server: text("server").map(str::to_owned) }
 }
 
 /// `host` of `host:port` or `[v6]:port`.

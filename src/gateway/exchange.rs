@@ -14,7 +14,7 @@ use super::mcp_sessions::{Owner, Standing};
 use super::{facts, jsonrpc_error, mcp, Gateway, GatewayRequest};
 use crate::config::McpShape;
 use crate::engine::Authentication;
-use crate::model::{AuthInfo, Scheme};
+use crate::model::{AuthInfo, Extra, Scheme};
 use crate::telemetry::metrics::metrics;
 
 /// JSON-RPC code of an answer withheld because it could not be trimmed (internal error).
@@ -39,6 +39,20 @@ impl Reply {
             body: jsonrpc_error(id, code, message, None),
         }
     }
+}
+
+/// What cedargate's ext_authz filter decided the same request with, as far as the proxy
+/// passed it on (its dynamic metadata): a list entry is decided as a call of it would be, with
+/// the facts only ext_authz sees (the route's context extensions, the peer certificate) and
+/// the server the route names.
+#[derive(Debug, Clone, Default)]
+pub struct Decided {
+    /// The caller.
+    pub auth: Option<Arc<AuthInfo>>,
+    /// The request facts.
+    pub facts: Option<Extra>,
+    /// The MCP server.
+    pub server: Option<String>,
 }
 
 /// How much of the exchange cedargate needs to see after the request headers.
@@ -75,6 +89,8 @@ pub struct Exchange {
     id: Value,
     list: Option<ListKind>,
     response: Option<(bool, String)>,
+    /// What ext_authz decided the request with, once known.
+    decided: Decided,
 }
 
 impl Gateway {
@@ -92,6 +108,7 @@ impl Gateway {
             id: Value::Null,
             list: None,
             response: None,
+            decided: Decided::default(),
         }
     }
 }
@@ -164,6 +181,16 @@ impl Exchange {
         Ok(Interest::Exchange)
     }
 
+    /// Takes what ext_authz decided the request with, as each message from the proxy may
+    /// carry it (it is known once ext_authz ran); what is already known stays.
+    pub fn decided(&mut self, decided: Decided) -> &mut Self {
+        let known = &mut self.decided;
+        known.auth = known.auth.take().or(decided.auth);
+        known.facts = known.facts.take().or(decided.facts);
+        known.server = known.server.take().or(decided.server);
+        self
+    }
+
     /// Request headers the proxy must remove before the request goes on. `Last-Event-ID`
     /// asks the server to replay a stream's events from there, answers to list requests
     /// included, on a `GET` whose stream is never buffered to be trimmed: replay is refused by
@@ -230,8 +257,11 @@ impl Exchange {
     /// at its limit): what to pass on, or the error that replaces an answer that cannot be
     /// trimmed.
     pub fn response_body(&mut self, body: &[u8], complete: bool) -> Result<Trimmed, Reply> {
-        let (Some(kind), Some(authentication)) = (self.list, &self.authentication) else {
+        let Some(kind) = self.list else {
             return Ok(Trimmed::Unchanged);
+        };
+        let Some(authentication) = &self.authentication else {
+            return Err(self.withhold(kind, "the request's headers were not seen"));
         };
         if !complete {
             return Err(self.withhold(kind, "the answer is larger than the proxy buffers for cedargate"));
@@ -239,14 +269,30 @@ impl Exchange {
         let Some((success, content_type)) = self.response.clone() else {
             return Err(self.withhold(kind, "the answer's body came before its headers"));
         };
+        // As a call of the entry would be decided: with ext_authz's facts, server and caller
+        // when the proxy passed them on, else with what this filter saw.
+        let mut facts = self.decided.facts.clone().unwrap_or_else(|| facts(&self.request, None));
+        facts.insert("mcp_method".to_owned(), Value::from(kind.call_method()));
+        let server = self.decided.server.as_deref().unwrap_or(&self.server);
         let answer = Answer {
             kind,
-            server: &self.server,
+            server,
             content_type: &content_type,
             success,
             max_bytes: self.gateway.settings.max_list_bytes,
         };
-        let facts = facts(&self.request, Some(kind.call_method()));
+        let decided_as;
+        let authentication = match &self.decided.auth {
+            Some(auth) => {
+                decided_as = Authentication::Authenticated {
+                    auth: Arc::clone(auth),
+                    scheme: Scheme::Bearer,
+                    fingerprint: String::new(),
+                };
+                &decided_as
+            }
+            None => authentication,
+        };
         let engine = &self.gateway.engine;
         let mut decide = |targets: &[_]| engine.could_use(authentication, targets, &facts);
         match listing::trim(answer, body, &mut decide) {

@@ -69,7 +69,7 @@ pub struct EnvoyConfig {
     /// cedargate's ext_proc server on the `/mcp` route (before ext_authz), as the shipped
     /// example configures it.
     pub ext_proc: Option<SocketAddr>,
-    /// Put ext_proc after ext_authz instead, with ext_authz's dynamic metadata forwarded to it.
+    /// Put ext_proc after ext_authz instead.
     pub ext_proc_after_authz: bool,
 }
 
@@ -158,13 +158,13 @@ impl EnvoyConfig {
             // Before ext_authz: it sees the request as the client sent it, and the replies
             // ext_authz makes pass back through it like any other answer.
             (Some(_), false) => {
-                http_filters.push(ext_proc_filter(false));
+                http_filters.push(ext_proc_filter());
                 http_filters.extend(self.auth_filters());
             }
             // After: it reads the identity ext_authz established from the dynamic metadata.
             (Some(_), true) => {
                 http_filters.extend(self.auth_filters());
-                http_filters.push(ext_proc_filter(true));
+                http_filters.push(ext_proc_filter());
             }
             (None, _) => http_filters.extend(self.auth_filters()),
         }
@@ -406,10 +406,10 @@ impl EnvoyConfig {
 }
 
 /// cedargate's ext_proc filter as `examples/envoy/envoy.yaml` has it: request headers and the
-/// buffered body, response headers, and what cedargate asks for beyond (a list answer's body);
-/// closed when cedargate cannot be reached. With `metadata`, ext_authz's dynamic metadata goes
+/// buffered body, and what cedargate asks for beyond (an MCP exchange's response headers, a
+/// list answer's body); closed when cedargate cannot be reached; ext_authz's dynamic metadata
 /// with each message.
-fn ext_proc_filter(metadata: bool) -> Value {
+fn ext_proc_filter() -> Value {
     let mut filter = json!({
         "name": EXT_PROC,
         "typed_config": {
@@ -429,10 +429,10 @@ fn ext_proc_filter(metadata: bool) -> Value {
             "request_attributes": ["source.address"],
         }
     });
-    if metadata {
-        filter["typed_config"]["metadata_options"] =
-            json!({ "forwarding_namespaces": { "untyped": [EXT_AUTHZ] } });
-    }
+    // What ext_authz decided the request with (the caller, the facts, the server) comes along
+    // once it ran: before ext_authz, from the response on; after it, from the start.
+    filter["typed_config"]["metadata_options"] =
+        json!({ "forwarding_namespaces": { "untyped": [EXT_AUTHZ] } });
     filter
 }
 
