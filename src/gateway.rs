@@ -245,9 +245,13 @@ impl Gateway {
             max_list_bytes: config.mcp_exchange.max_list_bytes,
         };
         let exchange = &config.mcp_exchange;
-        let sessions = exchange
-            .bind_sessions
-            .then(|| mcp_sessions::SessionOwners::new(exchange.session_ttl.0, exchange.max_sessions));
+        let sessions = exchange.bind_sessions.then(|| {
+            mcp_sessions::SessionOwners::new(
+                exchange.session_ttl.0,
+                exchange.max_sessions,
+                exchange.max_sessions_per_caller,
+            )
+        });
         Self { engine, settings, sessions }
     }
 

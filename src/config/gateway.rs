@@ -72,6 +72,10 @@ pub struct McpExchangeConfig {
     /// dropped session gets 404, and its client starts a new one). Default 100,000.
     #[serde(default = "default_max_sessions")]
     pub max_sessions: usize,
+    /// How many session bindings one caller holds; beyond it the caller's oldest is dropped.
+    /// Default 100.
+    #[serde(default = "default_max_sessions_per_caller")]
+    pub max_sessions_per_caller: usize,
 }
 
 fn default_max_list_bytes() -> usize {
@@ -86,6 +90,9 @@ fn default_session_ttl() -> HumanDuration {
 fn default_max_sessions() -> usize {
     100_000
 }
+fn default_max_sessions_per_caller() -> usize {
+    100
+}
 
 impl Default for McpExchangeConfig {
     fn default() -> Self {
@@ -94,6 +101,7 @@ impl Default for McpExchangeConfig {
             bind_sessions: true,
             session_ttl: default_session_ttl(),
             max_sessions: default_max_sessions(),
+            max_sessions_per_caller: default_max_sessions_per_caller(),
         }
     }
 }

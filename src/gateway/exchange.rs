@@ -228,7 +228,21 @@ impl Exchange {
         if let (Some(sessions), Some(authentication)) = (&self.gateway.sessions, &self.authentication) {
             if success && self.method.as_deref() == Some("initialize") {
                 if let Some(session_id) = header("mcp-session-id") {
-                    sessions.bind(session_id, owner(authentication));
+                    // A session is someone's: one issued to a caller without a credential is
+                    // not bound, and so unknown (404) from its next request on. Bound to "no
+                    // one", any caller without a credential could use it, and a proxy that
+                    // lost every caller's credential (ext_proc after ext_authz, metadata not
+                    // forwarded) would hand each caller everyone's sessions.
+                    match authentication {
+                        Authentication::Authenticated { auth, .. } => {
+                            sessions.bind(session_id, Owner::of(Some(auth)))
+                        }
+                        Authentication::Anonymous | Authentication::Failed { .. } => {
+                            tracing::info!(
+                                "an MCP session issued to a caller without a credential is not bound"
+                            );
+                        }
+                    }
                 }
             }
             if success && self.request.method.eq_ignore_ascii_case("DELETE") {

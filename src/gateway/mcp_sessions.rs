@@ -2,14 +2,17 @@
 //! `Mcp-Session-Id` to the user it was issued to; cedargate does it for them, from the
 //! `initialize` answer that issued the id, and refuses the id to anyone else.
 //!
-//! Bounded and expiring: a binding lives `ttl` after its last use, and at `max` bindings the
-//! expired, then the least recently used, are dropped. A session id cedargate does not know
+//! Bounded and expiring: a binding lives `ttl` after its last use, a caller holds at most
+//! `per_owner` (its oldest goes first), and at `max` bindings the expired, then the least
+//! recently used, are dropped. So one caller opening sessions by the thousand pushes out only
+//! its own. A session id cedargate does not know
 //! (dropped, expired, issued before a restart, or never seen) is refused as the specification
 //! has servers refuse an unknown session: 404, and the client starts a new session. So no
 //! binding can be pushed out to let another caller in.
 //!
 //! Session ids and callers are held as SHA-256 digests.
 
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
@@ -62,14 +65,25 @@ struct Binding {
 #[derive(Debug)]
 pub struct SessionOwners {
     bindings: DashMap<SecretDigest, Binding>,
+    /// Each owner's sessions, oldest first; an id no longer bound to that owner is skipped
+    /// and dropped when met.
+    owned: DashMap<SecretDigest, VecDeque<SecretDigest>>,
     ttl: Duration,
     max: usize,
+    per_owner: usize,
 }
 
 impl SessionOwners {
-    /// At most `max` bindings (at least one), each living `ttl` after its last use.
-    pub fn new(ttl: Duration, max: usize) -> Self {
-        Self { bindings: DashMap::new(), ttl, max: max.max(1) }
+    /// At most `max` bindings and `per_owner` of one owner (each at least one), each living
+    /// `ttl` after its last use.
+    pub fn new(ttl: Duration, max: usize, per_owner: usize) -> Self {
+        Self {
+            bindings: DashMap::new(),
+            owned: DashMap::new(),
+            ttl,
+            max: max.max(1),
+            per_owner: per_owner.max(1),
+        }
     }
 
     /// Binds `session_id` to `owner`, replacing any binding it had.
@@ -79,10 +93,30 @@ impl SessionOwners {
 
     fn bind_at(&self, session_id: &str, owner: Owner, now: Instant) {
         let key = digest(session_id);
+        {
+            let mut sessions = self.owned.entry(owner.0).or_default();
+            // Ids that were ended, expired or pushed out, or are another's now.
+            sessions.retain(|id| {
+                self.bindings.get(id).is_some_and(|binding| binding.owner == owner) && *id != key
+            });
+            while sessions.len() >= self.per_owner {
+                if let Some(oldest) = sessions.pop_front() {
+                    self.bindings.remove(&oldest);
+                }
+            }
+            sessions.push_back(key);
+        }
         if self.bindings.len() >= self.max && !self.bindings.contains_key(&key) {
             self.make_room(now);
         }
         self.bindings.insert(key, Binding { owner, last_used: now });
+        if self.owned.len() > self.max {
+            // Owners whose sessions all ended: forgotten, so the table of owners stays bounded.
+            self.owned.retain(|_, sessions| {
+                sessions.retain(|id| self.bindings.contains_key(id));
+                !sessions.is_empty()
+            });
+        }
     }
 
     /// How `session_id` stands with `owner`; its own session's binding is renewed.
@@ -162,7 +196,7 @@ mod tests {
 
     #[test]
     fn a_session_is_its_owners_only() {
-        let owners = SessionOwners::new(Duration::from_secs(60), 10);
+        let owners = SessionOwners::new(Duration::from_secs(60), 10, 10);
         let alice = Owner::of(Some(&auth("alice", "https://a", "")));
         owners.bind("s1", alice.clone());
         assert_eq!(owners.standing("s1", &alice), Standing::Owned);
@@ -184,7 +218,7 @@ mod tests {
 
     #[test]
     fn a_binding_expires_after_its_last_use() {
-        let owners = SessionOwners::new(Duration::from_secs(60), 10);
+        let owners = SessionOwners::new(Duration::from_secs(60), 10, 10);
         let alice = Owner::of(Some(&auth("alice", "", "")));
         let start = Instant::now();
         owners.bind_at("s1", alice.clone(), start);
@@ -195,9 +229,32 @@ mod tests {
         assert!(owners.is_empty());
     }
 
+    /// Found by the adversarial review: one caller opening sessions by the thousand pushed
+    /// everyone else's out of the table.
+    #[test]
+    fn a_caller_opening_many_sessions_pushes_out_only_its_own() {
+        let owners = SessionOwners::new(Duration::from_secs(3600), 50, 5);
+        let (alice, mallory) =
+            (Owner::of(Some(&auth("alice", "", ""))), Owner::of(Some(&auth("mallory", "", ""))));
+        owners.bind("alice-1", alice.clone());
+        for n in 0..60 {
+            owners.bind(&format!("mallory-{n}"), mallory.clone());
+        }
+        assert_eq!(owners.standing("alice-1", &alice), Standing::Owned);
+        assert_eq!(owners.len(), 6);
+        // Mallory keeps the newest five.
+        assert_eq!(owners.standing("mallory-54", &mallory), Standing::Unknown);
+        assert_eq!(owners.standing("mallory-55", &mallory), Standing::Owned);
+        assert_eq!(owners.standing("mallory-59", &mallory), Standing::Owned);
+        // An ended session frees its place.
+        owners.end("mallory-59");
+        owners.bind("mallory-60", mallory.clone());
+        assert_eq!(owners.standing("mallory-55", &mallory), Standing::Owned);
+    }
+
     #[test]
     fn a_full_table_drops_the_least_recently_used() {
-        let owners = SessionOwners::new(Duration::from_secs(3600), 20);
+        let owners = SessionOwners::new(Duration::from_secs(3600), 20, 100);
         let alice = Owner::of(Some(&auth("alice", "", "")));
         let start = Instant::now();
         for n in 0..20u64 {

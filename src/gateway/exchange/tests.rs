@@ -201,3 +201,16 @@ async fn a_list_body_without_its_headers_is_withheld() {
     exchange.request_body(br#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#);
     assert_eq!(exchange.response_body(&tools_answer(), true).unwrap_err().status, 502);
 }
+
+#[tokio::test]
+async fn a_session_issued_to_no_one_is_bound_to_no_one() {
+    let gateway = gateway("");
+    let mut exchange = gateway.exchange(request("POST", "/mcp", &[]), None);
+    exchange.request_headers().await.unwrap();
+    exchange.request_body(br#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{}}"#);
+    exchange.response_headers(200, &[("mcp-session-id".into(), "s-anonymous".into())]).unwrap();
+    for headers in [&[][..], &[USER][..]] {
+        let headers = [headers, &[("mcp-session-id", "s-anonymous")]].concat();
+        assert_eq!(standing(&gateway, "POST", &headers).await.unwrap_err().status, 404);
+    }
+}
