@@ -300,9 +300,40 @@ fn target_of<'p>(
             let arguments = arguments_of(params.get("arguments"), "params.arguments", id)?;
             (Target::Mcp(Kind::Prompt, call(name, arguments)), Some(name))
         }
-        "resources/read" => {
+        // Subscribing to a resource shows its updates: decided as reading it.
+        "resources/read" | "resources/subscribe" | "resources/unsubscribe" => {
             let uri = named("uri")?;
             (Target::Mcp(Kind::Resource, call(uri, Extra::new())), Some(uri))
+        }
+        // Completing a prompt's or a resource template's arguments shows what they hold:
+        // decided as getting the prompt or reading the resource.
+        "completion/complete" => {
+            let reference = params.get("ref").and_then(Value::as_object).ok_or_else(|| {
+                McpError::new(
+                    code::INVALID_PARAMS,
+                    "`params.ref` of completion/complete must be an object",
+                    id,
+                )
+            })?;
+            exact_keys(reference, &["type", "name", "uri"], id)?;
+            let field =
+                |field: &str| reference.get(field).and_then(Value::as_str).filter(|text| !text.is_empty());
+            match (reference.get("type").and_then(Value::as_str), field("name"), field("uri")) {
+                (Some("ref/prompt"), Some(name), _) => {
+                    (Target::Mcp(Kind::Prompt, call(name, Extra::new())), Some(name))
+                }
+                (Some("ref/resource"), _, Some(uri)) => {
+                    (Target::Mcp(Kind::Resource, call(uri, Extra::new())), Some(uri))
+                }
+                _ => {
+                    return Err(McpError::new(
+                        code::INVALID_PARAMS,
+                        "`params.ref` of completion/complete must be a `ref/prompt` with a `name` or a \
+                         `ref/resource` with a `uri`",
+                        id,
+                    ))
+                }
+            }
         }
         _ => (Target::Mcp(Kind::Method, call(method, Extra::new())), None),
     })

@@ -535,3 +535,49 @@ async fn keys_a_loose_decoder_reads_as_a_decided_field_are_a_400() {
     let fine = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","_meta":{"progressToken":1},"names":[]}}"#;
     assert!(gateway.check(&request("POST", "/mcp", &[USER], fine)).await.allowed());
 }
+
+/// Found by the adversarial review: subscribing to a resource, or completing a prompt's or a
+/// resource template's arguments, reached what `resources/read` and `prompts/get` refused.
+#[tokio::test]
+async fn methods_that_name_a_prompt_or_resource_are_decided_as_using_it() {
+    let gateway = demo();
+    let admin = ("authorization", "Bearer admin-token-456");
+    let cases = [
+        (rpc(1, "resources/subscribe", &json!({ "uri": "file:///secrets" })), false),
+        (rpc(2, "resources/unsubscribe", &json!({ "uri": "file:///secrets" })), false),
+        (
+            rpc(
+                3,
+                "completion/complete",
+                &json!({ "ref": { "type": "ref/resource", "uri": "file:///docs/{x}" }, "argument": { "name": "x", "value": "" } }),
+            ),
+            false,
+        ),
+        // Users may get prompts, so they may complete their arguments.
+        (
+            rpc(
+                4,
+                "completion/complete",
+                &json!({ "ref": { "type": "ref/prompt", "name": "greeting" }, "argument": { "name": "name", "value": "A" } }),
+            ),
+            true,
+        ),
+    ];
+    for (body, user_allowed) in &cases {
+        assert_eq!(
+            gateway.check(&request("POST", "/mcp", &[USER], body)).await.allowed(),
+            *user_allowed,
+            "{body}"
+        );
+        assert!(gateway.check(&request("POST", "/mcp", &[admin], body)).await.allowed(), "{body}");
+    }
+    for params in [
+        json!({}),
+        json!({ "ref": { "type": "ref/prompt" } }),
+        json!({ "ref": { "type": "ref/other", "name": "x" } }),
+    ] {
+        let answer =
+            gateway.check(&request("POST", "/mcp", &[admin], &rpc(5, "completion/complete", &params))).await;
+        assert_eq!(answer.status(), 400, "{params}");
+    }
+}
