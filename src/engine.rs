@@ -284,16 +284,11 @@ impl Engine {
             Authentication::Anonymous => None,
             Authentication::Failed { .. } => return vec![false; entries.len()],
         };
-        let now = unix_now();
-        entries
-            .iter()
-            .map(|target| match self.prepare_listed(target) {
-                Ok(prepared) => {
-                    self.policies.could_allow(&Query { auth, resource: resource_of(&prepared), facts, now })
-                }
-                Err(_) => false,
-            })
-            .collect()
+        let prepared: Vec<Option<PreparedTarget<'_>>> =
+            entries.iter().map(|target| self.prepare_listed(target).ok()).collect();
+        let resources: Vec<Resource<'_>> = prepared.iter().flatten().map(resource_of).collect();
+        let mut decided = self.policies.could_allow_each(auth, &resources, facts, unix_now()).into_iter();
+        prepared.iter().map(|prepared| prepared.is_some() && decided.next().unwrap_or(false)).collect()
     }
 
     /// [`Engine::prepare`] for a list entry: a route-generated tool's parameters are not known.

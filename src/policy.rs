@@ -297,16 +297,50 @@ impl PolicyEngine {
     /// would have it; `@shadow` policies take no part. False when the request cannot be built.
     pub fn could_allow(&self, query: &Query<'_>) -> bool {
         let snapshot = self.current.load();
-        let Ok((request, entities)) = request::build(&self.names, &snapshot, &self.principals, query) else {
-            return false;
-        };
-        let (slice, cache) = snapshot.sliced.slice(&request, &entities, self.slice_cache_max_policies);
+        match request::build(&self.names, &snapshot, &self.principals, query) {
+            Ok((request, entities)) => self.could_allow_on(&snapshot, &request, &entities),
+            Err(_) => false,
+        }
+    }
+
+    /// [`PolicyEngine::could_allow`] for each of `resources`, asked by one caller with one set
+    /// of facts at one time (an MCP list): what every request shares is built once.
+    pub fn could_allow_each(
+        &self,
+        auth: Option<&Arc<AuthInfo>>,
+        resources: &[Resource<'_>],
+        facts: &Extra,
+        now: i64,
+    ) -> Vec<bool> {
+        let snapshot = self.current.load();
+        let mut batch =
+            request::Batch::new(&self.names, &snapshot, &self.principals, auth, facts, now).ok().flatten();
+        resources
+            .iter()
+            .map(|&resource| {
+                let batched = batch.as_mut().and_then(|batch| {
+                    batch.each(&self.names, &snapshot, resource, |request, entities| {
+                        self.could_allow_on(&snapshot, request, entities)
+                    })
+                });
+                batched.unwrap_or_else(|| self.could_allow(&Query { auth, resource, facts, now }))
+            })
+            .collect()
+    }
+
+    fn could_allow_on(
+        &self,
+        snapshot: &PolicySnapshot,
+        request: &cedar_policy::Request,
+        entities: &Entities,
+    ) -> bool {
+        let (slice, cache) = snapshot.sliced.slice(request, entities, self.slice_cache_max_policies);
         if matches!(cache, slice::Cache::Reset | slice::Cache::TooLarge) {
             crate::telemetry::metrics::metrics().slice_cache_reset();
         }
         match slice {
-            slice::Slice::Set(policies) => authorize::could_allow(&request, &entities, &policies),
-            slice::Slice::Whole => authorize::could_allow(&request, &entities, snapshot.sliced.all()),
+            slice::Slice::Set(policies) => authorize::could_allow(request, entities, &policies),
+            slice::Slice::Whole => authorize::could_allow(request, entities, snapshot.sliced.all()),
         }
     }
 

@@ -87,7 +87,7 @@ fn median(mut values: Vec<f64>) -> f64 {
 }
 
 async fn tools_seen(envoy: &Envoy) -> usize {
-    let answer: Value = reqwest::Client::builder()
+    let response = reqwest::Client::builder()
         .no_proxy()
         .build()
         .unwrap()
@@ -97,10 +97,11 @@ async fn tools_seen(envoy: &Envoy) -> usize {
         .json(&serde_json::from_str::<Value>(LIST).unwrap())
         .send()
         .await
-        .unwrap()
-        .json()
-        .await
         .unwrap();
+    let status = response.status();
+    let text = response.text().await.unwrap();
+    let answer: Value =
+        serde_json::from_str(&text).unwrap_or_else(|error| panic!("{status} {error}: {text:.300}"));
     answer["result"]["tools"].as_array().unwrap_or_else(|| panic!("no tools: {answer}")).len()
 }
 

@@ -12,6 +12,7 @@ use cedar_policy_core::ast::{self, PartialValue};
 use cedar_policy_core::entities::{Dereference, Entities as CoreEntities, NoEntitiesSchema, TCComputation};
 use cedar_policy_core::extensions::Extensions;
 use dashmap::DashMap;
+use ref_cast::RefCast;
 use smol_str::SmolStr;
 
 use super::{PolicySnapshot, Query, Resource};
@@ -349,20 +350,7 @@ pub(super) fn with_request_entities(
         return base.clone().add_entities(added, None).map_err(|error| error.to_string());
     }
     let store: &CoreEntities = base.as_ref();
-    let closed = added.into_iter().map(|mut entity| {
-        let inherited: Vec<_> = entity
-            .parents()
-            .filter_map(|parent| match store.entity(parent) {
-                Dereference::Data(parent) => Some(parent.ancestors().cloned()),
-                Dereference::NoSuchEntity | Dereference::Residual(_) => None,
-            })
-            .flatten()
-            .collect();
-        for ancestor in inherited {
-            entity.add_indirect_ancestor(ancestor);
-        }
-        Arc::new(entity)
-    });
+    let closed = added.into_iter().map(|entity| Arc::new(closed_leaf(store, entity)));
     let added = std::iter::once(Arc::clone(principal)).chain(closed);
     store
         .clone()
@@ -374,6 +362,112 @@ pub(super) fn with_request_entities(
         )
         .map(Entities::from)
         .map_err(|error| error.to_string())
+}
+
+/// `entity`, a leaf new to `store` (closed), with its parents' ancestors as its own: what
+/// Cedar's closure would give it.
+fn closed_leaf(store: &CoreEntities, mut entity: ast::Entity) -> ast::Entity {
+    let inherited: Vec<_> = entity
+        .parents()
+        .filter_map(|parent| match store.entity(parent) {
+            Dereference::Data(parent) => Some(parent.ancestors().cloned()),
+            Dereference::NoSuchEntity | Dereference::Residual(_) => None,
+        })
+        .flatten()
+        .collect();
+    for ancestor in inherited {
+        entity.add_indirect_ancestor(ancestor);
+    }
+    entity
+}
+
+/// One caller's requests for many resources (the entries of an MCP list): what a request
+/// builds every time (the prepared principal, the context, the facts, the store with the
+/// static entities and the principal) is built once, and each resource passes through the
+/// one store: added, decided, removed. INVARIANT: each request sees the store
+/// [`build`] would give it (`policy::tests::slicing::an_unlisted_tool_is_denied_for_every_argument`
+/// holds the batch to single decisions).
+pub(super) struct Batch {
+    principal: EntityUid,
+    context: Context,
+    /// `None` once a resource could not pass (the rest are then built one by one).
+    store: Option<CoreEntities>,
+}
+
+impl Batch {
+    /// The batch for `auth` with `facts` at `now`; `None` when the static entities name a
+    /// request entity as an ancestor (each request then has its closure computed by Cedar).
+    pub(super) fn new(
+        names: &Names,
+        snapshot: &PolicySnapshot,
+        cache: &PrincipalCache,
+        auth: Option<&Arc<AuthInfo>>,
+        facts: &Extra,
+        now: i64,
+    ) -> Result<Option<Self>, String> {
+        if !snapshot.request_ancestors.is_empty() {
+            return Ok(None);
+        }
+        let prepared = match auth {
+            Some(auth) => cache.get(names, snapshot, auth)?,
+            None => Arc::clone(&snapshot.anonymous),
+        };
+        let context = prepared.context_at(names, auth.map(Arc::as_ref), now)?;
+        let base: &CoreEntities = snapshot.base_entities.as_ref();
+        let mut added = vec![Arc::clone(&prepared.principal)];
+        if !facts.is_empty() {
+            added.push(Arc::new(closed_leaf(base, facts_entity(names, facts))));
+        }
+        let store = base
+            .clone()
+            .add_entities(
+                added,
+                None::<&NoEntitiesSchema>,
+                TCComputation::AssumeAlreadyComputed,
+                Extensions::all_available(),
+            )
+            .map_err(|error| error.to_string())?;
+        Ok(Some(Self { principal: prepared.uid.clone(), context, store: Some(store) }))
+    }
+
+    /// `decide` over the request for `resource` and its store; `None` when the resource could
+    /// not be added (the caller builds that request alone).
+    pub(super) fn each<T>(
+        &mut self,
+        names: &Names,
+        snapshot: &PolicySnapshot,
+        resource: Resource<'_>,
+        decide: impl FnOnce(&Request, &Entities) -> T,
+    ) -> Option<T> {
+        if let Resource::Route { method, .. } = resource {
+            if !snapshot.route_actions.contains(method) {
+                return None;
+            }
+        }
+        let (action, entity) = resource_entity(names, resource);
+        let store = self.store.take()?;
+        let entity = closed_leaf(&store, entity);
+        let uid = entity.uid().clone();
+        let store = store
+            .add_entities(
+                [Arc::new(entity)],
+                None::<&NoEntitiesSchema>,
+                TCComputation::AssumeAlreadyComputed,
+                Extensions::all_available(),
+            )
+            .ok()?;
+        let request = Request::new(
+            self.principal.clone(),
+            action,
+            EntityUid::from(uid.clone()),
+            self.context.clone(),
+            None,
+        );
+        let decided = request.ok().map(|request| decide(&request, Entities::ref_cast(&store)));
+        // No entity has the resource as an ancestor: removing it touches nothing else.
+        self.store = store.remove_entities([uid], TCComputation::AssumeAlreadyComputed).ok();
+        decided
+    }
 }
 
 /// The most entities a request adds to its store: the principal, the resource, the facts.

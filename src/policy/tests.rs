@@ -1023,6 +1023,19 @@ mod slicing {
                     .filter(|set| engine.evaluate(&Query { auth: auth.as_ref(), resource: tool(set), facts: &facts, now: *now }).allowed)
                     .collect();
                 prop_assert!(listed || reached.is_empty(), "{} unlisted for {:?}, yet {:?} is allowed", name, caller, reached);
+                // A list decided in one batch is decided as each entry alone.
+                let names: Vec<String> = (0..5).map(|n| format!("t{n}")).collect();
+                let mut batch: Vec<Resource<'_>> = names
+                    .iter()
+                    .map(|name| Resource::Mcp { kind: McpKind::Tool, name, server: &server, arguments: &none })
+                    .collect();
+                batch.push(Resource::Route { method: "GET", path: "/r0", template: "/r0", params: &[] });
+                batch.push(Resource::Route { method: "BREW", path: "/r1", template: "/r1", params: &[] });
+                let alone: Vec<bool> = batch
+                    .iter()
+                    .map(|&resource| engine.could_allow(&Query { auth: auth.as_ref(), resource, facts: &facts, now: *now }))
+                    .collect();
+                prop_assert_eq!(engine.could_allow_each(auth.as_ref(), &batch, &facts, *now), alone);
             }
         }
     }
