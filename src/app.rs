@@ -317,7 +317,19 @@ impl App {
                 TrustedProxies::new(self.config.gateway.trusted_proxies.clone()),
             )))
             .add_service(AuthorizationServer::new(ExtAuthzService::new(Arc::clone(&self.gateway))))
-            .add_service(ExternalProcessorServer::new(ExtProcService::new(Arc::clone(&self.gateway))))
+            // A list answer up to `max_list_bytes` arrives in one message, with room for the
+            // rest of it (tonic's default bound is 4 MiB).
+            .add_service(
+                ExternalProcessorServer::new(ExtProcService::new(Arc::clone(&self.gateway)))
+                    .max_decoding_message_size(
+                        self.config
+                            .gateway
+                            .mcp_exchange
+                            .max_list_bytes
+                            .saturating_add(64 * 1024)
+                            .max(4 << 20),
+                    ),
+            )
             .add_service(proto::admin_server::AdminServer::new(AdminService::new(
                 self.config.admin.token_sha256.map(|digest| digest.0),
                 self.token_caches.clone(),

@@ -54,17 +54,16 @@ impl McpError {
 /// (Kelvin) as `k`; some decoders stop a key at a NUL. A body cedargate decides by `name` must
 /// not carry a `Name` the server runs instead.
 pub fn poses_as(key: &str, known: &str) -> bool {
-    let fold = |text: &str| -> String {
-        let text = text.split('\0').next().unwrap_or_default();
-        text.chars()
-            .map(|c| match c {
-                '\u{17f}' => 's',
-                '\u{212a}' => 'k',
-                c => c.to_ascii_lowercase(),
-            })
-            .collect()
-    };
-    key != known && fold(key) == fold(known)
+    key != known && folded(key).eq(folded(known))
+}
+
+/// `text` as a loose decoder compares keys: up to a NUL, ASCII case and `ſ`/`K` folded.
+fn folded(text: &str) -> impl Iterator<Item = char> + '_ {
+    text.chars().take_while(|c| *c != '\0').map(|c| match c {
+        '\u{17f}' => 's',
+        '\u{212a}' => 'k',
+        c => c.to_ascii_lowercase(),
+    })
 }
 
 /// The first key of `object` that poses as one of `known` ([`poses_as`]).
