@@ -307,8 +307,17 @@ impl Gateway {
     /// Whether `request` is to a JSON-RPC MCP endpoint, whatever its method: an exchange
     /// cedargate's ext_proc filter follows ([`exchange`]).
     pub fn is_mcp_exchange(&self, request: &GatewayRequest) -> bool {
+        self.jsonrpc_endpoint(request).is_some()
+    }
+
+    /// The server of the JSON-RPC MCP endpoint `request` is to, if it is to one.
+    fn jsonrpc_endpoint(&self, request: &GatewayRequest) -> Option<&str> {
         let path = request.path_only();
-        self.settings.mcp.iter().any(|(endpoint, shape, _)| endpoint == path && *shape == McpShape::Jsonrpc)
+        self.settings
+            .mcp
+            .iter()
+            .find(|(endpoint, shape, _)| endpoint == path && *shape == McpShape::Jsonrpc)
+            .map(|(_, _, server)| server.as_str())
     }
 
     /// Whether `request` is a POST to an MCP endpoint, and of which shape and server. The path

@@ -12,6 +12,7 @@
 //! The stream fails closed: a message out of order or a stream error ends it with a gRPC
 //! error, and Envoy (with `failure_mode_allow: false`) answers the client with an error.
 
+use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -28,6 +29,7 @@ use envoy_types::pb::envoy::service::ext_proc::v3::{
     HttpHeaders, ImmediateResponse, ProcessingRequest, ProcessingResponse,
 };
 use envoy_types::pb::google::protobuf::value::Kind;
+use envoy_types::pb::google::protobuf::Struct;
 use futures_util::Stream;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -105,21 +107,14 @@ async fn answer(
 ) -> Result<ProcessingResponse, Status> {
     use processing_request::Request as Part;
     use processing_response::Response as Answer;
-    let decided = ext_authz_view(message.metadata_context.as_ref());
-    let source_ip = message
-        .attributes
-        .values()
-        .find_map(|attributes| attributes.fields.get("source.address"))
-        .and_then(|value| match &value.kind {
-            Some(Kind::StringValue(address)) => Some(address.clone()),
-            _ => None,
-        })
-        .map(|address| host_of(&address).to_owned())
-        .unwrap_or_default();
+    // Read once: the first message that carries it (the request headers when this filter
+    // comes after ext_authz, the response headers when before).
+    let awaited = exchange.as_ref().is_none_or(Exchange::awaits_ext_authz);
+    let decided = if awaited { ext_authz_view(message.metadata_context.as_ref()) } else { None };
     match message.request {
         Some(Part::RequestHeaders(headers)) => {
-            let request = gateway_request(&headers, source_ip);
-            let started = exchange.insert(gateway.exchange(request, decided.auth.clone()));
+            let request = gateway_request(&headers, source_ip(&message.attributes));
+            let started = exchange.insert(gateway.exchange(request));
             started.decided(decided);
             match started.request_headers().await {
                 Ok(Interest::Exchange) => Ok(ProcessingResponse {
@@ -161,8 +156,9 @@ async fn answer(
         }
         Some(Part::RequestBody(body)) => {
             if let Some(exchange) = exchange.as_mut() {
-                exchange.decided(decided);
-                exchange.request_body(&body.body);
+                if let Err(reply) = exchange.decided(decided).request_body(&body.body) {
+                    return Ok(immediate(reply));
+                }
             }
             Ok(ProcessingResponse {
                 response: Some(Answer::RequestBody(BodyResponse::default())),
@@ -248,30 +244,44 @@ fn out_of_order() -> Status {
 }
 
 /// What cedargate's ext_authz filter decided this request with, when the proxy forwards its
-/// metadata namespace to this filter: the caller (`auth_info`), the facts and the server.
-fn ext_authz_view(metadata: Option<&Metadata>) -> Decided {
-    let Some(fields) = metadata.and_then(|metadata| metadata.filter_metadata.get(EXT_AUTHZ_NAMESPACE)) else {
-        return Decided::default();
-    };
-    let text = |name: &str| match fields.fields.get(name).and_then(|value| value.kind.as_ref()) {
+/// metadata namespace to this filter and ext_authz has run: the caller (`auth_info`, absent
+/// for one without a credential), the facts and the server. `None` until then (the facts are
+/// written for every MCP exchange).
+fn ext_authz_view(metadata: Option<&Metadata>) -> Option<Decided> {
+    let fields = &metadata?.filter_metadata.get(EXT_AUTHZ_NAMESPACE)?.fields;
+    let text = |name: &str| match fields.get(name).and_then(|value| value.kind.as_ref()) {
         Some(Kind::StringValue(text)) => Some(text.as_str()),
         _ => None,
     };
-    let auth = text("auth_info").and_then(|json| match auth_info_from_record(json) {
-        Ok(auth) => Some(Arc::new(auth)),
-        Err(error) => {
-            tracing::warn!(%error, "the ext_authz metadata's auth_info does not read; the credential is resolved again");
-            None
-        }
-    });
-    let facts = text("facts").and_then(|json| match serde_json::from_str::<Extra>(json) {
-        Ok(facts) => Some(facts),
+    let facts = match serde_json::from_str::<Extra>(text("facts")?) {
+        Ok(facts) => facts,
         Err(error) => {
             tracing::warn!(%error, "the ext_authz metadata's facts do not read; cedargate's own are used");
-            None
+            return None;
         }
-    });
-    Decided { auth, facts, server: text("server").map(str::to_owned) }
+    };
+    let auth = match text("auth_info").map(auth_info_from_record) {
+        None => None,
+        Some(Ok(auth)) => Some(Arc::new(auth)),
+        Some(Err(error)) => {
+            // Not taken for a caller without a credential: this view is not used at all.
+            tracing::warn!(%error, "the ext_authz metadata's auth_info does not read; the credential is resolved again");
+            return None;
+        }
+    };
+    Some(Decided { auth, facts, server: text("server").map(str::to_owned) })
+}
+
+/// The client's address from the `source.address` attribute, without its port; "" without it.
+fn source_ip(attributes: &HashMap<String, Struct>) -> String {
+    attributes
+        .values()
+        .find_map(|attributes| attributes.fields.get("source.address"))
+        .and_then(|value| match &value.kind {
+            Some(Kind::StringValue(address)) => Some(host_of(address).to_owned()),
+            _ => None,
+        })
+        .unwrap_or_default()
 }
 
 /// `host` of `host:port` or `[v6]:port`.

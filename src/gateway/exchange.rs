@@ -12,7 +12,6 @@ use serde_json::Value;
 use super::listing::{self, Answer, ListKind, Trimmed};
 use super::mcp_sessions::{Owner, Standing};
 use super::{facts, jsonrpc_error, mcp, Gateway, GatewayRequest};
-use crate::config::McpShape;
 use crate::engine::Authentication;
 use crate::model::{AuthInfo, Extra, Scheme};
 use crate::telemetry::metrics::metrics;
@@ -45,12 +44,12 @@ impl Reply {
 /// passed it on (its dynamic metadata): a list entry is decided as a call of it would be, with
 /// the facts only ext_authz sees (the route's context extensions, the peer certificate) and
 /// the server the route names.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Decided {
-    /// The caller.
+    /// The caller; `None` for one without a credential.
     pub auth: Option<Arc<AuthInfo>>,
     /// The request facts.
-    pub facts: Option<Extra>,
+    pub facts: Extra,
     /// The MCP server.
     pub server: Option<String>,
 }
@@ -81,8 +80,6 @@ pub enum Body {
 pub struct Exchange {
     gateway: Arc<Gateway>,
     request: GatewayRequest,
-    /// The identity the proxy's ext_authz filter established, if it passed one on.
-    identity: Option<Arc<AuthInfo>>,
     server: String,
     authentication: Option<Authentication>,
     method: Option<String>,
@@ -90,25 +87,22 @@ pub struct Exchange {
     list: Option<ListKind>,
     response: Option<(bool, String)>,
     /// What ext_authz decided the request with, once known.
-    decided: Decided,
+    decided: Option<Decided>,
 }
 
 impl Gateway {
-    /// An exchange starting with `request`'s headers. `identity` is the caller as cedargate's
-    /// ext_authz decided it for this same request, when the proxy passes it on; without it
-    /// the credential in the headers is resolved again.
-    pub fn exchange(self: &Arc<Self>, request: GatewayRequest, identity: Option<Arc<AuthInfo>>) -> Exchange {
+    /// An exchange starting with `request`'s headers.
+    pub fn exchange(self: &Arc<Self>, request: GatewayRequest) -> Exchange {
         Exchange {
             gateway: Arc::clone(self),
             request,
-            identity,
             server: String::new(),
             authentication: None,
             method: None,
             id: Value::Null,
             list: None,
             response: None,
-            decided: Decided::default(),
+            decided: None,
         }
     }
 }
@@ -117,22 +111,17 @@ impl Exchange {
     /// The request headers: whether the exchange is cedargate's to follow, or the answer the
     /// client gets instead (a session id that is not the caller's).
     pub async fn request_headers(&mut self) -> Result<Interest, Reply> {
-        let path = self.request.path_only();
-        let Some(server) = self
-            .gateway
-            .settings
-            .mcp
-            .iter()
-            .find(|(endpoint, shape, _)| endpoint == path && *shape == McpShape::Jsonrpc)
-            .map(|(_, _, server)| server.clone())
-        else {
+        let Some(server) = self.gateway.jsonrpc_endpoint(&self.request).map(str::to_owned) else {
             return Ok(Interest::None);
         };
         self.server = server;
-        let authentication = match self.identity.take() {
-            Some(auth) => {
-                Authentication::Authenticated { auth, scheme: Scheme::Bearer, fingerprint: String::new() }
-            }
+        // A body-less request decided on its Mcp-Method header (`gateway.mcp_trust_headers`)
+        // is a list request by it; a body must agree (ext_authz checks that).
+        self.list = self.request.header("mcp-method").and_then(ListKind::of_method);
+        // The caller as cedargate's ext_authz decided it for this request, when this filter
+        // comes after it; else the credential is resolved again.
+        let authentication = match self.decided.as_ref().and_then(|decided| decided.auth.clone()) {
+            Some(auth) => authenticated(auth),
             None => match self.gateway.credential(&self.request) {
                 Ok(Some((value, _))) => self.gateway.engine.authenticate(&value).await,
                 Ok(None) => Authentication::Anonymous,
@@ -154,6 +143,17 @@ impl Exchange {
             ));
         }
         let session = self.gateway.sessions.as_ref().zip(ids.first().copied());
+        if let (Some(_), Authentication::Failed { error, .. }) = (&session, &authentication) {
+            // Refused as ext_authz refuses it, never taken for a caller without a credential
+            // (whose answer would be "another caller's session").
+            let (status, reason) = if matches!(error, crate::credential::CredentialError::Unavailable { .. })
+            {
+                (503, super::UNAVAILABLE_REASON)
+            } else {
+                (401, "the credential is not valid")
+            };
+            return Err(Reply::jsonrpc(status, &Value::Null, mcp::code::UNAUTHORIZED, reason));
+        }
         if let Some((sessions, session_id)) = session {
             match sessions.standing(session_id, &owner(&authentication)) {
                 Standing::Owned => {}
@@ -181,13 +181,17 @@ impl Exchange {
         Ok(Interest::Exchange)
     }
 
-    /// Takes what ext_authz decided the request with, as each message from the proxy may
-    /// carry it (it is known once ext_authz ran); what is already known stays.
-    pub fn decided(&mut self, decided: Decided) -> &mut Self {
-        let known = &mut self.decided;
-        known.auth = known.auth.take().or(decided.auth);
-        known.facts = known.facts.take().or(decided.facts);
-        known.server = known.server.take().or(decided.server);
+    /// Whether what ext_authz decided the request with is still to be learnt (it comes with
+    /// the proxy's messages once ext_authz ran).
+    pub fn awaits_ext_authz(&self) -> bool {
+        self.decided.is_none()
+    }
+
+    /// Takes what ext_authz decided the request with; the first that comes stays.
+    pub fn decided(&mut self, decided: Option<Decided>) -> &mut Self {
+        if self.decided.is_none() {
+            self.decided = decided;
+        }
         self
     }
 
@@ -204,17 +208,28 @@ impl Exchange {
     }
 
     /// The request body: which method is asked, and so whether its answer needs trimming.
-    pub fn request_body(&mut self, body: &[u8]) {
-        // The body was decided by ext_authz, which refuses one that does not parse; this only
-        // needs its method and id.
+    ///
+    /// Fails, as ext_authz does, on a body that is not one JSON-RPC object with a string
+    /// method (or none, a response): a list request cedargate could not read would have its
+    /// answer passed untrimmed.
+    pub fn request_body(&mut self, body: &[u8]) -> Result<(), Reply> {
+        if body.iter().all(u8::is_ascii_whitespace) {
+            return Ok(());
+        }
+        let unreadable = |reason: &str| Reply::jsonrpc(400, &Value::Null, mcp::code::INVALID_REQUEST, reason);
         let Ok(Value::Object(message)) = serde_json::from_slice::<Value>(body) else {
-            return;
+            return Err(unreadable("the MCP request body is not one JSON-RPC object"));
         };
         self.id = message.get("id").cloned().unwrap_or(Value::Null);
-        if let Some(method) = message.get("method").and_then(Value::as_str) {
-            self.list = ListKind::of_method(method);
-            self.method = Some(method.to_owned());
+        match message.get("method") {
+            Some(Value::String(method)) => {
+                self.list = ListKind::of_method(method);
+                self.method = Some(method.clone());
+            }
+            None => {}
+            Some(_) => return Err(unreadable("`method` must be a string")),
         }
+        Ok(())
     }
 
     /// The response headers: sessions are bound and ended here. Whether and how the response
@@ -285,9 +300,10 @@ impl Exchange {
         };
         // As a call of the entry would be decided: with ext_authz's facts, server and caller
         // when the proxy passed them on, else with what this filter saw.
-        let mut facts = self.decided.facts.clone().unwrap_or_else(|| facts(&self.request, None));
+        let decided = self.decided.as_ref();
+        let mut facts = decided.map_or_else(|| facts(&self.request, None), |decided| decided.facts.clone());
         facts.insert("mcp_method".to_owned(), Value::from(kind.call_method()));
-        let server = self.decided.server.as_deref().unwrap_or(&self.server);
+        let server = decided.and_then(|decided| decided.server.as_deref()).unwrap_or(&self.server);
         let answer = Answer {
             kind,
             server,
@@ -296,13 +312,9 @@ impl Exchange {
             max_bytes: self.gateway.settings.max_list_bytes,
         };
         let decided_as;
-        let authentication = match &self.decided.auth {
+        let authentication = match decided.and_then(|decided| decided.auth.clone()) {
             Some(auth) => {
-                decided_as = Authentication::Authenticated {
-                    auth: Arc::clone(auth),
-                    scheme: Scheme::Bearer,
-                    fingerprint: String::new(),
-                };
+                decided_as = authenticated(auth);
                 &decided_as
             }
             None => authentication,
@@ -325,6 +337,11 @@ impl Exchange {
         let message = format!("cedargate withheld the MCP server's {} answer: {reason}", kind.method());
         Reply::jsonrpc(502, &self.id, WITHHELD, &message)
     }
+}
+
+/// A caller ext_authz established.
+fn authenticated(auth: Arc<AuthInfo>) -> Authentication {
+    Authentication::Authenticated { auth, scheme: Scheme::Bearer, fingerprint: String::new() }
 }
 
 fn owner(authentication: &Authentication) -> Owner {

@@ -47,9 +47,13 @@ async fn listed(
     headers: &[(&str, &str)],
     identity: Option<Arc<AuthInfo>>,
 ) -> Vec<String> {
-    let mut exchange = gateway.exchange(request("POST", "/mcp", headers), identity);
+    let mut exchange = gateway.exchange(request("POST", "/mcp", headers));
+    let facts = Extra::new();
+    exchange.decided(identity.map(|auth| Decided { auth: Some(auth), facts, server: None }));
     assert_eq!(exchange.request_headers().await.unwrap(), Interest::Exchange);
-    exchange.request_body(br#"{"jsonrpc":"2.0","id":4,"method":"tools/list","params":{"cursor":"1"}}"#);
+    exchange
+        .request_body(br#"{"jsonrpc":"2.0","id":4,"method":"tools/list","params":{"cursor":"1"}}"#)
+        .unwrap();
     assert_eq!(
         exchange.response_headers(200, &[("content-type".into(), "application/json".into())]),
         Ok(Body::UpTo(1 << 20))
@@ -86,13 +90,15 @@ async fn each_caller_is_listed_the_tools_it_could_call() {
 #[tokio::test]
 async fn other_paths_and_other_methods_are_not_followed_or_changed() {
     let gateway = gateway("");
-    let mut exchange = gateway.exchange(request("GET", "/user/profile", &[USER]), None);
+    let mut exchange = gateway.exchange(request("GET", "/user/profile", &[USER]));
     assert_eq!(exchange.request_headers().await.unwrap(), Interest::None);
-    let mut exchange = gateway.exchange(request("POST", "/mcp/invoke", &[USER]), None);
+    let mut exchange = gateway.exchange(request("POST", "/mcp/invoke", &[USER]));
     assert_eq!(exchange.request_headers().await.unwrap(), Interest::None);
-    let mut exchange = gateway.exchange(request("POST", "/mcp", &[USER]), None);
+    let mut exchange = gateway.exchange(request("POST", "/mcp", &[USER]));
     exchange.request_headers().await.unwrap();
-    exchange.request_body(br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo"}}"#);
+    exchange
+        .request_body(br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo"}}"#)
+        .unwrap();
     assert_eq!(
         exchange.response_headers(200, &[("content-type".into(), "application/json".into())]),
         Ok(Body::Unwanted)
@@ -102,9 +108,9 @@ async fn other_paths_and_other_methods_are_not_followed_or_changed() {
 #[tokio::test]
 async fn an_unreadable_list_answer_is_replaced_by_an_error() {
     let gateway = gateway("");
-    let mut exchange = gateway.exchange(request("POST", "/mcp", &[USER]), None);
+    let mut exchange = gateway.exchange(request("POST", "/mcp", &[USER]));
     exchange.request_headers().await.unwrap();
-    exchange.request_body(br#"{"jsonrpc":"2.0","id":"q","method":"prompts/list"}"#);
+    exchange.request_body(br#"{"jsonrpc":"2.0","id":"q","method":"prompts/list"}"#).unwrap();
     let json = ("content-type".to_owned(), "application/json".to_owned());
     let length = |length: &str| ("content-length".to_owned(), length.to_owned());
     // A known length small enough is buffered whole; a larger one is withheld at once.
@@ -129,15 +135,15 @@ async fn an_unreadable_list_answer_is_replaced_by_an_error() {
 }
 
 async fn standing(gateway: &Arc<Gateway>, method: &str, headers: &[(&str, &str)]) -> Result<Interest, Reply> {
-    gateway.exchange(request(method, "/mcp", headers), None).request_headers().await
+    gateway.exchange(request(method, "/mcp", headers)).request_headers().await
 }
 
 #[tokio::test]
 async fn a_session_is_refused_to_anyone_but_the_caller_it_was_issued_to() {
     let gateway = gateway("");
-    let mut exchange = gateway.exchange(request("POST", "/mcp", &[USER]), None);
+    let mut exchange = gateway.exchange(request("POST", "/mcp", &[USER]));
     exchange.request_headers().await.unwrap();
-    exchange.request_body(br#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{}}"#);
+    exchange.request_body(br#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{}}"#).unwrap();
     exchange.response_headers(200, &[("mcp-session-id".into(), "s-1".into())]).unwrap();
     let session = ("mcp-session-id", "s-1");
     for method in ["POST", "GET", "DELETE"] {
@@ -151,13 +157,13 @@ async fn a_session_is_refused_to_anyone_but_the_caller_it_was_issued_to() {
     // An id never issued here is unknown: the client starts over.
     assert_eq!(standing(&gateway, "POST", &[USER, ("mcp-session-id", "s-2")]).await.unwrap_err().status, 404);
     // A failed initialize binds nothing.
-    let mut exchange = gateway.exchange(request("POST", "/mcp", &[USER]), None);
+    let mut exchange = gateway.exchange(request("POST", "/mcp", &[USER]));
     exchange.request_headers().await.unwrap();
-    exchange.request_body(br#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{}}"#);
+    exchange.request_body(br#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{}}"#).unwrap();
     exchange.response_headers(500, &[("mcp-session-id".into(), "s-3".into())]).unwrap();
     assert_eq!(standing(&gateway, "POST", &[USER, ("mcp-session-id", "s-3")]).await.unwrap_err().status, 404);
     // Ended by its owner, the session is gone.
-    let mut exchange = gateway.exchange(request("DELETE", "/mcp", &[USER, session]), None);
+    let mut exchange = gateway.exchange(request("DELETE", "/mcp", &[USER, session]));
     exchange.request_headers().await.unwrap();
     exchange.response_headers(200, &[]).unwrap();
     assert_eq!(standing(&gateway, "POST", &[USER, session]).await.unwrap_err().status, 404);
@@ -185,10 +191,10 @@ async fn a_session_id_is_one_header_with_one_value() {
 #[tokio::test]
 async fn a_stream_is_never_replayed_past_the_trimming() {
     let gateway = gateway("");
-    let mut exchange = gateway.exchange(request("GET", "/mcp", &[USER, ("last-event-id", "stream_1")]), None);
+    let mut exchange = gateway.exchange(request("GET", "/mcp", &[USER, ("last-event-id", "stream_1")]));
     exchange.request_headers().await.unwrap();
     assert_eq!(exchange.request_headers_to_remove(), ["last-event-id"]);
-    let mut exchange = gateway.exchange(request("GET", "/mcp", &[USER]), None);
+    let mut exchange = gateway.exchange(request("GET", "/mcp", &[USER]));
     exchange.request_headers().await.unwrap();
     assert!(exchange.request_headers_to_remove().is_empty());
 }
@@ -196,21 +202,48 @@ async fn a_stream_is_never_replayed_past_the_trimming() {
 #[tokio::test]
 async fn a_list_body_without_its_headers_is_withheld() {
     let gateway = gateway("");
-    let mut exchange = gateway.exchange(request("POST", "/mcp", &[USER]), None);
+    let mut exchange = gateway.exchange(request("POST", "/mcp", &[USER]));
     exchange.request_headers().await.unwrap();
-    exchange.request_body(br#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#);
+    exchange.request_body(br#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#).unwrap();
     assert_eq!(exchange.response_body(&tools_answer(), true).unwrap_err().status, 502);
 }
 
 #[tokio::test]
 async fn a_session_issued_to_no_one_is_bound_to_no_one() {
     let gateway = gateway("");
-    let mut exchange = gateway.exchange(request("POST", "/mcp", &[]), None);
+    let mut exchange = gateway.exchange(request("POST", "/mcp", &[]));
     exchange.request_headers().await.unwrap();
-    exchange.request_body(br#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{}}"#);
+    exchange.request_body(br#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{}}"#).unwrap();
     exchange.response_headers(200, &[("mcp-session-id".into(), "s-anonymous".into())]).unwrap();
     for headers in [&[][..], &[USER][..]] {
         let headers = [headers, &[("mcp-session-id", "s-anonymous")]].concat();
         assert_eq!(standing(&gateway, "POST", &headers).await.unwrap_err().status, 404);
     }
+}
+
+#[tokio::test]
+async fn a_request_cedargate_cannot_read_is_refused_not_passed() {
+    let gateway = gateway("");
+    for body in [
+        &b"[{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/list\"}]"[..],
+        b"{\"method\":",
+        b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":7}",
+    ] {
+        let mut exchange = gateway.exchange(request("POST", "/mcp", &[USER]));
+        exchange.request_headers().await.unwrap();
+        assert_eq!(exchange.request_body(body).unwrap_err().status, 400);
+    }
+    // A body-less request decided on its Mcp-Method header is a list request by it.
+    let mut exchange = gateway.exchange(request("POST", "/mcp", &[USER, ("mcp-method", "tools/list")]));
+    exchange.request_headers().await.unwrap();
+    let json = ("content-type".to_owned(), "application/json".to_owned());
+    assert_eq!(exchange.response_headers(200, &[json]), Ok(Body::UpTo(1 << 20)));
+}
+
+#[tokio::test]
+async fn a_failing_credential_with_a_session_gets_the_credentials_answer() {
+    let gateway = gateway("");
+    let refused =
+        standing(&gateway, "POST", &[("authorization", "Bearer nope"), ("mcp-session-id", "s-1")]).await;
+    assert_eq!(refused.unwrap_err().status, 401);
 }
