@@ -9,20 +9,13 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
 
 use cedargate::api::proto;
 use cedargate::config::Config;
+use common::upstream::McpServer;
 use common::TestServer;
 use prost_types::value::Kind;
 use serde_json::{json, Value};
-
-const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
 const USER: &str = "Bearer user-token-123";
 const ADMIN: &str = "Bearer admin-token-456";
@@ -41,68 +34,6 @@ const ALL_TOOLS: [&str; 7] = [
 const USER_TOOLS: [&str; 5] = ["echo", "whoami", "read_file", "GET_/user/profile", "GET_/public/info"];
 const PUBLIC_TOOLS: [&str; 1] = ["GET_/public/info"];
 
-/// `node .tools/mcp/filtered_server.mjs` asking cedargate at `grpc`; killed when dropped.
-struct FilteredServer {
-    addr: SocketAddr,
-    child: Child,
-}
-
-impl FilteredServer {
-    /// Starts node and waits for its port line, off the runtime (which serves cedargate too).
-    async fn start(grpc: SocketAddr) -> Self {
-        tokio::task::spawn_blocking(move || Self::start_blocking(grpc)).await.unwrap()
-    }
-
-    fn start_blocking(grpc: SocketAddr) -> Self {
-        let script = Path::new(ROOT).join(".tools/mcp/filtered_server.mjs");
-        assert!(script.exists(), "{} is missing: run scripts/install-test-deps.sh", script.display());
-        let mut child = Command::new("node")
-            .arg(&script)
-            .env("CEDARGATE_GRPC", grpc.to_string())
-            .env("CEDARGATE_PROTO", Path::new(ROOT).join("proto"))
-            .env("PORT", "0")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("node starts (run scripts/install-test-deps.sh)");
-        // The one stdout line is read on a thread so a hung server fails the test after a timeout
-        // instead of blocking it for ever.
-        let stdout = child.stdout.take().unwrap();
-        let (line_tx, line_rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = line_tx.send(line);
-        });
-        // From here on a panic kills node on the way out.
-        let mut server = Self { addr: SocketAddr::from(([127, 0, 0, 1], 0)), child };
-        let line = line_rx.recv_timeout(Duration::from_secs(20)).unwrap_or_else(|_| {
-            panic!("filtered_server.mjs did not print `listening on <port>` within 20 s")
-        });
-        let port = match line.trim().strip_prefix("listening on ").map(str::parse::<u16>) {
-            Some(Ok(port)) => port,
-            _ => {
-                let status = server.child.try_wait();
-                panic!("filtered_server.mjs did not start: stdout {line:?}, exit {status:?}")
-            }
-        };
-        server.addr.set_port(port);
-        server
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}/mcp", self.addr)
-    }
-}
-
-impl Drop for FilteredServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// A call of each of the server's tools, with arguments a call of it may be allowed with.
 fn every_call() -> Value {
     let tool = |name: &str, arguments: Value| json!({ "kind": "tool", "name": name, "arguments": arguments });
@@ -118,22 +49,15 @@ fn every_call() -> Value {
     )
 }
 
-/// What the real MCP client saw: `node lister.mjs` against `url` with `authorization` (none when
-/// `None`), making `calls`. Run without blocking the runtime.
+/// What the real MCP client saw with `authorization` (none when `None`).
 async fn lister(url: &str, authorization: Option<&str>, calls: &Value) -> Value {
-    let script = Path::new(ROOT).join(".tools/mcp/lister.mjs");
-    assert!(script.exists(), "{} is missing: run scripts/install-test-deps.sh", script.display());
-    let mut command = Command::new("node");
-    command.arg(&script);
-    if let Some(authorization) = authorization {
-        command.args(["-H", &format!("Authorization: {authorization}")]);
-    }
-    command.arg(url).arg(calls.to_string());
-    let output = tokio::task::spawn_blocking(move || command.output()).await.unwrap().expect("node runs");
-    assert!(output.status.success(), "lister failed: {}", String::from_utf8_lossy(&output.stderr));
-    serde_json::from_slice(&output.stdout).unwrap_or_else(|error| {
-        panic!("lister printed no JSON ({error}): {}", String::from_utf8_lossy(&output.stdout))
-    })
+    let header = authorization.map(|authorization| format!("Authorization: {authorization}"));
+    common::upstream::lister(
+        url,
+        header.as_slice().iter().map(String::as_str).collect::<Vec<_>>().as_slice(),
+        calls,
+    )
+    .await
 }
 
 fn set(items: &[&str]) -> BTreeSet<String> {
@@ -174,7 +98,7 @@ fn assert_sees(seen: &Value, who: &str, tools: &[&str]) {
 #[tokio::test]
 async fn an_mcp_server_lists_and_calls_exactly_what_cedargate_allows() {
     let server = TestServer::start(Config::demo().unwrap()).await;
-    let mcp = FilteredServer::start(server.grpc).await;
+    let mcp = McpServer::start_filtered(server.grpc);
     let url = mcp.url();
     let calls = every_call();
 
@@ -209,7 +133,7 @@ async fn an_mcp_server_lists_and_calls_exactly_what_cedargate_allows() {
 async fn without_cedargate_the_list_is_an_error() {
     // cedargate's address with nobody listening: every list and call fails, nothing is shown.
     let nobody = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-    let mcp = FilteredServer::start(nobody).await;
+    let mcp = McpServer::start_filtered(nobody);
     let calls = json!([{ "kind": "tool", "name": "echo", "arguments": { "text": "x" } }]);
     let admin = lister(&mcp.url(), Some(ADMIN), &calls).await;
     let error = admin["listErrors"]["tools"].as_str().unwrap_or_else(|| panic!("tools listed: {admin}"));

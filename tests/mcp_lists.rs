@@ -9,12 +9,11 @@ mod common;
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use cedargate::config::Config;
 use common::envoy::{Auth, Envoy, EnvoyConfig};
-use common::upstream::McpServer;
+use common::upstream::{lister, McpServer};
 use common::TestServer;
 use serde_json::{json, Value};
 
@@ -57,24 +56,6 @@ fn every_call() -> Value {
         { "kind": "resource", "name": "file:///readme" },
         { "kind": "resource", "name": "file:///secrets" },
     ])
-}
-
-/// What the real MCP client saw: `node lister.mjs` against `url` as `headers`. Run without
-/// blocking the runtime, which serves cedargate too.
-async fn lister(url: &str, headers: &[&str], calls: &Value) -> Value {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join(".tools/mcp/lister.mjs");
-    assert!(script.exists(), "{} is missing: run scripts/install-test-deps.sh", script.display());
-    let mut command = Command::new("node");
-    command.arg(&script);
-    for header in headers {
-        command.args(["-H", header]);
-    }
-    command.arg(url).arg(calls.to_string());
-    let output = tokio::task::spawn_blocking(move || command.output()).await.unwrap().expect("node runs");
-    assert!(output.status.success(), "lister failed: {}", String::from_utf8_lossy(&output.stderr));
-    serde_json::from_slice(&output.stdout).unwrap_or_else(|error| {
-        panic!("lister printed no JSON ({error}): {}", String::from_utf8_lossy(&output.stdout))
-    })
 }
 
 fn names(seen: &Value, list: &str) -> BTreeSet<String> {

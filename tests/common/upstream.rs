@@ -120,7 +120,19 @@ impl McpServer {
         Self::start_script("list_server.mjs", flags)
     }
 
+    /// `examples/mcp/filtered_server.mjs`, asking cedargate's gRPC API at `grpc` what to list
+    /// and run (it connects on its first request).
+    pub fn start_filtered(grpc: SocketAddr) -> Self {
+        let proto = Path::new(env!("CARGO_MANIFEST_DIR")).join("proto");
+        let env = [("CEDARGATE_GRPC", grpc.to_string()), ("CEDARGATE_PROTO", proto.display().to_string())];
+        Self::start_node("filtered_server.mjs", &[], &env)
+    }
+
     fn start_script(name: &str, flags: &[&str]) -> Self {
+        Self::start_node(name, flags, &[])
+    }
+
+    fn start_node(name: &str, flags: &[&str], env: &[(&str, String)]) -> Self {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join(".tools/mcp").join(name);
         assert!(script.exists(), "{} is missing: run scripts/install-test-deps.sh", script.display());
         let mut command = Command::new("node");
@@ -130,6 +142,7 @@ impl McpServer {
         }
         let mut child = command
             .args(flags)
+            .envs(env.iter().map(|(name, value)| (name, value)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -174,4 +187,23 @@ impl Drop for McpServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// What the real MCP client saw: `node .tools/mcp/lister.mjs` against `url` with `headers`
+/// (`Name: value`), making `calls` (see the script). Run off the runtime, which may serve
+/// cedargate too.
+pub async fn lister(url: &str, headers: &[&str], calls: &Value) -> Value {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join(".tools/mcp/lister.mjs");
+    assert!(script.exists(), "{} is missing: run scripts/install-test-deps.sh", script.display());
+    let mut command = Command::new("node");
+    command.arg(&script);
+    for header in headers {
+        command.args(["-H", header]);
+    }
+    command.arg(url).arg(calls.to_string());
+    let output = tokio::task::spawn_blocking(move || command.output()).await.unwrap().expect("node runs");
+    assert!(output.status.success(), "lister failed: {}", String::from_utf8_lossy(&output.stderr));
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|error| {
+        panic!("lister printed no JSON ({error}): {}", String::from_utf8_lossy(&output.stdout))
+    })
 }
