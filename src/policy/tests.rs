@@ -882,14 +882,10 @@ mod slicing {
         prop::option::of((0..4u8, prop::collection::vec(0..4u8, 0..3), any::<bool>()))
     }
 
-    fn decide(
-        engine: &PolicyEngine,
-        caller: &Option<(u8, Vec<u8>, bool)>,
-        asked: &Asked,
-        facts: bool,
-        now: i64,
-    ) -> Verdict {
-        let auth = caller.as_ref().map(|(subject, roles, deny)| {
+    /// The identity a generated caller stands for: subject `u<n>`, roles `r<n>`, and the scope
+    /// `deny` when asked.
+    fn identity(caller: &Option<(u8, Vec<u8>, bool)>) -> Option<Arc<AuthInfo>> {
+        caller.as_ref().map(|(subject, roles, deny)| {
             let mut auth = AuthInfo::new(
                 CredentialKind::Static,
                 format!("u{subject}"),
@@ -899,7 +895,17 @@ mod slicing {
                 auth.scopes = vec!["deny".to_owned()];
             }
             Arc::new(auth)
-        });
+        })
+    }
+
+    fn decide(
+        engine: &PolicyEngine,
+        caller: &Option<(u8, Vec<u8>, bool)>,
+        asked: &Asked,
+        facts: bool,
+        now: i64,
+    ) -> Verdict {
+        let auth = identity(caller);
         let tags = Extra::from([("a".to_owned(), serde_json::Value::from("x"))]);
         let none = Extra::new();
         let facts =
@@ -997,17 +1003,7 @@ mod slicing {
             };
             let arguments = argument_sets();
             for (caller, name, server, facts, now) in &asked {
-                let auth = caller.as_ref().map(|(subject, roles, deny)| {
-                    let mut auth = AuthInfo::new(
-                        CredentialKind::Static,
-                        format!("u{subject}"),
-                        roles.iter().map(|role| format!("r{role}")).collect(),
-                    );
-                    if *deny {
-                        auth.scopes = vec!["deny".to_owned()];
-                    }
-                    Arc::new(auth)
-                });
+                let auth = identity(caller);
                 let name = format!("t{name}");
                 let server = server.map(|s| format!("s{s}")).unwrap_or_default();
                 let facts = if *facts {
