@@ -132,6 +132,9 @@ pub struct PolicySnapshot {
     /// Entities of `base_entities` of a per-request type that are ancestors of others (rare):
     /// a request that adds one has its closure computed by Cedar.
     request_ancestors: HashSet<cedar_policy_core::ast::EntityUID>,
+    /// Whether nothing but a request's resource reaches a route or an MCP entity: the
+    /// entries of a list then share one store and one partial evaluation.
+    lists_share_store: bool,
     /// Upper-case names of the actions that apply to `Route`: the HTTP methods policies know.
     route_actions: HashSet<String>,
     /// Distinguishes snapshots, so prepared principals built for an older one are rebuilt.
@@ -313,15 +316,17 @@ impl PolicyEngine {
         now: i64,
     ) -> Vec<bool> {
         let snapshot = self.current.load();
-        let mut batch =
-            request::Batch::new(&self.names, &snapshot, &self.principals, auth, facts, now).ok().flatten();
+        let batch =
+            request::Batch::new(&self.names, &snapshot, &self.principals, auth, facts, now, resources)
+                .ok()
+                .flatten();
+        let mut lister = authorize::Lister::new(&snapshot.sliced);
         resources
             .iter()
-            .map(|&resource| {
-                let batched = batch.as_mut().and_then(|batch| {
-                    batch.each(&self.names, &snapshot, resource, |request, entities| {
-                        self.could_allow_on(&snapshot, request, entities)
-                    })
+            .enumerate()
+            .map(|(index, &resource)| {
+                let batched = batch.as_ref().and_then(|batch| {
+                    batch.each(index, |request, entities| lister.could_allow(request, entities))
                 });
                 batched.unwrap_or_else(|| self.could_allow(&Query { auth, resource, facts, now }))
             })

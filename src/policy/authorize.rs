@@ -11,13 +11,16 @@
 //! is reported with Cedar's message. The property test in `policy/tests.rs` holds
 //! [`authorize`] to `cedar_policy::Authorizer` on random sets and requests.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
-use cedar_policy::{Decision, Entities, Policy, PolicyId, Request};
+use cedar_policy::{Decision, Entities, EntityTypeName, EntityUid, Policy, PolicyId, Request};
 use cedar_policy_core::ast::{self, Effect, PartialValue};
 use cedar_policy_core::authorizer::AuthorizationError;
 use cedar_policy_core::evaluator::Evaluator;
 use cedar_policy_core::extensions::Extensions;
+
+use super::slice::{OpenSlice, Slicer};
 
 /// A policy with its condition built.
 #[derive(Debug)]
@@ -27,13 +30,74 @@ pub(super) struct Compiled {
     /// The condition with every read of the resource's tags (a call's arguments, a route's
     /// parameters) made unknown, for deciding a list entry; `None` when it reads none.
     listing: Option<ast::Expr>,
+    /// The entities named by literals that the condition reads (`Tool::"a".name`,
+    /// `Tool::"a" in ..`): looked up in the request's store, not only compared.
+    reads: Box<[ast::EntityUID]>,
 }
 
 impl Compiled {
     pub(super) fn new(policy: &Policy) -> Self {
         let condition = AsRef::<ast::Policy>::as_ref(policy).condition();
         let listing = reads_resource_tags(&condition).then(|| with_resource_tags_unknown(&condition));
-        Self { policy: policy.clone(), condition, listing }
+        let mut reads = Vec::new();
+        read_literals(&condition, &mut reads);
+        Self { policy: policy.clone(), condition, listing, reads: reads.into() }
+    }
+
+    pub(super) fn reads(&self) -> &[ast::EntityUID] {
+        &self.reads
+    }
+
+    /// The condition a list entry is decided by.
+    fn listing_condition(&self) -> &ast::Expr {
+        self.listing.as_ref().unwrap_or(&self.condition)
+    }
+}
+
+/// Puts into `out` each entity literal of `expr` that evaluating it may look up: every one but
+/// an operand of `==`, the right of `in` (alone or in a set literal) and the left of `is`,
+/// where only its name counts.
+fn read_literals(expr: &ast::Expr, out: &mut Vec<ast::EntityUID>) {
+    use ast::{BinaryOp, ExprKind};
+    let unless_literal = |expr: &ast::Expr, out: &mut Vec<ast::EntityUID>| {
+        if !matches!(expr.expr_kind(), ExprKind::Lit(ast::Literal::EntityUID(_))) {
+            read_literals(expr, out);
+        }
+    };
+    match expr.expr_kind() {
+        ExprKind::Lit(ast::Literal::EntityUID(uid)) => out.push(uid.as_ref().clone()),
+        ExprKind::Lit(_) | ExprKind::Var(_) | ExprKind::Slot(_) | ExprKind::Unknown(_) => {}
+        ExprKind::BinaryApp { op: BinaryOp::Eq, arg1, arg2 } => {
+            unless_literal(arg1, out);
+            unless_literal(arg2, out);
+        }
+        ExprKind::BinaryApp { op: BinaryOp::In, arg1, arg2 } => {
+            read_literals(arg1, out);
+            match arg2.expr_kind() {
+                ExprKind::Set(members) => members.iter().for_each(|member| unless_literal(member, out)),
+                _ => unless_literal(arg2, out),
+            }
+        }
+        ExprKind::Is { expr, .. } => unless_literal(expr, out),
+        ExprKind::If { test_expr, then_expr, else_expr } => {
+            for expr in [test_expr, then_expr, else_expr] {
+                read_literals(expr, out);
+            }
+        }
+        ExprKind::And { left: arg1, right: arg2 }
+        | ExprKind::Or { left: arg1, right: arg2 }
+        | ExprKind::BinaryApp { arg1, arg2, .. } => {
+            read_literals(arg1, out);
+            read_literals(arg2, out);
+        }
+        ExprKind::UnaryApp { arg: expr, .. }
+        | ExprKind::GetAttr { expr, .. }
+        | ExprKind::HasAttr { expr, .. }
+        | ExprKind::ExtHasAttr { expr, .. }
+        | ExprKind::Like { expr, .. } => read_literals(expr, out),
+        ExprKind::ExtensionFunctionApp { args, .. } => args.iter().for_each(|arg| read_literals(arg, out)),
+        ExprKind::Set(members) => members.iter().for_each(|member| read_literals(member, out)),
+        ExprKind::Record(fields) => fields.values().for_each(|field| read_literals(field, out)),
     }
 }
 
@@ -55,11 +119,32 @@ fn resource_tag_read(expr: &ast::Expr) -> Option<ast::BinaryOp> {
 /// `expr` with each `resource.hasTag(..)` and `resource.getTag(..)` replaced by an unknown of
 /// its own: a list entry is asked for before its arguments exist.
 fn with_resource_tags_unknown(expr: &ast::Expr) -> ast::Expr {
+    rewrite(expr, &|expr| {
+        resource_tag_read(expr).map(|_| ast::Expr::unknown(ast::Unknown::new_untyped("argument")))
+    })
+}
+
+/// The unknown Cedar puts for a request's resource left open (`EntityUIDEntry::Unknown`).
+const OPEN_RESOURCE: &str = "resource";
+
+/// A residual of [`Lister`]'s open request with the resource's unknown read as `resource`
+/// again, to be evaluated for each entry.
+fn with_resource_restored(residual: &ast::Expr) -> ast::Expr {
+    rewrite(residual, &|expr| match expr.expr_kind() {
+        ast::ExprKind::Unknown(unknown) if unknown.name == OPEN_RESOURCE => {
+            Some(ast::Expr::var(ast::Var::Resource))
+        }
+        _ => None,
+    })
+}
+
+/// `expr` with each subexpression that `replace` answers for replaced by its answer.
+fn rewrite(expr: &ast::Expr, replace: &dyn Fn(&ast::Expr) -> Option<ast::Expr>) -> ast::Expr {
     use ast::{Expr, ExprKind};
-    if resource_tag_read(expr).is_some() {
-        return Expr::unknown(ast::Unknown::new_untyped("argument"));
+    if let Some(replaced) = replace(expr) {
+        return replaced;
     }
-    let map = with_resource_tags_unknown;
+    let map = |expr: &ast::Expr| rewrite(expr, replace);
     match expr.expr_kind() {
         ExprKind::Lit(_) | ExprKind::Var(_) | ExprKind::Slot(_) | ExprKind::Unknown(_) => expr.clone(),
         ExprKind::If { test_expr, then_expr, else_expr } => {
@@ -172,24 +257,187 @@ pub(super) fn authorize(request: &Request, entities: &Entities, policies: &[Arc<
 pub(super) fn could_allow(request: &Request, entities: &Entities, policies: &[Arc<Compiled>]) -> bool {
     let request: &ast::Request = request.as_ref();
     let evaluator = Evaluator::new(request.clone(), entities.as_ref(), Extensions::all_available());
-    let mut permitted = false;
+    let mut listing = Listing::default();
     for compiled in policies {
         let policy: &ast::Policy = compiled.policy.as_ref();
-        let condition = compiled.listing.as_ref().unwrap_or(&compiled.condition);
-        let holds = match evaluator.partial_interpret(condition, policy.env()) {
-            Ok(PartialValue::Value(ast::Value {
-                value: ast::ValueKind::Lit(ast::Literal::Bool(holds)),
-                ..
-            })) => Some(holds),
-            Ok(PartialValue::Residual(_)) => None,
-            // A type error or a failure that no argument can avoid: every call is denied.
-            Ok(PartialValue::Value(_)) | Err(_) => return false,
-        };
-        match (policy.effect(), holds) {
-            (Effect::Forbid, Some(true)) => return false,
-            (Effect::Permit, Some(true) | None) => permitted = true,
-            _ => {}
+        if !listing.add(policy.effect(), listed(&evaluator, compiled.listing_condition(), policy)) {
+            return false;
         }
     }
-    permitted
+    listing.permitted
+}
+
+/// How a policy's condition comes out for a list entry.
+#[derive(Debug, Clone, Copy)]
+enum Listed {
+    Holds(bool),
+    /// Holds for some arguments, perhaps.
+    Might,
+    /// Fails whatever the arguments: a type error, or an error no argument avoids.
+    Fails,
+}
+
+fn listed(evaluator: &Evaluator<'_>, condition: &ast::Expr, policy: &ast::Policy) -> Listed {
+    match evaluator.partial_interpret(condition, policy.env()) {
+        Ok(PartialValue::Value(ast::Value {
+            value: ast::ValueKind::Lit(ast::Literal::Bool(holds)), ..
+        })) => Listed::Holds(holds),
+        Ok(PartialValue::Residual(_)) => Listed::Might,
+        Ok(PartialValue::Value(_)) | Err(_) => Listed::Fails,
+    }
+}
+
+/// An entry's policies, added one by one: a forbid that holds or a policy that fails hides
+/// the entry whatever else holds; otherwise a permit that holds or might lists it.
+#[derive(Debug, Default)]
+struct Listing {
+    permitted: bool,
+}
+
+impl Listing {
+    /// Adds one policy's outcome; false once the entry is hidden.
+    fn add(&mut self, effect: Effect, listed: Listed) -> bool {
+        match (effect, listed) {
+            (_, Listed::Fails) | (Effect::Forbid, Listed::Holds(true)) => return false,
+            (Effect::Permit, Listed::Holds(true) | Listed::Might) => self.permitted = true,
+            _ => {}
+        }
+        true
+    }
+}
+
+/// [`could_allow`] for many entries of one caller's list (one principal, one context): each
+/// policy whose principal and action scope match is partially evaluated once per action and
+/// resource type, with the resource unknown, and only what remains is evaluated per entry.
+///
+/// INVARIANT: each answer is [`could_allow`]'s for the entry's request. Cedar's partial
+/// evaluation leaves a residual wherever the resource is read, and the residual evaluated with
+/// the resource known comes out as the condition would. What else a condition reads (the
+/// principal, the context, the static entities) must be the same for every entry: the caller
+/// asks only for a snapshot where nothing but `resource` reaches a route or an MCP entity
+/// (`request::lists_share_store`). The property test
+/// `policy::tests::slicing::an_unlisted_tool_is_denied_for_every_argument` holds the two to
+/// the same answers.
+pub(super) struct Lister<'s> {
+    slicer: &'s Slicer,
+    plans: Vec<Plan>,
+    /// The policies matching the entry at hand (kept to reuse its allocation).
+    matching: Vec<u32>,
+}
+
+/// The policies of one action on one resource type, with the resource open.
+struct Plan {
+    action: EntityUid,
+    resource_type: EntityTypeName,
+    slice: OpenSlice,
+    /// The request with its resource unknown (of the type).
+    open: ast::Request,
+    /// Policies specialized so far, by their index in the slicer.
+    specialized: HashMap<u32, Specialized, foldhash::fast::RandomState>,
+}
+
+/// A policy's listing condition for one plan.
+enum Specialized {
+    /// The same for every resource.
+    Known(Listed),
+    /// Decided by this residual, which reads `resource`, for each entry.
+    Depends(ast::Expr),
+}
+
+impl<'s> Lister<'s> {
+    pub(super) fn new(slicer: &'s Slicer) -> Self {
+        Self { slicer, plans: Vec::new(), matching: Vec::new() }
+    }
+
+    /// [`could_allow`] for `request` over `entities`, whose principal and context are those
+    /// of every request this lister is asked.
+    pub(super) fn could_allow(&mut self, request: &Request, entities: &Entities) -> bool {
+        let (Some(principal), Some(action), Some(resource)) =
+            (request.principal(), request.action(), request.resource())
+        else {
+            return could_allow(request, entities, self.slicer.all());
+        };
+        let core: &ast::Request = request.as_ref();
+        let resource_type = resource.type_name();
+        let plan = match self
+            .plans
+            .iter()
+            .position(|plan| plan.action == *action && plan.resource_type == *resource_type)
+        {
+            Some(found) => found,
+            None => {
+                self.plans.push(Plan {
+                    action: action.clone(),
+                    resource_type: resource_type.clone(),
+                    slice: self.slicer.open(principal, action, resource_type, entities),
+                    open: ast::Request::new_unchecked(
+                        core.principal().clone(),
+                        core.action().clone(),
+                        ast::EntityUIDEntry::unknown_with_type(resource_type.as_ref().clone(), None),
+                        core.context().cloned(),
+                    ),
+                    specialized: HashMap::default(),
+                });
+                self.plans.len() - 1
+            }
+        };
+        let Some(plan) = self.plans.get_mut(plan) else {
+            return could_allow(request, entities, self.slicer.all());
+        };
+        plan.slice.matching(self.slicer, resource, entities, &mut self.matching);
+
+        let extensions = Extensions::all_available();
+        let evaluator = Evaluator::new(core.clone(), entities.as_ref(), extensions);
+        let mut open: Option<Evaluator<'_>> = None;
+        let mut listing = Listing::default();
+        for &index in &self.matching {
+            let Some(compiled) = self.slicer.compiled(index) else { continue };
+            let policy: &ast::Policy = compiled.policy.as_ref();
+            let specialized = plan.specialized.entry(index).or_insert_with(|| {
+                let open = open
+                    .get_or_insert_with(|| Evaluator::new(plan.open.clone(), entities.as_ref(), extensions));
+                specialize(open, compiled, policy)
+            });
+            let listed = match specialized {
+                Specialized::Known(listed) => *listed,
+                Specialized::Depends(residual) => listed(&evaluator, residual, policy),
+            };
+            if !listing.add(policy.effect(), listed) {
+                return false;
+            }
+        }
+        listing.permitted
+    }
+}
+
+/// `residual` without the `true && ` its scope's known parts leave in front (Cedar keeps them
+/// so that what follows must be a boolean). [`listed`] reads `true && x` as it reads `x`: a
+/// boolean as itself, a residual as one, anything else (an error, another value) as failing.
+fn without_leading_truths(mut residual: &ast::Expr) -> &ast::Expr {
+    while let ast::ExprKind::And { left, right } = residual.expr_kind() {
+        if !matches!(left.expr_kind(), ast::ExprKind::Lit(ast::Literal::Bool(true))) {
+            break;
+        }
+        residual = right;
+    }
+    residual
+}
+
+/// `compiled`'s listing condition evaluated by `open`, whose resource is unknown.
+fn specialize(open: &Evaluator<'_>, compiled: &Compiled, policy: &ast::Policy) -> Specialized {
+    match open.partial_interpret(compiled.listing_condition(), policy.env()) {
+        Ok(PartialValue::Value(ast::Value {
+            value: ast::ValueKind::Lit(ast::Literal::Bool(holds)), ..
+        })) => Specialized::Known(Listed::Holds(holds)),
+        Ok(PartialValue::Residual(residual)) => {
+            if residual.unknowns().any(|unknown| unknown.name == OPEN_RESOURCE) {
+                Specialized::Depends(with_resource_restored(without_leading_truths(&residual)))
+            } else {
+                Specialized::Known(Listed::Might)
+            }
+        }
+        // Failing with the resource unknown is failing whatever it is: partial evaluation
+        // keeps a residual wherever the resource could avoid an error.
+        Ok(PartialValue::Value(_)) | Err(_) => Specialized::Known(Listed::Fails),
+    }
 }

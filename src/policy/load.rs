@@ -503,6 +503,7 @@ pub(super) fn check(
         }
     };
     let sliced = super::slice::Slicer::new(&policies);
+    let lists_share_store = super::request::lists_share_store(names, &base_entities, sliced.all());
     let snapshot = PolicySnapshot {
         shadow_ids: shadow.policies().map(|policy| policy.id().clone()).collect(),
         sliced_with_shadow: with_shadow
@@ -511,6 +512,7 @@ pub(super) fn check(
         sliced,
         policies,
         request_ancestors: super::request::request_ancestors(names, &base_entities),
+        lists_share_store,
         base_entities: super::request::with_room_for_requests(names, base_entities),
         route_actions,
         generation,

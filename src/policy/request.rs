@@ -1,6 +1,6 @@
 //! Turning a [`Query`] into a Cedar request and entity store.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
 use std::sync::{Arc, Weak};
 
@@ -15,6 +15,7 @@ use dashmap::DashMap;
 use ref_cast::RefCast;
 use smol_str::SmolStr;
 
+use super::authorize::Compiled;
 use super::{PolicySnapshot, Query, Resource};
 use crate::model::{AuthInfo, CredentialKind, Extra, McpKind};
 
@@ -61,6 +62,11 @@ impl Names {
             McpKind::Resource => &self.mcp_resource,
             McpKind::Method => &self.mcp_method,
         }
+    }
+
+    /// The types of the resources cedargate builds per request: a route, an MCP entity.
+    fn request_resource_types(&self) -> [&EntityTypeName; 5] {
+        [&self.route, &self.tool, &self.prompt, &self.mcp_resource, &self.mcp_method]
     }
 
     fn uid(&self, type_name: &EntityTypeName, id: &str) -> EntityUid {
@@ -383,20 +389,28 @@ fn closed_leaf(store: &CoreEntities, mut entity: ast::Entity) -> ast::Entity {
 
 /// One caller's requests for many resources (the entries of an MCP list): what a request
 /// builds every time (the prepared principal, the context, the facts, the store with the
-/// static entities and the principal) is built once, and each resource passes through the
-/// one store: added, decided, removed. INVARIANT: each request sees the store
-/// [`build`] would give it (`policy::tests::slicing::an_unlisted_tool_is_denied_for_every_argument`
-/// holds the batch to single decisions).
+/// static entities and the principal) is built once, and every resource's entity goes into
+/// that one store, added once for the whole list.
+///
+/// INVARIANT: each request is decided as over the store [`build`] would give it. Its store
+/// here also holds the other entries, which no decision can tell: resources are leaves (no
+/// entity has one as an ancestor), and a batch is only made for a snapshot in which nothing
+/// reaches a route or an MCP entity but through `resource` (`lists_share_store`: no static
+/// entity holds one, no policy reads one a literal names). An entry whose entity differs
+/// from another of the same name, or that could not be added, is left to be decided alone.
+/// `policy::tests::slicing::an_unlisted_tool_is_denied_for_every_argument` holds the batch to
+/// single decisions.
 pub(super) struct Batch {
     principal: EntityUid,
     context: Context,
-    /// `None` once a resource could not pass (the rest are then built one by one).
-    store: Option<CoreEntities>,
+    store: CoreEntities,
+    /// Each resource's action and entity, `None` for one decided alone.
+    entries: Vec<Option<(EntityUid, EntityUid)>>,
 }
 
 impl Batch {
-    /// The batch for `auth` with `facts` at `now`; `None` when the static entities name a
-    /// request entity as an ancestor (each request then has its closure computed by Cedar).
+    /// The batch for `auth` asking for each of `resources` with `facts` at `now`; `None` when
+    /// the snapshot does not let requests share a store.
     pub(super) fn new(
         names: &Names,
         snapshot: &PolicySnapshot,
@@ -404,8 +418,9 @@ impl Batch {
         auth: Option<&Arc<AuthInfo>>,
         facts: &Extra,
         now: i64,
+        resources: &[Resource<'_>],
     ) -> Result<Option<Self>, String> {
-        if !snapshot.request_ancestors.is_empty() {
+        if !snapshot.request_ancestors.is_empty() || !snapshot.lists_share_store {
             return Ok(None);
         }
         let prepared = match auth {
@@ -414,60 +429,84 @@ impl Batch {
         };
         let context = prepared.context_at(names, auth.map(Arc::as_ref), now)?;
         let base: &CoreEntities = snapshot.base_entities.as_ref();
-        let mut added = vec![Arc::clone(&prepared.principal)];
+        let mut shared = vec![Arc::clone(&prepared.principal)];
         if !facts.is_empty() {
-            added.push(Arc::new(closed_leaf(base, facts_entity(names, facts))));
+            shared.push(Arc::new(closed_leaf(base, facts_entity(names, facts))));
         }
         let store = base
             .clone()
             .add_entities(
-                added,
+                shared,
                 None::<&NoEntitiesSchema>,
                 TCComputation::AssumeAlreadyComputed,
                 Extensions::all_available(),
             )
             .map_err(|error| error.to_string())?;
-        Ok(Some(Self { principal: prepared.uid.clone(), context, store: Some(store) }))
-    }
 
-    /// `decide` over the request for `resource` and its store; `None` when the resource could
-    /// not be added (the caller builds that request alone).
-    pub(super) fn each<T>(
-        &mut self,
-        names: &Names,
-        snapshot: &PolicySnapshot,
-        resource: Resource<'_>,
-        decide: impl FnOnce(&Request, &Entities) -> T,
-    ) -> Option<T> {
-        if let Resource::Route { method, .. } = resource {
-            if !snapshot.route_actions.contains(method) {
-                return None;
-            }
-        }
-        let (action, entity) = resource_entity(names, resource);
-        let store = self.store.take()?;
-        let entity = closed_leaf(&store, entity);
-        let uid = entity.uid().clone();
+        let mut leaves: HashMap<ast::EntityUID, Arc<ast::Entity>> = HashMap::new();
+        let entries = resources
+            .iter()
+            .map(|&resource| {
+                if let Resource::Route { method, .. } = resource {
+                    if !snapshot.route_actions.contains(method) {
+                        return None;
+                    }
+                }
+                let (action, entity) = resource_entity(names, resource);
+                let entity = closed_leaf(&store, entity);
+                let uid = entity.uid().clone();
+                // One already there (a static entity, an entry of the same name) is shared
+                // when it is the same entity, as `add_entities` would share it.
+                let same = match (store.entity(&uid), leaves.get(&uid)) {
+                    (Dereference::Data(there), _) => there.deep_eq(&entity),
+                    (_, Some(there)) => there.deep_eq(&entity),
+                    (_, None) => {
+                        leaves.insert(uid.clone(), Arc::new(entity));
+                        true
+                    }
+                };
+                same.then(|| (action, EntityUid::from(uid)))
+            })
+            .collect();
         let store = store
             .add_entities(
-                [Arc::new(entity)],
+                leaves.into_values(),
                 None::<&NoEntitiesSchema>,
                 TCComputation::AssumeAlreadyComputed,
                 Extensions::all_available(),
             )
-            .ok()?;
+            .map_err(|error| error.to_string())?;
+        Ok(Some(Self { principal: prepared.uid.clone(), context, store, entries }))
+    }
+
+    /// `decide` over the request for resource `index` and the store; `None` when that one is
+    /// to be decided alone.
+    pub(super) fn each<T>(&self, index: usize, decide: impl FnOnce(&Request, &Entities) -> T) -> Option<T> {
+        let (action, resource) = self.entries.get(index)?.as_ref()?;
         let request = Request::new(
             self.principal.clone(),
-            action,
-            EntityUid::from(uid.clone()),
+            action.clone(),
+            resource.clone(),
             self.context.clone(),
             None,
         );
-        let decided = request.ok().map(|request| decide(&request, Entities::ref_cast(&store)));
-        // No entity has the resource as an ancestor: removing it touches nothing else.
-        self.store = store.remove_entities([uid], TCComputation::AssumeAlreadyComputed).ok();
-        decided
+        request.ok().map(|request| decide(&request, Entities::ref_cast(&self.store)))
     }
+}
+
+/// Whether nothing but a request's `resource` reaches a route or an MCP entity: no static
+/// entity holds one in an attribute or a tag, and no condition reads one a literal names
+/// (`Tool::"a".name`). Then the entries of a list can share one store
+/// ([`Batch`]) and one partial evaluation ([`super::authorize::Lister`]).
+pub(super) fn lists_share_store(names: &Names, base: &Entities, policies: &[Arc<Compiled>]) -> bool {
+    let per_request = names.request_resource_types();
+    !holds_request_resources(names, base)
+        && policies.iter().all(|compiled| {
+            compiled
+                .reads()
+                .iter()
+                .all(|uid| !per_request.iter().any(|type_name| uid.entity_type() == type_name.as_ref()))
+        })
 }
 
 /// The most entities a request adds to its store: the principal, the resource, the facts.
@@ -529,6 +568,33 @@ pub(super) fn request_ancestors(names: &Names, base: &Entities) -> HashSet<ast::
         .filter(|ancestor| per_request.contains(&ancestor.type_name()))
         .map(|ancestor| ancestor.as_ref().clone())
         .collect()
+}
+
+/// Whether an attribute or a tag of an entity of `base` holds (anywhere in its value) an
+/// entity of a type cedargate builds per request as a resource (a route, an MCP entity):
+/// reading it gives a different entity, or none, from one resource to the next, so the
+/// entries of a list cannot share what their policies read besides the resource.
+pub(super) fn holds_request_resources(names: &Names, base: &Entities) -> bool {
+    let per_request = names.request_resource_types();
+    let names_one =
+        |uid: &ast::EntityUID| per_request.iter().any(|type_name| uid.entity_type() == type_name.as_ref());
+    fn holds(value: &PartialValue, names_one: &dyn Fn(&ast::EntityUID) -> bool) -> bool {
+        let PartialValue::Value(value) = value else { return true };
+        holds_value(value, names_one)
+    }
+    fn holds_value(value: &ast::Value, names_one: &dyn Fn(&ast::EntityUID) -> bool) -> bool {
+        match &value.value {
+            ast::ValueKind::Lit(ast::Literal::EntityUID(uid)) => names_one(uid),
+            ast::ValueKind::Lit(_) | ast::ValueKind::ExtensionValue(_) => false,
+            ast::ValueKind::Set(set) => set.iter().any(|member| holds_value(member, names_one)),
+            ast::ValueKind::Record(record) => record.values().any(|field| holds_value(field, names_one)),
+        }
+    }
+    let store: &CoreEntities = base.as_ref();
+    store.iter().any(|entity| {
+        entity.attrs().any(|(_, value)| holds(value, &names_one))
+            || entity.tags().any(|(_, value)| holds(value, &names_one))
+    })
 }
 
 fn context_pairs(auth: Option<&AuthInfo>, facts: EntityUid, now: i64) -> Vec<(String, RestrictedExpression)> {

@@ -44,6 +44,10 @@ impl<'a> Place<'a> {
         Self { uid, ancestors }
     }
 
+    fn owned((uid, ancestors): &'a (EntityUid, Vec<EntityUid>)) -> Self {
+        Self { uid, ancestors: ancestors.iter().collect() }
+    }
+
     /// Cedar's `in`: the entity itself or one of its ancestors.
     fn is_in(&self, target: &EntityUid) -> bool {
         self.uid == target || self.ancestors.contains(&target)
@@ -78,6 +82,10 @@ impl Scope {
 
     /// Whether this scope holds for the request: Cedar's semantics of `==`, `in` and `is`.
     fn matches(&self, principal: &Place<'_>, action: &Place<'_>, resource: &Place<'_>) -> bool {
+        self.matches_caller(principal, action) && self.matches_resource(resource)
+    }
+
+    fn matches_caller(&self, principal: &Place<'_>, action: &Place<'_>) -> bool {
         let principal_matches = match &self.principal {
             PrincipalConstraint::Any => true,
             PrincipalConstraint::Eq(uid) => principal.uid == uid,
@@ -90,14 +98,57 @@ impl Scope {
             ActionConstraint::Eq(uid) => action.uid == uid,
             ActionConstraint::In(uids) => uids.iter().any(|uid| action.is_in(uid)),
         };
-        let resource_matches = match &self.resource {
+        principal_matches && action_matches
+    }
+
+    fn matches_resource(&self, resource: &Place<'_>) -> bool {
+        match &self.resource {
             ResourceConstraint::Any => true,
             ResourceConstraint::Eq(uid) => resource.uid == uid,
             ResourceConstraint::In(uid) => resource.is_in(uid),
             ResourceConstraint::Is(type_name) => resource.is(type_name),
             ResourceConstraint::IsIn(type_name, uid) => resource.is(type_name) && resource.is_in(uid),
-        };
-        principal_matches && action_matches && resource_matches
+        }
+    }
+}
+
+/// The policies that can match one caller asking one action of resources of one type (an
+/// MCP list), found once for the list: those whose resource scope names no entity, matched
+/// already, and the caller's place, to match those filed under a resource's entities.
+#[derive(Debug)]
+pub(super) struct OpenSlice {
+    /// Policies whose whole scope holds for every resource of the type.
+    every: Vec<u32>,
+    principal: (EntityUid, Vec<EntityUid>),
+    action: (EntityUid, Vec<EntityUid>),
+}
+
+impl OpenSlice {
+    /// The policies whose whole scope matches `resource` (of the slice's type), in `out`: the
+    /// ones [`Slicer::slice`] would give the request, in another order.
+    pub(super) fn matching(
+        &self,
+        slicer: &Slicer,
+        resource: &EntityUid,
+        entities: &Entities,
+        out: &mut Vec<u32>,
+    ) {
+        out.clear();
+        out.extend_from_slice(&self.every);
+        let resource = Place::of(resource, entities);
+        let mut caller = None;
+        for uid in resource.all() {
+            let Some(bucket) = slicer.by_resource.get(uid) else { continue };
+            let (principal, action) =
+                caller.get_or_insert_with(|| (Place::owned(&self.principal), Place::owned(&self.action)));
+            // A policy is in one bucket, so none is found twice.
+            out.extend(bucket.iter().filter(|&&index| {
+                slicer
+                    .scopes
+                    .get(index as usize)
+                    .is_some_and(|scope| scope.matches(principal, action, &resource))
+            }));
+        }
     }
 }
 
@@ -187,6 +238,57 @@ impl Slicer {
     /// Every policy of the set, for a request decided without slicing.
     pub(super) fn all(&self) -> &[Arc<Compiled>] {
         &self.policies
+    }
+
+    /// Policy `index` of [`Slicer::slice`] and [`OpenSlice::matching`].
+    pub(super) fn compiled(&self, index: u32) -> Option<&Arc<Compiled>> {
+        self.policies.get(index as usize)
+    }
+
+    /// The policies whose scope can match `principal` asking `action` of some resource of
+    /// type `resource`, over `entities` (which hold the principal, the action and their
+    /// ancestors): the buckets [`Slicer::slice`] gathers, but the resource's own.
+    pub(super) fn open(
+        &self,
+        principal: &EntityUid,
+        action: &EntityUid,
+        resource: &EntityTypeName,
+        entities: &Entities,
+    ) -> OpenSlice {
+        let (principal, action) = (Place::of(principal, entities), Place::of(action, entities));
+        let mut every: Vec<u32> = self.always.clone();
+        for (buckets, place) in [(&self.by_principal, &principal), (&self.by_action, &action)] {
+            for uid in place.all() {
+                if let Some(bucket) = buckets.get(uid) {
+                    every.extend_from_slice(bucket);
+                }
+            }
+        }
+        if let Some(bucket) = self.by_resource_type.get(resource) {
+            every.extend_from_slice(bucket);
+        }
+        if let Some(bucket) = self.by_principal_type.get(principal.uid.type_name()) {
+            every.extend_from_slice(bucket);
+        }
+        // What is not filed by its resource's entity names none in its resource scope: it
+        // is `resource`, `resource is T`, or filed under `resource`'s entity (found per entry).
+        every.retain(|&index| {
+            self.scopes.get(index as usize).is_some_and(|scope| {
+                scope.matches_caller(&principal, &action)
+                    && match &scope.resource {
+                        ResourceConstraint::Any => true,
+                        ResourceConstraint::Is(type_name) => type_name == resource,
+                        ResourceConstraint::Eq(_)
+                        | ResourceConstraint::In(_)
+                        | ResourceConstraint::IsIn(..) => false,
+                    }
+            })
+        });
+        every.sort_unstable();
+        every.dedup();
+        let owned =
+            |place: &Place<'_>| (place.uid.clone(), place.ancestors.iter().map(|&uid| uid.clone()).collect());
+        OpenSlice { every, principal: owned(&principal), action: owned(&action) }
     }
 
     /// Puts policy `index` into the bucket of the most selective part of its scope.

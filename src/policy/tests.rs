@@ -831,6 +831,15 @@ mod slicing {
             Just(" when { resource.getTag(\"a\") like \"x*\" }".to_owned()),
             Just(" unless { resource.hasTag(\"b\") || context.now > 2 }".to_owned()),
             Just(" when { {t: resource.hasTag(\"a\")}.t && [resource.hasTag(\"b\")].contains(true) }".to_owned()),
+            // Read once per list with the resource open: what stays must be decided per entry.
+            Just(" when { resource.name like \"t*\" && context.now > 1 }".to_owned()),
+            Just(" when { resource == Tool::\"t1\" || context.now * 4611686018427387904 > 0 }".to_owned()),
+            Just(" when { resource is Tool && resource.name == \"t2\" && context.now * 4611686018427387904 > 0 }".to_owned()),
+            Just(" when { if resource has server then resource.server == \"s1\" else context.authenticated }".to_owned()),
+            Just(" unless { context.now * 4611686018427387904 > 0 || resource in Server::\"s2\" }".to_owned()),
+            // An entity a literal names may be the entry itself: there for one entry only.
+            Just(" when { Tool::\"t1\".name == \"t1\" }".to_owned()),
+            Just(" when { Tool::\"t3\" in Server::\"s0\" || Tool::\"t2\" has name }".to_owned()),
         ]
     }
 
@@ -1027,6 +1036,11 @@ mod slicing {
                     .collect();
                 batch.push(Resource::Route { method: "GET", path: "/r0", template: "/r0", params: &[] });
                 batch.push(Resource::Route { method: "BREW", path: "/r1", template: "/r1", params: &[] });
+                // The same entry again, one of the same name from another server (another
+                // entity), and another kind.
+                batch.push(batch[0]);
+                batch.push(Resource::Mcp { kind: McpKind::Tool, name: "t1", server: "s9", arguments: &none });
+                batch.push(Resource::Mcp { kind: McpKind::Prompt, name: "t1", server: &server, arguments: &none });
                 let alone: Vec<bool> = batch
                     .iter()
                     .map(|&resource| engine.could_allow(&Query { auth: auth.as_ref(), resource, facts: &facts, now: *now }))
@@ -1034,6 +1048,29 @@ mod slicing {
                 prop_assert_eq!(engine.could_allow_each(auth.as_ref(), &batch, &facts, *now), alone);
             }
         }
+    }
+
+    /// A static entity holding a route or an MCP entity (anywhere in an attribute or a tag)
+    /// keeps a list from sharing partial evaluation; other entity values do not.
+    #[test]
+    fn static_entities_holding_request_resources_are_found() {
+        let names = request::Names::new().unwrap();
+        let holding = |value: serde_json::Value| {
+            let entities = serde_json::json!([
+                {"uid": {"type": "Server", "id": "s0"}, "attrs": {"x": value}, "parents": []}
+            ]);
+            let base = Entities::from_json_value(entities, None).unwrap();
+            request::holds_request_resources(&names, &base)
+        };
+        let entity = |kind: &str| serde_json::json!({"__entity": {"type": kind, "id": "a"}});
+        for kind in ["Tool", "Prompt", "Route", "McpResource", "McpMethod"] {
+            assert!(holding(entity(kind)), "{kind}");
+            assert!(holding(serde_json::json!([1, {"deep": [entity(kind)]}])), "{kind} nested");
+        }
+        for kind in ["Server", "Role", "User"] {
+            assert!(!holding(entity(kind)), "{kind}");
+        }
+        assert!(!holding(serde_json::json!({"name": "Tool::\"a\"", "n": 1})));
     }
 
     #[test]
