@@ -94,8 +94,9 @@ fn decision_path(c: &mut Criterion) {
     });
 
     // An MCP list of 500 tools for one caller: decided in one pass, as ext_proc and
-    // FilterTools decide it, against the same 500 as separate checks (BatchCheck's way: one
-    // authentication, a full decision with its record per tool). Half are the user's to call.
+    // FilterTools decide it, against the same 500 as `Check` calls (each authenticating the
+    // token) and as separate decisions (BatchCheck's way: one authentication, a full decision
+    // with its record per tool). Half are the user's to call.
     let tools: Vec<Target> = (0..500)
         .map(|n| {
             let name = if n % 2 == 0 { "echo".to_owned() } else { format!("bulk_{n}") };
@@ -105,6 +106,18 @@ fn decision_path(c: &mut Criterion) {
     let mut group = c.benchmark_group("mcp_list_500");
     group.bench_function("one_pass", |b| {
         b.iter(|| engine.could_use(black_box(&user), black_box(&tools), &facts))
+    });
+    group.bench_function("as_check_calls", |b| {
+        b.iter(|| {
+            runtime.block_on(async {
+                let mut allowed = Vec::with_capacity(tools.len());
+                for tool in black_box(&tools) {
+                    let answer = engine.check(Wire::Grpc, "Bearer user-token-123", tool, &facts).await;
+                    allowed.push(answer.unwrap().allowed());
+                }
+                allowed
+            })
+        })
     });
     group.bench_function("as_checks", |b| {
         b.iter(|| {
