@@ -299,9 +299,12 @@ impl PolicyEngine {
     /// The resource's tags (a call's arguments) are unknown, everything else is as a call
     /// would have it; `@shadow` policies take no part. False when the request cannot be built.
     pub fn could_allow(&self, query: &Query<'_>) -> bool {
-        let snapshot = self.current.load();
-        match request::build(&self.names, &snapshot, &self.principals, query) {
-            Ok((request, entities)) => self.could_allow_on(&snapshot, &request, &entities),
+        self.could_allow_in(&self.current.load(), query)
+    }
+
+    fn could_allow_in(&self, snapshot: &PolicySnapshot, query: &Query<'_>) -> bool {
+        match request::build(&self.names, snapshot, &self.principals, query) {
+            Ok((request, entities)) => self.could_allow_on(snapshot, &request, &entities),
             Err(_) => false,
         }
     }
@@ -328,7 +331,9 @@ impl PolicyEngine {
                 let batched = batch.as_ref().and_then(|batch| {
                     batch.each(index, |request, entities| lister.could_allow(request, entities))
                 });
-                batched.unwrap_or_else(|| self.could_allow(&Query { auth, resource, facts, now }))
+                // Alone, but by the same snapshot: a reload never splits a list.
+                batched
+                    .unwrap_or_else(|| self.could_allow_in(&snapshot, &Query { auth, resource, facts, now }))
             })
             .collect()
     }

@@ -101,19 +101,31 @@ fn read_literals(expr: &ast::Expr, out: &mut Vec<ast::EntityUID>) {
     }
 }
 
-/// Whether `expr` reads a tag of `resource` (`resource.hasTag(..)`, `resource.getTag(..)`).
+/// Whether `expr` may read a tag of the resource (a call's arguments, a route's parameters).
 fn reads_resource_tags(expr: &ast::Expr) -> bool {
     expr.subexpressions().any(|sub| resource_tag_read(sub).is_some())
 }
 
-/// The tag operation `expr` applies to `resource`, if it is one.
+/// The tag operation `expr` applies, if it is one whose entity may be the resource: any but
+/// the principal's, the action's and the facts' (`context.facts`). The resource may come by
+/// any path (`resource.hasTag`, `{r: resource}.r.getTag`, `Tool::"a".hasTag`, an `if`), and
+/// an entry listed for a tag read that could not have been the resource's is at worst listed
+/// and refused when called, never hidden though callable.
 fn resource_tag_read(expr: &ast::Expr) -> Option<ast::BinaryOp> {
-    match expr.expr_kind() {
-        ast::ExprKind::BinaryApp {
-            op: op @ (ast::BinaryOp::HasTag | ast::BinaryOp::GetTag), arg1, ..
-        } if matches!(arg1.expr_kind(), ast::ExprKind::Var(ast::Var::Resource)) => Some(*op),
-        _ => None,
-    }
+    use ast::{ExprKind, Var};
+    let ExprKind::BinaryApp { op: op @ (ast::BinaryOp::HasTag | ast::BinaryOp::GetTag), arg1, .. } =
+        expr.expr_kind()
+    else {
+        return None;
+    };
+    let another_entity = match arg1.expr_kind() {
+        ExprKind::Var(Var::Principal | Var::Action) => true,
+        ExprKind::GetAttr { expr, attr } => {
+            matches!(expr.expr_kind(), ExprKind::Var(Var::Context)) && attr == super::request::FACTS_ATTRIBUTE
+        }
+        _ => false,
+    };
+    (!another_entity).then_some(*op)
 }
 
 /// `expr` with each `resource.hasTag(..)` and `resource.getTag(..)` replaced by an unknown of
@@ -312,7 +324,11 @@ impl Listing {
 ///
 /// INVARIANT: each answer is [`could_allow`]'s for the entry's request. Cedar's partial
 /// evaluation leaves a residual wherever the resource is read, and the residual evaluated with
-/// the resource known comes out as the condition would. What else a condition reads (the
+/// the resource known comes out as the condition would. (A part it could not evaluate behind
+/// a residual `&&`, `||` or `if` is kept as written, `resource` and all, which per entry
+/// reads the entry; a residual without the open resource's unknown may still hold such a
+/// part, and then reads as "might hold" for every entry, as evaluating it per entry would:
+/// its residual left side is an argument's.) What else a condition reads (the
 /// principal, the context, the static entities) must be the same for every entry: the caller
 /// asks only for a snapshot where nothing but `resource` reaches a route or an MCP entity
 /// (`request::lists_share_store`). The property test

@@ -294,6 +294,9 @@ fn context(names: &Names, auth: Option<&AuthInfo>, now: i64) -> Result<Context, 
         .map_err(|error| error.to_string())
 }
 
+/// The context attribute holding the request's `Facts` entity.
+pub(super) const FACTS_ATTRIBUTE: &str = "facts";
+
 /// The id of the one `Facts` entity of a request.
 const FACTS_ID: &str = "request";
 
@@ -496,7 +499,9 @@ impl Batch {
 
 /// Whether nothing but a request's `resource` reaches a route or an MCP entity: no static
 /// entity holds one in an attribute or a tag, and no condition reads one a literal names
-/// (`Tool::"a".name`). Then the entries of a list can share one store
+/// (`Tool::"a".name`). What a request adds holds no entity values (principals have no
+/// attributes; facts, arguments, parameters and the context's fields are strings, but for
+/// `context.facts`), and `entities.json` may not declare routes or MCP entities. Then the entries of a list can share one store
 /// ([`Batch`]) and one partial evaluation ([`super::authorize::Lister`]).
 pub(super) fn lists_share_store(names: &Names, base: &Entities, policies: &[Arc<Compiled>]) -> bool {
     let per_request = names.request_resource_types();
@@ -621,7 +626,7 @@ fn context_pairs(auth: Option<&AuthInfo>, facts: EntityUid, now: i64) -> Vec<(St
         ("tenant".to_owned(), string(tenant)),
         ("issuer".to_owned(), string(issuer)),
         ("now".to_owned(), RestrictedExpression::new_long(now)),
-        ("facts".to_owned(), RestrictedExpression::new_entity_uid(facts)),
+        (FACTS_ATTRIBUTE.to_owned(), RestrictedExpression::new_entity_uid(facts)),
     ]
 }
 

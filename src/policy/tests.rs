@@ -837,9 +837,18 @@ mod slicing {
             Just(" when { resource is Tool && resource.name == \"t2\" && context.now * 4611686018427387904 > 0 }".to_owned()),
             Just(" when { if resource has server then resource.server == \"s1\" else context.authenticated }".to_owned()),
             Just(" unless { context.now * 4611686018427387904 > 0 || resource in Server::\"s2\" }".to_owned()),
+            // The resource's tags read by other paths than `resource.` are arguments too.
+            Just(" when { {r: resource}.r.hasTag(\"a\") && {r: resource}.r.getTag(\"a\") == \"x\" }".to_owned()),
+            Just(" when { Tool::\"t1\".hasTag(\"a\") }".to_owned()),
             // An entity a literal names may be the entry itself: there for one entry only.
             Just(" when { Tool::\"t1\".name == \"t1\" }".to_owned()),
             Just(" when { Tool::\"t3\" in Server::\"s0\" || Tool::\"t2\" has name }".to_owned()),
+            // Residuals that hold extension values, records and sets beside the open resource.
+            Just(" when { (if resource in Server::\"s0\" then ip(\"::ffff:102:304\") else ip(\"::1\")).isIpv6() }".to_owned()),
+            Just(" when { (if resource in Server::\"s1\" then datetime(\"1970-01-01\").offset(duration(\"-1ms\")) else datetime(\"2024-01-01\")) < datetime(\"2000-01-01\") }".to_owned()),
+            Just(" when { resource in [Server::\"s0\", Server::\"s2\"] || context.now * 4611686018427387904 > 0 }".to_owned()),
+            Just(" when { {r: resource}.r is Tool && [{r: resource}.r].contains(resource) && resource in Server::\"s1\" }".to_owned()),
+            Just(" unless { if resource is Route then context.now * 4611686018427387904 > 0 else resource in Server::\"s0\" }".to_owned()),
         ]
     }
 
@@ -1041,6 +1050,15 @@ mod slicing {
                 batch.push(batch[0]);
                 batch.push(Resource::Mcp { kind: McpKind::Tool, name: "t1", server: "s9", arguments: &none });
                 batch.push(Resource::Mcp { kind: McpKind::Prompt, name: "t1", server: &server, arguments: &none });
+                // The same tool with arguments (another entity), a route of the same template with
+                // another path and with parameters, an MCP resource and a method.
+                let tagged = Extra::from([("a".to_owned(), serde_json::Value::from("x"))]);
+                let params = [("id".to_owned(), "7".to_owned())];
+                batch.push(Resource::Mcp { kind: McpKind::Tool, name: "t2", server: &server, arguments: &tagged });
+                batch.push(Resource::Route { method: "GET", path: "/r0/x", template: "/r0", params: &params });
+                batch.push(Resource::Route { method: "DELETE", path: "/r2", template: "/r2", params: &params });
+                batch.push(Resource::Mcp { kind: McpKind::Resource, name: "file:///r", server: "s0", arguments: &none });
+                batch.push(Resource::Mcp { kind: McpKind::Method, name: "tools/list", server: "s0", arguments: &none });
                 let alone: Vec<bool> = batch
                     .iter()
                     .map(|&resource| engine.could_allow(&Query { auth: auth.as_ref(), resource, facts: &facts, now: *now }))
@@ -1379,4 +1397,502 @@ fn the_principal_cache_stays_bounded_and_level() {
     cache.get(&engine.names, &snapshot, &fresh).unwrap();
     // The dead identities went, all of them, and nothing else.
     assert_eq!(cache.len(), 1);
+}
+
+/// Concrete probes of `could_allow_each` against per-entry `could_allow` (the Lister's
+/// partial evaluation with the resource open, and the batch's shared store).
+mod lister_probes {
+    use super::*;
+
+    const ENTITIES: &str = r#"[
+        {"uid": {"type": "Role", "id": "r1"}, "attrs": {}, "parents": [{"type": "Role", "id": "r0"}]},
+        {"uid": {"type": "Server", "id": "s0"}, "attrs": {}, "parents": []}
+    ]"#;
+
+    fn tool<'a>(name: &'a str, server: &'a str, arguments: &'a Extra) -> Resource<'a> {
+        Resource::Mcp { kind: McpKind::Tool, name, server, arguments }
+    }
+
+    /// `(could_allow_each, each alone)` for `batch` over `policies` and `entities`.
+    fn both(
+        policies: &str,
+        entities: &str,
+        auth: Option<&Arc<AuthInfo>>,
+        batch: &[Resource<'_>],
+        facts: &Extra,
+        now: i64,
+    ) -> (Vec<bool>, Vec<bool>) {
+        let engine = PolicyEngine::new(&with_entities(&[("p.cedar", policies)], entities))
+            .unwrap_or_else(|error| panic!("{error:?}"));
+        assert!(engine.snapshot().lists_share_store, "the batch path is not taken");
+        let each = engine.could_allow_each(auth, batch, facts, now);
+        let alone =
+            batch.iter().map(|&resource| engine.could_allow(&Query { auth, resource, facts, now })).collect();
+        (each, alone)
+    }
+
+    fn tools_t1_t2(policies: &str) -> (Vec<bool>, Vec<bool>) {
+        let none = Extra::new();
+        let auth = user(&["r1"], &[]);
+        let batch = [tool("t1", "s0", &none), tool("t2", "s0", &none)];
+        both(policies, ENTITIES, Some(&auth), &batch, &Extra::new(), 0)
+    }
+
+    /// An IPv4-mapped IPv6 address (`::ffff:102:304`) prints as `::ffff:1.2.3.4/128`, which
+    /// Cedar's `ip()` refuses: a residual holding the value fails when evaluated again.
+    #[test]
+    fn an_ipv4_mapped_address_in_an_if_branch_of_a_residual() {
+        let policies = r#"
+            @id("mapped") permit (principal, action == Action::"call", resource)
+            when { (if resource.name == "t1" then ip("::ffff:102:304") else ip("::1")).isIpv6() };
+        "#;
+        let (each, alone) = tools_t1_t2(policies);
+        assert_eq!(each, alone);
+    }
+
+    #[test]
+    fn an_ipv4_mapped_address_in_a_record_of_a_residual() {
+        let policies = r#"
+            @id("all") permit (principal, action, resource);
+            @id("mapped") forbid (principal, action == Action::"call", resource)
+            when { {n: resource.name, a: ip("::ffff:0:0/96")}.n == "t9" };
+        "#;
+        let (each, alone) = tools_t1_t2(policies);
+        assert_eq!(each, alone);
+    }
+
+    #[test]
+    fn an_ipv4_mapped_range_beside_the_resource_in_a_set() {
+        let policies = r#"
+            @id("all") permit (principal, action, resource);
+            @id("mapped") forbid (principal, action == Action::"call", resource)
+            when { [ip("::ffff:0:0/96")].contains(ip("::1")) && resource.name == "t9"
+                   || ([resource.name].contains("t9") && [ip("::ffff:a00:1")].isEmpty()) };
+        "#;
+        let (each, alone) = tools_t1_t2(policies);
+        assert_eq!(each, alone);
+    }
+
+    /// Other extension values round-trip: datetimes far from the epoch, negative durations and
+    /// decimals.
+    #[test]
+    fn datetimes_durations_and_decimals_in_residuals_hold() {
+        let policies = r#"
+            @id("all") permit (principal, action, resource);
+            @id("dt") forbid (principal, action == Action::"call", resource)
+            when { (if resource.name == "t1" then datetime("1969-12-31T23:59:59.999Z") else datetime("9999-12-31T23:59:59.999Z")) < datetime("1900-01-01") };
+            @id("dur") forbid (principal, action == Action::"call", resource)
+            when { (if resource.name == "t1" then duration("-1d2h3m4s5ms") else datetime("1970-01-01").durationSince(datetime("0001-01-01"))) > duration("1d") };
+            @id("dec") forbid (principal, action == Action::"call", resource)
+            when { (if resource.name == "t1" then decimal("-0.0001") else decimal("-922337203685477.5808")).greaterThan(decimal("0.0")) };
+        "#;
+        let (each, alone) = tools_t1_t2(policies);
+        assert_eq!(each, alone);
+    }
+
+    const MANY: &str = r#"
+        @id("all") permit (principal, action, resource);
+        @id("s0") forbid (principal, action, resource in Server::"s0") when { context.now > 5 };
+        @id("name") forbid (principal, action == Action::"call", resource) when { resource.name == "t3" };
+        @id("srv") forbid (principal, action == Action::"call", resource) when { resource.server == "s1" && context.authenticated };
+        @id("r0") forbid (principal in Role::"r0", action, resource == Tool::"t4");
+        @id("route") forbid (principal, action == Action::"GET", resource) when { resource.path like "/admin*" };
+        @id("rtag") forbid (principal, action == Action::"GET", resource is Route) when { resource.hasTag("id") && resource.getTag("id") == "7" };
+        @id("facts") forbid (principal, action, resource) when { context.facts.hasTag("f") && resource is Prompt };
+        @id("prompt") forbid (principal, action == Action::"get_prompt", resource) when { resource.name == "p1" && principal is Anonymous };
+        @id("ttag") forbid (principal, action == Action::"call", resource) when { (if resource.name == "t5" then {r: resource} else {r: resource}).r.hasTag("a") };
+    "#;
+
+    /// Static entities of an entry's uid (the same entity, and a different one), repeated
+    /// entries with other arguments, other servers, routes with parameters, prompts,
+    /// anonymous callers and facts.
+    #[test]
+    fn static_twins_repeats_routes_prompts_and_anonymous_callers() {
+        let none = Extra::new();
+        let args = Extra::from([("a".to_owned(), serde_json::Value::from("x"))]);
+        let params = [("id".to_owned(), "7".to_owned())];
+        let routes: Vec<Resource<'_>> = vec![
+            Resource::Route { method: "GET", path: "/admin/x", template: "/admin/{id}", params: &params },
+            Resource::Route { method: "GET", path: "/admin/y", template: "/admin/{id}", params: &[] },
+            Resource::Route { method: "GET", path: "/u", template: "/u", params: &params },
+            Resource::Route { method: "POST", path: "/u", template: "/u", params: &[] },
+            Resource::Route { method: "BREW", path: "/u", template: "/u", params: &[] },
+        ];
+        let mut batch = vec![
+            tool("t1", "s0", &none),
+            tool("t1", "s0", &args),
+            tool("t1", "s1", &none),
+            tool("t2", "s0", &none),
+            tool("t3", "", &none),
+            tool("t3", "s0", &none),
+            tool("t4", "s1", &none),
+            tool("t5", "s0", &args),
+            tool("t5", "s0", &none),
+            tool("t1", "s0", &none),
+            Resource::Mcp { kind: McpKind::Prompt, name: "p1", server: "", arguments: &none },
+            Resource::Mcp { kind: McpKind::Prompt, name: "p1", server: "s0", arguments: &none },
+            Resource::Mcp { kind: McpKind::Resource, name: "file:///a", server: "s0", arguments: &none },
+            Resource::Mcp { kind: McpKind::Method, name: "tools/list", server: "s0", arguments: &none },
+        ];
+        batch.extend(routes);
+        let facts = Extra::from([("f".to_owned(), serde_json::Value::from("1"))]);
+        let member = user(&["r1"], &[]);
+        for entities in [ENTITIES] {
+            for auth in [None, Some(&member)] {
+                for facts in [&Extra::new(), &facts] {
+                    for now in [0, 9, i64::MAX] {
+                        let (each, alone) = both(MANY, entities, auth, &batch, facts, now);
+                        assert_eq!(each, alone, "{entities} {auth:?} {facts:?} {now}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// A tag read through anything but `resource` itself (a record, here) is an argument too:
+    /// a tool some call of which is allowed is listed.
+    #[test]
+    fn a_tag_read_through_a_record_lists_a_callable_tool() {
+        let policies = r#"
+            @id("tagged") permit (principal, action == Action::"call", resource)
+            when { {r: resource}.r.hasTag("a") && {r: resource}.r.getTag("a") == "x" };
+        "#;
+        let engine = PolicyEngine::new(&with_entities(&[("p.cedar", policies)], ENTITIES)).unwrap();
+        let none = Extra::new();
+        let args = Extra::from([("a".to_owned(), serde_json::Value::from("x"))]);
+        let query =
+            |arguments| Query { auth: None, resource: tool("t1", "s0", arguments), facts: &none, now: 0 };
+        assert!(engine.evaluate(&query(&args)).allowed);
+        assert!(engine.could_allow(&query(&none)), "listed, since a call with a = x is allowed");
+    }
+
+    /// Conditions on tools only (so every set validates), shaped to leave residuals of every
+    /// kind when the resource is open: extension values beside the resource, records and sets
+    /// holding it, `if` on it, errors after it, `is`/`==` against other types.
+    fn tool_condition() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        prop_oneof![
+            Just(String::new()),
+            Just(" when { (if resource.name == \"t1\" then ip(\"::ffff:102:304\") else ip(\"::1\")).isIpv6() }".to_owned()),
+            Just(" when { {n: resource.name, a: ip(\"::ffff:0:0/96\"), d: decimal(\"-0.5\")}.n like \"t*2\" }".to_owned()),
+            Just(" when { (if resource in Server::\"s1\" then datetime(\"1970-01-01\").offset(duration(\"-1ms\")) else datetime(\"2024-01-01\")) < datetime(\"2000-01-01\") }".to_owned()),
+            Just(" when { (if resource.server == \"s0\" then datetime(\"2024-01-01\").toDate() else datetime(\"2024-01-01T10:00:00Z\")).toTime() > duration(\"1h\") }".to_owned()),
+            Just(" when { resource in [Server::\"s0\", Server::\"s2\"] }".to_owned()),
+            Just(" when { {r: resource}.r in Server::\"s1\" || context.now * 4611686018427387904 > 0 }".to_owned()),
+            Just(" when { [resource.name].contains(\"t3\") || [context.now * 4611686018427387904].isEmpty() }".to_owned()),
+            Just(" when { if resource.name like \"t*\" then context.now * 4611686018427387904 > 0 else false }".to_owned()),
+            Just(" when { if resource.name == \"t4\" then false else context.now * 4611686018427387904 > 0 }".to_owned()),
+            Just(" when { resource.name == \"t0\" && resource.hasTag(\"a\") && resource.getTag(\"a\") == \"x\" }".to_owned()),
+            Just(" when { resource.hasTag(\"a\") || resource.name == \"t2\" && resource.server like \"s*\" }".to_owned()),
+            Just(" when { [resource.name, resource.server].containsAny([\"t1\", \"s2\"]) }".to_owned()),
+            Just(" when { {a: resource.name}.a == \"t1\" && {b: context.now}.b + 9223372036854775807 > 0 }".to_owned()),
+            Just(" when { resource has server && resource.server == \"\" }".to_owned()),
+            Just(" when { resource.name like \"*1\" } unless { context.scopes.contains(\"deny\") }".to_owned()),
+            Just(" unless { resource.name == \"t2\" || context.now * 4611686018427387904 > 0 }".to_owned()),
+            Just(" when { principal in Role::\"r1\" && resource.server == \"s0\" || principal is Anonymous && resource.name == \"t3\" }".to_owned()),
+            Just(" when { context.facts.hasTag(\"f\") && resource.name == context.facts.getTag(\"f\") }".to_owned()),
+            Just(" when { (if resource.name == \"t1\" then resource else resource).name == \"t1\" }".to_owned()),
+            Just(" when { (resource.name == \"t0\" || resource.name == \"t1\") && decimal(\"1.5\").lessThan(if resource.name == \"t1\" then decimal(\"2.0\") else decimal(\"1.0\")) }".to_owned()),
+        ]
+    }
+
+    fn tool_policy_set() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        let scope = prop_oneof![
+            Just("resource".to_owned()),
+            (0..5u8).prop_map(|n| format!("resource == Tool::\"t{n}\"")),
+            (0..3u8).prop_map(|n| format!("resource in Server::\"s{n}\"")),
+            Just("resource is Tool".to_owned()),
+            (0..3u8).prop_map(|n| format!("resource is Tool in Server::\"s{n}\"")),
+        ];
+        let principal = prop_oneof![
+            Just("principal".to_owned()),
+            (0..3u8).prop_map(|n| format!("principal in Role::\"r{n}\"")),
+            Just("principal is Anonymous".to_owned()),
+            (0..2u8).prop_map(|n| format!("principal == User::\"u{n}\"")),
+        ];
+        prop::collection::vec((any::<bool>(), principal, scope, tool_condition()), 0..10).prop_map(|policies| {
+            policies
+                .into_iter()
+                .enumerate()
+                .map(|(n, (permit, principal, resource, condition))| {
+                    let effect = if permit { "permit" } else { "forbid" };
+                    format!("@id(\"p{n}\")\n{effect} ({principal}, action == Action::\"call\", {resource}){condition};\n")
+                })
+                .collect()
+        })
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(300))]
+
+        /// Lists of tools (repeated, with and without arguments, from several servers) are
+        /// decided as each tool alone, over residuals of every shape.
+        #[test]
+        fn a_tool_list_is_decided_as_each_tool_alone(
+            policies in tool_policy_set(),
+            entries in proptest::collection::vec((0..5u8, proptest::option::of(0..3u8), proptest::prelude::any::<bool>()), 1..10),
+            caller in proptest::option::of((0..2u8, proptest::collection::vec(0..3u8, 0..2), proptest::prelude::any::<bool>())),
+            facts in proptest::option::of(0..5u8),
+            now in proptest::prop_oneof![0..3i64, proptest::strategy::Just(i64::MAX)],
+        ) {
+            let engine = match PolicyEngine::new(&with_entities(&[("p.cedar", policies.as_str())], ENTITIES)) {
+                Ok(engine) => engine,
+                Err(error) => panic!("{error:?}\n{policies}"),
+            };
+            let auth = caller.as_ref().map(|(subject, roles, deny)| {
+                let mut auth = AuthInfo::new(
+                    CredentialKind::Static,
+                    format!("u{subject}"),
+                    roles.iter().map(|role| format!("r{role}")).collect(),
+                );
+                if *deny {
+                    auth.scopes = vec!["deny".to_owned()];
+                }
+                Arc::new(auth)
+            });
+            let facts = facts.map(|n| Extra::from([("f".to_owned(), serde_json::Value::from(format!("t{n}")))])).unwrap_or_default();
+            let none = Extra::new();
+            let tagged = Extra::from([("a".to_owned(), serde_json::Value::from("x"))]);
+            let names: Vec<(String, String, bool)> = entries
+                .iter()
+                .map(|(name, server, tags)| (format!("t{name}"), server.map(|s| format!("s{s}")).unwrap_or_default(), *tags))
+                .collect();
+            let batch: Vec<Resource<'_>> = names
+                .iter()
+                .map(|(name, server, tags)| tool(name, server, if *tags { &tagged } else { &none }))
+                .collect();
+            let each = engine.could_allow_each(auth.as_ref(), &batch, &facts, now);
+            let alone: Vec<bool> = batch
+                .iter()
+                .map(|&resource| engine.could_allow(&Query { auth: auth.as_ref(), resource, facts: &facts, now }))
+                .collect();
+            proptest::prop_assert_eq!(each, alone, "{}", policies);
+        }
+    }
+
+    /// Well-typed random conditions over a tool (by construction, so the validator keeps
+    /// them): booleans, strings, longs that may overflow, IP addresses and string sets, mixed
+    /// through `if`, `&&`, `||`, records and sets.
+    fn typed_bool(generic: bool) -> proptest::strategy::BoxedStrategy<String> {
+        use proptest::prelude::*;
+        let leaf_bool = prop_oneof![
+            Just("true".to_owned()),
+            Just("false".to_owned()),
+            Just("context.authenticated".to_owned()),
+            (0..3u8).prop_map(|n| format!("resource in Server::\"s{n}\"")),
+            Just("resource in [Server::\"s0\", Server::\"s2\"]".to_owned()),
+            Just("resource.hasTag(\"a\")".to_owned()),
+            Just("resource has server".to_owned()),
+            Just("resource is Tool".to_owned()),
+            Just("resource is Route".to_owned()),
+            Just("(resource is Prompt || resource is McpMethod)".to_owned()),
+            Just("(resource == Route::\"/r0\" || resource == Prompt::\"t1\")".to_owned()),
+            (0..3u8).prop_map(|n| format!("principal in Role::\"r{n}\"")),
+            Just("principal is Anonymous".to_owned()),
+            Just("context.facts.hasTag(\"f\")".to_owned()),
+            (0..5u8).prop_map(|n| format!("resource == Tool::\"t{n}\"")),
+        ];
+        leaf_bool
+            .prop_recursive(4, 40, 3, move |inner| {
+                let b = inner.clone();
+                let s = if generic { generic_string(inner.clone()) } else { typed_string(inner.clone()) };
+                let l = typed_long(inner.clone());
+                let ip = typed_ip(inner.clone());
+                prop_oneof![
+                    (b.clone(), b.clone()).prop_map(|(x, y)| format!("({x} && {y})")),
+                    (b.clone(), b.clone()).prop_map(|(x, y)| format!("({x} || {y})")),
+                    b.clone().prop_map(|x| format!("!({x})")),
+                    (b.clone(), b.clone(), b.clone())
+                        .prop_map(|(c, x, y)| format!("(if {c} then {x} else {y})")),
+                    (s.clone(), s.clone()).prop_map(|(x, y)| format!("({x} == {y})")),
+                    s.clone().prop_map(|x| format!("({x} like \"t*\")")),
+                    (l.clone(), l.clone()).prop_map(|(x, y)| format!("({x} > {y})")),
+                    (s.clone(), s.clone(), s.clone())
+                        .prop_map(|(x, y, z)| format!("[{x}, {y}].contains({z})")),
+                    (s.clone(), s.clone()).prop_map(|(x, y)| format!("[{x}].containsAny([{y}, \"s2\"])")),
+                    (s.clone(), b.clone()).prop_map(|(x, y)| format!("{{s: {x}, b: {y}}}.b")),
+                    (b.clone(), ip.clone()).prop_map(|(x, i)| format!("{{b: {x}, i: {i}}}.b")),
+                    ip.clone().prop_map(|i| format!("{i}.isIpv6()")),
+                    (ip.clone(), ip).prop_map(|(i, j)| format!("{i}.isInRange({j})")),
+                    (b.clone(), l).prop_map(|(x, n)| format!("({{b: {x}, n: {n}}} has b)")),
+                    s.prop_map(|x| format!("context.scopes.contains({x})")),
+                ]
+            })
+            .boxed()
+    }
+
+    fn typed_string(
+        b: proptest::strategy::BoxedStrategy<String>,
+    ) -> proptest::strategy::BoxedStrategy<String> {
+        use proptest::prelude::*;
+        prop_oneof![
+            (0..4u8).prop_map(|n| format!("\"t{n}\"")),
+            Just("\"s0\"".to_owned()),
+            Just("resource.name".to_owned()),
+            Just("resource.server".to_owned()),
+            Just("(if resource.hasTag(\"a\") then resource.getTag(\"a\") else \"z\")".to_owned()),
+            Just("(if context.facts.hasTag(\"f\") then context.facts.getTag(\"f\") else \"\")".to_owned()),
+            (b.clone(), b).prop_map(|(c, x)| format!(
+                "(if {c} then resource.name else (if {x} then \"t1\" else resource.server))"
+            )),
+            Just("{s: resource.name}.s".to_owned()),
+        ]
+        .boxed()
+    }
+
+    fn typed_long(b: proptest::strategy::BoxedStrategy<String>) -> proptest::strategy::BoxedStrategy<String> {
+        use proptest::prelude::*;
+        prop_oneof![
+            Just("0".to_owned()),
+            Just("context.now".to_owned()),
+            Just("(context.now * 4611686018427387904)".to_owned()),
+            Just("(context.now + 9223372036854775807)".to_owned()),
+            b.prop_map(|c| format!("(if {c} then context.now * 4611686018427387904 else 1)")),
+        ]
+        .boxed()
+    }
+
+    fn typed_ip(b: proptest::strategy::BoxedStrategy<String>) -> proptest::strategy::BoxedStrategy<String> {
+        use proptest::prelude::*;
+        prop_oneof![
+            Just("ip(\"::ffff:102:304\")".to_owned()),
+            Just("ip(\"::ffff:0:0/96\")".to_owned()),
+            Just("ip(\"10.0.0.1\")".to_owned()),
+            b.prop_map(|c| format!("(if {c} then ip(\"::ffff:102:304\") else ip(\"::1\"))")),
+        ]
+        .boxed()
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(400))]
+
+        /// Random well-typed conditions: a list of tools decided at once is decided as each
+        /// tool alone.
+        #[test]
+        fn random_conditions_decide_a_list_as_each_entry_alone(
+            policies in proptest::collection::vec((proptest::prelude::any::<bool>(), typed_bool(false), proptest::option::of(typed_bool(false))), 1..5),
+            caller in proptest::option::of((0..2u8, proptest::collection::vec(0..3u8, 0..2))),
+            facts in proptest::prelude::any::<bool>(),
+            now in proptest::prop_oneof![0..3i64, proptest::strategy::Just(i64::MAX)],
+        ) {
+            let text: String = policies
+                .iter()
+                .enumerate()
+                .map(|(n, (permit, when, unless))| {
+                    let effect = if *permit { "permit" } else { "forbid" };
+                    let unless = unless.as_ref().map(|u| format!(" unless {{ {u} }}")).unwrap_or_default();
+                    format!("@id(\"p{n}\")\n{effect} (principal, action == Action::\"call\", resource) when {{ {when} }}{unless};\n")
+                })
+                .collect();
+            let engine = match PolicyEngine::new(&with_entities(&[("p.cedar", text.as_str())], ENTITIES)) {
+                Ok(engine) => engine,
+                Err(error) => return Err(proptest::test_runner::TestCaseError::reject(format!("{error:?}"))),
+            };
+            let auth = caller.as_ref().map(|(subject, roles)| {
+                Arc::new(AuthInfo::new(
+                    CredentialKind::Static,
+                    format!("u{subject}"),
+                    roles.iter().map(|role| format!("r{role}")).collect(),
+                ))
+            });
+            let facts = if facts { Extra::from([("f".to_owned(), serde_json::Value::from("t1"))]) } else { Extra::new() };
+            let none = Extra::new();
+            let tagged = Extra::from([("a".to_owned(), serde_json::Value::from("t2"))]);
+            let batch = [
+                tool("t0", "s0", &none),
+                tool("t1", "s0", &none),
+                tool("t1", "s1", &none),
+                tool("t2", "", &none),
+                tool("t3", "s2", &tagged),
+                tool("t1", "s0", &none),
+            ];
+            let each = engine.could_allow_each(auth.as_ref(), &batch, &facts, now);
+            let alone: Vec<bool> = batch
+                .iter()
+                .map(|&resource| engine.could_allow(&Query { auth: auth.as_ref(), resource, facts: &facts, now }))
+                .collect();
+            proptest::prop_assert_eq!(each, alone, "{}", text);
+        }
+    }
+
+    /// Strings any resource has, read through `is`: with the resource open and typed, Cedar
+    /// decides `resource is T` once for the list.
+    fn generic_string(
+        b: proptest::strategy::BoxedStrategy<String>,
+    ) -> proptest::strategy::BoxedStrategy<String> {
+        use proptest::prelude::*;
+        prop_oneof![
+            (0..4u8).prop_map(|n| format!("\"t{n}\"")),
+            Just("\"/r0\"".to_owned()),
+            Just("(if resource is Route then resource.template else resource.name)".to_owned()),
+            Just("(if resource is Route then resource.path else resource.server)".to_owned()),
+            Just("(if resource.hasTag(\"id\") then resource.getTag(\"id\") else \"z\")".to_owned()),
+            b.prop_map(|c| format!("(if {c} && resource is Tool then resource.name else \"t1\")")),
+        ]
+        .boxed()
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(300))]
+
+        /// Random well-typed conditions for any action: a mixed list (tools, prompts, MCP
+        /// resources, methods, routes of several methods) is decided as each entry alone.
+        #[test]
+        fn random_conditions_decide_a_mixed_list_as_each_entry_alone(
+            policies in proptest::collection::vec((
+                proptest::prelude::any::<bool>(),
+                proptest::sample::select(vec!["action", "action in Action::\"read\"", "action == Action::\"get_prompt\"", "action in [Action::\"call\", Action::\"POST\"]"]),
+                typed_bool(true),
+                proptest::option::of(typed_bool(true)),
+            ), 1..5),
+            caller in proptest::option::of((0..2u8, proptest::collection::vec(0..3u8, 0..2))),
+            now in proptest::prop_oneof![0..3i64, proptest::strategy::Just(i64::MAX)],
+        ) {
+            let text: String = policies
+                .iter()
+                .enumerate()
+                .map(|(n, (permit, action, when, unless))| {
+                    let effect = if *permit { "permit" } else { "forbid" };
+                    let unless = unless.as_ref().map(|u| format!(" unless {{ {u} }}")).unwrap_or_default();
+                    format!("@id(\"p{n}\")\n{effect} (principal, {action}, resource) when {{ {when} }}{unless};\n")
+                })
+                .collect();
+            let engine = match PolicyEngine::new(&with_entities(&[("p.cedar", text.as_str())], ENTITIES)) {
+                Ok(engine) => engine,
+                Err(error) => return Err(proptest::test_runner::TestCaseError::reject(format!("{error:?}"))),
+            };
+            let auth = caller.as_ref().map(|(subject, roles)| {
+                Arc::new(AuthInfo::new(
+                    CredentialKind::Static,
+                    format!("u{subject}"),
+                    roles.iter().map(|role| format!("r{role}")).collect(),
+                ))
+            });
+            let facts = Extra::new();
+            let none = Extra::new();
+            let tagged = Extra::from([("id".to_owned(), serde_json::Value::from("t2"))]);
+            let params = [("id".to_owned(), "7".to_owned())];
+            let batch = [
+                tool("t1", "s0", &none),
+                tool("t2", "", &tagged),
+                Resource::Mcp { kind: McpKind::Prompt, name: "t1", server: "s0", arguments: &none },
+                Resource::Mcp { kind: McpKind::Prompt, name: "t3", server: "s1", arguments: &none },
+                Resource::Mcp { kind: McpKind::Resource, name: "t1", server: "s0", arguments: &none },
+                Resource::Mcp { kind: McpKind::Method, name: "tools/list", server: "s0", arguments: &none },
+                Resource::Route { method: "GET", path: "/r0", template: "/r0", params: &[] },
+                Resource::Route { method: "POST", path: "/r0", template: "/r0", params: &[] },
+                Resource::Route { method: "GET", path: "/r0/x", template: "/r0", params: &params },
+                Resource::Route { method: "HEAD", path: "/t1", template: "/t1", params: &params },
+                Resource::Route { method: "BREW", path: "/r0", template: "/r0", params: &[] },
+                tool("t1", "s0", &none),
+            ];
+            let each = engine.could_allow_each(auth.as_ref(), &batch, &facts, now);
+            let alone: Vec<bool> = batch
+                .iter()
+                .map(|&resource| engine.could_allow(&Query { auth: auth.as_ref(), resource, facts: &facts, now }))
+                .collect();
+            proptest::prop_assert_eq!(each, alone, "{}", text);
+        }
+    }
 }
