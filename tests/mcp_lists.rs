@@ -268,6 +268,45 @@ async fn a_session_answers_only_the_caller_it_was_issued_to() {
     assert_eq!(status, 404);
 }
 
+/// A credential that fails, sent with a session id, is answered as ext_authz answers it
+/// (401, or 503 when its backend is down), never as a session of another caller (403) and
+/// never let through.
+#[tokio::test]
+async fn a_failing_credential_with_a_session_is_refused_as_ext_authz_would() {
+    let mcp = McpServer::start_lists(&["--stateful"]);
+    let introspection = common::otlp::closed_port();
+    let backend = format!(
+        "credentials:\n  introspection:\n    - {{ endpoint: \"http://{introspection}/introspect\", \
+         client_id: c, client_secret: s }}\n"
+    );
+    let demo = cedargate::config::DEMO_YAML.replacen("credentials:\n", &backend, 1);
+    let text = format!("{demo}\n{CONFIG}");
+    let server = TestServer::start(Config::parse("mcp-outage.yaml", &text).unwrap()).await;
+    let config = EnvoyConfig::new(mcp.addr)
+        .with_auth(Auth::ExtAuthzGrpc { addr: server.grpc, with_body: true })
+        .with_mcp(mcp.addr)
+        .with_ext_proc(server.grpc);
+    let envoy = Envoy::start(&config).await;
+    let user = lister(&envoy.url("/mcp"), &[USER], &json!([])).await;
+    let session = user["sessionId"].as_str().unwrap_or_else(|| panic!("no session: {user}")).to_owned();
+    let session = ("mcp-session-id", session.as_str());
+    let list = || Some(json!({ "jsonrpc": "2.0", "id": 9, "method": "tools/list" }));
+    // A static token goes on working; an opaque one needs the introspection endpoint, which
+    // is down: a 503, with the session id or without.
+    let (status, answer, _) =
+        post(&envoy, &[("authorization", "Bearer user-token-123"), session], "POST", list()).await;
+    assert_eq!(status, 200, "{answer}");
+    for headers in
+        [&[("authorization", "Bearer opaque-1"), session][..], &[("authorization", "Bearer opaque-1")]]
+    {
+        let (status, answer, _) = post(&envoy, headers, "POST", list()).await;
+        assert_eq!(status, 503, "{headers:?}: {answer}");
+    }
+    // A credential no backend takes (an API key that is not one) is a 401 with the session id.
+    let (status, answer, _) = post(&envoy, &[("x-api-key", "not-a-key"), session], "POST", list()).await;
+    assert_eq!(status, 401, "{answer}");
+}
+
 #[tokio::test]
 async fn a_malformed_list_answer_is_withheld_and_other_lists_still_answer() {
     let mcp = McpServer::start_lists(&["--malformed"]);
