@@ -73,7 +73,7 @@ fi
 # tests/mcp/package-lock.json changes. The scripts are copied beside node_modules because Node
 # resolves an ES module's imports from the script's own folder.
 npm_install mcp @modelcontextprotocol/sdk
-cp tests/mcp/server.mjs tests/mcp/client.mjs tests/mcp/list_server.mjs tests/mcp/lister.mjs \
+cp tests/mcp/server.mjs tests/mcp/cli.mjs tests/mcp/client.mjs tests/mcp/list_server.mjs tests/mcp/lister.mjs \
   examples/mcp/filtered_server.mjs .tools/mcp/
 
 # nginx, for the tests that run examples/nginx/cedargate.conf through a real nginx: bookworm's

@@ -19,26 +19,11 @@
 import { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { StreamableHTTPClientTransport, StreamableHTTPError } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
 
+import { fail, parseArgs } from './cli.mjs';
+
 const usage = "usage: node lister.mjs [-H 'Name: value']... <url> [calls-json]";
 
-function fail(message) {
-  console.error(message);
-  process.exit(1);
-}
-
-const headers = {};
-const positional = [];
-const args = process.argv.slice(2);
-for (let i = 0; i < args.length; i += 1) {
-  if (args[i] === '-H' || args[i] === '--header') {
-    const header = args[(i += 1)] ?? fail(usage);
-    const colon = header.indexOf(':');
-    if (colon <= 0) fail(`not a header: ${header}`);
-    headers[header.slice(0, colon).trim()] = header.slice(colon + 1).trim();
-  } else {
-    positional.push(args[i]);
-  }
-}
+const { headers, positional } = parseArgs(process.argv.slice(2), usage);
 const [url, callsJson] = positional;
 if (!url || positional.length > 2) fail(usage);
 let endpoint;
