@@ -71,13 +71,7 @@ async fn envoy_example_passes_a_public_route_and_challenges_an_anonymous_caller(
     let server = TestServer::start(Config::load(&config_path).unwrap()).await;
     let app = Upstream::start().await;
     let mcp = Upstream::start().await;
-    let envoy = Envoy::start_example(&[
-        ("cedargate", server.grpc),
-        ("cedargate_http", server.http),
-        ("app", app.addr),
-        ("mcp", mcp.addr),
-    ])
-    .await;
+    let envoy = Envoy::start_example(server.grpc, server.http, app.addr, mcp.addr).await;
 
     let public = client().get(envoy.url("/public/info")).send().await.unwrap();
     assert_eq!(public.status(), 200, "stderr: {}", envoy.stderr());
@@ -96,13 +90,7 @@ async fn envoy_example_trims_an_mcp_list_to_what_the_caller_may_call() {
     let server = TestServer::start(Config::load(&config_path).unwrap()).await;
     let app = Upstream::start().await;
     let mcp = McpServer::start_lists(&[]);
-    let envoy = Envoy::start_example(&[
-        ("cedargate", server.grpc),
-        ("cedargate_http", server.http),
-        ("app", app.addr),
-        ("mcp", mcp.addr),
-    ])
-    .await;
+    let envoy = Envoy::start_example(server.grpc, server.http, app.addr, mcp.addr).await;
     let list = |token: &'static str| {
         client()
             .post(envoy.url("/mcp"))

@@ -185,13 +185,14 @@ async fn after_ext_authz_the_identity_comes_from_its_metadata() {
     assert_eq!(status, 401, "ext_authz's refusal: {answer}");
 }
 
-/// A JSON-RPC request through Envoy, as an MCP client sends it.
-async fn post(
+/// A request to the MCP endpoint through Envoy, with the headers an MCP client sends and
+/// `headers`, and `body` as JSON.
+fn mcp_request(
     envoy: &Envoy,
-    headers: &[(&str, &str)],
     method: &str,
+    headers: &[(&str, &str)],
     body: Option<Value>,
-) -> (u16, Value, reqwest::header::HeaderMap) {
+) -> reqwest::RequestBuilder {
     let client = reqwest::Client::builder().no_proxy().build().unwrap();
     let mut request = client
         .request(method.parse().unwrap(), envoy.url("/mcp"))
@@ -203,7 +204,18 @@ async fn post(
     if let Some(body) = body {
         request = request.json(&body);
     }
-    let response = request.timeout(Duration::from_secs(10)).send().await.unwrap();
+    request
+}
+
+/// A JSON-RPC request through Envoy, as an MCP client sends it.
+async fn post(
+    envoy: &Envoy,
+    headers: &[(&str, &str)],
+    method: &str,
+    body: Option<Value>,
+) -> (u16, Value, reqwest::header::HeaderMap) {
+    let response =
+        mcp_request(envoy, method, headers, body).timeout(Duration::from_secs(10)).send().await.unwrap();
     let status = response.status().as_u16();
     let headers = response.headers().clone();
     let text = response.text().await.unwrap();
@@ -625,19 +637,8 @@ async fn streamed(
     body: Option<Value>,
     wait: Duration,
 ) -> (u16, reqwest::header::HeaderMap, String) {
-    let client = reqwest::Client::builder().no_proxy().build().unwrap();
-    let mut request = client
-        .request(method.parse().unwrap(), envoy.url("/mcp"))
-        .header("accept", "application/json, text/event-stream")
-        .header("mcp-protocol-version", "2025-11-25")
-        .header("authorization", "Bearer user-token-123");
-    for (name, value) in headers {
-        request = request.header(*name, *value);
-    }
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    let mut response = request.send().await.unwrap();
+    let user = mcp_request(envoy, method, headers, body).header("authorization", "Bearer user-token-123");
+    let mut response = user.send().await.unwrap();
     let (status, headers) = (response.status().as_u16(), response.headers().clone());
     let mut text = String::new();
     let deadline = tokio::time::Instant::now() + wait;

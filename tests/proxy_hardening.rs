@@ -63,13 +63,7 @@ impl EnvoyStack {
 async fn envoy_stack(edit: impl FnOnce(&mut Config)) -> EnvoyStack {
     let server = TestServer::start(example_config("examples/envoy/cedargate.yaml", edit)).await;
     let (app, mcp) = (Upstream::start().await, Upstream::start().await);
-    let envoy = Envoy::start_example(&[
-        ("cedargate", server.grpc),
-        ("cedargate_http", server.http),
-        ("app", app.addr),
-        ("mcp", mcp.addr),
-    ])
-    .await;
+    let envoy = Envoy::start_example(server.grpc, server.http, app.addr, mcp.addr).await;
     EnvoyStack { _server: server, app, mcp, envoy }
 }
 

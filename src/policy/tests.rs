@@ -896,13 +896,13 @@ mod slicing {
         ]
     }
 
-    fn caller() -> impl Strategy<Value = Option<(u8, Vec<u8>, bool)>> {
+    pub(super) fn caller() -> impl Strategy<Value = Option<(u8, Vec<u8>, bool)>> {
         prop::option::of((0..4u8, prop::collection::vec(0..4u8, 0..3), any::<bool>()))
     }
 
     /// The identity a generated caller stands for: subject `u<n>`, roles `r<n>`, and the scope
     /// `deny` when asked.
-    fn identity(caller: &Option<(u8, Vec<u8>, bool)>) -> Option<Arc<AuthInfo>> {
+    pub(super) fn identity(caller: &Option<(u8, Vec<u8>, bool)>) -> Option<Arc<AuthInfo>> {
         caller.as_ref().map(|(subject, roles, deny)| {
             let mut auth = AuthInfo::new(
                 CredentialKind::Static,
@@ -1402,6 +1402,10 @@ fn the_principal_cache_stays_bounded_and_level() {
 /// Concrete probes of `could_allow_each` against per-entry `could_allow` (the Lister's
 /// partial evaluation with the resource open, and the batch's shared store).
 mod lister_probes {
+    use proptest::prelude::*;
+    use proptest::test_runner::TestCaseError;
+
+    use super::slicing::{caller, identity};
     use super::*;
 
     const ENTITIES: &str = r#"[
@@ -1425,10 +1429,43 @@ mod lister_probes {
         let engine = PolicyEngine::new(&with_entities(&[("p.cedar", policies)], entities))
             .unwrap_or_else(|error| panic!("{error:?}"));
         assert!(engine.snapshot().lists_share_store, "the batch path is not taken");
+        each_and_alone(&engine, auth, batch, facts, now)
+    }
+
+    /// `(could_allow_each, each alone)` for `batch` by `engine`.
+    fn each_and_alone(
+        engine: &PolicyEngine,
+        auth: Option<&Arc<AuthInfo>>,
+        batch: &[Resource<'_>],
+        facts: &Extra,
+        now: i64,
+    ) -> (Vec<bool>, Vec<bool>) {
         let each = engine.could_allow_each(auth, batch, facts, now);
         let alone =
             batch.iter().map(|&resource| engine.could_allow(&Query { auth, resource, facts, now })).collect();
         (each, alone)
+    }
+
+    /// The engine for a generated set; a set the validator refuses is rejected.
+    fn engine_for(policies: &str) -> Result<PolicyEngine, TestCaseError> {
+        PolicyEngine::new(&with_entities(&[("p.cedar", policies)], ENTITIES))
+            .map_err(|error| TestCaseError::reject(format!("{error:?}")))
+    }
+
+    /// A set of generated policies `(permit, action scope, when, unless)`, on any principal
+    /// and resource.
+    fn conditioned(policies: &[(bool, &str, String, Option<String>)]) -> String {
+        policies
+            .iter()
+            .enumerate()
+            .map(|(n, (permit, action, when, unless))| {
+                let effect = if *permit { "permit" } else { "forbid" };
+                let unless = unless.as_ref().map(|u| format!(" unless {{ {u} }}")).unwrap_or_default();
+                format!(
+                    "@id(\"p{n}\")\n{effect} (principal, {action}, resource) when {{ {when} }}{unless};\n"
+                )
+            })
+            .collect()
     }
 
     fn tools_t1_t2(policies: &str) -> (Vec<bool>, Vec<bool>) {
@@ -1439,7 +1476,8 @@ mod lister_probes {
     }
 
     /// An IPv4-mapped IPv6 address (`::ffff:102:304`) prints as `::ffff:1.2.3.4/128`, which
-    /// Cedar's `ip()` refuses: a residual holding the value fails when evaluated again.
+    /// Cedar's `ip()` refuses: a residual holding the value must not fail when evaluated
+    /// again (it keeps the constructor's own argument).
     #[test]
     fn an_ipv4_mapped_address_in_an_if_branch_of_a_residual() {
         let policies = r#"
@@ -1569,8 +1607,7 @@ mod lister_probes {
     /// Conditions on tools only (so every set validates), shaped to leave residuals of every
     /// kind when the resource is open: extension values beside the resource, records and sets
     /// holding it, `if` on it, errors after it, `is`/`==` against other types.
-    fn tool_condition() -> impl proptest::strategy::Strategy<Value = String> {
-        use proptest::prelude::*;
+    fn tool_condition() -> impl Strategy<Value = String> {
         prop_oneof![
             Just(String::new()),
             Just(" when { (if resource.name == \"t1\" then ip(\"::ffff:102:304\") else ip(\"::1\")).isIpv6() }".to_owned()),
@@ -1596,8 +1633,7 @@ mod lister_probes {
         ]
     }
 
-    fn tool_policy_set() -> impl proptest::strategy::Strategy<Value = String> {
-        use proptest::prelude::*;
+    fn tool_policy_set() -> impl Strategy<Value = String> {
         let scope = prop_oneof![
             Just("resource".to_owned()),
             (0..5u8).prop_map(|n| format!("resource == Tool::\"t{n}\"")),
@@ -1623,34 +1659,22 @@ mod lister_probes {
         })
     }
 
-    proptest::proptest! {
-        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(300))]
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
 
         /// Lists of tools (repeated, with and without arguments, from several servers) are
         /// decided as each tool alone, over residuals of every shape.
         #[test]
         fn a_tool_list_is_decided_as_each_tool_alone(
             policies in tool_policy_set(),
-            entries in proptest::collection::vec((0..5u8, proptest::option::of(0..3u8), proptest::prelude::any::<bool>()), 1..10),
-            caller in proptest::option::of((0..2u8, proptest::collection::vec(0..3u8, 0..2), proptest::prelude::any::<bool>())),
-            facts in proptest::option::of(0..5u8),
-            now in proptest::prop_oneof![0..3i64, proptest::strategy::Just(i64::MAX)],
+            entries in prop::collection::vec((0..5u8, prop::option::of(0..3u8), any::<bool>()), 1..10),
+            caller in caller(),
+            facts in prop::option::of(0..5u8),
+            now in prop_oneof![0..3i64, Just(i64::MAX)],
         ) {
-            let engine = match PolicyEngine::new(&with_entities(&[("p.cedar", policies.as_str())], ENTITIES)) {
-                Ok(engine) => engine,
-                Err(error) => panic!("{error:?}\n{policies}"),
-            };
-            let auth = caller.as_ref().map(|(subject, roles, deny)| {
-                let mut auth = AuthInfo::new(
-                    CredentialKind::Static,
-                    format!("u{subject}"),
-                    roles.iter().map(|role| format!("r{role}")).collect(),
-                );
-                if *deny {
-                    auth.scopes = vec!["deny".to_owned()];
-                }
-                Arc::new(auth)
-            });
+            let engine = PolicyEngine::new(&with_entities(&[("p.cedar", policies.as_str())], ENTITIES))
+                .unwrap_or_else(|error| panic!("{error:?}\n{policies}"));
+            let auth = identity(&caller);
             let facts = facts.map(|n| Extra::from([("f".to_owned(), serde_json::Value::from(format!("t{n}")))])).unwrap_or_default();
             let none = Extra::new();
             let tagged = Extra::from([("a".to_owned(), serde_json::Value::from("x"))]);
@@ -1662,20 +1686,15 @@ mod lister_probes {
                 .iter()
                 .map(|(name, server, tags)| tool(name, server, if *tags { &tagged } else { &none }))
                 .collect();
-            let each = engine.could_allow_each(auth.as_ref(), &batch, &facts, now);
-            let alone: Vec<bool> = batch
-                .iter()
-                .map(|&resource| engine.could_allow(&Query { auth: auth.as_ref(), resource, facts: &facts, now }))
-                .collect();
-            proptest::prop_assert_eq!(each, alone, "{}", policies);
+            let (each, alone) = each_and_alone(&engine, auth.as_ref(), &batch, &facts, now);
+            prop_assert_eq!(each, alone, "{}", policies);
         }
     }
 
     /// Well-typed random conditions over a tool (by construction, so the validator keeps
     /// them): booleans, strings, longs that may overflow, IP addresses and string sets, mixed
     /// through `if`, `&&`, `||`, records and sets.
-    fn typed_bool(generic: bool) -> proptest::strategy::BoxedStrategy<String> {
-        use proptest::prelude::*;
+    fn typed_bool(generic: bool) -> BoxedStrategy<String> {
         let leaf_bool = prop_oneof![
             Just("true".to_owned()),
             Just("false".to_owned()),
@@ -1722,10 +1741,7 @@ mod lister_probes {
             .boxed()
     }
 
-    fn typed_string(
-        b: proptest::strategy::BoxedStrategy<String>,
-    ) -> proptest::strategy::BoxedStrategy<String> {
-        use proptest::prelude::*;
+    fn typed_string(b: BoxedStrategy<String>) -> BoxedStrategy<String> {
         prop_oneof![
             (0..4u8).prop_map(|n| format!("\"t{n}\"")),
             Just("\"s0\"".to_owned()),
@@ -1741,8 +1757,7 @@ mod lister_probes {
         .boxed()
     }
 
-    fn typed_long(b: proptest::strategy::BoxedStrategy<String>) -> proptest::strategy::BoxedStrategy<String> {
-        use proptest::prelude::*;
+    fn typed_long(b: BoxedStrategy<String>) -> BoxedStrategy<String> {
         prop_oneof![
             Just("0".to_owned()),
             Just("context.now".to_owned()),
@@ -1753,8 +1768,7 @@ mod lister_probes {
         .boxed()
     }
 
-    fn typed_ip(b: proptest::strategy::BoxedStrategy<String>) -> proptest::strategy::BoxedStrategy<String> {
-        use proptest::prelude::*;
+    fn typed_ip(b: BoxedStrategy<String>) -> BoxedStrategy<String> {
         prop_oneof![
             Just("ip(\"::ffff:102:304\")".to_owned()),
             Just("ip(\"::ffff:0:0/96\")".to_owned()),
@@ -1764,38 +1778,21 @@ mod lister_probes {
         .boxed()
     }
 
-    proptest::proptest! {
-        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(400))]
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(400))]
 
         /// Random well-typed conditions: a list of tools decided at once is decided as each
         /// tool alone.
         #[test]
         fn random_conditions_decide_a_list_as_each_entry_alone(
-            policies in proptest::collection::vec((proptest::prelude::any::<bool>(), typed_bool(false), proptest::option::of(typed_bool(false))), 1..5),
-            caller in proptest::option::of((0..2u8, proptest::collection::vec(0..3u8, 0..2))),
-            facts in proptest::prelude::any::<bool>(),
-            now in proptest::prop_oneof![0..3i64, proptest::strategy::Just(i64::MAX)],
+            policies in prop::collection::vec((any::<bool>(), Just("action == Action::\"call\""), typed_bool(false), prop::option::of(typed_bool(false))), 1..5),
+            caller in caller(),
+            facts in any::<bool>(),
+            now in prop_oneof![0..3i64, Just(i64::MAX)],
         ) {
-            let text: String = policies
-                .iter()
-                .enumerate()
-                .map(|(n, (permit, when, unless))| {
-                    let effect = if *permit { "permit" } else { "forbid" };
-                    let unless = unless.as_ref().map(|u| format!(" unless {{ {u} }}")).unwrap_or_default();
-                    format!("@id(\"p{n}\")\n{effect} (principal, action == Action::\"call\", resource) when {{ {when} }}{unless};\n")
-                })
-                .collect();
-            let engine = match PolicyEngine::new(&with_entities(&[("p.cedar", text.as_str())], ENTITIES)) {
-                Ok(engine) => engine,
-                Err(error) => return Err(proptest::test_runner::TestCaseError::reject(format!("{error:?}"))),
-            };
-            let auth = caller.as_ref().map(|(subject, roles)| {
-                Arc::new(AuthInfo::new(
-                    CredentialKind::Static,
-                    format!("u{subject}"),
-                    roles.iter().map(|role| format!("r{role}")).collect(),
-                ))
-            });
+            let text = conditioned(&policies);
+            let engine = engine_for(&text)?;
+            let auth = identity(&caller);
             let facts = if facts { Extra::from([("f".to_owned(), serde_json::Value::from("t1"))]) } else { Extra::new() };
             let none = Extra::new();
             let tagged = Extra::from([("a".to_owned(), serde_json::Value::from("t2"))]);
@@ -1807,21 +1804,14 @@ mod lister_probes {
                 tool("t3", "s2", &tagged),
                 tool("t1", "s0", &none),
             ];
-            let each = engine.could_allow_each(auth.as_ref(), &batch, &facts, now);
-            let alone: Vec<bool> = batch
-                .iter()
-                .map(|&resource| engine.could_allow(&Query { auth: auth.as_ref(), resource, facts: &facts, now }))
-                .collect();
-            proptest::prop_assert_eq!(each, alone, "{}", text);
+            let (each, alone) = each_and_alone(&engine, auth.as_ref(), &batch, &facts, now);
+            prop_assert_eq!(each, alone, "{}", text);
         }
     }
 
     /// Strings any resource has, read through `is`: with the resource open and typed, Cedar
     /// decides `resource is T` once for the list.
-    fn generic_string(
-        b: proptest::strategy::BoxedStrategy<String>,
-    ) -> proptest::strategy::BoxedStrategy<String> {
-        use proptest::prelude::*;
+    fn generic_string(b: BoxedStrategy<String>) -> BoxedStrategy<String> {
         prop_oneof![
             (0..4u8).prop_map(|n| format!("\"t{n}\"")),
             Just("\"/r0\"".to_owned()),
@@ -1833,42 +1823,25 @@ mod lister_probes {
         .boxed()
     }
 
-    proptest::proptest! {
-        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(300))]
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
 
         /// Random well-typed conditions for any action: a mixed list (tools, prompts, MCP
         /// resources, methods, routes of several methods) is decided as each entry alone.
         #[test]
         fn random_conditions_decide_a_mixed_list_as_each_entry_alone(
-            policies in proptest::collection::vec((
-                proptest::prelude::any::<bool>(),
-                proptest::sample::select(vec!["action", "action in Action::\"read\"", "action == Action::\"get_prompt\"", "action in [Action::\"call\", Action::\"POST\"]"]),
+            policies in prop::collection::vec((
+                any::<bool>(),
+                prop::sample::select(vec!["action", "action in Action::\"read\"", "action == Action::\"get_prompt\"", "action in [Action::\"call\", Action::\"POST\"]"]),
                 typed_bool(true),
-                proptest::option::of(typed_bool(true)),
+                prop::option::of(typed_bool(true)),
             ), 1..5),
-            caller in proptest::option::of((0..2u8, proptest::collection::vec(0..3u8, 0..2))),
-            now in proptest::prop_oneof![0..3i64, proptest::strategy::Just(i64::MAX)],
+            caller in caller(),
+            now in prop_oneof![0..3i64, Just(i64::MAX)],
         ) {
-            let text: String = policies
-                .iter()
-                .enumerate()
-                .map(|(n, (permit, action, when, unless))| {
-                    let effect = if *permit { "permit" } else { "forbid" };
-                    let unless = unless.as_ref().map(|u| format!(" unless {{ {u} }}")).unwrap_or_default();
-                    format!("@id(\"p{n}\")\n{effect} (principal, {action}, resource) when {{ {when} }}{unless};\n")
-                })
-                .collect();
-            let engine = match PolicyEngine::new(&with_entities(&[("p.cedar", text.as_str())], ENTITIES)) {
-                Ok(engine) => engine,
-                Err(error) => return Err(proptest::test_runner::TestCaseError::reject(format!("{error:?}"))),
-            };
-            let auth = caller.as_ref().map(|(subject, roles)| {
-                Arc::new(AuthInfo::new(
-                    CredentialKind::Static,
-                    format!("u{subject}"),
-                    roles.iter().map(|role| format!("r{role}")).collect(),
-                ))
-            });
+            let text = conditioned(&policies);
+            let engine = engine_for(&text)?;
+            let auth = identity(&caller);
             let facts = Extra::new();
             let none = Extra::new();
             let tagged = Extra::from([("id".to_owned(), serde_json::Value::from("t2"))]);
@@ -1887,12 +1860,8 @@ mod lister_probes {
                 Resource::Route { method: "BREW", path: "/r0", template: "/r0", params: &[] },
                 tool("t1", "s0", &none),
             ];
-            let each = engine.could_allow_each(auth.as_ref(), &batch, &facts, now);
-            let alone: Vec<bool> = batch
-                .iter()
-                .map(|&resource| engine.could_allow(&Query { auth: auth.as_ref(), resource, facts: &facts, now }))
-                .collect();
-            proptest::prop_assert_eq!(each, alone, "{}", text);
+            let (each, alone) = each_and_alone(&engine, auth.as_ref(), &batch, &facts, now);
+            prop_assert_eq!(each, alone, "{}", text);
         }
     }
 }

@@ -532,12 +532,12 @@ impl Envoy {
     }
 
     /// Runs the shipped `examples/envoy/envoy.yaml` as it is, except for its addresses: admin and
-    /// the `ingress` listener bind `127.0.0.1:0`, and each named cluster's endpoints become the
-    /// given address (in the example: `cedargate` for gRPC ext_authz, `cedargate_http`, `app`
-    /// and `mcp`). Clusters not named keep the example's addresses. Panics on a cluster name or
-    /// listener the example does not have. One worker.
-    pub async fn start_example(clusters: &[(&str, SocketAddr)]) -> Self {
-        Self::start_bootstrap(example_bootstrap(clusters), 1).await
+    /// the `ingress` listener bind `127.0.0.1:0`, and its clusters point at cedargate's `grpc`
+    /// (ext_authz, ext_proc) and `http` ports, the `app` and the `mcp` server. Panics on a
+    /// cluster or listener the example does not have. One worker.
+    pub async fn start_example(grpc: SocketAddr, http: SocketAddr, app: SocketAddr, mcp: SocketAddr) -> Self {
+        let clusters = [("cedargate", grpc), ("cedargate_http", http), ("app", app), ("mcp", mcp)];
+        Self::start_bootstrap(example_bootstrap(&clusters), 1).await
     }
 
     /// Writes `yaml` into a temporary directory as the bootstrap, starts Envoy on it with
