@@ -1,5 +1,6 @@
 //! Turning a [`Query`] into a Cedar request and entity store.
 
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
 use std::sync::{Arc, Weak};
@@ -432,21 +433,7 @@ impl Batch {
         };
         let context = prepared.context_at(names, auth.map(Arc::as_ref), now)?;
         let base: &CoreEntities = snapshot.base_entities.as_ref();
-        let mut shared = vec![Arc::clone(&prepared.principal)];
-        if !facts.is_empty() {
-            shared.push(Arc::new(closed_leaf(base, facts_entity(names, facts))));
-        }
-        let store = base
-            .clone()
-            .add_entities(
-                shared,
-                None::<&NoEntitiesSchema>,
-                TCComputation::AssumeAlreadyComputed,
-                Extensions::all_available(),
-            )
-            .map_err(|error| error.to_string())?;
-
-        let mut leaves: HashMap<ast::EntityUID, Arc<ast::Entity>> = HashMap::new();
+        let mut leaves: HashMap<ast::EntityUID, ast::Entity> = HashMap::new();
         let entries = resources
             .iter()
             .map(|&resource| {
@@ -456,24 +443,31 @@ impl Batch {
                     }
                 }
                 let (action, entity) = resource_entity(names, resource);
-                let entity = closed_leaf(&store, entity);
+                let entity = closed_leaf(base, entity);
                 let uid = entity.uid().clone();
-                // One already there (a static entity, an entry of the same name) is shared
-                // when it is the same entity, as `add_entities` would share it.
-                let same = match (store.entity(&uid), leaves.get(&uid)) {
-                    (Dereference::Data(there), _) => there.deep_eq(&entity),
-                    (_, Some(there)) => there.deep_eq(&entity),
-                    (_, None) => {
-                        leaves.insert(uid.clone(), Arc::new(entity));
+                // A repeated entry shares its entity when it is the same one, as `add_entities`
+                // would share it; a static entity of its name (`entities.json` may declare
+                // none) leaves it to be decided alone.
+                let shared = match leaves.entry(uid.clone()) {
+                    _ if matches!(base.entity(&uid), Dereference::Data(_)) => false,
+                    Entry::Occupied(there) => there.get().deep_eq(&entity),
+                    Entry::Vacant(slot) => {
+                        slot.insert(entity);
                         true
                     }
                 };
-                same.then(|| (action, EntityUid::from(uid)))
+                shared.then(|| (action, EntityUid::from(uid)))
             })
             .collect();
-        let store = store
+        let mut added = vec![Arc::clone(&prepared.principal)];
+        if !facts.is_empty() {
+            added.push(Arc::new(closed_leaf(base, facts_entity(names, facts))));
+        }
+        added.extend(leaves.into_values().map(Arc::new));
+        let store = base
+            .clone()
             .add_entities(
-                leaves.into_values(),
+                added,
                 None::<&NoEntitiesSchema>,
                 TCComputation::AssumeAlreadyComputed,
                 Extensions::all_available(),

@@ -135,6 +135,9 @@ impl OpenSlice {
     ) {
         out.clear();
         out.extend_from_slice(&self.every);
+        if slicer.by_resource.is_empty() {
+            return;
+        }
         let resource = Place::of(resource, entities);
         let mut caller = None;
         for uid in resource.all() {
