@@ -159,3 +159,37 @@ if ! prometheus_installed; then
     exit 1
   }
 fi
+
+# Redis, for the tests that run several cedargate replicas over one shared store: bookworm's
+# redis-server (7.0), unpacked with `dpkg -x` into .tools/redis as nginx is (no service, user
+# or /etc/redis), with the libraries it links that a machine may lack (liblzf, jemalloc)
+# unpacked beside it; .tools/bin/redis-server and redis-cli are wrappers that exec them with
+# those on the library path. Reinstalled only when missing or not 7.0.x.
+redis_version=7.0.
+redis_installed() {
+  case "$(.tools/bin/redis-server --version 2>&1)" in *"v=${redis_version}"*) ;; *) return 1 ;; esac
+  case "$(.tools/bin/redis-cli --version 2>&1)" in *"redis-cli ${redis_version}"*) return 0 ;; *) return 1 ;; esac
+}
+if ! redis_installed; then
+  rm -rf .tools/redis .tools/bin/redis-server .tools/bin/redis-cli
+  mkdir -p .tools/redis .tools/bin
+  for package in redis-server redis-tools liblzf1 libjemalloc2; do
+    apt_unpack "$package" .tools/redis
+  done
+  redis_libs="$PWD/.tools/redis/usr/lib/x86_64-linux-gnu"
+  for binary in redis-server redis-cli; do
+    missing=$(LD_LIBRARY_PATH="$redis_libs" ldd ".tools/redis/usr/bin/${binary}" | awk '/not found/ { print $1 }')
+    if [ -n "$missing" ]; then
+      echo "install-test-deps: ${binary} needs ${missing}, which is missing" >&2
+      exit 1
+    fi
+    # exec keeps the pid, so the tests signal Redis itself.
+    printf '#!/bin/sh\nLD_LIBRARY_PATH=%s exec %s "$@"\n' "$redis_libs" "$PWD/.tools/redis/usr/bin/${binary}" \
+      >".tools/bin/${binary}"
+    chmod +x ".tools/bin/${binary}"
+  done
+  redis_installed || {
+    echo "install-test-deps: .tools/bin/redis-server is not Redis ${redis_version}x" >&2
+    exit 1
+  }
+fi

@@ -35,8 +35,10 @@ use crate::policy::{
 };
 use crate::route::RouteTable;
 use crate::session::{
-    Account, LimitRule, MemoryRateLimiter, MemorySessionStore, SessionManager, SessionSettings,
+    Account, LimitRule, LoginRateLimiter, MemoryRateLimiter, MemorySessionStore, SessionManager,
+    SessionSettings, SessionStore,
 };
+use crate::state::{Event, EventHandler, Events, Redis, RedisRateLimiter, RedisSessionStore};
 use crate::telemetry::decision_log::DecisionLog;
 use crate::telemetry::metrics::metrics;
 
@@ -78,7 +80,8 @@ pub struct App {
     engine: Arc<Engine>,
     gateway: Arc<Gateway>,
     sessions: Arc<SessionManager>,
-    limiter: Arc<MemoryRateLimiter>,
+    /// Where sessions and login limits live.
+    state: SharedState,
     /// The JWT backend, when issuers are configured (its keys are refreshed in the background).
     jwt: Option<Arc<JwtResolver>>,
     /// The caches in front of remote or expensive backends, for eviction.
@@ -101,14 +104,7 @@ impl App {
         let routes = RouteTable::new(config.routes.iter().map(String::as_str), config.paths.rules())
             .map_err(AppError::Setup)?;
 
-        let limits = &config.sessions.login_rate_limit;
-        let limiter = Arc::new(MemoryRateLimiter::new(
-            LimitRule {
-                max_failures: limits.per_username.max_failures,
-                window: limits.per_username.window.0,
-            },
-            LimitRule { max_failures: limits.per_address.max_failures, window: limits.per_address.window.0 },
-        ));
+        let state = SharedState::build(&config)?;
         let accounts: HashMap<String, Account> = config
             .sessions
             .users
@@ -128,8 +124,8 @@ impl App {
         let sessions = Arc::new(
             SessionManager::new(
                 accounts,
-                Arc::new(MemorySessionStore::default()),
-                Arc::clone(&limiter) as _,
+                Arc::clone(&state.store),
+                Arc::clone(&state.limiter),
                 SessionSettings {
                     access_ttl: config.sessions.access_ttl.0,
                     refresh_ttl: config.sessions.refresh_ttl.0,
@@ -204,7 +200,7 @@ impl App {
             engine,
             gateway,
             sessions,
-            limiter,
+            state,
             jwt,
             token_caches,
         })
@@ -333,6 +329,7 @@ impl App {
             .add_service(proto::admin_server::AdminServer::new(AdminService::new(
                 self.config.admin.token_sha256.map(|digest| digest.0),
                 self.token_caches.clone(),
+                self.state.redis.as_ref().map(|redis| redis.events.clone()),
                 Arc::clone(&self.policies),
             )))
             .serve_with_incoming_shutdown(grpc_incoming(grpc, unix, listen), stopped(stop.clone()));
@@ -353,8 +350,16 @@ impl App {
         });
         let http_server = serve_http(http, http_router, listen, stopped(stop.clone()));
 
-        let purge =
-            tokio::spawn(purge_task(Arc::clone(&self.sessions), Arc::clone(&self.limiter), stop.clone()));
+        let purge = tokio::spawn(purge_task(
+            Arc::clone(&self.sessions),
+            self.state.memory_limiter.clone(),
+            stop.clone(),
+        ));
+        let events = self.state.redis.as_ref().map(|redis| {
+            tokio::spawn(
+                redis.events.clone().listen(redis.handler(self.token_caches.clone()), stopped(stop.clone())),
+            )
+        });
         // There is a JWT resolver only when at least one issuer is configured.
         let refresh_interval =
             self.config.credentials.jwt.iter().map(|issuer| issuer.refresh_interval.0).min();
@@ -428,6 +433,9 @@ impl App {
         };
         let _ = stop_sender.send(true);
         let _ = purge.await;
+        if let Some(events) = events {
+            let _ = events.await;
+        }
         if let Some(refresh) = jwks_refresh {
             let _ = refresh.await;
         }
@@ -563,10 +571,75 @@ async fn stopped(mut stop: watch::Receiver<bool>) {
     let _ = stop.wait_for(|stopped| *stopped).await;
 }
 
+/// Where sessions and login limits live: this process's memory, or a Redis every replica
+/// shares.
+#[derive(Debug)]
+struct SharedState {
+    store: Arc<dyn SessionStore>,
+    limiter: Arc<dyn LoginRateLimiter>,
+    /// The in-memory limiter, purged by the background task (Redis expires its own keys).
+    memory_limiter: Option<Arc<MemoryRateLimiter>>,
+    redis: Option<RedisState>,
+}
+
+/// The Redis side of [`SharedState`]: the events every replica hears, and what they change.
+#[derive(Debug)]
+struct RedisState {
+    events: Events,
+    sessions: Arc<RedisSessionStore>,
+}
+
+impl SharedState {
+    fn build(config: &Config) -> Result<Self, AppError> {
+        let limits = &config.sessions.login_rate_limit;
+        let per_username = LimitRule {
+            max_failures: limits.per_username.max_failures,
+            window: limits.per_username.window.0,
+        };
+        let per_address =
+            LimitRule { max_failures: limits.per_address.max_failures, window: limits.per_address.window.0 };
+        let Some(redis) = &config.state.redis else {
+            let limiter = Arc::new(MemoryRateLimiter::new(per_username, per_address));
+            return Ok(Self {
+                store: Arc::new(MemorySessionStore::default()),
+                limiter: Arc::clone(&limiter) as _,
+                memory_limiter: Some(limiter),
+                redis: None,
+            });
+        };
+        let settings = redis.settings(|path| config.resolve(path)).map_err(AppError::Setup)?;
+        let redis = Redis::new(settings).map_err(AppError::Setup)?;
+        let sessions = Arc::new(RedisSessionStore::new(redis.clone()));
+        Ok(Self {
+            store: Arc::clone(&sessions) as _,
+            limiter: Arc::new(RedisRateLimiter::new(redis.clone(), per_username, per_address)),
+            memory_limiter: None,
+            redis: Some(RedisState { events: Events::new(redis), sessions }),
+        })
+    }
+}
+
+impl RedisState {
+    /// What this replica does on each event: forget a revoked session's copy, evict a token.
+    fn handler(&self, caches: TokenCaches) -> EventHandler {
+        let sessions = Arc::clone(&self.sessions);
+        Arc::new(move |event: &Event| match event {
+            Event::Revoked(access) => sessions.forget(access),
+            Event::Evict(digest) => {
+                caches.evict_digest(digest);
+            }
+            Event::EvictFingerprint(fingerprint) => {
+                caches.evict_fingerprint(fingerprint);
+            }
+            Event::Resync => sessions.forget_all(),
+        })
+    }
+}
+
 /// Drops expired sessions and rate-limit windows every minute until `stop`.
 async fn purge_task(
     sessions: Arc<SessionManager>,
-    limiter: Arc<MemoryRateLimiter>,
+    limiter: Option<Arc<MemoryRateLimiter>>,
     stop: watch::Receiver<bool>,
 ) {
     let mut ticker = tokio::time::interval(PURGE_INTERVAL);
@@ -580,7 +653,9 @@ async fn purge_task(
                 if let Err(error) = sessions.store().purge_expired(crate::model::unix_now()).await {
                     tracing::warn!("session purge failed: {error}");
                 }
-                limiter.purge_expired();
+                if let Some(limiter) = &limiter {
+                    limiter.purge_expired();
+                }
             }
         }
     }

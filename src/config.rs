@@ -17,6 +17,7 @@ mod gateway;
 pub mod init;
 mod listen;
 mod sessions;
+mod state;
 mod telemetry;
 mod values;
 
@@ -24,6 +25,7 @@ pub use credentials::*;
 pub use gateway::*;
 pub use listen::*;
 pub use sessions::*;
+pub use state::*;
 pub use telemetry::*;
 pub use values::*;
 
@@ -103,6 +105,10 @@ pub struct Config {
     /// Login sessions.
     #[serde(default)]
     pub sessions: SessionsConfig,
+    /// Where the state replicas share lives (sessions, login limits, revocations): memory
+    /// unless `redis` is set.
+    #[serde(default)]
+    pub state: StateConfig,
     /// The operator API (`cedargate.v1.Admin`).
     #[serde(default)]
     pub admin: AdminConfig,
@@ -319,6 +325,12 @@ impl Config {
         for (index, path) in log.mask.iter().enumerate() {
             if path.is_empty() || path.split('.').any(str::is_empty) {
                 report("mask", format!("decision_log.mask[{index}]"), "is not a dotted field path".into());
+            }
+        }
+        if let Some(redis) = &self.state.redis {
+            for (field, problem) in redis.problems() {
+                let needle = field.rsplit('.').next().unwrap_or(field);
+                report(needle, format!("state.redis.{field}"), problem);
             }
         }
         if self.limits.max_batch_targets == 0 {

@@ -39,6 +39,7 @@ pub mod model;
 pub mod policy;
 pub mod route;
 pub mod session;
+pub mod state;
 pub mod telemetry;
 
 pub use app::{App, AppError};

@@ -19,8 +19,10 @@ use tokio::sync::Semaphore;
 use crate::credential::{CredentialError, CredentialResolver, Resolution};
 use crate::model::{unix_now, AuthInfo, Credential, CredentialKind, Secret};
 
-pub use rate_limit::{LimitRule, LoginKey, LoginRateLimiter, MemoryRateLimiter};
-pub use store::{FamilyId, MemorySessionStore, RefreshOutcome, SessionRecord, SessionStore, StoreError};
+pub use rate_limit::{LimitRule, LoginKey, LoginRateLimiter, MemoryRateLimiter, Refused, MAX_WAIT};
+pub use store::{
+    FamilyId, MemorySessionStore, NextTokens, RefreshOutcome, SessionRecord, SessionStore, StoreError,
+};
 
 /// Prefix of access tokens, so they are recognisable (and routable) at a glance.
 pub const ACCESS_PREFIX: &str = "session-";
@@ -55,6 +57,9 @@ pub enum SessionError {
     /// Unknown, expired or already used refresh token.
     #[error("refresh token is unknown, expired or already used")]
     InvalidRefresh,
+    /// The shared session or rate-limit store did not answer: nothing was decided.
+    #[error("{0}")]
+    Unavailable(String),
     /// The store or the hasher failed.
     #[error("{0}")]
     Internal(String),
@@ -62,7 +67,10 @@ pub enum SessionError {
 
 impl From<StoreError> for SessionError {
     fn from(error: StoreError) -> Self {
-        SessionError::Internal(error.to_string())
+        match error {
+            StoreError::Unavailable(_) => SessionError::Unavailable(error.to_string()),
+            StoreError::Corrupt(_) | StoreError::Revoked => SessionError::Internal(error.to_string()),
+        }
     }
 }
 
@@ -107,6 +115,7 @@ impl SessionError {
             SessionError::InvalidLogin | SessionError::InvalidRefresh => Refusal::Unauthenticated,
             SessionError::RateLimited { .. } => Refusal::RateLimited,
             SessionError::BadField { .. } => Refusal::InvalidRequest,
+            SessionError::Unavailable(_) => Refusal::Unavailable,
             SessionError::Internal(_) => Refusal::Internal,
         }
     }
@@ -118,6 +127,7 @@ impl SessionError {
             SessionError::InvalidRefresh => "invalid_grant",
             SessionError::RateLimited { .. } => "rate_limited",
             SessionError::BadField { .. } => "invalid_request",
+            SessionError::Unavailable(_) => "temporarily_unavailable",
             SessionError::Internal(_) => "server_error",
         }
     }
@@ -126,6 +136,7 @@ impl SessionError {
     /// whose details stay in the log.
     pub fn public_message(&self) -> String {
         match self {
+            SessionError::Unavailable(_) => "session store unavailable; retry later".to_owned(),
             SessionError::Internal(_) => "session service failed".to_owned(),
             _ => self.to_string(),
         }
@@ -202,12 +213,20 @@ impl SessionManager {
         // Each attempt is counted before the password is checked, so a burst of concurrent
         // guesses gets no more checks than the budget.
         for (index, key) in keys.iter().enumerate() {
-            if let Err(retry_after) = self.limiter.reserve(key).await {
+            if let Err(refused) = self.limiter.reserve(key).await {
                 for reserved in keys.iter().take(index) {
                     self.limiter.finish(reserved, false).await;
                 }
-                metrics().login("rate_limited");
-                return Err(SessionError::RateLimited { retry_after });
+                return Err(match refused {
+                    Refused::Limited(retry_after) => {
+                        metrics().login("rate_limited");
+                        SessionError::RateLimited { retry_after }
+                    }
+                    Refused::Unavailable(reason) => {
+                        metrics().login("unavailable");
+                        SessionError::Unavailable(reason)
+                    }
+                });
             }
         }
 
@@ -235,7 +254,23 @@ impl SessionManager {
             self.limiter.clear(key).await;
         }
         metrics().login("success");
-        self.open(username, &account.identity, rand::random()).await
+        let (tokens, next) = self.issue();
+        let mut auth = account.identity.clone();
+        auth.kind = CredentialKind::Session;
+        auth.expires_at = Some(next.expires_at);
+        let family: FamilyId = rand::random();
+        auth.extra.insert("session_id".to_owned(), format!("{family:032x}").get(..16).unwrap_or("").into());
+        self.store
+            .create(SessionRecord {
+                family,
+                username: username.to_owned(),
+                auth: Arc::new(auth),
+                access: next.access,
+                refresh: next.refresh,
+                refresh_expires_at: next.refresh_expires_at,
+            })
+            .await?;
+        Ok(tokens)
     }
 
     /// Exchanges a refresh token for new tokens; the old access and refresh tokens stop working.
@@ -245,12 +280,9 @@ impl SessionManager {
     /// Fails on an unknown, expired or reused refresh token.
     pub async fn refresh(&self, refresh_token: &Secret) -> Result<SessionTokens, SessionError> {
         let grace = self.settings.refresh_reuse_grace;
-        match self.store.consume_refresh(&refresh_token.digest(), unix_now(), grace).await? {
-            RefreshOutcome::Rotated(record) => {
-                let mut identity = (*record.auth).clone();
-                identity.expires_at = None;
-                self.open(&record.username, &identity, record.family).await
-            }
+        let (tokens, next) = self.issue();
+        match self.store.rotate(&refresh_token.digest(), &next, unix_now(), grace).await? {
+            RefreshOutcome::Rotated(_) => Ok(tokens),
             RefreshOutcome::Reused => {
                 tracing::warn!(
                     fingerprint = %refresh_token.digest().fingerprint(),
@@ -271,32 +303,24 @@ impl SessionManager {
         Ok(self.store.revoke(&token.digest()).await?)
     }
 
-    async fn open(
-        &self,
-        username: &str,
-        identity: &AuthInfo,
-        family: FamilyId,
-    ) -> Result<SessionTokens, SessionError> {
+    /// New tokens, and what the store keeps of them.
+    fn issue(&self) -> (SessionTokens, NextTokens) {
         let now = unix_now();
         let access_token = random_token(ACCESS_PREFIX);
         let refresh_token = random_token(REFRESH_PREFIX);
-        let expires_at = now.saturating_add(seconds(self.settings.access_ttl));
-        let refresh_expires_at = now.saturating_add(seconds(self.settings.refresh_ttl));
-        let mut auth = identity.clone();
-        auth.kind = CredentialKind::Session;
-        auth.expires_at = Some(expires_at);
-        auth.extra.insert("session_id".to_owned(), format!("{family:032x}").get(..16).unwrap_or("").into());
-        self.store
-            .create(SessionRecord {
-                family,
-                username: username.to_owned(),
-                auth: Arc::new(auth),
-                access: access_token.digest(),
-                refresh: refresh_token.digest(),
-                refresh_expires_at,
-            })
-            .await?;
-        Ok(SessionTokens { access_token, refresh_token, expires_at, refresh_expires_at })
+        let next = NextTokens {
+            access: access_token.digest(),
+            refresh: refresh_token.digest(),
+            expires_at: now.saturating_add(seconds(self.settings.access_ttl)),
+            refresh_expires_at: now.saturating_add(seconds(self.settings.refresh_ttl)),
+        };
+        let tokens = SessionTokens {
+            access_token,
+            refresh_token,
+            expires_at: next.expires_at,
+            refresh_expires_at: next.refresh_expires_at,
+        };
+        (tokens, next)
     }
 
     async fn verify(&self, hash: String, password: Secret) -> Result<bool, SessionError> {
@@ -321,15 +345,21 @@ impl CredentialResolver for SessionManager {
     }
 
     async fn resolve(&self, credential: &Credential) -> Result<Resolution, CredentialError> {
-        let found = self.store.lookup_access(&credential.digest).await.map_err(|error| {
-            CredentialError::Unavailable { backend: "session".to_owned(), reason: error.to_string() }
-        })?;
-        match found {
-            Some(auth) => Ok(Resolution::Resolved(auth)),
-            None if credential.secret.expose().starts_with(ACCESS_PREFIX) => {
-                Err(CredentialError::Invalid("session is unknown, expired or revoked".to_owned()))
+        // Every session token has the prefix: other tokens never cost a store lookup, and an
+        // unreachable shared store never holds up a JWT.
+        if !credential.secret.expose().starts_with(ACCESS_PREFIX) {
+            return Ok(Resolution::NotMine);
+        }
+        match self.store.lookup_access(&credential.digest).await {
+            Ok(Some(auth)) => Ok(Resolution::Resolved(auth)),
+            Ok(None) => Err(CredentialError::Invalid("session is unknown, expired or revoked".to_owned())),
+            Err(StoreError::Unavailable(reason)) => {
+                Err(CredentialError::Unavailable { backend: "session".to_owned(), reason })
             }
-            None => Ok(Resolution::NotMine),
+            Err(error) => {
+                tracing::error!(fingerprint = %credential.digest.fingerprint(), "{error}");
+                Err(CredentialError::Invalid("session record is unreadable".to_owned()))
+            }
         }
     }
 }

@@ -15,6 +15,7 @@ const LAYERS: &[&[&str]] = &[
     &["telemetry"],
     &["route", "credential", "policy"],
     &["session"],
+    &["state"],
     &["engine"],
     &["config"],
     &["gateway"],
@@ -45,6 +46,7 @@ const CONFINED: &[(&str, &[&str])] = &[
     ("opentelemetry_prometheus", &["telemetry"]),
     ("prometheus", &["telemetry"]),
     ("tracing_appender", &["telemetry"]),
+    ("redis", &["state"]),
 ];
 
 fn layer_of(module: &str) -> Option<usize> {

@@ -387,6 +387,8 @@ impl proto::sessions_server::Sessions for SessionsService {
 pub struct AdminService {
     token: Option<crate::model::SecretDigest>,
     caches: crate::credential::TokenCaches,
+    /// The other replicas, when state is shared: an eviction is published to them.
+    events: Option<crate::state::Events>,
     policies: Arc<PolicyReloader>,
 }
 
@@ -395,9 +397,10 @@ impl AdminService {
     pub fn new(
         token: Option<crate::model::SecretDigest>,
         caches: crate::credential::TokenCaches,
+        events: Option<crate::state::Events>,
         policies: Arc<PolicyReloader>,
     ) -> Self {
-        Self { token, caches, policies }
+        Self { token, caches, events, policies }
     }
 
     fn authorize<T>(&self, request: &Request<T>) -> Result<(), Status> {
@@ -435,6 +438,8 @@ pub fn policy_status_to_proto(status: &PolicyStatus) -> proto::PolicyStatusRespo
     }
 }
 
+use crate::state::Event;
+
 #[tonic::async_trait]
 impl proto::admin_server::Admin for AdminService {
     async fn evict_token(
@@ -442,14 +447,27 @@ impl proto::admin_server::Admin for AdminService {
         request: Request<proto::EvictTokenRequest>,
     ) -> Result<Response<proto::EvictTokenResponse>, Status> {
         self.authorize(&request)?;
-        let evicted = match request.into_inner().selector {
-            Some(proto::evict_token_request::Selector::Token(token)) => self.caches.evict_token(&token),
+        let (evicted, event) = match request.into_inner().selector {
+            Some(proto::evict_token_request::Selector::Token(token)) => {
+                let digest = crate::model::SecretDigest::of(token.as_bytes());
+                (self.caches.evict_digest(&digest), Event::Evict(digest))
+            }
             Some(proto::evict_token_request::Selector::Fingerprint(fingerprint)) => {
-                self.caches.evict_fingerprint(&fingerprint)
+                let fingerprint = fingerprint.to_ascii_lowercase();
+                (self.caches.evict_fingerprint(&fingerprint), Event::EvictFingerprint(fingerprint))
             }
             None => return Err(Status::invalid_argument("set `token` or `fingerprint`")),
         };
         tracing::info!(evicted, "token cache eviction");
+        // Every other replica evicts too; an eviction they did not hear of is an error, so the
+        // operator retries rather than trusting a token gone everywhere.
+        if let Some(events) = &self.events {
+            events.publish(&event).await.map_err(|error| {
+                Status::unavailable(format!(
+                    "evicted on this replica ({evicted}), but not published to the others: {error}"
+                ))
+            })?;
+        }
         Ok(Response::new(proto::EvictTokenResponse { evicted: u32::try_from(evicted).unwrap_or(u32::MAX) }))
     }
 

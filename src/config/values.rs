@@ -81,13 +81,24 @@ pub struct HumanDuration(pub Duration);
 
 impl<'de> Deserialize<'de> for HumanDuration {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        let duration = humantime::parse_duration(&text)
-            .map_err(|error| D::Error::custom(format!("`{text}` is not a duration like `15m`: {error}")))?;
+        let ZeroOrDuration(duration) = ZeroOrDuration::deserialize(deserializer)?;
         if duration.is_zero() {
             return Err(D::Error::custom("duration must be greater than zero"));
         }
         Ok(Self(duration))
+    }
+}
+
+/// A duration as [`HumanDuration`] is written, where `0s` (none) is allowed too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ZeroOrDuration(pub Duration);
+
+impl<'de> Deserialize<'de> for ZeroOrDuration {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        humantime::parse_duration(&text)
+            .map(Self)
+            .map_err(|error| D::Error::custom(format!("`{text}` is not a duration like `15m`: {error}")))
     }
 }
 

@@ -192,8 +192,12 @@ impl TokenCaches {
 
     /// Forgets the cached answers for a raw token in every cache; how many went.
     pub fn evict_token(&self, token: &str) -> usize {
-        let digest = SecretDigest::of(token.as_bytes());
-        self.0.iter().filter(|cache| cache.evict(&digest)).count()
+        self.evict_digest(&SecretDigest::of(token.as_bytes()))
+    }
+
+    /// Forgets the cached answers for a token's digest in every cache; how many went.
+    pub fn evict_digest(&self, digest: &SecretDigest) -> usize {
+        self.0.iter().filter(|cache| cache.evict(digest)).count()
     }
 
     /// Forgets the cached answers for a fingerprint in every cache; how many went.

@@ -59,9 +59,10 @@ pub struct LimitRule {
 #[async_trait]
 pub trait LoginRateLimiter: Debug + Send + Sync {
     /// Takes one attempt from `key`'s budget, waiting while attempts in flight could use up
-    /// the rest. `Err(retry_after)` when the failures have used it up (or, failing closed,
-    /// when nothing more can be tracked, or the wait is too long).
-    async fn reserve(&self, key: &LoginKey) -> Result<(), Duration>;
+    /// the rest. `Limited(retry_after)` when the failures have used it up (or, failing closed,
+    /// when nothing more can be tracked, or the wait is too long); `Unavailable` when a shared
+    /// limiter cannot be reached, so nothing can be counted.
+    async fn reserve(&self, key: &LoginKey) -> Result<(), Refused>;
     /// Ends an attempt reserved for `key`: a failure counts against the window, anything else
     /// gives the attempt back.
     async fn finish(&self, key: &LoginKey, failed: bool);
@@ -69,8 +70,18 @@ pub trait LoginRateLimiter: Debug + Send + Sync {
     async fn clear(&self, key: &LoginKey);
 }
 
+/// Why an attempt was not given a slot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refused {
+    /// The budget is used up; try again after this long.
+    Limited(Duration),
+    /// The limiter's store could not be reached: the attempt cannot be counted, so it is not
+    /// made (503).
+    Unavailable(String),
+}
+
 /// Longest an attempt waits for the ones in flight before it is refused.
-const MAX_WAIT: Duration = Duration::from_secs(10);
+pub const MAX_WAIT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone)]
 struct Window {
@@ -145,7 +156,7 @@ impl MemoryRateLimiter {
 
 #[async_trait]
 impl LoginRateLimiter for MemoryRateLimiter {
-    async fn reserve(&self, key: &LoginKey) -> Result<(), Duration> {
+    async fn reserve(&self, key: &LoginKey) -> Result<(), Refused> {
         let rule = self.rule(key);
         let deadline = Instant::now() + MAX_WAIT;
         loop {
@@ -161,7 +172,9 @@ impl LoginRateLimiter for MemoryRateLimiter {
                     window.started = Instant::now();
                     window.failures = 0;
                 } else if window.failures >= rule.max_failures {
-                    return Err(rule.window.saturating_sub(elapsed).max(Duration::from_secs(1)));
+                    return Err(Refused::Limited(
+                        rule.window.saturating_sub(elapsed).max(Duration::from_secs(1)),
+                    ));
                 }
                 if window.failures.saturating_add(window.in_flight) < rule.max_failures {
                     window.in_flight += 1;
@@ -179,7 +192,7 @@ impl LoginRateLimiter for MemoryRateLimiter {
                 .get(key)
                 .is_some_and(|window| window.failures.saturating_add(window.in_flight) >= rule.max_failures);
             if still_full && tokio::time::timeout_at(deadline.into(), notified).await.is_err() {
-                return Err(Duration::from_secs(1));
+                return Err(Refused::Limited(Duration::from_secs(1)));
             }
         }
     }
@@ -221,7 +234,7 @@ mod tests {
             limiter.reserve(&alice).await.unwrap();
             limiter.finish(&alice, true).await;
         }
-        let retry = limiter.reserve(&alice).await.unwrap_err();
+        let Err(Refused::Limited(retry)) = limiter.reserve(&alice).await else { panic!("not limited") };
         assert!(retry <= Duration::from_secs(60) && retry >= Duration::from_secs(1));
         assert!(limiter.reserve(&bob).await.is_ok());
     }

@@ -30,10 +30,43 @@ pub struct SessionRecord {
     pub refresh_expires_at: i64,
 }
 
+impl SessionRecord {
+    /// This session as it is after a rotation to `next`: the same login and identity, the
+    /// new tokens and expiries.
+    pub fn rotated(&self, next: &NextTokens) -> SessionRecord {
+        let mut auth = (*self.auth).clone();
+        auth.expires_at = Some(next.expires_at);
+        SessionRecord {
+            family: self.family,
+            username: self.username.clone(),
+            auth: Arc::new(auth),
+            access: next.access,
+            refresh: next.refresh,
+            refresh_expires_at: next.refresh_expires_at,
+        }
+    }
+}
+
+/// The tokens a rotation puts in place of the ones it retires. They are made before the store
+/// is asked, so it retires the old tokens and stores these in one step: a replica that dies
+/// mid-rotation leaves the old session or the new one in a shared store, never neither.
+#[derive(Debug, Clone, Copy)]
+pub struct NextTokens {
+    /// SHA-256 of the new access token.
+    pub access: SecretDigest,
+    /// SHA-256 of the new refresh token.
+    pub refresh: SecretDigest,
+    /// Unix seconds: the new access token's expiry.
+    pub expires_at: i64,
+    /// Unix seconds: the new refresh token's expiry.
+    pub refresh_expires_at: i64,
+}
+
 /// What presenting a refresh token did.
 #[derive(Debug, Clone)]
 pub enum RefreshOutcome {
-    /// The token was live; it and its access token are now retired.
+    /// The token was live; it and its access token are retired, and the session (this
+    /// record) now holds the next tokens.
     Rotated(SessionRecord),
     /// The token had already been used: the whole family is now revoked.
     Reused,
@@ -44,10 +77,20 @@ pub enum RefreshOutcome {
     Invalid,
 }
 
-/// The store could not answer.
+/// Why the store could not do what it was asked.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("session store: {0}")]
-pub struct StoreError(pub String);
+pub enum StoreError {
+    /// The store did not answer in time, or at all: an outage (503), never a refusal.
+    #[error("session store unavailable: {0}")]
+    Unavailable(String),
+    /// The store answered with something cedargate did not write there (a value of another
+    /// type, a record that does not parse): the token it belongs to is refused.
+    #[error("session store holds an unreadable record: {0}")]
+    Corrupt(String),
+    /// The session was revoked while it was being written.
+    #[error("session was revoked")]
+    Revoked,
+}
 
 /// Session storage. Tokens are only ever stored and looked up by digest.
 #[async_trait]
@@ -60,12 +103,14 @@ pub trait SessionStore: Debug + Send + Sync {
     /// The identity behind an access token, expired or not.
     async fn lookup_access(&self, access: &SecretDigest) -> Result<Option<Arc<AuthInfo>>, StoreError>;
 
-    /// Retires a refresh token atomically: of concurrent callers with the same token, at most
-    /// one gets `Rotated`. A token presented again within `reuse_grace` of its rotation is
-    /// `JustRotated`; later, `Reused`.
-    async fn consume_refresh(
+    /// Retires a refresh token and its access token and stores `next` in their place, as one
+    /// step: of concurrent callers with the same token, at most one gets `Rotated`. A token
+    /// presented again within `reuse_grace` of its rotation is `JustRotated`; later, `Reused`,
+    /// which revokes the session.
+    async fn rotate(
         &self,
         refresh: &SecretDigest,
+        next: &NextTokens,
         now: i64,
         reuse_grace: Duration,
     ) -> Result<RefreshOutcome, StoreError>;
@@ -93,6 +138,12 @@ pub struct MemorySessionStore {
 }
 
 impl MemorySessionStore {
+    fn insert(&self, record: SessionRecord) {
+        self.families.insert(record.family, (record.access, record.refresh));
+        self.access.insert(record.access, (record.family, Arc::clone(&record.auth)));
+        self.refresh.insert(record.refresh, record);
+    }
+
     fn revoke_family(&self, family: FamilyId, until: i64) -> bool {
         self.revoked.insert(family, until);
         match self.families.remove(&family) {
@@ -120,11 +171,9 @@ impl MemorySessionStore {
 impl SessionStore for MemorySessionStore {
     async fn create(&self, record: SessionRecord) -> Result<(), StoreError> {
         if self.revoked.contains_key(&record.family) {
-            return Err(StoreError("session was revoked".to_owned()));
+            return Err(StoreError::Revoked);
         }
-        self.families.insert(record.family, (record.access, record.refresh));
-        self.access.insert(record.access, (record.family, Arc::clone(&record.auth)));
-        self.refresh.insert(record.refresh, record);
+        self.insert(record);
         Ok(())
     }
 
@@ -132,9 +181,10 @@ impl SessionStore for MemorySessionStore {
         Ok(self.access.get(access).map(|entry| Arc::clone(&entry.1)))
     }
 
-    async fn consume_refresh(
+    async fn rotate(
         &self,
         refresh: &SecretDigest,
+        next: &NextTokens,
         now: i64,
         reuse_grace: Duration,
     ) -> Result<RefreshOutcome, StoreError> {
@@ -149,7 +199,12 @@ impl SessionStore for MemorySessionStore {
             live.remove();
             self.access.remove(&record.access);
             self.families.remove(&record.family);
-            return Ok(if expired { RefreshOutcome::Invalid } else { RefreshOutcome::Rotated(record) });
+            if expired {
+                return Ok(RefreshOutcome::Invalid);
+            }
+            let rotated = record.rotated(next);
+            self.insert(rotated.clone());
+            return Ok(RefreshOutcome::Rotated(rotated));
         }
         let spent = self.spent.get(refresh).map(|entry| *entry.value());
         match spent {

@@ -6,6 +6,7 @@ pub mod envoy;
 pub mod nginx;
 pub mod otlp;
 pub mod prometheus;
+pub mod redis;
 pub mod served;
 pub mod upstream;
 

@@ -243,13 +243,13 @@ fn replace_addrs(text: &str, pairs: &[(&str, String)]) -> String {
 }
 
 /// A port the kernel just handed out on 127.0.0.1, closed again for nginx to bind.
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// Whether process `pid` holds a socket listening on 127.0.0.1:`port`: its socket inodes
 /// (`/proc/<pid>/fd`) against the LISTEN entries (state `0A`) of `/proc/net/tcp`.
-fn listens(pid: u32, port: u16) -> bool {
+pub fn listens(pid: u32, port: u16) -> bool {
     let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return false };
     let inodes: HashSet<String> = fds
         .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
@@ -284,7 +284,7 @@ fn set_mode(path: &Path, mode: u32) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
 }
 
-fn tail(text: &str, lines: usize) -> String {
+pub fn tail(text: &str, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
 }
