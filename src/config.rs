@@ -329,7 +329,12 @@ impl Config {
         }
         if let Some(redis) = &self.state.redis {
             for (field, problem) in redis.problems() {
-                let needle = field.rsplit('.').next().unwrap_or(field);
+                // The key as the block form writes it (`url` and `tls` are common words).
+                let needle = match field {
+                    "url" => "    url:",
+                    "tls" => "    tls:",
+                    other => other.split('.').next().unwrap_or(other),
+                };
                 report(needle, format!("state.redis.{field}"), problem);
             }
         }

@@ -225,3 +225,41 @@ fn the_mcp_exchange_settings_have_defaults_and_refuse_zero() {
     let error = parse("gateway:\n  mcp_exchange: { session_ttl: 0s }\n").unwrap_err();
     assert!(error.to_string().contains("session_ttl: duration must be greater than zero"), "{error}");
 }
+
+#[test]
+fn shared_state_is_memory_unless_redis_is_set_and_its_settings_are_checked() {
+    assert!(parse("").unwrap().state.redis.is_none());
+    let redis = parse("state:\n  redis:\n    url: redis://:pw@redis:6379/0\n").unwrap().state.redis.unwrap();
+    let settings = redis.settings(Path::to_path_buf).unwrap();
+    assert_eq!(
+        (settings.key_prefix.as_str(), settings.command_timeout, settings.local_cache_ttl),
+        ("cedargate:", Duration::from_millis(250), Duration::from_secs(1))
+    );
+    assert!(!format!("{redis:?}{settings:?}").contains("pw"), "the url's password never shows");
+
+    let text = "state:\n  redis:\n    url: http://:hunter2@redis:6379\n    key_prefix: \"a b\"\n    tls: { ca_file: ca.pem }\n    local_cache: { ttl: 5s }\n";
+    let ConfigError::Invalid { problems } = parse(text).unwrap_err() else { panic!("refused") };
+    assert_eq!(problems.len(), 3, "{problems:#?}");
+    assert!(problems.iter().any(|p| p.starts_with("test.yaml:3: state.redis.url: must start with redis://")));
+    assert!(problems.iter().any(|p| p.starts_with("test.yaml:4: state.redis.key_prefix:")));
+    assert!(problems
+        .iter()
+        .any(|p| p.starts_with("test.yaml:6: state.redis.local_cache.ttl: must be at most 1s")));
+    assert!(!problems.concat().contains("hunter2"), "{problems:#?}");
+    let ConfigError::Invalid { problems } =
+        parse("state:\n  redis:\n    url: redis://redis\n    tls: { ca_file: ca.pem }\n").unwrap_err()
+    else {
+        panic!("tls without rediss:// is refused")
+    };
+    assert!(
+        problems[0].starts_with("test.yaml:4: state.redis.tls: needs a `rediss://` url"),
+        "{problems:#?}"
+    );
+    // `0s` turns the local copies off; an unset variable in the url is an error, not a guess.
+    let redis = parse("state:\n  redis:\n    url: redis://redis\n    local_cache: { ttl: 0s }\n")
+        .unwrap()
+        .state
+        .redis;
+    assert!(redis.unwrap().local_cache.ttl.0.is_zero());
+    assert!(parse("state:\n  redis:\n    url: redis://:${CEDARGATE_TEST_UNSET_VARIABLE}@redis\n").is_err());
+}

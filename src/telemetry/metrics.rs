@@ -301,7 +301,8 @@ impl Metrics {
         self.mcp_sessions_refused.add(1, &[KeyValue::new("reason", reason)]);
     }
 
-    /// A login attempt: `success`, `failure` or `rate_limited`.
+    /// A login attempt: `success`, `failure`, `rate_limited` or `unavailable` (the shared
+    /// limiter could not be reached).
     pub fn login(&self, result: &'static str) {
         self.logins.add(1, &[KeyValue::new("result", result)]);
     }
