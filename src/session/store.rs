@@ -204,6 +204,12 @@ impl SessionStore for MemorySessionStore {
             }
             let rotated = record.rotated(next);
             self.insert(rotated.clone());
+            // A logout that found the family while this rotation held its refresh token
+            // revoked it: the new tokens go too.
+            if self.revoked.contains_key(&rotated.family) {
+                self.revoke_family(rotated.family, rotated.refresh_expires_at);
+                return Ok(RefreshOutcome::Invalid);
+            }
             return Ok(RefreshOutcome::Rotated(rotated));
         }
         let spent = self.spent.get(refresh).map(|entry| *entry.value());
