@@ -30,6 +30,16 @@ pub enum LoginKey {
     },
 }
 
+impl LoginKey {
+    /// Which of the two rules counts this key.
+    pub fn rule(&self, per_username: LimitRule, per_address: LimitRule) -> LimitRule {
+        match self {
+            LoginKey::Username(_) => per_username,
+            LoginKey::Address(_) | LoginKey::Forwarded { .. } => per_address,
+        }
+    }
+}
+
 impl From<ClientAddress> for LoginKey {
     fn from(client: ClientAddress) -> Self {
         match client {
@@ -116,10 +126,7 @@ impl MemoryRateLimiter {
     }
 
     fn rule(&self, key: &LoginKey) -> LimitRule {
-        match key {
-            LoginKey::Username(_) => self.per_username,
-            LoginKey::Address(_) | LoginKey::Forwarded { .. } => self.per_address,
-        }
+        key.rule(self.per_username, self.per_address)
     }
 
     /// A window with no failure and nothing in flight says nothing: it goes, so refused or

@@ -75,10 +75,7 @@ impl RedisRateLimiter {
     }
 
     fn rule(&self, key: &LoginKey) -> LimitRule {
-        match key {
-            LoginKey::Username(_) => self.per_username,
-            LoginKey::Address(_) | LoginKey::Forwarded { .. } => self.per_address,
-        }
+        key.rule(self.per_username, self.per_address)
     }
 
     async fn reserve_once(&self, key: &str, rule: LimitRule) -> Result<Option<Duration>, Refused> {
