@@ -432,6 +432,25 @@ pub fn policy_status_to_proto(status: &PolicyStatus) -> proto::PolicyStatusRespo
         }),
         shadow_policy_count: u32::try_from(status.shadow_policy_count).unwrap_or(u32::MAX),
         shadow_disagreements: status.shadow_disagreements,
+        tenants: status
+            .tenants
+            .iter()
+            .map(|tenant| proto::TenantPolicyStatus {
+                name: tenant.name.clone(),
+                revision: tenant.revision.clone(),
+                loaded: tenant.loaded,
+                loaded_at: Some(timestamp(tenant.loaded_at)),
+                source: tenant.source.clone(),
+                files: tenant.files.clone(),
+                policy_count: u32::try_from(tenant.policy_count).unwrap_or(u32::MAX),
+                reloads_succeeded: count(tenant.reloads_succeeded),
+                reloads_failed: count(tenant.reloads_failed),
+                last_error: tenant.last_error.as_ref().map(|failure| proto::PolicyReloadError {
+                    at: Some(timestamp(failure.at)),
+                    diagnostics: failure.diagnostics.clone(),
+                }),
+            })
+            .collect(),
     }
 }
 
