@@ -284,7 +284,8 @@ impl Gateway {
         if let Some(name) = &self.settings.tenant_header {
             let mut values =
                 request.headers.iter().filter(|(key, _)| key == name).map(|(_, value)| value.as_str());
-            header = values.next();
+            // An empty value names no tenant, as the gRPC field's default does.
+            header = values.next().filter(|value| !value.is_empty());
             if header.is_some() && values.next().is_some() {
                 return RequestTenant::Refused("the tenant header is sent more than once: refused");
             }
@@ -294,7 +295,12 @@ impl Gateway {
                 "the tenant header is believed only from gateway.trusted_proxies: refused",
             );
         }
-        let extension = self.settings.tenant_extension.as_deref().and_then(|name| request.extension(name));
+        let extension = self
+            .settings
+            .tenant_extension
+            .as_deref()
+            .and_then(|name| request.extension(name))
+            .filter(|value| !value.is_empty());
         match (header, extension) {
             (Some(header), Some(extension)) if header != extension => RequestTenant::Refused(
                 "the tenant header and the tenant context extension name different tenants: refused",
