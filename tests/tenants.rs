@@ -591,3 +591,72 @@ async fn a_tenant_claim_cannot_move_a_token_of_a_tenants_issuer() {
     let same = check_in(&mut client, "", &token_with("acme", json!({"org": "acme"})), "/t/acme/data").await;
     assert!(same.allowed, "{same:?}");
 }
+
+/// An introspection endpoint on 127.0.0.1:0 saying every token is active for `subject`;
+/// returns its URL and how many tokens it was sent.
+async fn introspection_server(
+    subject: &'static str,
+) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let calls = std::sync::Arc::new(AtomicUsize::new(0));
+    let counted = std::sync::Arc::clone(&calls);
+    let app = axum::Router::new().route(
+        "/introspect",
+        axum::routing::post(move || {
+            let counted = std::sync::Arc::clone(&counted);
+            async move {
+                counted.fetch_add(1, Ordering::SeqCst);
+                axum::Json(json!({"active": true, "sub": subject, "exp": unix_now() + 600}))
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/introspect", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, calls)
+}
+
+#[tokio::test]
+async fn a_tenants_introspection_endpoint_sees_only_its_own_requests_and_prefixes() {
+    use std::sync::atomic::Ordering;
+    let (acme_url, acme_calls) = introspection_server("acme-opaque").await;
+    let (globex_url, globex_calls) = introspection_server("globex-opaque").await;
+    let root = tempfile::tempdir().unwrap();
+    policy_dir(root.path());
+    let endpoint = |url: &str, prefixes: &str| {
+        format!(
+            "    introspection:\n      - endpoint: {url}\n        client_id: cedargate\n        client_secret: s\n        prefixes: [{prefixes}]\n"
+        )
+    };
+    let text = format!(
+        "policies:\n  dir: policies\n  watch: false\ntenants:\n  acme:\n{}  globex:\n{}  initech: {{}}\n",
+        endpoint(&acme_url, ""),
+        endpoint(&globex_url, "globex_"),
+    );
+    std::fs::write(root.path().join("cedargate.yaml"), text).unwrap();
+    let server = TestServer::start(Config::load(&root.path().join("cedargate.yaml")).unwrap()).await;
+    let mut client = server.authorizer().await;
+
+    // No tenant named: acme's endpoint (no prefixes) never sees the token; globex's sees only
+    // its prefix, and its answer is globex's.
+    let unnamed = check_in(&mut client, "", "Bearer opaque-1", "/t/acme/data").await;
+    assert_eq!(unnamed.outcome(), Outcome::Unauthenticated, "{unnamed:?}");
+    assert_eq!(acme_calls.load(Ordering::SeqCst), 0, "acme's server never sees a token not meant for it");
+    let prefixed = check_in(&mut client, "", "Bearer globex_1", "/t/globex/data").await;
+    assert!(prefixed.allowed, "{prefixed:?}");
+    assert_eq!(prefixed.auth_info.unwrap().tenant, "globex");
+    // Named acme: acme's endpoint answers, and its identity is acme's.
+    let named = check_in(&mut client, "acme", "Bearer opaque-2", "/t/acme/data").await;
+    assert!(named.allowed, "{named:?}");
+    let auth = named.auth_info.unwrap();
+    assert_eq!((auth.subject.as_str(), auth.tenant.as_str()), ("acme-opaque", "acme"));
+    assert_eq!(acme_calls.load(Ordering::SeqCst), 1);
+    // Named initech: neither tenant's server is asked.
+    let before = (acme_calls.load(Ordering::SeqCst), globex_calls.load(Ordering::SeqCst));
+    let other = check_in(&mut client, "initech", "Bearer opaque-3", "/t/initech/data").await;
+    assert_eq!(other.outcome(), Outcome::Unauthenticated, "{other:?}");
+    assert_eq!((acme_calls.load(Ordering::SeqCst), globex_calls.load(Ordering::SeqCst)), before);
+    // A globex-prefixed token under acme: acme's endpoint (no prefixes) takes it, as acme's.
+    let under_acme = check_in(&mut client, "acme", "Bearer globex_2", "/t/acme/data").await;
+    assert_eq!(under_acme.auth_info.unwrap().tenant, "acme");
+}
