@@ -21,17 +21,18 @@ use crate::api::grpc::{AdminService, AuthorizerService, SessionsService};
 use crate::api::http::{router, HttpState, ProtectedResource};
 use crate::api::proto;
 use crate::api::serve::{grpc_incoming, serve_http};
-use crate::config::{Config, ConfigError, KnownCredential};
+use crate::config::{Config, ConfigError, IntrospectionConfig, KnownCredential, ProtectedResourceConfig};
 use crate::credential::{
     CacheSettings, CachedResolver, CredentialChain, DigestTable, IntrospectionResolver,
     IntrospectionSettings, IssuerSettings, JwtResolver, TokenCaches,
 };
-use crate::engine::{Engine, EngineSettings};
+use crate::engine::{Engine, EngineSettings, Tenant, Tenants};
 use crate::gateway::Gateway;
 use crate::gateway::TrustedProxies;
 use crate::model::{AuthInfo, CredentialKind, Scheme};
 use crate::policy::{
     PolicyEngine, PolicyError, PolicyReloader, PolicySources, ReloadError, ReloadTrigger, Reloaded,
+    TenantPolicies,
 };
 use crate::route::RouteTable;
 use crate::session::{
@@ -100,7 +101,23 @@ impl App {
         };
         let policies =
             Arc::new(PolicyEngine::new(&sources)?.with_slice_cache(config.policies.slice_cache_max_policies));
-        let reloader = Arc::new(PolicyReloader::new(Arc::clone(&policies), policy_dir.clone(), sources));
+        let mut tenant_policies = Vec::with_capacity(config.tenants.tenants.len());
+        for name in config.tenants.tenants.keys() {
+            tenant_policies.push(TenantPolicies::load(
+                name,
+                policy_dir.as_deref(),
+                &sources,
+                config.policies.slice_cache_max_policies,
+            )?);
+        }
+        let tenant_engines: HashMap<String, Arc<PolicyEngine>> = tenant_policies
+            .iter()
+            .map(|tenant| (tenant.name().to_owned(), Arc::clone(tenant.engine())))
+            .collect();
+        let reloader = Arc::new(
+            PolicyReloader::new(Arc::clone(&policies), policy_dir.clone(), sources)
+                .with_tenants(tenant_policies),
+        );
         let routes = RouteTable::new(config.routes.iter().map(String::as_str), config.paths.rules())
             .map_err(AppError::Setup)?;
 
@@ -135,14 +152,14 @@ impl App {
             .map_err(|error| AppError::Setup(error.to_string()))?,
         );
 
-        let mut chain = CredentialChain::default();
+        let mut local = CredentialChain::default();
         let static_tokens = table("static", CredentialKind::Static, &config.credentials.static_tokens)?;
         let api_keys = table("api_key", CredentialKind::ApiKey, &config.credentials.api_keys)?;
         // Order: cheap exact lookups first, then the session store, then JWTs, each saying
         // "not mine" for what it does not know.
-        chain.push(Scheme::Bearer, Arc::new(static_tokens));
-        chain.push(Scheme::Bearer, Arc::clone(&sessions) as _);
-        chain.push(Scheme::ApiKey, Arc::new(api_keys));
+        local.push(Scheme::Bearer, Arc::new(static_tokens));
+        local.push(Scheme::Bearer, Arc::clone(&sessions) as _);
+        local.push(Scheme::ApiKey, Arc::new(api_keys));
         let cache_settings = CacheSettings {
             max_ttl: config.credentials.token_cache.max_ttl.0,
             negative_ttl: config.credentials.token_cache.negative_ttl.0,
@@ -150,27 +167,66 @@ impl App {
         };
         let jwt = jwt_resolver(&config)?;
         let mut token_caches = TokenCaches::default();
-        let mut remote: Vec<Arc<dyn crate::credential::CredentialResolver>> = Vec::new();
-        if let Some(jwt) = &jwt {
-            remote.push(Arc::clone(jwt) as _);
-        }
-        for endpoint in &config.credentials.introspection {
-            let settings = IntrospectionSettings {
-                endpoint: endpoint.location().map_err(AppError::Setup)?,
-                auth: endpoint.client_auth().map_err(AppError::Setup)?,
-                token_type_hint: Some(endpoint.token_type_hint.clone()).filter(|hint| !hint.is_empty()),
-                prefixes: endpoint.prefixes.clone(),
-                audiences: endpoint.audiences.clone(),
-                claims: endpoint.claims.mapping(),
-                timeout: endpoint.timeout.0,
-                accept_jwts: endpoint.accept_jwts,
-            };
-            remote.push(Arc::new(IntrospectionResolver::new(settings, http_client()?)));
-        }
-        for backend in remote {
+        let mut cached = |backend: Arc<dyn crate::credential::CredentialResolver>| {
             let cached = Arc::new(CachedResolver::new(backend, cache_settings));
-            chain.push(Scheme::Bearer, Arc::clone(&cached) as _);
-            token_caches.push(cached);
+            token_caches.push(Arc::clone(&cached));
+            cached as Arc<dyn crate::credential::CredentialResolver>
+        };
+        // One JWT backend for every issuer, global and of each tenant: a token goes to its
+        // `iss`, and a tenant's issuer stamps its tenant on the identity.
+        let jwt_backend = jwt.as_ref().map(|jwt| cached(Arc::clone(jwt) as _));
+        let mut global_introspection = Vec::new();
+        for endpoint in &config.credentials.introspection {
+            global_introspection.push(cached(introspection_resolver(endpoint, None)?));
+        }
+        let mut tenant_introspection: Vec<(&str, bool, Arc<dyn crate::credential::CredentialResolver>)> =
+            Vec::new();
+        for (name, tenant) in &config.tenants.tenants {
+            for endpoint in &tenant.introspection {
+                let backend = cached(introspection_resolver(endpoint, Some(name))?);
+                tenant_introspection.push((name, !endpoint.prefixes.is_empty(), backend));
+            }
+        }
+        // A request naming no tenant: the global backends, and a tenant's introspection
+        // endpoint only for the tokens of its `prefixes` (one without would see every other
+        // tenant's opaque tokens).
+        let mut chain = local.clone();
+        chain.extend(Scheme::Bearer, jwt_backend.iter().cloned());
+        chain.extend(Scheme::Bearer, global_introspection.iter().cloned());
+        chain.extend(
+            Scheme::Bearer,
+            tenant_introspection
+                .iter()
+                .filter(|(_, prefixed, _)| *prefixed)
+                .map(|(_, _, backend)| Arc::clone(backend)),
+        );
+        // A request naming tenant T: the global backends and T's own endpoints, first.
+        let mut tenants = HashMap::new();
+        for (name, tenant) in &config.tenants.tenants {
+            let mut chain = local.clone();
+            chain.extend(Scheme::Bearer, jwt_backend.iter().cloned());
+            chain.extend(
+                Scheme::Bearer,
+                tenant_introspection
+                    .iter()
+                    .filter(|(owner, _, _)| owner == name)
+                    .map(|(_, _, backend)| Arc::clone(backend)),
+            );
+            chain.extend(Scheme::Bearer, global_introspection.iter().cloned());
+            let Some(policies) = tenant_engines.get(name) else {
+                return Err(AppError::Setup(format!("tenant `{name}` has no policies")));
+            };
+            tenants.insert(
+                name.clone(),
+                Tenant {
+                    policies: Arc::clone(policies),
+                    credentials: chain,
+                    resource_metadata: tenant
+                        .protected_resource
+                        .as_ref()
+                        .map(ProtectedResourceConfig::metadata_url),
+                },
+            );
         }
 
         let settings = EngineSettings {
@@ -183,7 +239,8 @@ impl App {
                     .map_err(|error| AppError::Setup(format!("decision_log: {error}")))?,
             ),
         };
-        let engine = Arc::new(Engine::new(chain, policies, routes, settings));
+        let engine =
+            Arc::new(Engine::new(chain, policies, routes, settings).with_tenants(Tenants::new(tenants)));
         let snapshot = engine.policies().snapshot();
         metrics().policies_loaded(snapshot.revision(), snapshot.policy_count());
         tracing::info!(
@@ -192,7 +249,8 @@ impl App {
             source = %policy_dir.as_ref().map_or_else(|| "<embedded demo>".to_owned(), |dir| dir.display().to_string()),
             "policies loaded"
         );
-        let gateway = Arc::new(Gateway::new(Arc::clone(&engine), &config.gateway));
+        let gateway =
+            Arc::new(Gateway::new(Arc::clone(&engine), &config.gateway).with_tenants(&config.tenants));
         Ok(Self {
             config,
             policy_dir,
@@ -342,6 +400,14 @@ impl App {
                 .protected_resource
                 .as_ref()
                 .map(|resource| Arc::new(ProtectedResource::new(resource))),
+            tenant_resources: self
+                .config
+                .tenants
+                .tenants
+                .values()
+                .filter_map(|tenant| tenant.protected_resource.as_ref())
+                .map(|resource| Arc::new(ProtectedResource::new(resource)))
+                .collect(),
             max_gateway_body_bytes: self.config.gateway.max_body_bytes,
             trusted_proxies: TrustedProxies::new(self.config.gateway.trusted_proxies.clone()),
             forward_auth: self.config.gateway.forward_auth.convention,
@@ -361,8 +427,14 @@ impl App {
             )
         });
         // There is a JWT resolver only when at least one issuer is configured.
-        let refresh_interval =
-            self.config.credentials.jwt.iter().map(|issuer| issuer.refresh_interval.0).min();
+        let refresh_interval = self
+            .config
+            .credentials
+            .jwt
+            .iter()
+            .chain(self.config.tenants.tenants.values().flat_map(|tenant| &tenant.jwt))
+            .map(|issuer| issuer.refresh_interval.0)
+            .min();
         let jwks_refresh = self.jwt.as_ref().zip(refresh_interval).map(|(jwt, interval)| {
             tokio::spawn(Arc::clone(jwt).refresh_task(interval, stopped(stop.clone())))
         });
@@ -476,13 +548,17 @@ fn http_client() -> Result<reqwest::Client, AppError> {
 }
 
 fn jwt_resolver(config: &Config) -> Result<Option<Arc<JwtResolver>>, AppError> {
-    if config.credentials.jwt.is_empty() {
-        return Ok(None);
-    }
-    let http = http_client()?;
+    let all = config.credentials.jwt.iter().map(|issuer| (issuer, None)).chain(
+        config
+            .tenants
+            .tenants
+            .iter()
+            .flat_map(|(name, tenant)| tenant.jwt.iter().map(move |issuer| (issuer, Some(name.clone())))),
+    );
     let mut issuers = Vec::new();
-    for issuer in &config.credentials.jwt {
-        let claims = issuer.claims.mapping();
+    for (issuer, tenant) in all {
+        let mut claims = issuer.claims.mapping();
+        claims.issuer_tenant = tenant;
         issuers.push(IssuerSettings {
             issuer: issuer.issuer.clone(),
             audiences: issuer.audiences.clone(),
@@ -494,9 +570,37 @@ fn jwt_resolver(config: &Config) -> Result<Option<Arc<JwtResolver>>, AppError> {
             refetch_interval: issuer.refetch_interval.0,
         });
     }
+    if issuers.is_empty() {
+        return Ok(None);
+    }
     // A JWT of an issuer not listed here goes on only when an introspection endpoint takes it.
-    let pass_on_untrusted = config.credentials.introspection.iter().any(|endpoint| endpoint.accept_jwts);
-    Ok(Some(Arc::new(JwtResolver::new(issuers, http).pass_on_untrusted(pass_on_untrusted))))
+    let pass_on_untrusted = config
+        .credentials
+        .introspection
+        .iter()
+        .chain(config.tenants.tenants.values().flat_map(|tenant| &tenant.introspection))
+        .any(|endpoint| endpoint.accept_jwts);
+    Ok(Some(Arc::new(JwtResolver::new(issuers, http_client()?).pass_on_untrusted(pass_on_untrusted))))
+}
+
+/// The backend of one introspection endpoint; `tenant`: the tenant it is configured under.
+fn introspection_resolver(
+    endpoint: &IntrospectionConfig,
+    tenant: Option<&str>,
+) -> Result<Arc<dyn crate::credential::CredentialResolver>, AppError> {
+    let mut claims = endpoint.claims.mapping();
+    claims.issuer_tenant = tenant.map(str::to_owned);
+    let settings = IntrospectionSettings {
+        endpoint: endpoint.location().map_err(AppError::Setup)?,
+        auth: endpoint.client_auth().map_err(AppError::Setup)?,
+        token_type_hint: Some(endpoint.token_type_hint.clone()).filter(|hint| !hint.is_empty()),
+        prefixes: endpoint.prefixes.clone(),
+        audiences: endpoint.audiences.clone(),
+        claims,
+        timeout: endpoint.timeout.0,
+        accept_jwts: endpoint.accept_jwts,
+    };
+    Ok(Arc::new(IntrospectionResolver::new(settings, http_client()?)))
 }
 
 fn table(

@@ -19,6 +19,7 @@ mod listen;
 mod sessions;
 mod state;
 mod telemetry;
+mod tenants;
 mod values;
 
 pub use credentials::*;
@@ -27,6 +28,7 @@ pub use listen::*;
 pub use sessions::*;
 pub use state::*;
 pub use telemetry::*;
+pub use tenants::*;
 pub use values::*;
 
 /// The configuration the binary serves when given no file.
@@ -119,6 +121,10 @@ pub struct Config {
     /// The OAuth protected resource cedargate guards (RFC 9728): served as metadata on the
     /// HTTP port and named in every bearer challenge.
     pub protected_resource: Option<ProtectedResourceConfig>,
+    /// Tenants: each with its own policies (`<policies.dir>/tenants/<name>/`), JWT issuers,
+    /// introspection endpoints and protected resource, and where a request names one.
+    #[serde(default)]
+    pub tenants: TenantsConfig,
     /// OpenTelemetry export (OTLP); the `OTEL_*` environment variables override it.
     #[serde(default)]
     pub telemetry: TelemetryConfig,
@@ -384,8 +390,13 @@ impl Config {
             }
         }
         let mut issuers = std::collections::HashSet::new();
-        for (index, issuer) in self.credentials.jwt.iter().enumerate() {
-            let field = format!("credentials.jwt[{index}]");
+        let issuer_lists = std::iter::once(("credentials".to_owned(), &self.credentials.jwt)).chain(
+            self.tenants.tenants.iter().map(|(name, tenant)| (format!("tenants.{name}"), &tenant.jwt)),
+        );
+        for (index, issuer, prefix) in issuer_lists.flat_map(|(prefix, list)| {
+            list.iter().enumerate().map(move |(i, issuer)| (i, issuer, prefix.clone()))
+        }) {
+            let field = format!("{prefix}.jwt[{index}]");
             let needle = format!("issuer: {}", issuer.issuer);
             if !issuers.insert(issuer.issuer.as_str()) {
                 report(&needle, format!("{field}.issuer"), "the same issuer is configured twice".into());
@@ -417,8 +428,17 @@ impl Config {
                 );
             }
         }
-        for (index, endpoint) in self.credentials.introspection.iter().enumerate() {
-            let field = format!("credentials.introspection[{index}]");
+        let endpoint_lists = std::iter::once(("credentials".to_owned(), &self.credentials.introspection))
+            .chain(
+                self.tenants
+                    .tenants
+                    .iter()
+                    .map(|(name, tenant)| (format!("tenants.{name}"), &tenant.introspection)),
+            );
+        for (index, endpoint, prefix) in endpoint_lists.flat_map(|(prefix, list)| {
+            list.iter().enumerate().map(move |(i, endpoint)| (i, endpoint, prefix.clone()))
+        }) {
+            let field = format!("{prefix}.introspection[{index}]");
             let needle = format!("client_id: {}", endpoint.client_id);
             if let Err(error) = endpoint.client_auth() {
                 report(&needle, field.clone(), error);
@@ -488,12 +508,18 @@ impl Config {
                 );
             }
         }
-        if let Some(resource) = &self.protected_resource {
+        let resources = std::iter::once(("protected_resource".to_owned(), &self.protected_resource)).chain(
+            self.tenants.tenants.iter().map(|(name, tenant)| {
+                (format!("tenants.{name}.protected_resource"), &tenant.protected_resource)
+            }),
+        );
+        for (prefix, resource) in resources {
+            let Some(resource) = resource else { continue };
             let parsed = url::Url::parse(&resource.resource);
             if !parsed.is_ok_and(|url| matches!(url.scheme(), "https" | "http") && url.fragment().is_none()) {
                 report(
-                    "resource:",
-                    "protected_resource.resource".into(),
+                    &resource.resource,
+                    format!("{prefix}.resource"),
                     "must be an https URL without a fragment (RFC 9728 §1.2)".into(),
                 );
             }
@@ -501,12 +527,13 @@ impl Config {
                 if url::Url::parse(server).is_err() {
                     report(
                         server,
-                        format!("protected_resource.authorization_servers[{index}]"),
+                        format!("{prefix}.authorization_servers[{index}]"),
                         "must be an issuer URL".into(),
                     );
                 }
             }
         }
+        self.tenant_problems(&mut report);
         if self.sessions.refresh_ttl.0 < self.sessions.access_ttl.0 {
             report(
                 "refresh_ttl",

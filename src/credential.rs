@@ -111,6 +111,17 @@ impl CredentialChain {
         }
     }
 
+    /// Appends `resolvers` for `scheme`, in order.
+    pub fn extend(
+        &mut self,
+        scheme: Scheme,
+        resolvers: impl IntoIterator<Item = Arc<dyn CredentialResolver>>,
+    ) {
+        for resolver in resolvers {
+            self.push(scheme, resolver);
+        }
+    }
+
     /// Asks the backends for `credential.scheme` in order, and refuses an expired identity
     /// whichever backend produced it.
     ///

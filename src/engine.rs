@@ -2,6 +2,7 @@
 //! [`Decision`], with the challenge a client needs and one structured log event per decision.
 
 pub mod record;
+mod tenants;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -15,6 +16,9 @@ use crate::route::{self, RouteTable, TargetError};
 use crate::telemetry::decision_log::DecisionLog;
 use crate::telemetry::metrics::metrics;
 use crate::telemetry::trace;
+
+pub use tenants::{RequestTenant, Tenant, Tenants};
+use tenants::{Requested, Scope};
 
 /// Knobs of the pipeline.
 #[derive(Debug, Clone)]
@@ -110,6 +114,8 @@ pub struct Engine {
     policies: Arc<PolicyEngine>,
     routes: RouteTable,
     settings: EngineSettings,
+    /// The declared tenants, each with its own policies and credential backends.
+    tenants: Tenants,
 }
 
 impl Engine {
@@ -120,7 +126,29 @@ impl Engine {
         routes: RouteTable,
         settings: EngineSettings,
     ) -> Self {
-        Self { credentials, policies, routes, settings }
+        Self { credentials, policies, routes, settings, tenants: Tenants::default() }
+    }
+
+    /// Decides with `tenants` too: a request naming one, or whose credential is of one, is
+    /// decided by that tenant's set.
+    #[must_use]
+    pub fn with_tenants(mut self, tenants: Tenants) -> Self {
+        self.tenants = tenants;
+        self
+    }
+
+    /// The declared tenants.
+    pub fn tenants(&self) -> &Tenants {
+        &self.tenants
+    }
+
+    /// What decides a request of no tenant: the base set.
+    fn base_scope(&self) -> Scope<'_> {
+        Scope {
+            tenant: None,
+            policies: &self.policies,
+            resource_metadata: self.settings.resource_metadata.as_deref(),
+        }
     }
 
     /// Where decision records go (flushed at shutdown).
@@ -142,6 +170,28 @@ impl Engine {
     /// [`Engine::authenticate`] with the identity's expiry checked at `now` (unix seconds)
     /// rather than the clock: policy tests freeze time.
     pub async fn authenticate_at(&self, authorization: &str, now: i64) -> Authentication {
+        self.authenticate_with(&self.credentials, authorization, now).await
+    }
+
+    /// [`Engine::authenticate`] for a request naming `tenant`: by the global backends and that
+    /// tenant's own. A request whose tenant is refused is not authenticated at all (anonymous):
+    /// its credential is sent to no backend, and it is refused whatever it is.
+    pub async fn authenticate_in(&self, tenant: RequestTenant<'_>, authorization: &str) -> Authentication {
+        match self.tenants.requested(tenant) {
+            Ok(None) => self.authenticate(authorization).await,
+            Ok(Some((_, tenant))) => {
+                self.authenticate_with(&tenant.credentials, authorization, unix_now()).await
+            }
+            Err(_) => Authentication::Anonymous,
+        }
+    }
+
+    async fn authenticate_with(
+        &self,
+        chain: &CredentialChain,
+        authorization: &str,
+        now: i64,
+    ) -> Authentication {
         let credential = match parse_authorization(authorization, self.settings.max_authorization_bytes) {
             Ok(None) => return Authentication::Anonymous,
             Ok(Some(credential)) => credential,
@@ -158,7 +208,7 @@ impl Engine {
             vec![trace::attribute("cedargate.credential.cache", "none")]
         });
         let started = Instant::now();
-        let resolved = span.run(self.credentials.resolve(&credential, now)).await;
+        let resolved = span.run(chain.resolve(&credential, now)).await;
         metrics().stage("credential", started.elapsed());
         match resolved {
             Ok(auth) => {
@@ -179,11 +229,26 @@ impl Engine {
         target: &Target,
         facts: &Extra,
     ) -> Result<Decision, TargetError> {
+        self.check_in(wire, RequestTenant::Unnamed, authorization, target, facts).await
+    }
+
+    /// [`Engine::check`] for a request naming `tenant`.
+    ///
+    /// Fails only when the target itself is malformed.
+    pub async fn check_in(
+        &self,
+        wire: Wire,
+        tenant: RequestTenant<'_>,
+        authorization: &str,
+        target: &Target,
+        facts: &Extra,
+    ) -> Result<Decision, TargetError> {
         let call = Call::now(wire);
         let _in_flight = metrics().in_flight(wire);
         let prepared = self.prepare(target)?;
-        let authentication = self.authenticate(authorization).await;
-        Ok(self.decide(&authentication, target, &prepared, facts, unix_now(), Some(call)))
+        let authentication = self.authenticate_in(tenant, authorization).await;
+        let requested = self.tenants.requested(tenant);
+        Ok(self.decide(&requested, &authentication, target, &prepared, facts, unix_now(), Some(call)))
     }
 
     /// Decides one target for an identity already established, so a batch resolves its
@@ -197,7 +262,31 @@ impl Engine {
         target: &Target,
         facts: &Extra,
     ) -> Result<Decision, TargetError> {
-        Ok(self.decide(authentication, target, &self.prepare(target)?, facts, unix_now(), Some(call)))
+        self.check_authenticated_in(call, RequestTenant::Unnamed, authentication, target, facts)
+    }
+
+    /// [`Engine::check_authenticated`] for a request naming `tenant` (authenticated by
+    /// [`Engine::authenticate_in`] with the same tenant).
+    ///
+    /// Fails only when the target is malformed.
+    pub fn check_authenticated_in(
+        &self,
+        call: Call,
+        tenant: RequestTenant<'_>,
+        authentication: &Authentication,
+        target: &Target,
+        facts: &Extra,
+    ) -> Result<Decision, TargetError> {
+        let requested = self.tenants.requested(tenant);
+        Ok(self.decide(
+            &requested,
+            authentication,
+            target,
+            &self.prepare(target)?,
+            facts,
+            unix_now(),
+            Some(call),
+        ))
     }
 
     /// [`Engine::check_authenticated`] with the policies' clock (`context.now`) frozen at
@@ -212,7 +301,7 @@ impl Engine {
         facts: &Extra,
         now: i64,
     ) -> Result<Decision, TargetError> {
-        Ok(self.decide(authentication, target, &self.prepare(target)?, facts, now, None))
+        Ok(self.decide(&Ok(None), authentication, target, &self.prepare(target)?, facts, now, None))
     }
 
     /// Decides one target for an identity as [`Engine::check_authenticated`] does, at `now`
@@ -279,15 +368,31 @@ impl Engine {
     /// route, each path parameter standing for itself (`/users/{id}`). A credential that
     /// failed lists nothing; a malformed entry is not listed.
     pub fn could_use(&self, authentication: &Authentication, entries: &[Target], facts: &Extra) -> Vec<bool> {
+        self.could_use_in(RequestTenant::Unnamed, authentication, entries, facts)
+    }
+
+    /// [`Engine::could_use`] for a request naming `tenant`: by the set a call would be decided
+    /// by. A request whose tenant is refused lists nothing.
+    pub fn could_use_in(
+        &self,
+        tenant: RequestTenant<'_>,
+        authentication: &Authentication,
+        entries: &[Target],
+        facts: &Extra,
+    ) -> Vec<bool> {
         let auth = match authentication {
             Authentication::Authenticated { auth, .. } => Some(auth),
             Authentication::Anonymous => None,
             Authentication::Failed { .. } => return vec![false; entries.len()],
         };
+        let requested = self.tenants.requested(tenant);
+        let Ok(scope) = self.tenants.scope(&requested, auth.map(AsRef::as_ref), self.base_scope()) else {
+            return vec![false; entries.len()];
+        };
         let prepared: Vec<Option<PreparedTarget<'_>>> =
             entries.iter().map(|target| self.prepare_listed(target).ok()).collect();
         let resources: Vec<Resource<'_>> = prepared.iter().flatten().map(resource_of).collect();
-        let mut decided = self.policies.could_allow_each(auth, &resources, facts, unix_now()).into_iter();
+        let mut decided = scope.policies.could_allow_each(auth, &resources, facts, unix_now()).into_iter();
         prepared.iter().map(|prepared| prepared.is_some() && decided.next().unwrap_or(false)).collect()
     }
 
@@ -346,8 +451,10 @@ impl Engine {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn decide(
         &self,
+        requested: &Requested<'_>,
         authentication: &Authentication,
         asked: &Target,
         target: &PreparedTarget<'_>,
@@ -358,13 +465,49 @@ impl Engine {
         let decision_id = new_decision_id();
         let mut revision: Option<Arc<str>> = None;
         let fingerprint = authentication.fingerprint().map(str::to_owned);
-        let decision = match authentication {
-            Authentication::Failed { error, .. } => {
+        let authenticated = match authentication {
+            Authentication::Authenticated { auth, .. } => Some(auth.as_ref()),
+            Authentication::Anonymous | Authentication::Failed { .. } => None,
+        };
+        let scope = self.tenants.scope(requested, authenticated, self.base_scope());
+        let metadata = match &scope {
+            Ok(scope) => scope.resource_metadata,
+            Err(refusal) => refusal.resource_metadata,
+        };
+        if let (Ok(Scope { tenant: Some(tenant), .. }), true) = (&scope, trace::enabled()) {
+            trace::record("cedargate.tenant", (*tenant).to_owned());
+        }
+        let decision = match (authentication, scope) {
+            (_, Err(refusal)) => {
+                let www_authenticate = (refusal.outcome == Outcome::Unauthenticated).then(|| {
+                    let scheme = match authentication {
+                        Authentication::Authenticated { scheme, .. } => *scheme,
+                        _ => Scheme::Bearer,
+                    };
+                    self.challenge_for(metadata, scheme, Some(("invalid_token", &refusal.reason)), &[])
+                });
+                Decision {
+                    outcome: refusal.outcome,
+                    auth_info: match authentication {
+                        Authentication::Authenticated { auth, .. } => Some(Arc::clone(auth)),
+                        _ => None,
+                    },
+                    policy_ids: Vec::new(),
+                    reason: refusal.reason,
+                    www_authenticate,
+                    decision_id,
+                    errors: Vec::new(),
+                    credential_fingerprint: fingerprint,
+                    required_scopes: Vec::new(),
+                    shadow: None,
+                }
+            }
+            (Authentication::Failed { error, .. }, Ok(_)) => {
                 let reason = error.to_string();
                 let (outcome, challenge) = if matches!(error, CredentialError::Unavailable { .. }) {
                     (Outcome::Unavailable, None)
                 } else {
-                    (Outcome::Unauthenticated, self.authentication_challenge(authentication))
+                    (Outcome::Unauthenticated, self.authentication_challenge_for(metadata, authentication))
                 };
                 Decision {
                     outcome,
@@ -379,25 +522,26 @@ impl Engine {
                     shadow: None,
                 }
             }
-            Authentication::Anonymous => {
-                let verdict = self.evaluate(None, target, facts, now);
+            (Authentication::Anonymous, Ok(scope)) => {
+                let verdict = self.evaluate(scope.policies, None, target, facts, now);
                 revision = Some(Arc::clone(&verdict.revision));
                 let (outcome, www_authenticate) = if verdict.allowed {
                     (Outcome::Allowed, None)
                 } else {
-                    (Outcome::Unauthenticated, self.authentication_challenge(authentication))
+                    (Outcome::Unauthenticated, self.authentication_challenge_for(metadata, authentication))
                 };
                 from_verdict(verdict, outcome, None, www_authenticate, decision_id, fingerprint)
             }
-            Authentication::Authenticated { auth, scheme, .. } => {
-                let verdict = self.evaluate(Some(auth), target, facts, now);
+            (Authentication::Authenticated { auth, scheme, .. }, Ok(scope)) => {
+                let verdict = self.evaluate(scope.policies, Some(auth), target, facts, now);
                 revision = Some(Arc::clone(&verdict.revision));
                 let (outcome, www_authenticate) = if verdict.allowed {
                     (Outcome::Allowed, None)
                 } else if verdict.required_scopes.is_empty() {
                     (Outcome::Forbidden, None)
                 } else {
-                    let challenge = self.challenge(
+                    let challenge = self.challenge_for(
+                        metadata,
                         *scheme,
                         Some(("insufficient_scope", &verdict.reason)),
                         &verdict.required_scopes,
@@ -448,6 +592,7 @@ impl Engine {
 
     fn evaluate(
         &self,
+        policies: &PolicyEngine,
         auth: Option<&Arc<AuthInfo>>,
         target: &PreparedTarget<'_>,
         facts: &Extra,
@@ -455,7 +600,7 @@ impl Engine {
     ) -> Verdict {
         let span = trace::Span::child("cedargate.policy.evaluate", trace::Kind::Internal, Vec::new);
         let started = Instant::now();
-        let verdict = self.policies.evaluate(&Query { auth, resource: resource_of(target), facts, now });
+        let verdict = policies.evaluate(&Query { auth, resource: resource_of(target), facts, now });
         metrics().stage("policy", started.elapsed());
         if span.is_some() {
             span.set("cedargate.policy.revision", verdict.revision.to_string());
@@ -467,9 +612,21 @@ impl Engine {
     /// was sent and failed, and, RFC 6750 §3.1, no error code when none was sent. `None` for an
     /// authenticated caller.
     pub fn authentication_challenge(&self, authentication: &Authentication) -> Option<String> {
+        self.authentication_challenge_for(self.settings.resource_metadata.as_deref(), authentication)
+    }
+
+    /// [`Engine::authentication_challenge`] naming `resource_metadata`.
+    fn authentication_challenge_for(
+        &self,
+        resource_metadata: Option<&str>,
+        authentication: &Authentication,
+    ) -> Option<String> {
         match authentication {
-            Authentication::Anonymous => Some(self.challenge(Scheme::Bearer, None, &[])),
-            Authentication::Failed { scheme, error, .. } => Some(self.challenge(
+            Authentication::Anonymous => {
+                Some(self.challenge_for(resource_metadata, Scheme::Bearer, None, &[]))
+            }
+            Authentication::Failed { scheme, error, .. } => Some(self.challenge_for(
+                resource_metadata,
                 scheme.unwrap_or(Scheme::Bearer),
                 Some(("invalid_token", &error.to_string())),
                 &[],
@@ -482,8 +639,19 @@ impl Engine {
     /// RFC 9728 `resource_metadata` URL when one is configured, then the error, its
     /// description and the scopes when there is an error.
     pub fn challenge(&self, scheme: Scheme, error: Option<(&str, &str)>, scopes: &[String]) -> String {
+        self.challenge_for(self.settings.resource_metadata.as_deref(), scheme, error, scopes)
+    }
+
+    /// [`Engine::challenge`] naming `resource_metadata` (a tenant's own, or the global one).
+    fn challenge_for(
+        &self,
+        resource_metadata: Option<&str>,
+        scheme: Scheme,
+        error: Option<(&str, &str)>,
+        scopes: &[String],
+    ) -> String {
         let mut parameters = vec![format!("realm=\"{}\"", quoted_string(&self.settings.realm))];
-        if let (Scheme::Bearer, Some(url)) = (scheme, &self.settings.resource_metadata) {
+        if let (Scheme::Bearer, Some(url)) = (scheme, resource_metadata) {
             parameters.push(format!("resource_metadata=\"{}\"", quoted_string(url)));
         }
         if let Some((code, description)) = error {

@@ -15,8 +15,8 @@ use std::sync::Arc;
 
 use serde_json::{json, Value};
 
-use crate::config::{GatewayConfig, McpShape, OverrideHeaders};
-use crate::engine::Engine;
+use crate::config::{GatewayConfig, McpShape, OverrideHeaders, TenantsConfig};
+use crate::engine::{Engine, RequestTenant};
 use crate::model::{AuthInfo, Decision, Extra, Refusal, RouteRequest, Target, ToolCall};
 use crate::telemetry::metrics::metrics;
 pub use forwarded::TrustedProxies;
@@ -58,6 +58,9 @@ pub struct GatewayRequest {
     pub extensions: Vec<(String, String)>,
     /// The wire it came over.
     pub wire: Wire,
+    /// Whether the TCP peer of an HTTP wire is in `gateway.trusted_proxies`: only then is the
+    /// tenant header believed there.
+    pub from_trusted_proxy: bool,
 }
 
 impl GatewayRequest {
@@ -161,6 +164,11 @@ struct Settings {
     mcp_trust_headers: bool,
     /// The largest MCP list answer trimmed.
     max_list_bytes: usize,
+    /// The header naming a request's tenant (`tenants.header`, lower case), with tenancy on.
+    tenant_header: Option<String>,
+    /// The context extension naming a request's tenant (`tenants.context_extension`), with
+    /// tenancy on.
+    tenant_extension: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -243,6 +251,8 @@ impl Gateway {
             },
             mcp_trust_headers: config.mcp_trust_headers,
             max_list_bytes: config.mcp_exchange.max_list_bytes,
+            tenant_header: None,
+            tenant_extension: None,
         };
         let exchange = &config.mcp_exchange;
         let sessions = exchange.bind_sessions.then(|| {
@@ -253,6 +263,51 @@ impl Gateway {
             )
         });
         Self { engine, settings, sessions }
+    }
+
+    /// Reads a request's tenant where `tenants` says, when it declares any tenant.
+    #[must_use]
+    pub fn with_tenants(mut self, tenants: &TenantsConfig) -> Self {
+        if tenants.enabled() {
+            self.settings.tenant_header = tenants.header.as_ref().map(|name| name.to_ascii_lowercase());
+            self.settings.tenant_extension = Some(tenants.context_extension.clone());
+        }
+        self
+    }
+
+    /// The tenant `request` names: the tenant header (from Envoy's gRPC wire, or from a
+    /// trusted proxy on the HTTP wires) and the tenant context extension, which must agree.
+    /// A header that cannot be believed is a refusal, never ignored: the request was meant
+    /// for some tenant, and must not be decided by the base set instead.
+    pub fn request_tenant<'r>(&self, request: &'r GatewayRequest) -> RequestTenant<'r> {
+        let mut header = None;
+        if let Some(name) = &self.settings.tenant_header {
+            let mut values =
+                request.headers.iter().filter(|(key, _)| key == name).map(|(_, value)| value.as_str());
+            // An empty value names no tenant, as the gRPC field's default does.
+            header = values.next().filter(|value| !value.is_empty());
+            if header.is_some() && values.next().is_some() {
+                return RequestTenant::Refused("the tenant header is sent more than once: refused");
+            }
+        }
+        if header.is_some() && request.wire != Wire::EnvoyGrpc && !request.from_trusted_proxy {
+            return RequestTenant::Refused(
+                "the tenant header is believed only from gateway.trusted_proxies: refused",
+            );
+        }
+        let extension = self
+            .settings
+            .tenant_extension
+            .as_deref()
+            .and_then(|name| request.extension(name))
+            .filter(|value| !value.is_empty());
+        match (header, extension) {
+            (Some(header), Some(extension)) if header != extension => RequestTenant::Refused(
+                "the tenant header and the tenant context extension name different tenants: refused",
+            ),
+            (Some(tenant), _) | (None, Some(tenant)) => RequestTenant::Named(tenant),
+            (None, None) => RequestTenant::Unnamed,
+        }
     }
 
     /// Decides `request`. Never fails: a malformed request is a 400 denial (counted).
@@ -289,7 +344,8 @@ impl Gateway {
             Err(error) => return invalid(jsonrpc(error.id), error.code, &error.message),
         };
         let facts = facts(request, mcp_method.as_deref());
-        match self.engine.check(request.wire, &authorization, &target, &facts).await {
+        let tenant = self.request_tenant(request);
+        match self.engine.check_in(request.wire, tenant, &authorization, &target, &facts).await {
             Ok(decision) if decision.allowed() => {
                 let mut answer = self.allow(decision, request, source);
                 if let (GatewayAnswer::Allow { mcp, .. }, Target::Tool(call) | Target::Mcp(_, call)) =

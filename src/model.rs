@@ -338,6 +338,18 @@ pub fn quote(text: &str) -> String {
     shown
 }
 
+/// Whether `name` is a safe tenant name: `^[a-z0-9][a-z0-9_-]{0,62}$`. Such a name can be a
+/// directory (`policies/tenants/<name>/`), a path segment, a header value and a log field
+/// without escaping, and never reads as `.`, `..` or a hidden file.
+pub fn is_tenant_name(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    (1..=63).contains(&bytes.len())
+        && (bytes[0].is_ascii_lowercase() || bytes[0].is_ascii_digit())
+        && bytes
+            .iter()
+            .all(|byte| byte.is_ascii_lowercase() || byte.is_ascii_digit() || matches!(byte, b'_' | b'-'))
+}
+
 /// Where a request came from, as far as cedargate can tell.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ClientAddress {
@@ -518,6 +530,29 @@ pub fn unix_now() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tenant_names_are_safe_identifiers() {
+        for good in ["acme", "a", "0", "acme-eu_1", &"a".repeat(63)] {
+            assert!(is_tenant_name(good), "{good}");
+        }
+        for bad in [
+            "",
+            "Acme",
+            "-acme",
+            "_acme",
+            "acme corp",
+            "../x",
+            ".",
+            "..",
+            "a/b",
+            "acmé",
+            "a\n",
+            &"a".repeat(64),
+        ] {
+            assert!(!is_tenant_name(bad), "{bad:?}");
+        }
+    }
 
     #[test]
     fn secret_debug_never_shows_the_value() {

@@ -29,11 +29,17 @@ use crate::model::{AuthInfo, Extra, McpKind};
 pub use explain::{ConditionCheck, ConditionResult, Explanation, PermitExplanation, PolicyRef};
 pub use findings::{Finding, ReportStyle, Severity};
 pub use format::{format_dir, format_policies, FormatReport};
-pub use load::{PolicyError, PolicyLocation, PolicySources, SourceFile, ENTITIES_FILE, SCHEMA, SCHEMA_FILE};
+pub use load::{
+    undeclared_tenant_dirs, PolicyError, PolicyLocation, PolicySources, SourceFile, ENTITIES_FILE,
+    NOT_LOADED_POLICY, SCHEMA, SCHEMA_FILE, TENANTS_DIR,
+};
 pub use mutate::{
     mutants, outline, BoolOperator, ConditionKind, Mutant, Mutation, PolicyEffect, PolicyOutline,
 };
-pub use reload::{PolicyReloader, PolicyStatus, ReloadError, ReloadFailure, ReloadTrigger, Reloaded};
+pub use reload::{
+    PolicyReloader, PolicyStatus, ReloadError, ReloadFailure, ReloadTrigger, Reloaded, TenantPolicies,
+    TenantPolicyStatus,
+};
 
 /// The Cedar view of a target, after the engine normalized it.
 #[derive(Debug, Clone, Copy)]

@@ -135,8 +135,11 @@ async fn malformed_targets_are_invalid_arguments() {
         (Some(tool("")), "tool.name"),
     ];
     for (target, message) in table {
-        let request =
-            proto::CheckRequest { authorization: "Bearer admin-token-456".into(), target, context: None };
+        let request = proto::CheckRequest {
+            authorization: "Bearer admin-token-456".into(),
+            target,
+            ..Default::default()
+        };
         let status = client.check(request).await.unwrap_err();
         assert_eq!(status.code(), tonic::Code::InvalidArgument);
         assert!(status.message().contains(message), "{}", status.message());
@@ -158,7 +161,7 @@ async fn batch_check_answers_each_target_in_order() {
         .batch_check(proto::BatchCheckRequest {
             authorization: "Bearer user-token-123".into(),
             targets,
-            context: None,
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -179,7 +182,7 @@ async fn batch_check_answers_each_target_in_order() {
     let too_many = proto::BatchCheckRequest {
         authorization: String::new(),
         targets: vec![tool("x"); 1001],
-        context: None,
+        ..Default::default()
     };
     assert_eq!(client.batch_check(too_many).await.unwrap_err().code(), tonic::Code::InvalidArgument);
 }

@@ -934,7 +934,7 @@ async fn no_credential_of_any_kind_reaches_a_log_metric_span_or_decision_record(
             .batch_check(proto::BatchCheckRequest {
                 authorization: authorization.clone(),
                 targets: vec![route("GET", "/user/data"), route("GET", "/public/info")],
-                context: None,
+                ..Default::default()
             })
             .await
             .unwrap()

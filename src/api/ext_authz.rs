@@ -109,6 +109,9 @@ fn gateway_request(request: CheckRequest) -> GatewayRequest {
         source_principal: source.principal,
         extensions,
         wire: Wire::EnvoyGrpc,
+        // Envoy itself is the caller of the gRPC port; the tenant header it forwards is
+        // believed as any header it sets (docs/security.md: it must overwrite it).
+        from_trusted_proxy: true,
     }
 }
 

@@ -9,7 +9,7 @@ use tonic::{Request, Response, Status};
 use super::admin::{check_admin, AdminRefusal};
 use super::json::{extra_to_struct, struct_to_extra};
 use super::proto;
-use crate::engine::{Authentication, Call, Engine};
+use crate::engine::{Authentication, Call, Engine, RequestTenant};
 use crate::gateway::listing::{self, ListKind};
 use crate::gateway::TrustedProxies;
 use crate::model::{
@@ -48,7 +48,8 @@ impl AuthorizerService {
             let request = request.into_inner();
             self.engine.check_batch_size(request.entries.len()).map_err(|error| target_status(&error))?;
             let facts = struct_to_extra(request.context.as_ref()).map_err(|error| target_status(&error))?;
-            let authentication = self.engine.authenticate(&request.authorization).await;
+            let tenant = request_tenant(&request.tenant);
+            let authentication = self.engine.authenticate_in(tenant, &request.authorization).await;
             let auth_info = match &authentication {
                 Authentication::Authenticated { auth, .. } => Some(auth_info_to_proto(auth)),
                 Authentication::Anonymous => None,
@@ -62,7 +63,8 @@ impl AuthorizerService {
                 }
             };
             let names = request.entries.iter().map(|entry| entry_name(entry, kind));
-            let mut decide = |targets: &[Target]| self.engine.could_use(&authentication, targets, &facts);
+            let mut decide =
+                |targets: &[Target]| self.engine.could_use_in(tenant, &authentication, targets, &facts);
             let allowed = listing::allowed(kind, &request.server, names, &mut decide);
             let total = request.entries.len();
             let entries: Vec<_> = request
@@ -78,6 +80,15 @@ impl AuthorizerService {
         let answer = span.run(answer).await;
         record_status(&span, &answer);
         answer
+    }
+}
+
+/// The tenant a caller named in a request's `tenant` field ("" for none).
+fn request_tenant(tenant: &str) -> RequestTenant<'_> {
+    if tenant.is_empty() {
+        RequestTenant::Unnamed
+    } else {
+        RequestTenant::Named(tenant)
     }
 }
 
@@ -253,7 +264,13 @@ impl proto::authorizer_server::Authorizer for AuthorizerService {
             let facts = struct_to_extra(request.context.as_ref()).map_err(|error| target_status(&error))?;
             let decision = self
                 .engine
-                .check(Wire::Grpc, &request.authorization, &target, &facts)
+                .check_in(
+                    Wire::Grpc,
+                    request_tenant(&request.tenant),
+                    &request.authorization,
+                    &target,
+                    &facts,
+                )
                 .await
                 .map_err(|error| target_status(&error))?;
             Ok(Response::new(decision_to_proto(decision)))
@@ -274,14 +291,15 @@ impl proto::authorizer_server::Authorizer for AuthorizerService {
             let request = request.into_inner();
             self.engine.check_batch_size(request.targets.len()).map_err(|error| target_status(&error))?;
             let facts = struct_to_extra(request.context.as_ref()).map_err(|error| target_status(&error))?;
-            let authentication = self.engine.authenticate(&request.authorization).await;
+            let tenant = request_tenant(&request.tenant);
+            let authentication = self.engine.authenticate_in(tenant, &request.authorization).await;
             let results = request
                 .targets
                 .iter()
                 .map(|target| {
                     target_from_proto(Some(target))
                         .and_then(|target| {
-                            self.engine.check_authenticated(call, &authentication, &target, &facts)
+                            self.engine.check_authenticated_in(call, tenant, &authentication, &target, &facts)
                         })
                         .map_or_else(|error| invalid_target_to_proto(&error), decision_to_proto)
                 })
@@ -435,6 +453,25 @@ pub fn policy_status_to_proto(status: &PolicyStatus) -> proto::PolicyStatusRespo
         }),
         shadow_policy_count: u32::try_from(status.shadow_policy_count).unwrap_or(u32::MAX),
         shadow_disagreements: status.shadow_disagreements,
+        tenants: status
+            .tenants
+            .iter()
+            .map(|tenant| proto::TenantPolicyStatus {
+                name: tenant.name.clone(),
+                revision: tenant.revision.clone(),
+                loaded: tenant.loaded,
+                loaded_at: Some(timestamp(tenant.loaded_at)),
+                source: tenant.source.clone(),
+                files: tenant.files.clone(),
+                policy_count: u32::try_from(tenant.policy_count).unwrap_or(u32::MAX),
+                reloads_succeeded: count(tenant.reloads_succeeded),
+                reloads_failed: count(tenant.reloads_failed),
+                last_error: tenant.last_error.as_ref().map(|failure| proto::PolicyReloadError {
+                    at: Some(timestamp(failure.at)),
+                    diagnostics: failure.diagnostics.clone(),
+                }),
+            })
+            .collect(),
     }
 }
 

@@ -42,6 +42,8 @@ pub struct HttpState {
     pub gateway: Arc<Gateway>,
     /// RFC 9728 metadata, if a protected resource is configured.
     pub protected_resource: Option<Arc<ProtectedResource>>,
+    /// The tenants' own protected resources, each served only at its path-suffixed URL.
+    pub tenant_resources: Vec<Arc<ProtectedResource>>,
     /// Largest gateway body accepted.
     pub max_gateway_body_bytes: usize,
     /// Whose `X-Forwarded-For` names the client.
@@ -330,13 +332,18 @@ async fn resource_metadata(State(state): State<HttpState>) -> Response {
     }
 }
 
-/// The path-suffixed form (RFC 9728 §3.1): only for the configured resource's own path.
+/// The path-suffixed form (RFC 9728 §3.1): only for a configured resource's own path, the
+/// global one's or a tenant's (config validation keeps them apart).
 async fn resource_metadata_at(State(state): State<HttpState>, Path(path): Path<String>) -> Response {
-    match &state.protected_resource {
-        Some(resource) if resource.path == format!("/{}", path.trim_end_matches('/')) => {
-            metadata_response(resource)
-        }
-        _ => error_response(StatusCode::NOT_FOUND, "not_found", "no protected resource at this path"),
+    let path = format!("/{}", path.trim_end_matches('/'));
+    match state
+        .protected_resource
+        .iter()
+        .chain(&state.tenant_resources)
+        .find(|resource| resource.path == path)
+    {
+        Some(resource) => metadata_response(resource),
+        None => error_response(StatusCode::NOT_FOUND, "not_found", "no protected resource at this path"),
     }
 }
 
@@ -403,6 +410,7 @@ async fn envoy_check(
     }
     let mut request = gateway_request(method.as_str(), &path, &headers, body, Wire::EnvoyHttp);
     request.source_ip = client_address(&state, peer, &headers).ip().to_string();
+    request.from_trusted_proxy = state.trusted_proxies.trusts(peer.ip());
     gateway_response(state.gateway.check(&request).await)
 }
 
@@ -442,6 +450,7 @@ async fn forward_auth(
         host.clone_into(&mut request.host);
     }
     request.source_ip = client_address(&state, peer, &headers).ip().to_string();
+    request.from_trusted_proxy = state.trusted_proxies.trusts(peer.ip());
     gateway_response(state.gateway.check(&request).await)
 }
 

@@ -384,8 +384,25 @@ mod tests {
             last_error: None,
             shadow_policy_count: 1,
             shadow_disagreements: 7,
+            tenants: vec![crate::policy::TenantPolicyStatus {
+                name: "acme".into(),
+                revision: "0123456789ab".into(),
+                loaded: true,
+                loaded_at: SystemTime::UNIX_EPOCH + Duration::from_secs(1_767_225_600),
+                source: "/etc/cedargate/policies/tenants/acme".into(),
+                files: vec!["tenants/acme/rules.cedar".into()],
+                policy_count: 4,
+                reloads_succeeded: 1,
+                reloads_failed: 0,
+                last_error: None,
+            }],
         };
         let json = policy_status_json(&status).unwrap();
+        assert_eq!(
+            (json["tenants"][0]["name"].clone(), json["tenants"][0]["policyCount"].clone()),
+            (json!("acme"), json!(4)),
+            "{json}"
+        );
         assert_eq!(json["loadedAt"], "2026-01-01T00:00:00Z", "RFC 3339");
         assert_eq!(json["policyCount"], 3);
         assert_eq!(json["reloadsSucceeded"], 2);

@@ -40,7 +40,9 @@ enum Change {
     Directory,
 }
 
-fn classify(event: &notify::Result<Event>, dir: &Path) -> Change {
+/// `inner`: the directories under `dir` whose entries are policies too (`tenants/` and each
+/// declared tenant's directory).
+fn classify(event: &notify::Result<Event>, dir: &Path, inner: &[PathBuf]) -> Change {
     let event = match event {
         // Lost or unreadable events: read the directory again.
         Err(_) => return Change::Contents,
@@ -56,7 +58,9 @@ fn classify(event: &notify::Result<Event>, dir: &Path) -> Change {
     if event.paths.iter().any(|path| path == dir) {
         return Change::Directory;
     }
-    if event.paths.iter().any(|path| path.parent() == Some(dir)) {
+    if event.paths.iter().any(|path| {
+        path.parent().is_some_and(|parent| parent == dir || inner.iter().any(|inner| inner == parent))
+    }) {
         return Change::Contents;
     }
     Change::Nothing
@@ -86,15 +90,31 @@ pub(super) async fn watch_policies_task(
 ) {
     // Events name absolute paths; a symlink in the path is kept, so its replacement is seen.
     let dir = std::path::absolute(&dir).unwrap_or(dir);
+    // Tenant directories are watched too, each itself (a tenant's ConfigMap swaps its own
+    // `..data`), and `tenants/` for a tenant directory that appears or goes.
+    let inner: Vec<PathBuf> = if reloader.tenants().is_empty() {
+        Vec::new()
+    } else {
+        std::iter::once(dir.join(crate::policy::TENANTS_DIR))
+            .chain(
+                reloader
+                    .tenants()
+                    .iter()
+                    .filter_map(|tenant| tenant.dir())
+                    .map(|tenant| std::path::absolute(tenant).unwrap_or_else(|_| tenant.to_path_buf())),
+            )
+            .collect()
+    };
     let signals = Arc::new(Signals::default());
     let handler = {
         let signals = Arc::clone(&signals);
         let dir = dir.clone();
+        let inner = inner.clone();
         move |event: notify::Result<Event>| {
             if let Err(error) = &event {
                 tracing::warn!(dir = %dir.display(), "policy directory watch: {error}");
             }
-            match classify(&event, &dir) {
+            match classify(&event, &dir, &inner) {
                 Change::Nothing => return,
                 Change::Directory => signals.rewatch.store(true, Ordering::Release),
                 Change::Contents => {}
@@ -121,6 +141,7 @@ pub(super) async fn watch_policies_task(
         }
     }
     let mut watching = watch_dir(&mut watcher, &dir, &reloader, true);
+    watch_inner(&mut watcher, &inner);
     // Files changed between start-up's load and the watch are read by a first reload.
     signals.changed.notify_one();
 
@@ -146,6 +167,8 @@ pub(super) async fn watch_policies_task(
                 continue;
             }
         }
+        // A tenant directory made or replaced since the last round is watched from now on.
+        watch_inner(&mut watcher, &inner);
         // The reloader logs and records the outcome.
         let _ = reloader.reload(ReloadTrigger::Watch).await;
     }
@@ -155,6 +178,19 @@ pub(super) async fn watch_policies_task(
         Ok(())
     }) {
         tracing::warn!("stopping the policy directory watch: {error}");
+    }
+}
+
+/// Watches each of `inner` that exists, afresh: one removed and made again since the last
+/// watch has lost its watch. One that does not exist yet is seen being made by its parent's.
+fn watch_inner(watcher: &mut RecommendedWatcher, inner: &[PathBuf]) {
+    for dir in inner {
+        let _ = guarded(|| watcher.unwatch(dir));
+        if dir.is_dir() {
+            if let Err(error) = guarded(|| watcher.watch(dir, RecursiveMode::NonRecursive)) {
+                tracing::debug!(dir = %dir.display(), "cannot watch a tenant policy directory: {error}");
+            }
+        }
     }
 }
 
@@ -224,7 +260,20 @@ mod tests {
             (Err(notify::Error::generic("read failed")), Change::Contents),
         ];
         for (event, expected) in cases {
-            assert_eq!(classify(&event, dir), expected, "{event:?}");
+            assert_eq!(classify(&event, dir, &[]), expected, "{event:?}");
+        }
+        // With tenants, their directories' entries are policies; an undeclared one's are not.
+        let inner = [
+            PathBuf::from("/etc/cedargate/policies/tenants"),
+            PathBuf::from("/etc/cedargate/policies/tenants/acme"),
+        ];
+        let modify = EventKind::Modify(ModifyKind::Any);
+        for (path, expected) in [
+            ("/etc/cedargate/policies/tenants/acme/a.cedar", Change::Contents),
+            ("/etc/cedargate/policies/tenants/globex", Change::Contents),
+            ("/etc/cedargate/policies/tenants/globex/a.cedar", Change::Nothing),
+        ] {
+            assert_eq!(classify(&event(modify, &[path]), dir, &inner), expected, "{path}");
         }
     }
 

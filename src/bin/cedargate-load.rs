@@ -354,7 +354,7 @@ async fn grpc_probes(args: &Args) -> anyhow::Result<Vec<Probe>> {
     let request = proto::CheckRequest {
         authorization: String::new(),
         target: Some(proto::Target { kind: Some(target) }),
-        context: None,
+        ..Default::default()
     };
     let jwts = mint_jwts(args)?;
     let fixed = if args.authorization.is_empty() && jwts.is_empty() {

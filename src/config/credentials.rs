@@ -265,6 +265,7 @@ impl ClaimsConfig {
             client_id: self.client_id.clone(),
             roles: self.roles.clone(),
             tenant: self.tenant.clone(),
+            issuer_tenant: None,
         }
     }
 }

@@ -263,3 +263,67 @@ fn shared_state_is_memory_unless_redis_is_set_and_its_settings_are_checked() {
     assert!(redis.unwrap().local_cache.ttl.0.is_zero());
     assert!(parse("state:\n  redis:\n    url: redis://:${CEDARGATE_TEST_UNSET_VARIABLE}@redis\n").is_err());
 }
+
+const TENANTS: &str = "\
+tenants:
+  header: x-tenant
+  acme:
+    jwt:
+      - issuer: https://acme.example
+        audiences: [https://api.example/acme]
+        jwks: { keys: [] }
+    protected_resource:
+      resource: https://api.example/acme/mcp
+  globex: {}
+  initech:
+";
+
+#[test]
+fn tenants_hold_settings_and_one_entry_per_tenant() {
+    let config = parse(TENANTS).unwrap();
+    let tenants = &config.tenants;
+    assert!(tenants.enabled());
+    assert_eq!(tenants.header.as_deref(), Some("x-tenant"));
+    assert_eq!(tenants.context_extension, "tenant", "the default");
+    assert_eq!(tenants.tenants.keys().collect::<Vec<_>>(), ["acme", "globex", "initech"]);
+    assert_eq!(tenants.tenants["acme"].jwt[0].issuer, "https://acme.example");
+    assert!(tenants.tenants["initech"].jwt.is_empty(), "a tenant with nothing under it");
+    let off = parse("{}").unwrap();
+    assert!(!off.tenants.enabled());
+    assert_eq!(off.tenants.context_extension, "tenant");
+}
+
+#[test]
+fn tenant_mistakes_are_refused_at_file_line_and_field() {
+    let table: [(String, usize, &str); 7] = [
+        ("tenants:\n  Acme: {}\n".into(), 2, "tenants.Acme: a tenant name must match"),
+        ("tenants:\n  ok: {}\n  ../etc: {}\n".into(), 3, "tenants.../etc: a tenant name must match"),
+        ("tenants:\n  header: x-tenant\n".into(), 2, "tenants.header: declare at least one tenant"),
+        ("tenants:\n  header: \"x tenant\"\n  a: {}\n".into(), 2, "tenants.header: `x tenant` is not an HTTP header name"),
+        (
+            "tenants:\n  a: {}\ncredentials:\n  static_tokens:\n    - value: t\n      subject: s\n      tenant: b\n".into(),
+            6,
+            "credentials.static_tokens[0].tenant: `b` is not a declared tenant",
+        ),
+        (
+            format!("{TENANTS}  umbrella:\n    jwt:\n      - issuer: https://acme.example\n        audiences: [x]\n        jwks: {{ keys: [] }}\n"),
+            5,
+            "tenants.umbrella.jwt[0].issuer: the same issuer is configured twice",
+        ),
+        (
+            format!("{TENANTS}  hooli:\n    protected_resource:\n      resource: https://other.example/acme/mcp\n"),
+            14,
+            "tenants.hooli.protected_resource.resource: has the same path as",
+        ),
+    ];
+    for (text, line, expected) in table {
+        let error = parse(&text).unwrap_err();
+        let ConfigError::Invalid { problems } = &error else { panic!("{text}: {error:?}") };
+        let wanted = format!("test.yaml:{line}: {expected}");
+        assert!(problems.iter().any(|problem| problem.starts_with(&wanted)), "{wanted}\nin {problems:#?}");
+    }
+    // A field a tenant does not have is a parse error at its line.
+    let error = parse("tenants:\n  acme:\n    policies: x\n").unwrap_err();
+    let ConfigError::Parse { line, message, .. } = &error else { panic!("{error:?}") };
+    assert_eq!((*line, message.contains("tenants.acme")), (3, true), "{error}");
+}

@@ -17,11 +17,20 @@ pub struct ClaimMapping {
     pub roles: String,
     /// The tenant, if any.
     pub tenant: Option<String>,
+    /// The tenant the issuer or endpoint is configured under (`tenants.<name>`): every token
+    /// it vouches for is of this tenant, and one whose `tenant` claim names another is refused.
+    pub issuer_tenant: Option<String>,
 }
 
 impl Default for ClaimMapping {
     fn default() -> Self {
-        Self { subject: "sub".into(), client_id: "client_id".into(), roles: "roles".into(), tenant: None }
+        Self {
+            subject: "sub".into(),
+            client_id: "client_id".into(),
+            roles: "roles".into(),
+            tenant: None,
+            issuer_tenant: None,
+        }
     }
 }
 
@@ -80,8 +89,18 @@ impl ClaimMapping {
             other => text(other).unwrap_or_default(),
         };
         auth.issuer = text(claims.get("iss")).unwrap_or_default();
-        auth.tenant =
+        let claimed =
             self.tenant.as_deref().and_then(|tenant| text(path(claims, tenant))).unwrap_or_default();
+        auth.tenant = match &self.issuer_tenant {
+            // INVARIANT: a tenant's issuer only vouches for its own tenant.
+            Some(owner) if !claimed.is_empty() && claimed != *owner => {
+                return Err(CredentialError::Invalid(format!(
+                    "token's tenant claim names another tenant than its issuer's (`{owner}`)"
+                )));
+            }
+            Some(owner) => owner.clone(),
+            None => claimed,
+        };
         auth.extra = claims
             .iter()
             .filter(|(name, _)| !MAPPED.contains(&name.as_str()))
@@ -155,6 +174,28 @@ mod tests {
             let auth =
                 mapping.auth_info(CredentialKind::Jwt, &claims(json!({"sub": "x", "exp": exp}))).unwrap();
             assert_eq!(auth.expires_at, expected, "{exp}");
+        }
+    }
+
+    #[test]
+    fn an_issuers_tenant_is_every_tokens_tenant_and_a_claim_cannot_move_it() {
+        let mapping = ClaimMapping {
+            tenant: Some("org".into()),
+            issuer_tenant: Some("acme".into()),
+            ..Default::default()
+        };
+        let table = [
+            (json!({"sub": "x"}), Ok("acme")),
+            (json!({"sub": "x", "org": "acme"}), Ok("acme")),
+            (json!({"sub": "x", "org": "globex"}), Err("another tenant")),
+        ];
+        for (claims_of, expected) in table {
+            let got = mapping.auth_info(CredentialKind::Jwt, &claims(claims_of.clone()));
+            match (got, expected) {
+                (Ok(auth), Ok(tenant)) => assert_eq!(auth.tenant, tenant, "{claims_of}"),
+                (Err(error), Err(text)) => assert!(error.to_string().contains(text), "{error}"),
+                (got, expected) => panic!("{claims_of}: got {got:?}, expected {expected:?}"),
+            }
         }
     }
 }

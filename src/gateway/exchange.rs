@@ -319,8 +319,17 @@ impl Exchange {
             }
             None => authentication,
         };
+        // By the set a call would be decided by: the tenant of the request's header, or of
+        // the context extension ext_authz saw (a fact by now).
+        let mut request = self.request.clone();
+        if let Some(name) = &self.gateway.settings.tenant_extension {
+            if let Some(Value::String(tenant)) = facts.get(name) {
+                request.extensions.push((name.clone(), tenant.clone()));
+            }
+        }
+        let tenant = self.gateway.request_tenant(&request);
         let engine = &self.gateway.engine;
-        let mut decide = |targets: &[_]| engine.could_use(authentication, targets, &facts);
+        let mut decide = |targets: &[_]| engine.could_use_in(tenant, authentication, targets, &facts);
         match listing::trim(answer, body, &mut decide) {
             Ok((trimmed, counts)) => {
                 metrics().mcp_list_entries(kind.method(), counts.kept, counts.removed);

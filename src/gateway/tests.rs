@@ -581,3 +581,44 @@ async fn methods_that_name_a_prompt_or_resource_are_decided_as_using_it() {
         assert_eq!(answer.status(), 400, "{params}");
     }
 }
+
+#[test]
+fn a_request_names_its_tenant_by_a_believed_header_or_the_context_extension() {
+    let config = Config::parse("t.yaml", "tenants:\n  header: x-tenant\n  acme: {}\n").unwrap();
+    let app = crate::app::App::build(config.clone()).unwrap();
+    let gateway = Gateway::new(Arc::clone(app.engine()), &config.gateway).with_tenants(&config.tenants);
+    let with =
+        |wire: Wire, trusted: bool, headers: &[(&str, &str)], extension: Option<&str>| GatewayRequest {
+            wire,
+            from_trusted_proxy: trusted,
+            extensions: extension
+                .map(|tenant| ("tenant".to_owned(), tenant.to_owned()))
+                .into_iter()
+                .collect(),
+            ..request("GET", "/x", headers, "")
+        };
+    let named = RequestTenant::Named;
+    let table = [
+        (with(Wire::EnvoyGrpc, false, &[], None), RequestTenant::Unnamed),
+        (with(Wire::EnvoyGrpc, false, &[("x-tenant", "acme")], None), named("acme")),
+        (with(Wire::EnvoyGrpc, false, &[], Some("acme")), named("acme")),
+        (with(Wire::EnvoyGrpc, false, &[("x-tenant", "acme")], Some("acme")), named("acme")),
+        (with(Wire::EnvoyGrpc, false, &[("x-tenant", "")], Some("")), RequestTenant::Unnamed),
+        (with(Wire::ForwardAuth, true, &[("x-tenant", "acme")], None), named("acme")),
+        (with(Wire::EnvoyHttp, true, &[("x-tenant", "Not Safe")], None), named("Not Safe")),
+    ];
+    for (request, expected) in &table {
+        assert_eq!(gateway.request_tenant(request), *expected, "{request:?}");
+    }
+    for request in [
+        with(Wire::ForwardAuth, false, &[("x-tenant", "acme")], None),
+        with(Wire::EnvoyHttp, false, &[("x-tenant", "acme")], None),
+        with(Wire::EnvoyGrpc, false, &[("x-tenant", "acme"), ("x-tenant", "acme")], None),
+        with(Wire::EnvoyGrpc, false, &[("x-tenant", "acme")], Some("globex")),
+    ] {
+        assert!(matches!(gateway.request_tenant(&request), RequestTenant::Refused(_)), "{request:?}");
+    }
+    // With no tenant declared, the context extension is only a fact.
+    let off = gateway_with("");
+    assert_eq!(off.request_tenant(&with(Wire::EnvoyGrpc, false, &[], Some("acme"))), RequestTenant::Unnamed);
+}

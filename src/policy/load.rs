@@ -101,21 +101,8 @@ impl PolicySources {
         };
         let schema_path = dir.join(SCHEMA_FILE);
         let schema = SourceFile { name: schema_path.display().to_string(), text: read(&schema_path)? };
-        let entries =
-            std::fs::read_dir(dir).map_err(|source| PolicyError::Read { path: dir.to_path_buf(), source })?;
-        let mut paths = Vec::new();
-        for entry in entries {
-            let entry = entry.map_err(|source| PolicyError::Read { path: dir.to_path_buf(), source })?;
-            let path = entry.path();
-            if path.extension().is_some_and(|extension| extension == "cedar") {
-                paths.push(path);
-            }
-        }
-        paths.sort();
-        let mut policies = Vec::with_capacity(paths.len());
-        for path in paths {
-            policies.push(SourceFile { name: path.display().to_string(), text: read(&path)? });
-        }
+        // Only the directory's own files: `tenants/` and any other subdirectory are not read.
+        let policies = cedar_files(dir)?;
         let entities_path = dir.join(ENTITIES_FILE);
         let entities = match read_source(&entities_path) {
             Ok(text) => Some(SourceFile { name: entities_path.display().to_string(), text }),
@@ -130,6 +117,41 @@ impl PolicySources {
             Err(source) => return Err(PolicyError::Read { path: entities_path, source }),
         };
         Ok(Self { schema, policies, entities })
+    }
+
+    /// The `*.cedar` files of the tenant directory `dir` (`<policy dir>/tenants/<name>`), by
+    /// name; none when the directory does not exist.
+    ///
+    /// Fails when the directory or a file cannot be read (a dangling symlink included).
+    pub fn tenant_files(dir: &Path) -> Result<Vec<SourceFile>, PolicyError> {
+        if std::fs::symlink_metadata(dir).is_err_and(|error| error.kind() == std::io::ErrorKind::NotFound) {
+            return Ok(Vec::new());
+        }
+        cedar_files(dir)
+    }
+
+    /// These sources with a tenant's policies after their own: one set, validated as a whole,
+    /// in which a base `forbid` overrides a tenant's `permit` as Cedar decides any set.
+    pub fn with_tenant(&self, tenant: &[SourceFile]) -> Self {
+        let mut sources = self.clone();
+        sources.policies.extend_from_slice(tenant);
+        sources
+    }
+
+    /// The set of a tenant whose own policies never loaded: the base schema and entities and
+    /// one `forbid` of everything, so its requests are refused (never decided by the base
+    /// set alone) until its files load.
+    pub fn not_loaded(&self, tenant: &str) -> Self {
+        let text = format!(
+            "@id(\"{NOT_LOADED_POLICY}\")\n\
+             @reason(\"the policies of tenant `{tenant}` did not load; its requests are refused until they do\")\n\
+             forbid (principal, action, resource);\n"
+        );
+        Self {
+            schema: self.schema.clone(),
+            policies: vec![SourceFile { name: format!("<tenant {tenant}: not loaded>"), text }],
+            entities: self.entities.clone(),
+        }
     }
 
     /// The demo policies compiled into the binary (the `policies/` directory of the repository).
@@ -168,6 +190,49 @@ impl PolicySources {
         }
         hex::encode(&hasher.finalize()[..6])
     }
+}
+
+/// The subdirectory of a policy directory holding one directory of policies per tenant.
+pub const TENANTS_DIR: &str = "tenants";
+
+/// The id of the one policy of a tenant whose own policies never loaded.
+pub const NOT_LOADED_POLICY: &str = "cedargate.tenant_not_loaded";
+
+/// The `*.cedar` files directly in `dir`, sorted by name.
+fn cedar_files(dir: &Path) -> Result<Vec<SourceFile>, PolicyError> {
+    let read = |path: &Path| {
+        read_source(path).map_err(|source| PolicyError::Read { path: path.to_path_buf(), source })
+    };
+    let entries =
+        std::fs::read_dir(dir).map_err(|source| PolicyError::Read { path: dir.to_path_buf(), source })?;
+    let mut paths = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|source| PolicyError::Read { path: dir.to_path_buf(), source })?;
+        let path = entry.path();
+        if path.extension().is_some_and(|extension| extension == "cedar") {
+            paths.push(path);
+        }
+    }
+    paths.sort();
+    let mut policies = Vec::with_capacity(paths.len());
+    for path in paths {
+        policies.push(SourceFile { name: path.display().to_string(), text: read(&path)? });
+    }
+    Ok(policies)
+}
+
+/// The names of the directories under `<dir>/tenants/` that are not in `declared`: never read,
+/// and worth a warning (a typo, or a tenant removed from the config).
+pub fn undeclared_tenant_dirs<'a>(dir: &Path, declared: impl Fn(&str) -> bool + 'a) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(dir.join(TENANTS_DIR)) else { return Vec::new() };
+    let mut names: Vec<String> = entries
+        .filter_map(Result::ok)
+        .filter(|entry| entry.path().is_dir())
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .filter(|name| !declared(name))
+        .collect();
+    names.sort();
+    names
 }
 
 /// The text of the regular file at `path` (a symlink is followed: a ConfigMap volume is made

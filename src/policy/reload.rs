@@ -15,7 +15,7 @@ use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
 
-use super::{PolicyEngine, PolicyError, PolicySnapshot, PolicySources};
+use super::{PolicyEngine, PolicyError, PolicySnapshot, PolicySources, SourceFile, TENANTS_DIR};
 
 /// What asked for a reload, for the log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,6 +98,33 @@ pub struct PolicyStatus {
     pub shadow_policy_count: usize,
     /// Decisions the `@shadow` policies would have changed, since start.
     pub shadow_disagreements: u64,
+    /// Each tenant's set (the base set and its own directory), by name.
+    pub tenants: Vec<TenantPolicyStatus>,
+}
+
+/// A tenant's policy set and how its reloads went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenantPolicyStatus {
+    /// The tenant.
+    pub name: String,
+    /// Short content hash of the tenant's set in force (the base files and its own).
+    pub revision: String,
+    /// Whether its own files ever loaded; until they do, its requests are refused.
+    pub loaded: bool,
+    /// When the set in force was loaded.
+    pub loaded_at: SystemTime,
+    /// The tenant's directory, `<policy dir>/tenants/<name>` (`<embedded demo>` without one).
+    pub source: String,
+    /// The tenant's own files in force.
+    pub files: Vec<String>,
+    /// Number of policies in force, the base ones included.
+    pub policy_count: usize,
+    /// Reloads of this tenant that went through (also those that found nothing changed).
+    pub reloads_succeeded: u64,
+    /// Reloads of this tenant refused.
+    pub reloads_failed: u64,
+    /// Why its latest reload was refused; `None` once a later one went through.
+    pub last_error: Option<ReloadFailure>,
 }
 
 /// What the status is built from; replaced whole after each reload.
@@ -130,6 +157,180 @@ pub struct PolicyReloader {
     covered: AtomicU64,
     watching: AtomicBool,
     record: ArcSwap<Record>,
+    /// Each tenant's set, reloaded after the base set by the same reload.
+    tenants: Vec<TenantPolicies>,
+}
+
+/// One tenant's policy set: the base set in force and the tenant's own directory, loaded,
+/// validated and swapped together, apart from every other tenant's.
+#[derive(Debug)]
+pub struct TenantPolicies {
+    name: String,
+    /// `<policy dir>/tenants/<name>`; `None` for the embedded demo (the base set only).
+    dir: Option<PathBuf>,
+    engine: Arc<PolicyEngine>,
+    record: ArcSwap<TenantRecord>,
+}
+
+/// What a tenant's status is built from; replaced whole after each of its reloads.
+#[derive(Debug, Clone)]
+struct TenantRecord {
+    /// The tenant's own files in force; `None` until they first load.
+    files: Option<Arc<Vec<SourceFile>>>,
+    /// The base sources the set in force was built on: a change rebuilds the tenant.
+    base: Arc<PolicySources>,
+    revision: String,
+    policy_count: usize,
+    loaded_at: SystemTime,
+    succeeded: u64,
+    failed: u64,
+    last_error: Option<ReloadFailure>,
+}
+
+impl TenantPolicies {
+    /// Loads tenant `name`: the `base` sources (read from `base_dir`, `None` for the embedded
+    /// demo) with the `*.cedar` files of `<base_dir>/tenants/<name>/`. A tenant whose files do
+    /// not load gets a set that refuses all its requests, and the error in its status, until a
+    /// reload loads them: one tenant's mistake never stops the service or another tenant.
+    ///
+    /// Fails only when not even that set loads (the base set itself is broken).
+    pub fn load(
+        name: &str,
+        base_dir: Option<&Path>,
+        base: &PolicySources,
+        slice_cache_max_policies: usize,
+    ) -> Result<Self, PolicyError> {
+        let dir = base_dir.map(|dir| dir.join(TENANTS_DIR).join(name));
+        let files = dir.as_deref().map_or_else(|| Ok(Vec::new()), PolicySources::tenant_files);
+        let loaded = files.and_then(|files| {
+            let engine = PolicyEngine::new(&base.with_tenant(&files))?;
+            Ok((files, engine))
+        });
+        let (files, engine, last_error) = match loaded {
+            Ok((files, engine)) => (Some(Arc::new(files)), engine, None),
+            Err(error) => {
+                tracing::error!(tenant = name, "the policies of tenant `{name}` did not load; its requests are refused until they do:\n{error}");
+                let failure = ReloadFailure { at: SystemTime::now(), diagnostics: diagnostics_of(&error) };
+                (None, PolicyEngine::new(&base.not_loaded(name))?, Some(failure))
+            }
+        };
+        let engine = Arc::new(engine.with_slice_cache(slice_cache_max_policies));
+        let snapshot = engine.snapshot();
+        let record = TenantRecord {
+            files,
+            base: Arc::new(base.clone()),
+            revision: snapshot.revision().to_owned(),
+            policy_count: snapshot.policy_count(),
+            loaded_at: SystemTime::now(),
+            succeeded: 0,
+            failed: u64::from(last_error.is_some()),
+            last_error,
+        };
+        Ok(Self { name: name.to_owned(), dir, engine, record: ArcSwap::from_pointee(record) })
+    }
+
+    /// The tenant.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The tenant's directory, `<policy dir>/tenants/<name>` (`None` for the embedded demo).
+    pub fn dir(&self) -> Option<&Path> {
+        self.dir.as_deref()
+    }
+
+    /// The tenant's policies: what its requests are decided by.
+    pub fn engine(&self) -> &Arc<PolicyEngine> {
+        &self.engine
+    }
+
+    /// Reads the tenant's directory again and rebuilds its set when its files or the `base`
+    /// sources in force changed; on any problem its set in force stays. Answers whether a new
+    /// set was swapped in, or the problems.
+    fn reload_now(&self, base: &Arc<PolicySources>, trigger: ReloadTrigger) -> Result<bool, Vec<String>> {
+        let current = self.record.load_full();
+        let files = match &self.dir {
+            Some(dir) => read_settled(|| PolicySources::tenant_files(dir)),
+            None => Ok(Vec::new()),
+        };
+        let unchanged = |files: &Vec<SourceFile>| {
+            current.files.as_deref() == Some(files)
+                && (Arc::ptr_eq(&current.base, base) || *current.base == **base)
+        };
+        let prepared = files.and_then(|files| {
+            if unchanged(&files) {
+                return Ok(None);
+            }
+            let snapshot = self.engine.prepare(&base.with_tenant(&files))?;
+            Ok(Some((files, snapshot)))
+        });
+        let mut record = TenantRecord::clone(&current);
+        let outcome = match prepared {
+            Ok(None) => {
+                record.succeeded += 1;
+                record.last_error = None;
+                self.record.store(Arc::new(record));
+                Ok(false)
+            }
+            Ok(Some((files, snapshot))) => {
+                record.files = Some(Arc::new(files));
+                record.base = Arc::clone(base);
+                record.revision = snapshot.revision().to_owned();
+                record.policy_count = snapshot.policy_count();
+                record.loaded_at = SystemTime::now();
+                record.succeeded += 1;
+                record.last_error = None;
+                // INVARIANT: as for the base set, the record is written before the set serves.
+                self.record.store(Arc::new(record));
+                self.engine.install(Arc::clone(&snapshot));
+                tracing::info!(
+                    trigger = trigger.as_str(),
+                    tenant = %self.name,
+                    policies = snapshot.policy_count(),
+                    revision = snapshot.revision(),
+                    previous = %current.revision,
+                    "tenant policies reloaded"
+                );
+                Ok(true)
+            }
+            Err(error) => {
+                let diagnostics = diagnostics_of(&error);
+                tracing::error!(
+                    trigger = trigger.as_str(),
+                    tenant = %self.name,
+                    revision = %current.revision,
+                    "tenant policy reload rejected, keeping its last good set:\n{error}"
+                );
+                record.failed += 1;
+                record.last_error =
+                    Some(ReloadFailure { at: SystemTime::now(), diagnostics: diagnostics.clone() });
+                self.record.store(Arc::new(record));
+                Err(diagnostics)
+            }
+        };
+        metrics().policy_reload(outcome.is_ok());
+        outcome
+    }
+
+    /// The tenant's set in force and how its reloads went.
+    pub fn status(&self) -> TenantPolicyStatus {
+        let record = self.record.load();
+        TenantPolicyStatus {
+            name: self.name.clone(),
+            revision: record.revision.clone(),
+            loaded: record.files.is_some(),
+            loaded_at: record.loaded_at,
+            source: self
+                .dir
+                .as_ref()
+                .map_or_else(|| "<embedded demo>".to_owned(), |dir| dir.display().to_string()),
+            files: record.files.iter().flat_map(|files| files.iter()).map(|file| file.name.clone()).collect(),
+            policy_count: record.policy_count,
+            reloads_succeeded: record.succeeded,
+            reloads_failed: record.failed,
+            last_error: record.last_error.clone(),
+        }
+    }
 }
 
 impl PolicyReloader {
@@ -155,6 +356,35 @@ impl PolicyReloader {
             covered: AtomicU64::new(0),
             watching: AtomicBool::new(false),
             record: ArcSwap::from_pointee(record),
+            tenants: Vec::new(),
+        }
+    }
+
+    /// Reloads `tenants` too, each after the base set and apart from the others.
+    #[must_use]
+    pub fn with_tenants(mut self, tenants: Vec<TenantPolicies>) -> Self {
+        self.tenants = tenants;
+        self.warn_undeclared_tenant_dirs();
+        self
+    }
+
+    /// The tenants' sets.
+    pub fn tenants(&self) -> &[TenantPolicies] {
+        &self.tenants
+    }
+
+    /// A directory under `tenants/` no declared tenant has is never read: say so.
+    fn warn_undeclared_tenant_dirs(&self) {
+        let Some(dir) = &self.dir else { return };
+        for name in
+            super::undeclared_tenant_dirs(dir, |name| self.tenants.iter().any(|tenant| tenant.name == name))
+        {
+            tracing::warn!(
+                tenant = %crate::model::quote(&name),
+                "{}/{TENANTS_DIR}/{} is not the directory of a declared tenant (tenants:) and is ignored",
+                dir.display(),
+                crate::model::quote(&name)
+            );
         }
     }
 
@@ -265,6 +495,39 @@ impl PolicyReloader {
                 "policies reloaded"
             );
         }
+        if self.tenants.is_empty() {
+            return outcome;
+        }
+        // Each tenant on the base set in force (the new one, or the last good one when the
+        // new one was refused), each apart: one tenant's refusal changes no other set.
+        if trigger != ReloadTrigger::Watch {
+            self.warn_undeclared_tenant_dirs();
+        }
+        let base = Arc::clone(&self.record.load().sources);
+        let mut tenant_changed = false;
+        let mut refused = Vec::new();
+        for tenant in &self.tenants {
+            match tenant.reload_now(&base, trigger) {
+                Ok(changed) => tenant_changed |= changed,
+                Err(diagnostics) => {
+                    refused.extend(
+                        diagnostics.into_iter().map(|line| format!("tenant `{}`: {line}", tenant.name)),
+                    );
+                }
+            }
+        }
+        let outcome = match outcome {
+            Ok(_) if !refused.is_empty() => Err(ReloadError::Rejected { diagnostics: refused }),
+            Ok(reloaded) => Ok(Reloaded { changed: reloaded.changed || tenant_changed, ..reloaded }),
+            Err(ReloadError::Rejected { mut diagnostics }) => {
+                diagnostics.extend(refused);
+                Err(ReloadError::Rejected { diagnostics })
+            }
+            Err(error) => Err(error),
+        };
+        let mut record = Record::clone(&self.record.load());
+        record.last_outcome = outcome.clone();
+        self.record.store(Arc::new(record));
         outcome
     }
 
@@ -291,6 +554,7 @@ impl PolicyReloader {
             last_error: record.last_error.clone(),
             shadow_policy_count: self.engine.snapshot().shadow_count(),
             shadow_disagreements: self.engine.shadow_disagreements(),
+            tenants: self.tenants.iter().map(TenantPolicies::status).collect(),
         }
     }
 }
@@ -316,9 +580,7 @@ const READ_ATTEMPTS: usize = 4;
 ///
 /// Fails when a read fails, or when the directory kept changing for [`READ_ATTEMPTS`] reads
 /// (the watcher reloads it again when it settles).
-fn read_settled(
-    mut read: impl FnMut() -> Result<PolicySources, PolicyError>,
-) -> Result<PolicySources, PolicyError> {
+fn read_settled<T: PartialEq>(mut read: impl FnMut() -> Result<T, PolicyError>) -> Result<T, PolicyError> {
     let mut previous = read()?;
     for _ in 1..READ_ATTEMPTS {
         let again = read()?;
@@ -548,5 +810,127 @@ mod tests {
         let status = reloader.status();
         assert!(status.reloads_succeeded < 50, "the burst coalesced: {} reloads", status.reloads_succeeded);
         assert!(reloader.engine.snapshot().policy_count() == 1);
+    }
+
+    fn write_tenant(dir: &Path, tenant: &str, policy: &str) {
+        let dir = dir.join(TENANTS_DIR).join(tenant);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("rules.cedar"), policy).unwrap();
+    }
+
+    fn with_tenants(dir: &Path, names: &[&str]) -> Arc<PolicyReloader> {
+        let sources = PolicySources::from_dir(dir).unwrap();
+        let engine = Arc::new(PolicyEngine::new(&sources).unwrap());
+        let tenants =
+            names.iter().map(|name| TenantPolicies::load(name, Some(dir), &sources, 0).unwrap()).collect();
+        Arc::new(PolicyReloader::new(engine, Some(dir.to_path_buf()), sources).with_tenants(tenants))
+    }
+
+    fn allows(engine: &PolicyEngine, path: &str) -> bool {
+        let query = crate::policy::Query {
+            auth: None,
+            resource: crate::policy::Resource::Route { method: "GET", path, template: path, params: &[] },
+            facts: &crate::model::Extra::new(),
+            now: 0,
+        };
+        engine.evaluate(&query).allowed
+    }
+
+    fn tenant<'a>(reloader: &'a PolicyReloader, name: &str) -> &'a TenantPolicies {
+        reloader.tenants().iter().find(|tenant| tenant.name() == name).unwrap()
+    }
+
+    const BASE_FORBIDS_ADMIN: &str =
+        "@id(\"no-admin\") forbid (principal, action, resource == Route::\"/admin\");";
+    const PERMIT_ALL: &str = "@id(\"tenant-all\") permit (principal, action, resource);";
+    const PERMIT_PUBLIC: &str =
+        "@id(\"tenant-public\") permit (principal, action, resource == Route::\"/public\");";
+
+    #[test]
+    fn a_tenants_set_is_the_base_and_its_own_and_a_base_forbid_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), BASE_FORBIDS_ADMIN);
+        write_tenant(dir.path(), "acme", PERMIT_ALL);
+        write_tenant(dir.path(), "globex", PERMIT_PUBLIC);
+        let reloader = with_tenants(dir.path(), &["acme", "globex"]);
+        // `tenants/` is not read as base policies: the base set permits nothing.
+        assert_eq!(reloader.status().policy_count, 1);
+        assert!(!allows(&reloader.engine, "/public"));
+        let (acme, globex) = (tenant(&reloader, "acme").engine(), tenant(&reloader, "globex").engine());
+        assert!(allows(acme, "/anything") && allows(acme, "/public"));
+        assert!(!allows(acme, "/admin"), "the base forbid beats the tenant's permit");
+        assert!(allows(globex, "/public") && !allows(globex, "/anything"), "globex has only its own");
+        let status = reloader.status();
+        assert_eq!(
+            status.tenants.iter().map(|tenant| tenant.name.as_str()).collect::<Vec<_>>(),
+            ["acme", "globex"]
+        );
+        assert!(status.tenants.iter().all(|tenant| tenant.loaded && tenant.policy_count == 2));
+        assert_ne!(status.tenants[0].revision, status.tenants[1].revision);
+    }
+
+    #[tokio::test]
+    async fn a_broken_tenant_keeps_its_last_good_set_and_changes_no_other() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), BASE_FORBIDS_ADMIN);
+        write_tenant(dir.path(), "acme", PERMIT_ALL);
+        write_tenant(dir.path(), "globex", PERMIT_PUBLIC);
+        let reloader = with_tenants(dir.path(), &["acme", "globex"]);
+        let globex_before = tenant(&reloader, "globex").engine().snapshot();
+        let base_before = reloader.engine.snapshot();
+
+        write_tenant(dir.path(), "acme", "permit (principal, action resource);");
+        let Err(ReloadError::Rejected { diagnostics }) = reloader.reload(ReloadTrigger::Request).await else {
+            panic!("a broken tenant file was accepted");
+        };
+        assert!(diagnostics.iter().all(|line| line.starts_with("tenant `acme`: ")), "{diagnostics:?}");
+        assert!(allows(tenant(&reloader, "acme").engine(), "/anything"), "acme keeps its last good set");
+        assert!(Arc::ptr_eq(&globex_before, &tenant(&reloader, "globex").engine().snapshot()));
+        assert!(Arc::ptr_eq(&base_before, &reloader.engine.snapshot()));
+        let status = reloader.status();
+        assert!(status.last_error.is_none(), "the base set went through");
+        assert_eq!((status.tenants[0].reloads_failed, status.tenants[1].last_error.is_none()), (1, true));
+        assert!(status.tenants[0].last_error.is_some());
+
+        write_tenant(dir.path(), "acme", PERMIT_PUBLIC);
+        assert!(reloader.reload(ReloadTrigger::Request).await.unwrap().changed);
+        assert!(!allows(tenant(&reloader, "acme").engine(), "/anything"), "the fixed file is in force");
+        assert!(reloader.status().tenants[0].last_error.is_none());
+        assert!(Arc::ptr_eq(&globex_before, &tenant(&reloader, "globex").engine().snapshot()), "not rebuilt");
+    }
+
+    #[tokio::test]
+    async fn a_base_change_rebuilds_every_tenant() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), OPEN);
+        write_tenant(dir.path(), "acme", PERMIT_PUBLIC);
+        let reloader = with_tenants(dir.path(), &["acme"]);
+        assert!(allows(tenant(&reloader, "acme").engine(), "/admin"));
+        write(dir.path(), BASE_FORBIDS_ADMIN);
+        assert!(reloader.reload(ReloadTrigger::Request).await.unwrap().changed);
+        assert!(
+            !allows(tenant(&reloader, "acme").engine(), "/admin"),
+            "the new base forbid is in acme's set"
+        );
+        assert!(allows(tenant(&reloader, "acme").engine(), "/public"));
+    }
+
+    #[tokio::test]
+    async fn a_tenant_that_never_loaded_refuses_everything_until_it_does() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), OPEN);
+        write_tenant(dir.path(), "acme", "permit (principal, action resource);");
+        write_tenant(dir.path(), "globex", PERMIT_PUBLIC);
+        let reloader = with_tenants(dir.path(), &["acme", "globex", "initech"]);
+        let acme = tenant(&reloader, "acme");
+        assert!(!allows(acme.engine(), "/public"), "never the base set alone");
+        assert!(!acme.status().loaded && acme.status().last_error.is_some());
+        assert!(allows(tenant(&reloader, "globex").engine(), "/public"));
+        // A declared tenant without a directory has the base set.
+        assert!(allows(tenant(&reloader, "initech").engine(), "/anything"));
+        write_tenant(dir.path(), "acme", PERMIT_PUBLIC);
+        reloader.reload(ReloadTrigger::Request).await.unwrap();
+        assert!(allows(tenant(&reloader, "acme").engine(), "/public"));
+        assert!(tenant(&reloader, "acme").status().loaded);
     }
 }

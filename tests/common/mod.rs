@@ -131,7 +131,7 @@ pub fn tool(name: &str) -> proto::Target {
 }
 
 pub fn check_request(authorization: &str, target: proto::Target) -> proto::CheckRequest {
-    proto::CheckRequest { authorization: authorization.into(), target: Some(target), context: None }
+    proto::CheckRequest { authorization: authorization.into(), target: Some(target), ..Default::default() }
 }
 
 pub async fn check(
