@@ -257,12 +257,35 @@ async fn a_redis_outage_is_a_503_for_sessions_only_and_passes_without_a_restart(
     for server in &servers {
         assert_eq!(profile(server, &live).await.outcome(), Outcome::Allowed);
     }
+    // A load that runs through the kill and the restart: at no moment is the revoked session
+    // allowed, nor the live one refused as if it were bad.
+    let servers = Arc::new(servers);
+    let loading = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let load = {
+        let (servers, loading, live, revoked) =
+            (Arc::clone(&servers), Arc::clone(&loading), live.clone(), revoked.clone());
+        tokio::spawn(async move {
+            let mut seen = std::collections::BTreeMap::<String, usize>::new();
+            while loading.load(std::sync::atomic::Ordering::Relaxed) {
+                for server in servers.iter() {
+                    let (live, revoked) = (profile(server, &live).await, profile(server, &revoked).await);
+                    assert!(matches!(live.outcome(), Outcome::Allowed | Outcome::Unavailable), "{live:?}");
+                    assert!(
+                        matches!(revoked.outcome(), Outcome::Unauthenticated | Outcome::Unavailable),
+                        "{revoked:?}"
+                    );
+                    *seen.entry(format!("{:?}", live.outcome())).or_default() += 1;
+                }
+            }
+            seen
+        })
+    };
 
     redis.kill();
     // Past the local copies' second, a session cannot be read: an outage, never a refusal
     // that would make a client throw its token away, and never an allow of the revoked one.
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    for server in &servers {
+    for server in servers.iter() {
         let started = Instant::now();
         let answer = profile(server, &live).await;
         assert_eq!(answer.outcome(), Outcome::Unavailable, "{answer:?}");
@@ -283,7 +306,7 @@ async fn a_redis_outage_is_a_503_for_sessions_only_and_passes_without_a_restart(
 
     redis.restart().await;
     // Back: the same tokens answer as before, on both replicas, without a restart of theirs.
-    for server in &servers {
+    for server in servers.iter() {
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             let answer = profile(server, &live).await;
@@ -297,6 +320,9 @@ async fn a_redis_outage_is_a_503_for_sessions_only_and_passes_without_a_restart(
         assert_eq!(profile(server, &revoked).await.outcome(), Outcome::Unauthenticated);
     }
     login(&servers[1]).await;
+    loading.store(false, std::sync::atomic::Ordering::Relaxed);
+    let seen = load.await.unwrap();
+    assert!(seen.contains_key("Allowed") && seen.contains_key("Unavailable"), "the load saw both: {seen:?}");
 }
 
 #[tokio::test]
