@@ -735,7 +735,11 @@ impl RedisState {
             Event::EvictFingerprint(fingerprint) => {
                 caches.evict_fingerprint(fingerprint);
             }
-            Event::Resync => sessions.forget_all(),
+            // Evictions may have been missed too: the token caches start over.
+            Event::Resync => {
+                sessions.forget_all();
+                caches.clear();
+            }
         })
     }
 }

@@ -187,8 +187,9 @@ fn unavailable(error: &RedisError) -> StoreError {
 /// What a failed command means: a Redis that answered with something of another type than
 /// cedargate writes there holds a record it cannot read; anything else is an outage.
 fn classify(what: &str, error: &RedisError) -> StoreError {
-    let wrong_type = matches!(error.kind(), redis::ErrorKind::UnexpectedReturnType | redis::ErrorKind::Parse)
-        || error.code() == Some("WRONGTYPE");
+    // A reply that does not parse is garbage on the wire (an outage), not a record.
+    let wrong_type =
+        error.kind() == redis::ErrorKind::UnexpectedReturnType || error.code() == Some("WRONGTYPE");
     if wrong_type {
         StoreError::Corrupt(format!("{what}: {}", error.kind_text()))
     } else {

@@ -227,6 +227,21 @@ async fn an_eviction_on_one_replica_reaches_every_replica() {
         "exp": cedargate::model::unix_now() + 600
     });
     let jwt = jsonwebtoken::encode(&header, &claims, &key).unwrap();
+    // Both listen on the events channel (joining it empties a replica's caches) before the
+    // token is cached.
+    let mut raw = redis.client().await;
+    loop {
+        let (_, listeners): (String, i64) = redis::cmd("PUBSUB")
+            .arg("NUMSUB")
+            .arg(format!("{PREFIX}events"))
+            .query_async(&mut raw)
+            .await
+            .unwrap();
+        if listeners >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     for server in &servers {
         let mut client = server.authorizer().await;
         let answer = check(&mut client, &format!("Bearer {jwt}"), route("GET", "/user/profile")).await;

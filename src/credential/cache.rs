@@ -70,6 +70,18 @@ impl CachedResolver {
         evicted
     }
 
+    /// Forgets every cached answer.
+    pub fn clear(&self) {
+        let mut evicted = 0;
+        self.entries.retain(|_, _| {
+            evicted += 1;
+            false
+        });
+        if evicted > 0 {
+            metrics().cache_entries(-count(evicted), Some("evicted"));
+        }
+    }
+
     /// Forgets every cached answer whose digest has this fingerprint; how many.
     pub fn evict_fingerprint(&self, fingerprint: &str) -> usize {
         // Counted as removed, not as the change in size: a concurrent store or eviction
@@ -193,6 +205,13 @@ impl TokenCaches {
     /// Forgets the cached answers for a raw token in every cache; how many went.
     pub fn evict_token(&self, token: &str) -> usize {
         self.evict_digest(&SecretDigest::of(token.as_bytes()))
+    }
+
+    /// Forgets every cached answer of every cache (evictions may have been missed).
+    pub fn clear(&self) {
+        for cache in &self.0 {
+            cache.clear();
+        }
     }
 
     /// Forgets the cached answers for a token's digest in every cache; how many went.

@@ -28,7 +28,9 @@ local function put(key, expires, ...)
   redis.call('EXPIREAT', key, expires)
 end
 local function store(family, access, refresh, username, identity, expires, refresh_expires)
-  put(p .. 'access:' .. access, expires,
+  -- Kept as long as the refresh token: a logout with an expired access token still finds
+  -- the session (the chain refuses the expired token by its `expires`).
+  put(p .. 'access:' .. access, refresh_expires,
       'family', family, 'identity', identity, 'username', username, 'expires', expires)
   put(p .. 'refresh:' .. refresh, refresh_expires,
       'family', family, 'identity', identity, 'username', username, 'expires', refresh_expires,
@@ -40,16 +42,18 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 local function forget(access)
-  redis.call('DEL', p .. 'access:' .. access)
   redis.call('PUBLISH', p .. 'events', 'revoked ' .. access)
+  redis.call('DEL', p .. 'access:' .. access)
 end
 local function revoke(family, until_)
   local now = math.floor(now_ms() / 1000)
-  redis.call('SET', p .. 'revoked:' .. family, '1', 'EXAT', math.max(tonumber(until_) or 0, now + 1))
   local tokens = redis.call('HMGET', p .. 'family:' .. family, 'access', 'refresh')
-  redis.call('DEL', p .. 'family:' .. family)
+  -- Publish and delete first: a Redis at maxmemory refuses a script's first write that needs
+  -- memory, and the marker is the only one here.
   if tokens[1] then forget(tokens[1]) end
   if tokens[2] then redis.call('DEL', p .. 'refresh:' .. tokens[2]) end
+  redis.call('DEL', p .. 'family:' .. family)
+  redis.call('SET', p .. 'revoked:' .. family, '1', 'EXAT', math.max(tonumber(until_) or 0, now + 1))
   return tokens[1]
 end
 ";
@@ -75,8 +79,8 @@ local old = p .. 'refresh:' .. ARGV[2]
 local live = redis.call('HMGET', old, 'family', 'identity', 'username', 'expires', 'access')
 if live[1] then
   local family, expires = live[1], tonumber(live[4])
-  redis.call('DEL', old)
   if live[5] then forget(live[5]) end
+  redis.call('DEL', old)
   if not (expires and live[2] and live[3] and live[5]) then
     redis.call('DEL', p .. 'family:' .. family)
     return {{'corrupt'}}
