@@ -19,7 +19,7 @@ use tokio::sync::Semaphore;
 use crate::credential::{CredentialError, CredentialResolver, Resolution};
 use crate::model::{unix_now, AuthInfo, Credential, CredentialKind, Secret};
 
-pub use rate_limit::{LimitRule, LoginKey, LoginRateLimiter, MemoryRateLimiter, Refused, MAX_WAIT};
+pub use rate_limit::{LimitRule, LoginKey, LoginRateLimiter, MemoryRateLimiter, Refused};
 pub use store::{
     FamilyId, MemorySessionStore, NextTokens, RefreshOutcome, SessionRecord, SessionStore, StoreError,
 };

@@ -125,6 +125,12 @@ impl RedisConfig {
         if self.timeouts.command.0.is_zero() || self.timeouts.connect.0.is_zero() {
             problems.push(("timeouts", "must be more than 0".to_owned()));
         }
+        if self.local_cache.max_entries == 0 {
+            problems.push((
+                "local_cache.max_entries",
+                "must be at least 1 (`ttl: 0s` turns the copies off)".to_owned(),
+            ));
+        }
         if self.local_cache.ttl.0 > MAX_LOCAL_CACHE_TTL {
             problems.push(("local_cache.ttl", "must be at most 1s".to_owned()));
         }

@@ -91,7 +91,7 @@ pub enum Refused {
 }
 
 /// Longest an attempt waits for the ones in flight before it is refused.
-pub const MAX_WAIT: Duration = Duration::from_secs(10);
+const MAX_WAIT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone)]
 struct Window {

@@ -5,14 +5,14 @@
 //! Reserving and finishing are Lua scripts, one atomic step each.
 
 use std::sync::LazyLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use redis::Script;
 use sha2::{Digest, Sha256};
 
 use super::Redis;
-use crate::session::{LimitRule, LoginKey, LoginRateLimiter, Refused, StoreError, MAX_WAIT};
+use crate::session::{LimitRule, LoginKey, LoginRateLimiter, Refused, StoreError};
 
 /// ARGV: prefix, key, max failures, in-flight expiry (ms). `{0}` reserved, `{1, ms}` used up
 /// (retry after ms), `{2}` every slot left is in flight, `{3}` a counter is not a number.
@@ -57,8 +57,6 @@ return 1",
 
 /// How long an attempt in flight holds its slot if its replica never finishes it.
 const IN_FLIGHT_EXPIRY: Duration = Duration::from_secs(60);
-/// How often an attempt waiting for the ones in flight looks again.
-const POLL: Duration = Duration::from_millis(50);
 
 /// Login limits every replica counts against together.
 #[derive(Debug)]
@@ -78,6 +76,7 @@ impl RedisRateLimiter {
         key.rule(self.per_username, self.per_address)
     }
 
+    /// `None`: reserved; `Some(retry_after)`: every slot left is in flight.
     async fn reserve_once(&self, key: &str, rule: LimitRule) -> Result<Option<Duration>, Refused> {
         let answer: Vec<i64> = self
             .redis
@@ -97,7 +96,7 @@ impl RedisRateLimiter {
                 let retry = u64::try_from(*retry).map_or(rule.window, Duration::from_millis);
                 Err(Refused::Limited(retry.max(Duration::from_secs(1))))
             }
-            [2] => Ok(Some(POLL)),
+            [2] => Ok(Some(Duration::from_secs(1))),
             _ => Err(unavailable(StoreError::Corrupt("a login counter is not a number".to_owned()))),
         }
     }
@@ -106,19 +105,13 @@ impl RedisRateLimiter {
 #[async_trait]
 impl LoginRateLimiter for RedisRateLimiter {
     async fn reserve(&self, key: &LoginKey) -> Result<(), Refused> {
-        let rule = self.rule(key);
-        let name = key_name(key);
-        let deadline = Instant::now() + MAX_WAIT;
-        loop {
-            match self.reserve_once(&name, rule).await? {
-                None => return Ok(()),
-                // Every slot left is held by an attempt in flight (on any replica): look again
-                // shortly, as it may fail and use up the budget.
-                Some(_) if Instant::now() + POLL > deadline => {
-                    return Err(Refused::Limited(Duration::from_secs(1)))
-                }
-                Some(pause) => tokio::time::sleep(pause).await,
-            }
+        match self.reserve_once(&key_name(key), self.rule(key)).await? {
+            None => Ok(()),
+            // Every slot left is held by an attempt in flight (on any replica). Waiting would
+            // mean asking Redis again and again, for every waiter: a burst of guesses would
+            // make Redis slow for every session. So the attempt is refused at once, to be
+            // tried again when those have finished.
+            Some(retry_after) => Err(Refused::Limited(retry_after)),
         }
     }
 
