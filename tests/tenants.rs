@@ -426,23 +426,13 @@ async fn a_tenants_challenge_names_its_own_resource_metadata_served_at_its_path(
     assert!(globex.www_authenticate.contains(&global), "{}", globex.www_authenticate);
 
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
-    let document: serde_json::Value = http
-        .get(server.http_url("/.well-known/oauth-protected-resource/t/acme"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(document["resource"], format!("{AUDIENCE}/t/acme"));
-    let root: serde_json::Value = http
-        .get(server.http_url("/.well-known/oauth-protected-resource"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let document = |path: &'static str| {
+        let request = http.get(server.http_url(path));
+        async move { request.send().await.unwrap().json::<serde_json::Value>().await.unwrap() }
+    };
+    let tenant = document("/.well-known/oauth-protected-resource/t/acme").await;
+    assert_eq!(tenant["resource"], format!("{AUDIENCE}/t/acme"));
+    let root = document("/.well-known/oauth-protected-resource").await;
     assert_eq!(root["resource"], format!("{AUDIENCE}/"));
     let missing =
         http.get(server.http_url("/.well-known/oauth-protected-resource/t/globex")).send().await.unwrap();
