@@ -147,6 +147,7 @@ impl App {
                     access_ttl: config.sessions.access_ttl.0,
                     refresh_ttl: config.sessions.refresh_ttl.0,
                     refresh_reuse_grace: config.sessions.refresh_reuse_grace.0,
+                    max_per_user: config.sessions.max_per_user,
                 },
             )
             .map_err(|error| AppError::Setup(error.to_string()))?,

@@ -534,6 +534,9 @@ impl Config {
             }
         }
         self.tenant_problems(&mut report);
+        if self.sessions.max_per_user == 0 {
+            report("max_per_user", "sessions.max_per_user".into(), "must be at least 1".into());
+        }
         if self.sessions.refresh_ttl.0 < self.sessions.access_ttl.0 {
             report(
                 "refresh_ttl",

@@ -2,6 +2,7 @@
 //! refresh tokens with reuse detection, logout, and brute-force limits.
 
 mod rate_limit;
+mod sealed;
 mod store;
 
 use crate::model::{ClientAddress, Refusal};
@@ -19,7 +20,7 @@ use tokio::sync::Semaphore;
 use crate::credential::{CredentialError, CredentialResolver, Resolution};
 use crate::model::{unix_now, AuthInfo, Credential, CredentialKind, Secret};
 
-pub use rate_limit::{LimitRule, LoginKey, LoginRateLimiter, MemoryRateLimiter, Refused};
+pub use rate_limit::{Attempt, LimitRule, LoginKey, LoginRateLimiter, MemoryRateLimiter, Refused};
 pub use store::{
     FamilyId, MemorySessionStore, NextTokens, RefreshOutcome, SessionRecord, SessionStore, StoreError,
 };
@@ -106,6 +107,8 @@ pub struct SessionSettings {
     /// How long after its rotation a refresh token presented again is merely refused rather
     /// than taken for theft (which revokes the session).
     pub refresh_reuse_grace: Duration,
+    /// Most live sessions of one user; a login beyond it ends the user's oldest.
+    pub max_per_user: usize,
 }
 
 impl SessionError {
@@ -210,23 +213,26 @@ impl SessionManager {
             .into_iter()
             .chain(std::iter::once(LoginKey::Username(username.to_owned())))
             .collect();
-        // Each attempt is counted before the password is checked, so a burst of concurrent
-        // guesses gets no more checks than the budget.
-        for (index, key) in keys.iter().enumerate() {
-            if let Err(refused) = self.limiter.reserve(key).await {
-                for reserved in keys.iter().take(index) {
-                    self.limiter.finish(reserved, false).await;
+        // Each attempt is counted as a failure before the password is checked, and given back
+        // only once it is known right: a burst of concurrent guesses gets no more checks than
+        // the budget, and a login cancelled mid-check (or whose ending is lost) stays counted.
+        let mut attempts = Vec::with_capacity(keys.len());
+        for key in &keys {
+            match self.limiter.reserve(key).await {
+                Ok(attempt) => attempts.push((key, attempt)),
+                Err(refused) => {
+                    self.finish(&attempts, false).await;
+                    return Err(match refused {
+                        Refused::Limited(retry_after) => {
+                            metrics().login("rate_limited");
+                            SessionError::RateLimited { retry_after }
+                        }
+                        Refused::Unavailable(reason) => {
+                            metrics().login("unavailable");
+                            SessionError::Unavailable(reason)
+                        }
+                    });
                 }
-                return Err(match refused {
-                    Refused::Limited(retry_after) => {
-                        metrics().login("rate_limited");
-                        SessionError::RateLimited { retry_after }
-                    }
-                    Refused::Unavailable(reason) => {
-                        metrics().login("unavailable");
-                        SessionError::Unavailable(reason)
-                    }
-                });
             }
         }
 
@@ -235,15 +241,11 @@ impl SessionManager {
         let verified = match self.verify(hash, password.clone()).await {
             Ok(verified) => verified && account.is_some(),
             Err(error) => {
-                for key in &keys {
-                    self.limiter.finish(key, false).await;
-                }
+                self.finish(&attempts, false).await;
                 return Err(error);
             }
         };
-        for key in &keys {
-            self.limiter.finish(key, !verified).await;
-        }
+        self.finish(&attempts, !verified).await;
         let Some(account) = account.filter(|_| verified) else {
             tracing::info!(username = %crate::model::quote(username), "login failed");
             metrics().login("failure");
@@ -261,28 +263,38 @@ impl SessionManager {
         let family: FamilyId = rand::random();
         auth.extra.insert("session_id".to_owned(), format!("{family:032x}").get(..16).unwrap_or("").into());
         self.store
-            .create(SessionRecord {
-                family,
-                username: username.to_owned(),
-                auth: Arc::new(auth),
-                access: next.access,
-                refresh: next.refresh,
-                refresh_expires_at: next.refresh_expires_at,
-            })
+            .create(
+                SessionRecord {
+                    family,
+                    username: username.to_owned(),
+                    auth: Arc::new(auth),
+                    access: next.access,
+                    refresh: next.refresh,
+                    refresh_expires_at: next.refresh_expires_at,
+                },
+                self.settings.max_per_user,
+            )
             .await?;
         Ok(tokens)
     }
 
     /// Exchanges a refresh token for new tokens; the old access and refresh tokens stop working.
-    /// A refresh token presented again later than `refresh_reuse_grace` after its rotation
-    /// revokes the whole session; within it, it is only refused.
+    /// A refresh token presented again within `refresh_reuse_grace` of its rotation gets the
+    /// same new tokens again (a client retrying a refresh whose reply it lost, or refreshing
+    /// twice at once), as long as the session still holds them; later, it revokes the whole
+    /// session.
     ///
     /// Fails on an unknown, expired or reused refresh token.
     pub async fn refresh(&self, refresh_token: &Secret) -> Result<SessionTokens, SessionError> {
         let grace = self.settings.refresh_reuse_grace;
-        let (tokens, next) = self.issue();
+        let (tokens, mut next) = self.issue();
+        next.replay = sealed::seal(refresh_token, &tokens).map_err(SessionError::Internal)?;
         match self.store.rotate(&refresh_token.digest(), &next, unix_now(), grace).await? {
             RefreshOutcome::Rotated(_) => Ok(tokens),
+            RefreshOutcome::Replayed(sealed) => sealed::open(refresh_token, &sealed).map_err(|error| {
+                tracing::error!(fingerprint = %refresh_token.digest().fingerprint(), "{error}");
+                SessionError::InvalidRefresh
+            }),
             RefreshOutcome::Reused => {
                 tracing::warn!(
                     fingerprint = %refresh_token.digest().fingerprint(),
@@ -290,17 +302,25 @@ impl SessionManager {
                 );
                 Err(SessionError::InvalidRefresh)
             }
-            // A client's concurrent or retried refresh: the winner's tokens stay good.
+            // The session has rotated again since: the newer tokens stay good.
             RefreshOutcome::JustRotated | RefreshOutcome::Invalid => Err(SessionError::InvalidRefresh),
         }
     }
 
-    /// Revokes the session holding this access or refresh token at once; false when there is
-    /// no such live session.
+    /// Revokes the session this access or refresh token belongs to at once, even when the token
+    /// was rotated out since (by its owner or by a thief who used a stolen refresh token first);
+    /// false when there is no such live session.
     ///
     /// Fails when the store is unavailable.
     pub async fn logout(&self, token: &Secret) -> Result<bool, SessionError> {
         Ok(self.store.revoke(&token.digest()).await?)
+    }
+
+    /// Ends the attempts of one login.
+    async fn finish(&self, attempts: &[(&LoginKey, Attempt)], failed: bool) {
+        for (key, attempt) in attempts {
+            self.limiter.finish(key, *attempt, failed).await;
+        }
     }
 
     /// New tokens, and what the store keeps of them.
@@ -313,6 +333,7 @@ impl SessionManager {
             refresh: refresh_token.digest(),
             expires_at: now.saturating_add(seconds(self.settings.access_ttl)),
             refresh_expires_at: now.saturating_add(seconds(self.settings.refresh_ttl)),
+            replay: String::new(),
         };
         let tokens = SessionTokens {
             access_token,

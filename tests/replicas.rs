@@ -142,13 +142,18 @@ async fn a_refresh_raced_across_replicas_has_one_winner_whose_tokens_work_everyw
         let (status, body) = racer.await.unwrap();
         match status {
             200 => winners.push(body),
+            // Only if a racer came before the winner's rotation was stored (never here: every
+            // one sees the rotation or its spent token) or after the grace.
             401 => assert_eq!(body["error"], "invalid_grant"),
             other => panic!("a racing refresh answered {other}: {body}"),
         }
     }
-    assert_eq!(winners.len(), 1, "exactly one rotation wins: {winners:?}");
+    // Exactly one rotation wins; the racers within the reuse grace got the winner's tokens again.
     let winner = &winners[0];
-    // The losers were within the reuse grace: the winner's session lives on, everywhere.
+    for other in &winners {
+        assert_eq!((&other["token"], &other["refresh_token"]), (&winner["token"], &winner["refresh_token"]));
+    }
+    // The winner's session lives on, everywhere.
     for server in servers.iter() {
         assert_eq!(profile(server, &token(winner, "token")).await.outcome(), Outcome::Allowed);
         assert_eq!(profile(server, &token(&tokens, "token")).await.outcome(), Outcome::Unauthenticated);
@@ -175,6 +180,130 @@ async fn a_refresh_token_reused_on_another_replica_revokes_the_session_on_every_
         refused_within_a_second(server, &token(&second, "token"), since).await;
     }
     assert_eq!(refresh(&servers[2], &token(&second, "refresh_token")).await.status(), 401);
+}
+
+#[tokio::test]
+async fn a_logout_with_a_rotated_out_token_ends_the_thiefs_session_on_every_replica() {
+    let redis = RedisServer::start().await;
+    let servers = replicas(&redis, 3, "").await;
+    for held in ["token", "refresh_token"] {
+        // A thief with the stolen refresh token rotates first, twice, on another replica; the
+        // victim logs out on a third with the token they still hold.
+        let victim = login(&servers[0]).await;
+        let thief: Value = refresh(&servers[1], &token(&victim, "refresh_token")).await.json().await.unwrap();
+        let thief: Value = refresh(&servers[1], &token(&thief, "refresh_token")).await.json().await.unwrap();
+        assert_eq!(profile(&servers[0], &token(&thief, "token")).await.outcome(), Outcome::Allowed);
+        let since = Instant::now();
+        assert_eq!(
+            logout(&servers[2], &token(&victim, held)).await["revoked"],
+            true,
+            "logout with the {held}"
+        );
+        for server in &servers {
+            refused_within_a_second(server, &token(&thief, "token"), since).await;
+        }
+        assert_eq!(refresh(&servers[0], &token(&thief, "refresh_token")).await.status(), 401);
+        assert_eq!(logout(&servers[0], &token(&victim, held)).await["revoked"], false, "nothing left to end");
+    }
+}
+
+#[tokio::test]
+async fn a_refresh_retried_on_another_replica_within_the_grace_gets_the_same_tokens() {
+    let redis = RedisServer::start().await;
+    let servers = replicas(&redis, 3, "").await;
+    let first = login(&servers[0]).await;
+    // The reply to this refresh is lost on its way to the client...
+    let lost = refresh(&servers[0], &token(&first, "refresh_token")).await;
+    assert_eq!(lost.status(), 200);
+    let lost: Value = lost.json().await.unwrap();
+    // ...which retries, on whichever replica the balancer picks: it gets what it lost.
+    for server in &servers[1..] {
+        let retried = refresh(server, &token(&first, "refresh_token")).await;
+        assert_eq!(retried.status(), 200);
+        let retried: Value = retried.json().await.unwrap();
+        assert_eq!((&retried["token"], &retried["refresh_token"]), (&lost["token"], &lost["refresh_token"]));
+        assert_eq!(retried["expires_at"], lost["expires_at"]);
+    }
+    for server in &servers {
+        assert_eq!(profile(server, &token(&lost, "token")).await.outcome(), Outcome::Allowed);
+    }
+    // Redis holds the replay sealed: no token in it.
+    let mut raw = redis.client().await;
+    let spent =
+        format!("{PREFIX}spent:{}", SecretDigest::of(token(&first, "refresh_token").as_bytes()).to_hex());
+    let sealed: String = raw.hget(&spent, "replay").await.unwrap();
+    assert!(!sealed.contains(&token(&lost, "token")) && !sealed.contains("refresh-") && !sealed.is_empty());
+    // Once the session has moved on, the old token is only refused; the newest tokens live.
+    let newest: Value = refresh(&servers[2], &token(&lost, "refresh_token")).await.json().await.unwrap();
+    let stale = refresh(&servers[0], &token(&first, "refresh_token")).await;
+    assert_eq!(stale.status(), 401);
+    assert_eq!(profile(&servers[1], &token(&newest, "token")).await.outcome(), Outcome::Allowed);
+}
+
+#[tokio::test]
+async fn logins_beyond_the_users_limit_end_the_oldest_on_every_replica() {
+    let redis = RedisServer::start().await;
+    let mut servers = Vec::new();
+    for _ in 0..2 {
+        let mut config = config(&redis, "");
+        config.sessions.max_per_user = 2;
+        servers.push(TestServer::start(config).await);
+    }
+    let mut sessions = Vec::new();
+    for index in 0..4 {
+        sessions.push(token(&login(&servers[index % 2]).await, "token"));
+    }
+    let since = Instant::now();
+    for server in &servers {
+        refused_within_a_second(server, &sessions[0], since).await;
+        refused_within_a_second(server, &sessions[1], since).await;
+        for live in &sessions[2..] {
+            assert_eq!(profile(server, live).await.outcome(), Outcome::Allowed);
+        }
+    }
+    let mut raw = redis.client().await;
+    let user = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(b"alice"));
+    let logins: i64 = raw.zcard(format!("{PREFIX}user:{user}")).await.unwrap();
+    assert_eq!(logins, 2, "the user's set holds only the live logins");
+}
+
+#[tokio::test]
+async fn a_login_attempt_that_never_finishes_stays_counted_for_its_window_only() {
+    use cedargate::session::{LimitRule, LoginKey, LoginRateLimiter, Refused};
+    use cedargate::state::{Redis, RedisRateLimiter, RedisSettings};
+    let redis = RedisServer::start().await;
+    let limiter = |window: Duration| {
+        let settings = RedisSettings {
+            url: cedargate::model::Secret::new(redis.url()),
+            key_prefix: PREFIX.to_owned(),
+            ..RedisSettings::default()
+        };
+        let rule = LimitRule { max_failures: 2, window };
+        RedisRateLimiter::new(Redis::new(settings).unwrap(), rule, rule)
+    };
+    let long = limiter(Duration::from_secs(60));
+    let alice = LoginKey::Username("alice".into());
+    let first = long.reserve(&alice).await.unwrap();
+    let second = long.reserve(&alice).await.unwrap();
+    // Both in flight: the next attempt is refused, to come back soon.
+    assert_eq!(long.reserve(&alice).await.unwrap_err(), Refused::Limited(Duration::from_secs(1)));
+    // One ends well and gives its slot back; the rest fail: then the retry is the window's.
+    long.finish(&alice, first, false).await;
+    let third = long.reserve(&alice).await.unwrap();
+    long.finish(&alice, second, true).await;
+    long.finish(&alice, third, true).await;
+    let Err(Refused::Limited(retry)) = long.reserve(&alice).await else { panic!("not limited") };
+    assert!(retry > Duration::from_secs(50), "{retry:?}");
+
+    // Attempts whose logins were cancelled mid-check (nothing will ever finish them) hold their
+    // slots for their window, and no longer.
+    let short = limiter(Duration::from_millis(500));
+    let bob = LoginKey::Username("bob".into());
+    short.reserve(&bob).await.unwrap();
+    short.reserve(&bob).await.unwrap();
+    assert!(short.reserve(&bob).await.is_err());
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(short.reserve(&bob).await.is_ok(), "the window passed them");
 }
 
 #[tokio::test]
@@ -398,9 +527,9 @@ async fn what_redis_holds_that_cedargate_did_not_write_is_refused_never_allowed(
     assert_eq!(profile(server, &access).await.outcome(), Outcome::Unauthenticated);
     // A login counter that is not a number: the attempt cannot be counted, so it is not made.
     let username_key = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(b"username:alice"));
-    let _: () = raw.set(format!("{PREFIX}login:{username_key}:failures"), "many").await.unwrap();
+    let _: () = raw.set(format!("{PREFIX}login:{username_key}:attempts"), "many").await.unwrap();
     assert_eq!(http_login(server, "alice", "password123").await.status(), 503);
-    let _: () = raw.del(format!("{PREFIX}login:{username_key}:failures")).await.unwrap();
+    let _: () = raw.del(format!("{PREFIX}login:{username_key}:attempts")).await.unwrap();
     // Messages on the events channel that cedargate does not know change nothing.
     let live = token(&login(server).await, "token");
     for message in ["revoked nothex", "", "evict-fingerprint zz", "resync"] {

@@ -18,6 +18,10 @@ pub struct SessionsConfig {
     /// interval and Okta's grace period allow); later, reuse revokes it. Default 2s.
     #[serde(default = "default_refresh_reuse_grace")]
     pub refresh_reuse_grace: HumanDuration,
+    /// Most live sessions one user may hold; a login beyond it ends that user's oldest
+    /// session, so logins in a loop cannot fill the session store. Default 100.
+    #[serde(default = "default_max_per_user")]
+    pub max_per_user: usize,
     /// Users who may log in.
     #[serde(default)]
     pub users: Vec<UserConfig>,
@@ -78,6 +82,9 @@ fn default_refresh_ttl() -> HumanDuration {
 fn default_refresh_reuse_grace() -> HumanDuration {
     HumanDuration(Duration::from_secs(2))
 }
+fn default_max_per_user() -> usize {
+    100
+}
 fn default_per_username() -> LimitConfig {
     LimitConfig { max_failures: 5, window: HumanDuration(Duration::from_secs(15 * 60)) }
 }
@@ -91,6 +98,7 @@ impl Default for SessionsConfig {
             access_ttl: default_access_ttl(),
             refresh_ttl: default_refresh_ttl(),
             refresh_reuse_grace: default_refresh_reuse_grace(),
+            max_per_user: default_max_per_user(),
             users: Vec::new(),
             login_rate_limit: LoginRateLimitConfig::default(),
         }

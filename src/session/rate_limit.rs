@@ -1,6 +1,13 @@
-//! Login brute-force protection: failed attempts counted per username and per client
-//! address in fixed windows. Behind a trait so a shared store can count across replicas.
+//! Login brute-force protection: attempts counted per username and per client address over a
+//! sliding window. Behind a trait so a shared store can count across replicas.
+//!
+//! An attempt is counted as a failure from the moment it starts ([`LoginRateLimiter::reserve`])
+//! and given back only when it ends well ([`LoginRateLimiter::finish`]). A burst of concurrent
+//! guesses so gets no more password checks than the budget, and an attempt that never ends (its
+//! request cancelled, its replica killed, its store gone) stays counted until the window passes
+//! it: nothing is held that only a later call would free.
 
+use std::collections::VecDeque;
 use std::fmt::Debug;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -52,30 +59,46 @@ impl From<ClientAddress> for LoginKey {
 /// At most `max_failures` failed logins per `window`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LimitRule {
-    /// Failures allowed in a window; the next attempt is refused until the window ends.
+    /// Failures allowed in any window of this length; the next attempt is refused until the
+    /// oldest of them is older than the window.
     pub max_failures: u32,
     /// Window length.
     pub window: Duration,
 }
 
+/// One attempt that took a slot of its key's budget: a failure unless it ends well.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Attempt(u128);
+
+impl Attempt {
+    /// A new attempt, with a random id.
+    pub fn random() -> Self {
+        Self(rand::random())
+    }
+
+    /// The attempt's id, as a shared store keeps it.
+    pub fn id(&self) -> String {
+        format!("{:032x}", self.0)
+    }
+}
+
 /// Counts failed logins.
 ///
 /// An attempt takes a slot from its key's budget *before* the password is checked
-/// ([`reserve`]) and gives it back as a failure or not when the check is done ([`finish`]), so
-/// a burst of concurrent attempts gets at most the budget of checks, never one per request.
+/// ([`reserve`]); the slot counts as a failure unless the attempt ends well ([`finish`]).
 ///
 /// [`reserve`]: LoginRateLimiter::reserve
 /// [`finish`]: LoginRateLimiter::finish
 #[async_trait]
 pub trait LoginRateLimiter: Debug + Send + Sync {
-    /// Takes one attempt from `key`'s budget, waiting while attempts in flight could use up
-    /// the rest. `Limited(retry_after)` when the failures have used it up (or, failing closed,
-    /// when nothing more can be tracked, or the wait is too long); `Unavailable` when a shared
-    /// limiter cannot be reached, so nothing can be counted.
-    async fn reserve(&self, key: &LoginKey) -> Result<(), Refused>;
-    /// Ends an attempt reserved for `key`: a failure counts against the window, anything else
-    /// gives the attempt back.
-    async fn finish(&self, key: &LoginKey, failed: bool);
+    /// Takes one slot of `key`'s budget, counted as a failure from now on. `Limited(retry_after)`
+    /// when the budget is used up (by failures, or by attempts in flight that may still give
+    /// theirs back: then the retry is soon); `Unavailable` when a shared limiter cannot be
+    /// reached, so nothing can be counted.
+    async fn reserve(&self, key: &LoginKey) -> Result<Attempt, Refused>;
+    /// Ends an attempt: a failure stays counted for its window, anything else (a right
+    /// password, nothing checked) gives the slot back.
+    async fn finish(&self, key: &LoginKey, attempt: Attempt, failed: bool);
     /// Forgets `key`'s failures (after a successful login).
     async fn clear(&self, key: &LoginKey);
 }
@@ -93,19 +116,29 @@ pub enum Refused {
 /// Longest an attempt waits for the ones in flight before it is refused.
 const MAX_WAIT: Duration = Duration::from_secs(10);
 
-#[derive(Debug, Clone)]
-struct Window {
-    started: Instant,
-    failures: u32,
-    /// Attempts reserved and not yet finished.
-    in_flight: u32,
-    /// Wakes attempts waiting for one in flight to finish.
+/// One attempt counted in a window.
+#[derive(Debug, Clone, Copy)]
+struct Counted {
+    at: Instant,
+    attempt: Attempt,
+    /// Ended, as a failure; until then it may still be given back.
+    failed: bool,
+}
+
+/// The attempts of one key still in its window, oldest first.
+#[derive(Debug, Default)]
+struct Log {
+    counted: VecDeque<Counted>,
+    /// Wakes attempts waiting for one in flight to end.
     finished: Arc<Notify>,
 }
 
-impl Window {
-    fn new(started: Instant) -> Self {
-        Self { started, failures: 0, in_flight: 0, finished: Arc::new(Notify::new()) }
+impl Log {
+    /// Drops what the window has passed.
+    fn prune(&mut self, window: Duration) {
+        while self.counted.front().is_some_and(|counted| counted.at.elapsed() >= window) {
+            self.counted.pop_front();
+        }
     }
 }
 
@@ -114,113 +147,113 @@ impl Window {
 pub struct MemoryRateLimiter {
     per_username: LimitRule,
     per_address: LimitRule,
-    windows: DashMap<LoginKey, Window>,
-    /// At most this many keys (about): ended windows, then the oldest idle one, make room.
+    logs: DashMap<LoginKey, Log>,
+    /// At most this many keys (about): ended windows, then the one idle longest, make room.
     max_keys: usize,
 }
 
 impl MemoryRateLimiter {
     /// A limiter with one rule per kind of key.
     pub fn new(per_username: LimitRule, per_address: LimitRule) -> Self {
-        Self { per_username, per_address, windows: DashMap::new(), max_keys: 100_000 }
+        Self { per_username, per_address, logs: DashMap::new(), max_keys: 100_000 }
     }
 
     fn rule(&self, key: &LoginKey) -> LimitRule {
         key.rule(self.per_username, self.per_address)
     }
 
-    /// A window with no failure and nothing in flight says nothing: it goes, so refused or
-    /// successful attempts never fill the table.
+    /// A key with nothing counted says nothing: it goes, so given-back attempts never fill the
+    /// table.
     fn forget_if_empty(&self, key: &LoginKey) {
-        self.windows.remove_if(key, |_, window| window.failures == 0 && window.in_flight == 0);
+        self.logs.remove_if(key, |_, log| log.counted.is_empty());
     }
 
-    /// Room for one more key in a full table: windows that have ended go first, then, if the
-    /// table is still full, the oldest window with nothing in flight. Refusing new keys instead
+    /// Room for one more key in a full table: keys whose windows have passed go first, then, if
+    /// the table is still full, the one whose last attempt is oldest. Refusing new keys instead
     /// would let anyone who fills the table lock every other user out.
     fn make_room(&self) {
         self.purge_expired();
-        if self.windows.len() < self.max_keys {
+        if self.logs.len() < self.max_keys {
             return;
         }
-        let oldest = self
-            .windows
+        let idlest = self
+            .logs
             .iter()
-            .filter(|entry| entry.in_flight == 0)
-            .min_by_key(|entry| entry.started)
+            .min_by_key(|entry| entry.counted.back().map(|counted| counted.at))
             .map(|entry| entry.key().clone());
-        if let Some(oldest) = oldest {
-            self.windows.remove_if(&oldest, |_, window| window.in_flight == 0);
+        if let Some(idlest) = idlest {
+            self.logs.remove(&idlest);
         }
     }
 
-    /// Drops windows that have ended and have nothing in flight.
+    /// Drops what every window has passed, and the keys left with nothing.
     pub fn purge_expired(&self) {
-        self.windows
-            .retain(|key, window| window.in_flight > 0 || window.started.elapsed() < self.rule(key).window);
+        self.logs.retain(|key, log| {
+            log.prune(self.rule(key).window);
+            !log.counted.is_empty()
+        });
     }
 }
 
 #[async_trait]
 impl LoginRateLimiter for MemoryRateLimiter {
-    async fn reserve(&self, key: &LoginKey) -> Result<(), Refused> {
+    async fn reserve(&self, key: &LoginKey) -> Result<Attempt, Refused> {
         let rule = self.rule(key);
+        let budget = usize::try_from(rule.max_failures).unwrap_or(usize::MAX);
         let deadline = Instant::now() + MAX_WAIT;
         loop {
-            if self.windows.len() >= self.max_keys && !self.windows.contains_key(key) {
+            if self.logs.len() >= self.max_keys && !self.logs.contains_key(key) {
                 self.make_room();
             }
             let finished = {
                 // The entry holds its shard's lock: check and count are one step.
-                let mut window =
-                    self.windows.entry(key.clone()).or_insert_with(|| Window::new(Instant::now()));
-                let elapsed = window.started.elapsed();
-                if elapsed >= rule.window {
-                    window.started = Instant::now();
-                    window.failures = 0;
-                } else if window.failures >= rule.max_failures {
-                    return Err(Refused::Limited(
-                        rule.window.saturating_sub(elapsed).max(Duration::from_secs(1)),
-                    ));
+                let mut log = self.logs.entry(key.clone()).or_default();
+                log.prune(rule.window);
+                if log.counted.len() < budget {
+                    let attempt = Attempt::random();
+                    log.counted.push_back(Counted { at: Instant::now(), attempt, failed: false });
+                    return Ok(attempt);
                 }
-                if window.failures.saturating_add(window.in_flight) < rule.max_failures {
-                    window.in_flight += 1;
-                    return Ok(());
+                if log.counted.iter().all(|counted| counted.failed) {
+                    let oldest = log.counted.front().map_or(Duration::ZERO, |counted| counted.at.elapsed());
+                    let retry = rule.window.saturating_sub(oldest).max(Duration::from_secs(1));
+                    drop(log);
+                    self.forget_if_empty(key);
+                    return Err(Refused::Limited(retry));
                 }
-                Arc::clone(&window.finished)
+                Arc::clone(&log.finished)
             };
-            // Every slot left is held by an attempt in flight: wait for one to finish, then
-            // look again (it may have failed and used up the budget).
+            // Some of the budget is held by attempts in flight, which may give it back: wait
+            // for one to end, then look again. The waiting costs nothing shared (a shared
+            // limiter refuses at once instead).
             let notified = finished.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let still_full = self
-                .windows
-                .get(key)
-                .is_some_and(|window| window.failures.saturating_add(window.in_flight) >= rule.max_failures);
+            let still_full = self.logs.get(key).is_some_and(|log| log.counted.len() >= budget);
             if still_full && tokio::time::timeout_at(deadline.into(), notified).await.is_err() {
                 return Err(Refused::Limited(Duration::from_secs(1)));
             }
         }
     }
 
-    async fn finish(&self, key: &LoginKey, failed: bool) {
-        if let Some(mut window) = self.windows.get_mut(key) {
-            window.in_flight = window.in_flight.saturating_sub(1);
+    async fn finish(&self, key: &LoginKey, attempt: Attempt, failed: bool) {
+        if let Some(mut log) = self.logs.get_mut(key) {
             if failed {
-                window.failures = window.failures.saturating_add(1);
+                log.counted.iter_mut().filter(|counted| counted.attempt == attempt).for_each(|counted| {
+                    counted.failed = true;
+                });
+            } else {
+                log.counted.retain(|counted| counted.attempt != attempt);
             }
-            window.finished.notify_waiters();
+            log.finished.notify_waiters();
         }
         self.forget_if_empty(key);
     }
 
     async fn clear(&self, key: &LoginKey) {
-        if let Some(mut window) = self.windows.get_mut(key) {
-            window.failures = 0;
-            window.finished.notify_waiters();
+        if let Some((_, log)) = self.logs.remove(key) {
+            log.finished.notify_waiters();
         }
-        self.forget_if_empty(key);
     }
 }
 
@@ -232,78 +265,118 @@ mod tests {
         MemoryRateLimiter::new(LimitRule { max_failures: 2, window }, LimitRule { max_failures: 3, window })
     }
 
+    async fn fail(limiter: &MemoryRateLimiter, key: &LoginKey) {
+        let attempt = limiter.reserve(key).await.unwrap();
+        limiter.finish(key, attempt, true).await;
+    }
+
     #[tokio::test]
     async fn locks_a_username_after_its_budget_and_not_others() {
         let limiter = limiter(Duration::from_secs(60));
         let alice = LoginKey::Username("alice".into());
         let bob = LoginKey::Username("bob".into());
         for _ in 0..2 {
-            limiter.reserve(&alice).await.unwrap();
-            limiter.finish(&alice, true).await;
+            fail(&limiter, &alice).await;
         }
         let Err(Refused::Limited(retry)) = limiter.reserve(&alice).await else { panic!("not limited") };
-        assert!(retry <= Duration::from_secs(60) && retry >= Duration::from_secs(1));
+        assert!(retry <= Duration::from_secs(60) && retry >= Duration::from_secs(30), "{retry:?}");
         assert!(limiter.reserve(&bob).await.is_ok());
     }
 
     #[tokio::test]
-    async fn addresses_have_their_own_rule_and_released_attempts_do_not_count() {
+    async fn addresses_have_their_own_rule_and_attempts_given_back_do_not_count() {
         let limiter = limiter(Duration::from_secs(60));
         let address = LoginKey::Address("127.0.0.1".parse().unwrap());
-        limiter.reserve(&address).await.unwrap();
-        limiter.finish(&address, false).await;
+        let right = limiter.reserve(&address).await.unwrap();
+        limiter.finish(&address, right, false).await;
         for _ in 0..3 {
-            limiter.reserve(&address).await.unwrap();
-            limiter.finish(&address, true).await;
+            fail(&limiter, &address).await;
         }
         assert!(limiter.reserve(&address).await.is_err(), "address rule allows 3 failures, not 3 attempts");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_burst_gets_the_budget_of_failures_and_every_success() {
+    async fn a_burst_gets_the_budget_of_checks() {
         let limiter = Arc::new(limiter(Duration::from_secs(60)));
         let alice = LoginKey::Username("alice".into());
-        // 100 concurrent attempts, the even ones right: each that gets a slot takes a while.
-        let attempts = (0..100).map(|attempt| {
+        // 100 concurrent wrong guesses, each checked for a while once it has its slot.
+        let attempts = (0..100).map(|_| {
             let (limiter, alice) = (Arc::clone(&limiter), alice.clone());
             tokio::spawn(async move {
-                limiter.reserve(&alice).await.ok()?;
+                let attempt = limiter.reserve(&alice).await.ok()?;
                 tokio::time::sleep(Duration::from_millis(2)).await;
-                let failed = attempt % 2 == 1;
-                limiter.finish(&alice, failed).await;
-                Some(failed)
+                limiter.finish(&alice, attempt, true).await;
+                Some(())
             })
         });
-        let (mut failures, mut successes) = (0, 0);
+        let mut checked = 0;
         for attempt in attempts.collect::<Vec<_>>() {
-            match attempt.await.unwrap() {
-                Some(true) => failures += 1,
-                Some(false) => successes += 1,
-                None => {}
-            }
+            checked += usize::from(attempt.await.unwrap().is_some());
         }
-        assert_eq!(failures, 2, "no more wrong guesses are checked than the budget");
-        assert!(successes >= 1, "right answers get through while the budget lasts");
+        assert_eq!(checked, 2, "no more guesses are checked than the budget");
     }
 
     #[tokio::test]
-    async fn a_window_ends_and_clear_forgets() {
+    async fn an_attempt_never_finished_stays_counted() {
+        // Its request was cancelled after the slot was taken: nothing will ever give it back.
+        let limiter = limiter(Duration::from_secs(60));
+        let alice = LoginKey::Username("alice".into());
+        limiter.reserve(&alice).await.unwrap();
+        limiter.reserve(&alice).await.unwrap();
+        let third = tokio::time::timeout(Duration::from_millis(200), limiter.reserve(&alice)).await;
+        assert!(!matches!(third, Ok(Ok(_))), "a third attempt got a slot: {third:?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn right_answers_in_a_burst_wait_for_the_ones_in_flight_and_get_through() {
+        let limiter = Arc::new(limiter(Duration::from_secs(60)));
+        let alice = LoginKey::Username("alice".into());
+        let attempts = (0..20).map(|_| {
+            let (limiter, alice) = (Arc::clone(&limiter), alice.clone());
+            tokio::spawn(async move {
+                let attempt = limiter.reserve(&alice).await.ok()?;
+                tokio::time::sleep(Duration::from_millis(2)).await;
+                limiter.finish(&alice, attempt, false).await;
+                Some(())
+            })
+        });
+        for attempt in attempts.collect::<Vec<_>>() {
+            assert!(attempt.await.unwrap().is_some(), "a right answer was refused");
+        }
+        assert!(limiter.logs.is_empty());
+    }
+
+    #[tokio::test]
+    async fn finishing_ends_only_its_own_attempt() {
+        let limiter = limiter(Duration::from_secs(60));
+        let alice = LoginKey::Username("alice".into());
+        let first = limiter.reserve(&alice).await.unwrap();
+        let second = limiter.reserve(&alice).await.unwrap();
+        limiter.finish(&alice, second, true).await;
+        limiter.finish(&alice, first, false).await;
+        // Giving back twice, or an attempt of another key, gives nothing more back.
+        limiter.finish(&alice, first, false).await;
+        let other = limiter.reserve(&LoginKey::Username("bob".into())).await.unwrap();
+        limiter.finish(&alice, other, false).await;
+        fail(&limiter, &alice).await;
+        assert!(matches!(limiter.reserve(&alice).await, Err(Refused::Limited(_))));
+    }
+
+    #[tokio::test]
+    async fn a_window_passes_and_clear_forgets() {
         let limiter = limiter(Duration::from_millis(30));
         let alice = LoginKey::Username("alice".into());
-        for _ in 0..2 {
-            limiter.reserve(&alice).await.unwrap();
-            limiter.finish(&alice, true).await;
-        }
-        assert!(limiter.reserve(&alice).await.is_err());
+        fail(&limiter, &alice).await;
+        // Never finished: it too leaves with its window.
+        limiter.reserve(&alice).await.unwrap();
         tokio::time::sleep(Duration::from_millis(40)).await;
         limiter.purge_expired();
-        assert_eq!(limiter.windows.len(), 0);
-        limiter.reserve(&alice).await.unwrap();
-        limiter.finish(&alice, true).await;
+        assert_eq!(limiter.logs.len(), 0);
+        fail(&limiter, &alice).await;
         limiter.clear(&alice).await;
-        limiter.reserve(&alice).await.unwrap();
-        limiter.finish(&alice, true).await;
-        limiter.reserve(&alice).await.unwrap();
+        fail(&limiter, &alice).await;
+        fail(&limiter, &alice).await;
+        assert!(limiter.reserve(&alice).await.is_err());
     }
 
     #[tokio::test]
@@ -311,24 +384,28 @@ mod tests {
         let mut limiter = limiter(Duration::from_secs(60));
         limiter.max_keys = 3;
         for name in ["a", "b", "c"] {
-            limiter.reserve(&LoginKey::Username(name.into())).await.unwrap();
-            limiter.finish(&LoginKey::Username(name.into()), true).await;
+            fail(&limiter, &LoginKey::Username(name.into())).await;
         }
         limiter.reserve(&LoginKey::Username("d".into())).await.unwrap();
-        assert_eq!(limiter.windows.len(), 3, "the oldest idle window made room");
-        assert!(!limiter.windows.contains_key(&LoginKey::Username("a".into())));
+        assert_eq!(limiter.logs.len(), 3, "the idlest key made room");
+        assert!(!limiter.logs.contains_key(&LoginKey::Username("a".into())));
     }
 
     #[tokio::test]
-    async fn attempts_that_fail_nothing_leave_nothing_behind() {
-        // Refused or successful attempts (a flood of random usernames from a blocked address)
-        // must not fill the table.
+    async fn attempts_given_back_or_refused_leave_nothing_behind() {
+        // Successful attempts (or a flood of random usernames from a blocked address) must not
+        // fill the table.
         let limiter = limiter(Duration::from_secs(60));
         for index in 0..100 {
             let key = LoginKey::Username(format!("user{index}"));
-            limiter.reserve(&key).await.unwrap();
-            limiter.finish(&key, false).await;
+            let attempt = limiter.reserve(&key).await.unwrap();
+            limiter.finish(&key, attempt, false).await;
         }
-        assert_eq!(limiter.windows.len(), 0);
+        let none = MemoryRateLimiter::new(
+            LimitRule { max_failures: 0, window: Duration::from_secs(60) },
+            LimitRule { max_failures: 0, window: Duration::from_secs(60) },
+        );
+        assert!(none.reserve(&LoginKey::Username("x".into())).await.is_err());
+        assert_eq!((limiter.logs.len(), none.logs.len()), (0, 0));
     }
 }

@@ -1,6 +1,7 @@
 //! Where sessions live. The [`SessionStore`] trait lets a shared store (Redis, a database)
 //! replace the in-memory one so several cedargate replicas see the same sessions.
 
+use std::collections::VecDeque;
 use std::fmt::Debug;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -50,7 +51,7 @@ impl SessionRecord {
 /// The tokens a rotation puts in place of the ones it retires. They are made before the store
 /// is asked, so it retires the old tokens and stores these in one step: a replica that dies
 /// mid-rotation leaves the old session or the new one in a shared store, never neither.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct NextTokens {
     /// SHA-256 of the new access token.
     pub access: SecretDigest,
@@ -60,6 +61,9 @@ pub struct NextTokens {
     pub expires_at: i64,
     /// Unix seconds: the new refresh token's expiry.
     pub refresh_expires_at: i64,
+    /// The new tokens sealed under the refresh token they replace (opaque to the store): what
+    /// presenting that token again within the reuse grace answers with.
+    pub replay: String,
 }
 
 /// What presenting a refresh token did.
@@ -70,8 +74,12 @@ pub enum RefreshOutcome {
     Rotated(SessionRecord),
     /// The token had already been used: the whole family is now revoked.
     Reused,
-    /// The token was rotated moments ago (within the reuse grace): refused, but the family
-    /// lives on, so a client's concurrent or retried refresh does not kill the winner's tokens.
+    /// The token was rotated moments ago (within the reuse grace) and the session still holds
+    /// the tokens that rotation issued: these, sealed ([`NextTokens::replay`]). A client whose
+    /// reply was lost, or which refreshed twice at once, gets the winner's tokens again.
+    Replayed(String),
+    /// The token was rotated moments ago, and the session has moved on since: refused, but the
+    /// family lives on.
     JustRotated,
     /// Unknown or expired.
     Invalid,
@@ -95,18 +103,19 @@ pub enum StoreError {
 /// Session storage. Tokens are only ever stored and looked up by digest.
 #[async_trait]
 pub trait SessionStore: Debug + Send + Sync {
-    /// Stores a new session.
+    /// Stores a new session, ending its user's oldest ones so that at most `max_per_user` are
+    /// live.
     ///
     /// Fails when the family was revoked meanwhile, or the store is unavailable.
-    async fn create(&self, record: SessionRecord) -> Result<(), StoreError>;
+    async fn create(&self, record: SessionRecord, max_per_user: usize) -> Result<(), StoreError>;
 
     /// The identity behind an access token, expired or not.
     async fn lookup_access(&self, access: &SecretDigest) -> Result<Option<Arc<AuthInfo>>, StoreError>;
 
     /// Retires a refresh token and its access token and stores `next` in their place, as one
     /// step: of concurrent callers with the same token, at most one gets `Rotated`. A token
-    /// presented again within `reuse_grace` of its rotation is `JustRotated`; later, `Reused`,
-    /// which revokes the session.
+    /// presented again within `reuse_grace` of its rotation is `Replayed` (or `JustRotated`
+    /// once the session has rotated again); later, `Reused`, which revokes the session.
     async fn rotate(
         &self,
         refresh: &SecretDigest,
@@ -115,7 +124,9 @@ pub trait SessionStore: Debug + Send + Sync {
         reuse_grace: Duration,
     ) -> Result<RefreshOutcome, StoreError>;
 
-    /// Revokes the session holding this access or refresh token; false if there is none.
+    /// Revokes the session this access or refresh token belongs to, current or rotated out
+    /// (whoever rotated it since, a logout with the token its owner holds still ends it); false
+    /// if there is no such live session.
     async fn revoke(&self, token: &SecretDigest) -> Result<bool, StoreError>;
 
     /// Drops what has expired by `now`.
@@ -129,12 +140,29 @@ pub struct MemorySessionStore {
     refresh: DashMap<SecretDigest, SessionRecord>,
     /// The current tokens of each live family, to revoke a family from either token.
     families: DashMap<FamilyId, (SecretDigest, SecretDigest)>,
-    /// Refresh tokens already used, kept until they would have expired, to detect reuse: the
-    /// family, when the token would have expired, and when it was rotated.
-    spent: DashMap<SecretDigest, (FamilyId, i64, Instant)>,
+    /// Refresh tokens already used, kept until they would have expired, to detect reuse.
+    spent: DashMap<SecretDigest, Spent>,
+    /// Access tokens rotated out, kept as long as their refresh tokens would have lived: the
+    /// family, and until when.
+    retired: DashMap<SecretDigest, (FamilyId, i64)>,
     /// Families revoked (by logout or reuse), kept until their refresh tokens would expire,
     /// so a rotation racing the revocation cannot resurrect them.
     revoked: DashMap<FamilyId, i64>,
+    /// Each user's logins, oldest first (some may have ended since).
+    users: DashMap<String, VecDeque<FamilyId>>,
+}
+
+/// A refresh token already used.
+#[derive(Debug, Clone)]
+struct Spent {
+    family: FamilyId,
+    /// When it would have expired.
+    until: i64,
+    /// When it was rotated.
+    at: Instant,
+    /// The refresh token its rotation issued, and those tokens sealed.
+    next: SecretDigest,
+    replay: String,
 }
 
 impl MemorySessionStore {
@@ -156,6 +184,12 @@ impl MemorySessionStore {
         }
     }
 
+    /// The sealed replays of the refresh tokens spent, for tests.
+    #[cfg(test)]
+    pub(crate) fn spent_replays(&self) -> Vec<String> {
+        self.spent.iter().map(|entry| entry.replay.clone()).collect()
+    }
+
     /// Number of live sessions.
     pub fn len(&self) -> usize {
         self.families.len()
@@ -169,11 +203,25 @@ impl MemorySessionStore {
 
 #[async_trait]
 impl SessionStore for MemorySessionStore {
-    async fn create(&self, record: SessionRecord) -> Result<(), StoreError> {
+    async fn create(&self, record: SessionRecord, max_per_user: usize) -> Result<(), StoreError> {
         if self.revoked.contains_key(&record.family) {
             return Err(StoreError::Revoked);
         }
-        self.insert(record);
+        let (family, until) = (record.family, record.refresh_expires_at);
+        let oldest: Vec<FamilyId> = {
+            // The user's entry holds its shard's lock: concurrent logins of one user count in turn.
+            let mut logins = self.users.entry(record.username.clone()).or_default();
+            self.insert(record);
+            logins.retain(|login| self.families.contains_key(login));
+            let over = (logins.len() + 1).saturating_sub(max_per_user.max(1)).min(logins.len());
+            let oldest = logins.drain(..over).collect();
+            logins.push_back(family);
+            oldest
+        };
+        // Kept as revoked at least as long as the newest login lives, longer than any older one.
+        for login in oldest {
+            self.revoke_family(login, until);
+        }
         Ok(())
     }
 
@@ -194,7 +242,15 @@ impl SessionStore for MemorySessionStore {
             let record = live.get().clone();
             let expired = record.refresh_expires_at <= now;
             if !expired {
-                self.spent.insert(*refresh, (record.family, record.refresh_expires_at, Instant::now()));
+                let spent = Spent {
+                    family: record.family,
+                    until: record.refresh_expires_at,
+                    at: Instant::now(),
+                    next: next.refresh,
+                    replay: next.replay.clone(),
+                };
+                self.spent.insert(*refresh, spent);
+                self.retired.insert(record.access, (record.family, record.refresh_expires_at));
             }
             live.remove();
             self.access.remove(&record.access);
@@ -212,32 +268,36 @@ impl SessionStore for MemorySessionStore {
             }
             return Ok(RefreshOutcome::Rotated(rotated));
         }
-        let spent = self.spent.get(refresh).map(|entry| *entry.value());
-        match spent {
-            Some((_, _, rotated)) if rotated.elapsed() < reuse_grace => Ok(RefreshOutcome::JustRotated),
-            Some((family, until, _)) => {
-                self.revoke_family(family, until);
-                Ok(RefreshOutcome::Reused)
-            }
-            None => Ok(RefreshOutcome::Invalid),
+        let Some(spent) = self.spent.get(refresh).map(|entry| entry.value().clone()) else {
+            return Ok(RefreshOutcome::Invalid);
+        };
+        if spent.at.elapsed() >= reuse_grace {
+            self.revoke_family(spent.family, spent.until);
+            return Ok(RefreshOutcome::Reused);
+        }
+        let current = self.families.get(&spent.family).map(|tokens| tokens.1);
+        if current == Some(spent.next) {
+            Ok(RefreshOutcome::Replayed(spent.replay))
+        } else {
+            Ok(RefreshOutcome::JustRotated)
         }
     }
 
     async fn revoke(&self, token: &SecretDigest) -> Result<bool, StoreError> {
-        let by_access = self.access.get(token).map(|entry| entry.0);
-        let by_refresh = self.refresh.get(token).map(|entry| (entry.family, entry.refresh_expires_at));
-        match (by_access, by_refresh) {
-            (Some(family), _) => {
-                let until = self
-                    .families
-                    .get(&family)
-                    .and_then(|tokens| self.refresh.get(&tokens.1).map(|record| record.refresh_expires_at))
-                    .unwrap_or(i64::MAX);
-                Ok(self.revoke_family(family, until))
-            }
-            (None, Some((family, until))) => Ok(self.revoke_family(family, until)),
-            (None, None) => Ok(false),
-        }
+        let family = self
+            .access
+            .get(token)
+            .map(|entry| entry.0)
+            .or_else(|| self.refresh.get(token).map(|entry| entry.family))
+            .or_else(|| self.spent.get(token).map(|entry| entry.family))
+            .or_else(|| self.retired.get(token).map(|entry| entry.0));
+        let Some(family) = family else { return Ok(false) };
+        let until = self
+            .families
+            .get(&family)
+            .and_then(|tokens| self.refresh.get(&tokens.1).map(|record| record.refresh_expires_at))
+            .unwrap_or(i64::MAX);
+        Ok(self.revoke_family(family, until))
     }
 
     async fn purge_expired(&self, now: i64) -> Result<(), StoreError> {
@@ -253,8 +313,13 @@ impl SessionStore for MemorySessionStore {
             self.families.remove(&record.family);
         }
         self.access.retain(|_, (_, auth)| !auth.is_expired(now));
-        self.spent.retain(|_, (_, until, _)| *until > now);
+        self.spent.retain(|_, spent| spent.until > now);
+        self.retired.retain(|_, (_, until)| *until > now);
         self.revoked.retain(|_, until| *until > now);
+        self.users.retain(|_, logins| {
+            logins.retain(|family| self.families.contains_key(family));
+            !logins.is_empty()
+        });
         Ok(())
     }
 }

@@ -29,6 +29,7 @@ fn manager_with(limits: (u32, u32), store: Arc<MemorySessionStore>) -> SessionMa
             refresh_ttl: Duration::from_secs(7200),
             // Long enough that a loaded machine still refreshes "at once" within it.
             refresh_reuse_grace: Duration::from_secs(1),
+            max_per_user: 3,
         },
     )
     .unwrap()
@@ -153,14 +154,82 @@ async fn refresh_rotates_and_retires_the_old_tokens() {
     assert_eq!(subject_of(&manager, &second.access_token).await.unwrap(), "alice");
     assert!(subject_of(&manager, &first.access_token).await.is_err(), "old access token must stop working");
 
-    // Presented again at once (a retry, a second tab), it is only refused...
-    assert_eq!(manager.refresh(&first.refresh_token).await.unwrap_err(), SessionError::InvalidRefresh);
+    // Presented again at once (a retry whose first reply was lost, a second tab), it gets the
+    // same tokens again, and they still work...
+    let again = manager.refresh(&first.refresh_token).await.unwrap();
+    assert_eq!((&again.access_token, &again.refresh_token), (&second.access_token, &second.refresh_token));
+    assert_eq!((again.expires_at, again.refresh_expires_at), (second.expires_at, second.refresh_expires_at));
     assert_eq!(subject_of(&manager, &second.access_token).await.unwrap(), "alice");
-    // ...but reused after the grace period it revokes the whole session, new tokens too.
+    // ...until the session has moved on: then it is only refused, and the newer tokens live.
+    let third = manager.refresh(&second.refresh_token).await.unwrap();
+    assert_eq!(manager.refresh(&first.refresh_token).await.unwrap_err(), SessionError::InvalidRefresh);
+    assert_eq!(subject_of(&manager, &third.access_token).await.unwrap(), "alice");
+    // Reused after the grace period it revokes the whole session, new tokens too.
     tokio::time::sleep(Duration::from_millis(1100)).await;
     assert_eq!(manager.refresh(&first.refresh_token).await.unwrap_err(), SessionError::InvalidRefresh);
-    assert!(subject_of(&manager, &second.access_token).await.is_err());
-    assert_eq!(manager.refresh(&second.refresh_token).await.unwrap_err(), SessionError::InvalidRefresh);
+    assert!(subject_of(&manager, &third.access_token).await.is_err());
+    assert_eq!(manager.refresh(&third.refresh_token).await.unwrap_err(), SessionError::InvalidRefresh);
+}
+
+#[tokio::test]
+async fn a_logout_with_a_rotated_out_token_ends_the_session_whoever_rotated_it() {
+    // A thief who stole the refresh token rotates first; the victim logs out with the tokens
+    // they still hold: the thief's session must end.
+    for victims_token in [0, 1] {
+        let manager = manager();
+        let victim = manager.login("alice", &password("password123"), None).await.unwrap();
+        let thief = manager.refresh(&victim.refresh_token).await.unwrap();
+        let thief = manager.refresh(&thief.refresh_token).await.unwrap();
+        let held = [&victim.access_token, &victim.refresh_token][victims_token];
+        assert!(manager.logout(held).await.unwrap(), "the logout found the session");
+        assert!(subject_of(&manager, &thief.access_token).await.is_err());
+        assert_eq!(manager.refresh(&thief.refresh_token).await.unwrap_err(), SessionError::InvalidRefresh);
+        assert!(!manager.logout(held).await.unwrap(), "a second logout revokes nothing");
+    }
+}
+
+#[tokio::test]
+async fn a_login_beyond_the_users_limit_ends_their_oldest_session() {
+    // The test manager allows 3 sessions per user.
+    let manager = manager();
+    let mut sessions = Vec::new();
+    for _ in 0..5 {
+        sessions.push(manager.login("alice", &password("password123"), None).await.unwrap());
+    }
+    for (index, session) in sessions.iter().enumerate() {
+        let live = subject_of(&manager, &session.access_token).await.is_ok();
+        assert_eq!(live, index >= 2, "session {index}: only the newest 3 live");
+    }
+    // A session ended by hand frees its place: the next login ends no other.
+    assert!(manager.logout(&sessions[4].access_token).await.unwrap());
+    let sixth = manager.login("alice", &password("password123"), None).await.unwrap();
+    for session in [&sessions[2], &sessions[3], &sixth] {
+        assert!(subject_of(&manager, &session.access_token).await.is_ok());
+    }
+    // Rotation keeps a session's place; the oldest login is still the first to go.
+    let rotated = manager.refresh(&sessions[2].refresh_token).await.unwrap();
+    manager.login("alice", &password("password123"), None).await.unwrap();
+    assert!(subject_of(&manager, &rotated.access_token).await.is_err());
+    assert!(subject_of(&manager, &sessions[3].access_token).await.is_ok());
+}
+
+#[tokio::test]
+async fn a_sealed_replay_opens_only_with_the_refresh_token_it_was_sealed_under() {
+    // The store keeps the replayed tokens sealed under the retired refresh token: what it holds
+    // is no token, and a box swapped in from another rotation does not open.
+    let store = Arc::new(MemorySessionStore::default());
+    let manager = manager_with((5, 20), Arc::clone(&store));
+    let first = manager.login("alice", &password("password123"), None).await.unwrap();
+    let other = manager.login("alice", &password("password123"), None).await.unwrap();
+    manager.refresh(&first.refresh_token).await.unwrap();
+    manager.refresh(&other.refresh_token).await.unwrap();
+    let boxes: Vec<String> = store.spent_replays();
+    assert_eq!(boxes.len(), 2);
+    for sealed in &boxes {
+        assert!(!sealed.contains("session-") && !sealed.contains("refresh-"));
+    }
+    let opened = boxes.iter().filter(|sealed| sealed::open(&first.refresh_token, sealed).is_ok()).count();
+    assert_eq!(opened, 1, "exactly its own box opens under a refresh token");
 }
 
 #[tokio::test]
@@ -194,14 +263,17 @@ async fn an_expired_session_is_refused_and_purged() {
     let mut auth = AuthInfo::new(CredentialKind::Session, "alice", vec![]);
     auth.expires_at = Some(unix_now() - 1);
     store
-        .create(SessionRecord {
-            family: 1,
-            username: "alice".into(),
-            auth: Arc::new(auth),
-            access: SecretDigest::of(b"session-old"),
-            refresh: SecretDigest::of(b"refresh-old"),
-            refresh_expires_at: unix_now() - 1,
-        })
+        .create(
+            SessionRecord {
+                family: 1,
+                username: "alice".into(),
+                auth: Arc::new(auth),
+                access: SecretDigest::of(b"session-old"),
+                refresh: SecretDigest::of(b"refresh-old"),
+                refresh_expires_at: unix_now() - 1,
+            },
+            10,
+        )
         .await
         .unwrap();
     let mut chain = CredentialChain::default();
@@ -223,7 +295,7 @@ async fn tokens_that_are_not_sessions_are_not_mine() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_logins_each_get_their_own_session() {
+async fn concurrent_logins_each_get_their_own_session_within_the_users_limit() {
     let manager = Arc::new(manager());
     let logins: Vec<_> = (0..8)
         .map(|_| {
@@ -238,9 +310,12 @@ async fn concurrent_logins_each_get_their_own_session() {
     let distinct: std::collections::HashSet<_> =
         tokens.iter().map(|t| t.access_token.expose().to_owned()).collect();
     assert_eq!(distinct.len(), 8);
+    // Counted in turn: the user's limit (3) holds however the logins interleave.
+    let mut live = 0;
     for token in &tokens {
-        assert_eq!(subject_of(&manager, &token.access_token).await.unwrap(), "alice");
+        live += usize::from(subject_of(&manager, &token.access_token).await.is_ok());
     }
+    assert_eq!(live, 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -254,13 +329,13 @@ async fn of_concurrent_refreshes_with_one_token_at_most_one_wins() {
             tokio::spawn(async move { manager.refresh(&refresh).await })
         })
         .collect();
-    let mut wins = 0;
+    let mut issued = std::collections::HashSet::new();
     for attempt in attempts {
-        if attempt.await.unwrap().is_ok() {
-            wins += 1;
+        if let Ok(tokens) = attempt.await.unwrap() {
+            issued.insert(tokens.access_token.expose().to_owned());
         }
     }
-    assert!(wins <= 1, "{wins} refreshes won with one token");
+    assert!(issued.len() <= 1, "{} rotations with one token", issued.len());
 }
 
 #[test]
@@ -308,8 +383,9 @@ async fn concurrent_refreshes_with_one_token_leave_the_winner_signed_in() {
             Err(error) => assert_eq!(error, SessionError::InvalidRefresh),
         }
     }
-    assert_eq!(winners.len(), 1, "exactly one rotation");
-    let winner = winners.pop().unwrap();
+    // One rotation: every caller that got tokens got the winner's.
+    let winner = winners.pop().expect("a rotation won");
+    assert!(winners.iter().all(|tokens| tokens.access_token == winner.access_token), "exactly one rotation");
     let credential =
         crate::model::Credential::new(crate::model::Scheme::Bearer, winner.access_token.expose());
     assert!(

@@ -1,8 +1,9 @@
-//! Failed-login counters in Redis, so a brute-forcer spread across replicas gets one budget,
+//! Login attempt counters in Redis, so a brute-forcer spread across replicas gets one budget,
 //! not one per replica. Per key (a username, an address: by SHA-256, so no caller text is a
-//! key name) two counters: failures, which expire with the window that began at the first
-//! failure, and attempts in flight, which expire on their own if a replica dies mid-attempt.
-//! Reserving and finishing are Lua scripts, one atomic step each.
+//! key name) two sorted sets scored by when each attempt began, on Redis's clock: the attempts
+//! of the window (each counted as a failure from its start, removed when it ends well) and
+//! those still in flight. An attempt whose replica died mid-check, or whose ending was lost, so
+//! stays counted for its window and no longer: nothing else ever holds a slot.
 
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -12,51 +13,43 @@ use redis::Script;
 use sha2::{Digest, Sha256};
 
 use super::Redis;
-use crate::session::{LimitRule, LoginKey, LoginRateLimiter, Refused, StoreError};
+use crate::session::{Attempt, LimitRule, LoginKey, LoginRateLimiter, Refused, StoreError};
 
-/// ARGV: prefix, key, max failures, in-flight expiry (ms). `{0}` reserved, `{1, ms}` used up
-/// (retry after ms), `{2}` every slot left is in flight, `{3}` a counter is not a number.
+/// ARGV: prefix, key, max failures, window (ms), attempt id. `{0}` reserved, `{1, ms}` used up
+/// (retry after ms), `{2}` used up, partly by attempts in flight that may still give theirs
+/// back. Judged by Redis's clock, which every replica shares.
 static RESERVE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
-local failures_key = ARGV[1] .. 'login:' .. ARGV[2] .. ':failures'
-local flight_key = ARGV[1] .. 'login:' .. ARGV[2] .. ':in-flight'
-local failures_text = redis.call('GET', failures_key)
-local flight_text = redis.call('GET', flight_key)
-local failures = tonumber(failures_text or '0')
-local flight = tonumber(flight_text or '0')
-if not failures or not flight then return {3} end
-local max = tonumber(ARGV[3])
-if failures >= max then return {1, redis.call('PTTL', failures_key)} end
-if failures + flight >= max then return {2} end
-redis.call('INCR', flight_key)
-redis.call('PEXPIRE', flight_key, ARGV[4])
+local counted = ARGV[1] .. 'login:' .. ARGV[2] .. ':attempts'
+local flying = ARGV[1] .. 'login:' .. ARGV[2] .. ':pending'
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local window = tonumber(ARGV[4])
+redis.call('ZREMRANGEBYSCORE', counted, '-inf', now - window)
+redis.call('ZREMRANGEBYSCORE', flying, '-inf', now - window)
+if redis.call('ZCARD', counted) >= tonumber(ARGV[3]) then
+  if redis.call('ZCARD', flying) > 0 then return {2} end
+  local oldest = redis.call('ZRANGE', counted, 0, 0, 'WITHSCORES')
+  return {1, oldest[2] and (tonumber(oldest[2]) + window - now) or window}
+end
+redis.call('ZADD', counted, now, ARGV[5])
+redis.call('ZADD', flying, now, ARGV[5])
+redis.call('PEXPIRE', counted, window)
+redis.call('PEXPIRE', flying, window)
 return {0}",
     )
 });
 
-/// ARGV: prefix, key, failed (0 or 1), window (ms).
+/// ARGV: prefix, key, attempt id, failed (0 or 1).
 static FINISH: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
-local failures_key = ARGV[1] .. 'login:' .. ARGV[2] .. ':failures'
-local flight_key = ARGV[1] .. 'login:' .. ARGV[2] .. ':in-flight'
-if tonumber(redis.call('GET', flight_key) or '0') then
-  if redis.call('DECR', flight_key) <= 0 then redis.call('DEL', flight_key) end
-else
-  redis.call('DEL', flight_key)
-end
-if ARGV[3] == '1' then
-  if not tonumber(redis.call('GET', failures_key) or '0') then redis.call('DEL', failures_key) end
-  redis.call('INCR', failures_key)
-  if redis.call('PTTL', failures_key) < 0 then redis.call('PEXPIRE', failures_key, ARGV[4]) end
-end
+redis.call('ZREM', ARGV[1] .. 'login:' .. ARGV[2] .. ':pending', ARGV[3])
+if ARGV[4] == '0' then redis.call('ZREM', ARGV[1] .. 'login:' .. ARGV[2] .. ':attempts', ARGV[3]) end
 return 1",
     )
 });
-
-/// How long an attempt in flight holds its slot if its replica never finishes it.
-const IN_FLIGHT_EXPIRY: Duration = Duration::from_secs(60);
 
 /// Login limits every replica counts against together.
 #[derive(Debug)]
@@ -75,48 +68,41 @@ impl RedisRateLimiter {
     fn rule(&self, key: &LoginKey) -> LimitRule {
         key.rule(self.per_username, self.per_address)
     }
+}
 
-    /// `None`: reserved; `Some(retry_after)`: every slot left is in flight.
-    async fn reserve_once(&self, key: &str, rule: LimitRule) -> Result<Option<Duration>, Refused> {
+#[async_trait]
+impl LoginRateLimiter for RedisRateLimiter {
+    async fn reserve(&self, key: &LoginKey) -> Result<Attempt, Refused> {
+        let rule = self.rule(key);
+        let attempt = Attempt::random();
         let answer: Vec<i64> = self
             .redis
             .invoke(
                 "reserve a login attempt",
                 RESERVE
                     .arg(&self.redis.settings().key_prefix)
-                    .arg(key)
+                    .arg(key_name(key))
                     .arg(rule.max_failures)
-                    .arg(millis(IN_FLIGHT_EXPIRY)),
+                    .arg(millis(rule.window))
+                    .arg(attempt.id()),
             )
             .await
             .map_err(unavailable)?;
         match answer.as_slice() {
-            [0] => Ok(None),
+            [0] => Ok(attempt),
             [1, retry] => {
                 let retry = u64::try_from(*retry).map_or(rule.window, Duration::from_millis);
                 Err(Refused::Limited(retry.max(Duration::from_secs(1))))
             }
-            [2] => Ok(Some(Duration::from_secs(1))),
-            _ => Err(unavailable(StoreError::Corrupt("a login counter is not a number".to_owned()))),
-        }
-    }
-}
-
-#[async_trait]
-impl LoginRateLimiter for RedisRateLimiter {
-    async fn reserve(&self, key: &LoginKey) -> Result<(), Refused> {
-        match self.reserve_once(&key_name(key), self.rule(key)).await? {
-            None => Ok(()),
-            // Every slot left is held by an attempt in flight (on any replica). Waiting would
-            // mean asking Redis again and again, for every waiter: a burst of guesses would
-            // make Redis slow for every session. So the attempt is refused at once, to be
-            // tried again when those have finished.
-            Some(retry_after) => Err(Refused::Limited(retry_after)),
+            // Attempts in flight (on any replica) hold the rest: refused at once, to be tried
+            // again soon, rather than waiting for them. Waiting would mean asking Redis again
+            // and again for every waiter: a burst of guesses would slow Redis for every session.
+            [2] => Err(Refused::Limited(Duration::from_secs(1))),
+            _ => Err(unavailable(StoreError::Corrupt("unexpected answer to a login reservation".to_owned()))),
         }
     }
 
-    async fn finish(&self, key: &LoginKey, failed: bool) {
-        let rule = self.rule(key);
+    async fn finish(&self, key: &LoginKey, attempt: Attempt, failed: bool) {
         let finished: Result<i64, StoreError> = self
             .redis
             .invoke(
@@ -124,21 +110,20 @@ impl LoginRateLimiter for RedisRateLimiter {
                 FINISH
                     .arg(&self.redis.settings().key_prefix)
                     .arg(key_name(key))
-                    .arg(u8::from(failed))
-                    .arg(millis(rule.window)),
+                    .arg(attempt.id())
+                    .arg(u8::from(failed)),
             )
             .await;
         if let Err(error) = finished {
-            // The slot goes back when its counter expires; a failure not counted is one more
-            // guess, which the 503s of the same outage make up for.
-            tracing::warn!("login attempt not counted: {error}");
+            // Failing closed: the attempt stays counted as a failure until its window passes.
+            tracing::warn!("login attempt not finished: {error}");
         }
     }
 
     async fn clear(&self, key: &LoginKey) {
-        let failures = self.redis.key(&format!("login:{}:failures", key_name(key)));
+        let counted = self.redis.key(&format!("login:{}:attempts", key_name(key)));
         if let Err(error) =
-            self.redis.query::<i64>("clear login failures", redis::cmd("DEL").arg(failures)).await
+            self.redis.query::<i64>("clear login failures", redis::cmd("DEL").arg(counted)).await
         {
             tracing::warn!("login failures not cleared: {error}");
         }

@@ -1,6 +1,9 @@
 //! Login sessions in Redis. Each token is a hash under its SHA-256 (`access:<hex>`,
-//! `refresh:<hex>`), each login one more (`family:<hex>`) naming its current tokens; every key
-//! expires with what it holds (Redis TTLs do the purge). Creating, rotating and revoking are
+//! `refresh:<hex>`), each login one more (`family:<hex>`) naming its current tokens, and each
+//! token rotated out a marker naming its login (`spent:<hex>` for a refresh token, with the
+//! sealed tokens its rotation issued; `retired:<hex>` for an access token), and each user a sorted set
+//! of their logins (`user:<sha256 of the username>`), which caps them; every key expires with
+//! what it holds (Redis TTLs do the purge). Creating, rotating and revoking are
 //! Lua scripts, so each is one atomic step across replicas: of concurrent rotations of one
 //! refresh token exactly one wins, and a replica that dies mid-rotation leaves the old session
 //! or the new one, never neither. A revocation publishes the access token's digest on the
@@ -14,6 +17,7 @@ use async_trait::async_trait;
 use dashmap::DashMap;
 use redis::Script;
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 use super::Redis;
 use crate::model::{AuthInfo, CredentialKind, Extra, SecretDigest};
@@ -47,31 +51,47 @@ local function forget(access)
 end
 local function revoke(family, until_)
   local now = math.floor(now_ms() / 1000)
-  local tokens = redis.call('HMGET', p .. 'family:' .. family, 'access', 'refresh')
+  local tokens = redis.call('HMGET', p .. 'family:' .. family, 'access', 'refresh', 'user')
   -- Publish and delete first: a Redis at maxmemory refuses a script's first write that needs
   -- memory, and the marker is the only one here.
   if tokens[1] then forget(tokens[1]) end
   if tokens[2] then redis.call('DEL', p .. 'refresh:' .. tokens[2]) end
+  if tokens[3] then redis.call('ZREM', p .. 'user:' .. tokens[3], family) end
   redis.call('DEL', p .. 'family:' .. family)
   redis.call('SET', p .. 'revoked:' .. family, '1', 'EXAT', math.max(tonumber(until_) or 0, now + 1))
   return tokens[1]
 end
 ";
 
-/// ARGV: prefix, family, access, refresh, username, identity, expires, refresh_expires.
-/// 1, or 0 when the family was revoked meanwhile.
+/// ARGV: prefix, family, access, refresh, username, identity, expires, refresh_expires, user
+/// (the username's SHA-256), most sessions per user. 1, or 0 when the family was revoked
+/// meanwhile. The user's logins are a sorted set by when they began (`user:<hex>`); those
+/// over the limit, oldest first, are revoked.
 static CREATE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         "{PRELUDE}
 if redis.call('EXISTS', p .. 'revoked:' .. ARGV[2]) == 1 then return 0 end
+local user = p .. 'user:' .. ARGV[9]
+for _, login in ipairs(redis.call('ZRANGE', user, 0, -1)) do
+  if redis.call('EXISTS', p .. 'family:' .. login) == 0 then redis.call('ZREM', user, login) end
+end
+local over = redis.call('ZCARD', user) + 1 - math.max(tonumber(ARGV[10]), 1)
+if over > 0 then
+  for _, login in ipairs(redis.call('ZRANGE', user, 0, over - 1)) do revoke(login, ARGV[8]) end
+end
 store(ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8])
+redis.call('HSET', p .. 'family:' .. ARGV[2], 'user', ARGV[9])
+redis.call('ZADD', user, now_ms(), ARGV[2])
+redis.call('EXPIREAT', user, ARGV[8])
 return 1"
     ))
 });
 
-/// ARGV: prefix, refresh, now, reuse grace (ms), next access, next refresh, next expires,
-/// next refresh_expires. `{rotated, family, identity, username, old access}`, `{just}`,
-/// `{reused}`, `{invalid}`, or `{corrupt}` for a record without its fields.
+/// ARGV: prefix, refresh, reuse grace (ms), next access, next refresh, next expires, next
+/// refresh_expires, next sealed under the refresh token. `{rotated, family, identity, username,
+/// old access}`, `{replayed, sealed}`, `{just}`, `{reused}`, `{invalid}`, or `{corrupt}` for a
+/// record without its fields. Expiry and grace are judged by Redis's clock, which every replica
+/// shares.
 static ROTATE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         "{PRELUDE}
@@ -85,19 +105,28 @@ if live[1] then
     redis.call('DEL', p .. 'family:' .. family)
     return {{'corrupt'}}
   end
-  if expires <= tonumber(ARGV[3]) then
+  if expires * 1000 <= now_ms() then
     redis.call('DEL', p .. 'family:' .. family)
     return {{'invalid'}}
   end
   local spent = p .. 'spent:' .. ARGV[2]
-  redis.call('HSET', spent, 'family', family, 'at', now_ms(), 'expires', expires)
+  redis.call('HSET', spent, 'family', family, 'at', now_ms(), 'expires', expires,
+             'next', ARGV[5], 'replay', ARGV[8])
   redis.call('EXPIREAT', spent, expires)
-  store(family, ARGV[5], ARGV[6], live[3], live[2], ARGV[7], ARGV[8])
+  -- The rotated-out access token still names its login, so a logout with it ends the session.
+  redis.call('SET', p .. 'retired:' .. live[5], family, 'EXAT', expires)
+  store(family, ARGV[4], ARGV[5], live[3], live[2], ARGV[6], ARGV[7])
+  local user = redis.call('HGET', p .. 'family:' .. family, 'user')
+  if user then redis.call('EXPIREAT', p .. 'user:' .. user, ARGV[7]) end
   return {{'rotated', family, live[2], live[3], live[5]}}
 end
-local spent = redis.call('HMGET', p .. 'spent:' .. ARGV[2], 'family', 'at', 'expires')
+local spent = redis.call('HMGET', p .. 'spent:' .. ARGV[2], 'family', 'at', 'expires', 'next', 'replay')
 if spent[1] then
-  if now_ms() - (tonumber(spent[2]) or 0) < tonumber(ARGV[4]) then return {{'just'}} end
+  if now_ms() - (tonumber(spent[2]) or 0) < tonumber(ARGV[3]) then
+    local current = redis.call('HGET', p .. 'family:' .. spent[1], 'refresh')
+    if spent[4] and spent[5] and current == spent[4] then return {{'replayed', spent[5]}} end
+    return {{'just'}}
+  end
   revoke(spent[1], spent[3])
   return {{'reused'}}
 end
@@ -105,17 +134,20 @@ return {{'invalid'}}"
     ))
 });
 
-/// ARGV: prefix, access or refresh token, now. The family's access token (hex), 1 when it
-/// had none, or 0 (no such session).
+/// ARGV: prefix, a token (access or refresh, current or rotated out). The family's access
+/// token (hex), 1 when it had none, or 0 (no such live session).
 static REVOKE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         "{PRELUDE}
-local family = redis.call('HGET', p .. 'access:' .. ARGV[2], 'family')
-  or redis.call('HGET', p .. 'refresh:' .. ARGV[2], 'family')
-if not family then return 0 end
+local t = ARGV[2]
+local family = redis.call('HGET', p .. 'access:' .. t, 'family')
+  or redis.call('HGET', p .. 'refresh:' .. t, 'family')
+  or redis.call('HGET', p .. 'spent:' .. t, 'family')
+  or redis.call('GET', p .. 'retired:' .. t)
+if not family or redis.call('EXISTS', p .. 'family:' .. family) == 0 then return 0 end
 local refresh = redis.call('HGET', p .. 'family:' .. family, 'refresh')
 local until_ = refresh and redis.call('HGET', p .. 'refresh:' .. refresh, 'expires')
-return revoke(family, until_ or (tonumber(ARGV[3]) + {REVOKED_FALLBACK})) or 1"
+return revoke(family, until_ or (math.floor(now_ms() / 1000) + {REVOKED_FALLBACK})) or 1"
     ))
 });
 
@@ -215,7 +247,9 @@ impl RedisSessionStore {
         (entry.1.elapsed() < ttl).then(|| Arc::clone(&entry.0))
     }
 
-    fn remember(&self, access: SecretDigest, auth: &Arc<AuthInfo>, generation: u64) {
+    /// Keeps a copy of what Redis answered to a question sent at `asked`: its age counts from
+    /// then, so a copy never outlives the revocation it could have missed by more than the TTL.
+    fn remember(&self, access: SecretDigest, auth: &Arc<AuthInfo>, generation: u64, asked: Instant) {
         let settings = self.redis.settings();
         if settings.local_cache_ttl.is_zero() {
             return;
@@ -223,7 +257,7 @@ impl RedisSessionStore {
         if self.read.len() >= settings.local_cache_max_entries {
             self.read.clear();
         }
-        self.read.insert(access, (Arc::clone(auth), Instant::now()));
+        self.read.insert(access, (Arc::clone(auth), asked));
         // A revocation heard while Redis was answering: what was read may be the revoked one.
         if self.forgotten.load(Ordering::SeqCst) != generation {
             self.read.remove(&access);
@@ -239,7 +273,7 @@ impl RedisSessionStore {
 
 #[async_trait]
 impl SessionStore for RedisSessionStore {
-    async fn create(&self, record: SessionRecord) -> Result<(), StoreError> {
+    async fn create(&self, record: SessionRecord, max_per_user: usize) -> Result<(), StoreError> {
         let expires = record.auth.expires_at.unwrap_or(record.refresh_expires_at);
         let created: i64 = self
             .redis
@@ -253,7 +287,9 @@ impl SessionStore for RedisSessionStore {
                     .arg(&record.username)
                     .arg(StoredIdentity::encode(&record.auth)?)
                     .arg(expires)
-                    .arg(record.refresh_expires_at),
+                    .arg(record.refresh_expires_at)
+                    .arg(hex::encode(Sha256::digest(record.username.as_bytes())))
+                    .arg(max_per_user),
             )
             .await?;
         if created == 1 {
@@ -268,6 +304,7 @@ impl SessionStore for RedisSessionStore {
             return Ok(Some(auth));
         }
         let generation = self.forgotten.load(Ordering::SeqCst);
+        let asked = Instant::now();
         let (family, identity, expires): (Option<String>, Option<String>, Option<String>) = self
             .redis
             .query(
@@ -284,7 +321,7 @@ impl SessionStore for RedisSessionStore {
             .parse::<i64>()
             .map_err(|_| StoreError::Corrupt("session expiry is not a number".to_owned()))?;
         let auth = Arc::new(StoredIdentity::decode(&identity, expires)?);
-        self.remember(*access, &auth, generation);
+        self.remember(*access, &auth, generation, asked);
         Ok(Some(auth))
     }
 
@@ -292,7 +329,7 @@ impl SessionStore for RedisSessionStore {
         &self,
         refresh: &SecretDigest,
         next: &NextTokens,
-        now: i64,
+        _now: i64,
         reuse_grace: Duration,
     ) -> Result<RefreshOutcome, StoreError> {
         let answer: Vec<String> = self
@@ -302,12 +339,12 @@ impl SessionStore for RedisSessionStore {
                 ROTATE
                     .arg(&self.redis.settings().key_prefix)
                     .arg(refresh.to_hex())
-                    .arg(now)
                     .arg(u64::try_from(reuse_grace.as_millis()).unwrap_or(u64::MAX))
                     .arg(next.access.to_hex())
                     .arg(next.refresh.to_hex())
                     .arg(next.expires_at)
-                    .arg(next.refresh_expires_at),
+                    .arg(next.refresh_expires_at)
+                    .arg(&next.replay),
             )
             .await?;
         match answer.as_slice() {
@@ -324,6 +361,7 @@ impl SessionStore for RedisSessionStore {
                     refresh_expires_at: next.refresh_expires_at,
                 }))
             }
+            [outcome, sealed] if outcome == "replayed" => Ok(RefreshOutcome::Replayed(sealed.clone())),
             [outcome] => match outcome.as_str() {
                 "just" => Ok(RefreshOutcome::JustRotated),
                 "reused" => Ok(RefreshOutcome::Reused),
@@ -335,13 +373,9 @@ impl SessionStore for RedisSessionStore {
     }
 
     async fn revoke(&self, token: &SecretDigest) -> Result<bool, StoreError> {
-        let now = crate::model::unix_now();
         let revoked: redis::Value = self
             .redis
-            .invoke(
-                "revoke session",
-                REVOKE.arg(&self.redis.settings().key_prefix).arg(token.to_hex()).arg(now),
-            )
+            .invoke("revoke session", REVOKE.arg(&self.redis.settings().key_prefix).arg(token.to_hex()))
             .await?;
         self.forget(token);
         match revoked {
