@@ -327,3 +327,12 @@ fn tenant_mistakes_are_refused_at_file_line_and_field() {
     let ConfigError::Parse { line, message, .. } = &error else { panic!("{error:?}") };
     assert_eq!((*line, message.contains("tenants.acme")), (3, true), "{error}");
 }
+
+#[test]
+fn sessions_per_user_default_to_100_and_refuse_zero() {
+    assert_eq!(parse("").unwrap().sessions.max_per_user, 100);
+    let ConfigError::Invalid { problems } = parse("sessions:\n  max_per_user: 0\n").unwrap_err() else {
+        panic!()
+    };
+    assert_eq!(problems, ["test.yaml:2: sessions.max_per_user: must be at least 1"]);
+}
