@@ -301,7 +301,23 @@ impl Engine {
         facts: &Extra,
         now: i64,
     ) -> Result<Decision, TargetError> {
-        Ok(self.decide(&Ok(None), authentication, target, &self.prepare(target)?, facts, now, None))
+        self.check_authenticated_in_at(RequestTenant::Unnamed, authentication, target, facts, now)
+    }
+
+    /// [`Engine::check_authenticated_at`] for a request naming `tenant`: decided by that
+    /// tenant's set, as the request path would (`cedargate policy replay` of a tenant's record).
+    ///
+    /// Fails only when the target is malformed.
+    pub fn check_authenticated_in_at(
+        &self,
+        tenant: RequestTenant<'_>,
+        authentication: &Authentication,
+        target: &Target,
+        facts: &Extra,
+        now: i64,
+    ) -> Result<Decision, TargetError> {
+        let requested = self.tenants.requested(tenant);
+        Ok(self.decide(&requested, authentication, target, &self.prepare(target)?, facts, now, None))
     }
 
     /// Decides one target for an identity as [`Engine::check_authenticated`] does, at `now`
@@ -474,8 +490,9 @@ impl Engine {
             Ok(scope) => scope.resource_metadata,
             Err(refusal) => refusal.resource_metadata,
         };
-        if let (Ok(Scope { tenant: Some(tenant), .. }), true) = (&scope, trace::enabled()) {
-            trace::record("cedargate.tenant", (*tenant).to_owned());
+        let deciding_tenant = scope.as_ref().ok().and_then(|scope| scope.tenant);
+        if let (Some(tenant), true) = (deciding_tenant, trace::enabled()) {
+            trace::record("cedargate.tenant", tenant.to_owned());
         }
         let decision = match (authentication, scope) {
             (_, Err(refusal)) => {
@@ -581,6 +598,7 @@ impl Engine {
                     prepared: target,
                     facts,
                     revision: revision.as_deref().unwrap_or(""),
+                    tenant: deciding_tenant,
                     evaluated_at: now,
                     elapsed,
                 };

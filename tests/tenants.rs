@@ -650,3 +650,47 @@ async fn a_tenants_introspection_endpoint_sees_only_its_own_requests_and_prefixe
     let under_acme = check_in(&mut client, "acme", "Bearer globex_2", "/t/acme/data").await;
     assert_eq!(under_acme.auth_info.unwrap().tenant, "acme");
 }
+
+#[tokio::test]
+async fn a_tenants_decision_is_recorded_with_its_tenant_and_replayed_under_it() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = policy_dir(root.path());
+    let log = root.path().join("decisions.jsonl");
+    let mut config = config(root.path(), false, false);
+    config.decision_log.to = cedargate::telemetry::decision_log::Destination::File;
+    config.decision_log.path = Some(log.clone());
+    let server = TestServer::start(config.clone()).await;
+    let mut client = server.authorizer().await;
+    // A global credential under globex: only the record can say which set decided.
+    let by_globex = check_in(&mut client, "globex", "Bearer global-token", "/t/globex/data").await;
+    let by_base = check_in(&mut client, "", "Bearer global-token", "/base").await;
+    assert!(by_globex.allowed && by_base.allowed, "{by_globex:?} {by_base:?}");
+    server.stop().await.unwrap();
+
+    let records: Vec<serde_json::Value> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert_eq!(records.len(), 2);
+    assert_eq!(records[0]["tenant"], "globex", "the deciding tenant is recorded");
+    assert!(records[1].get("tenant").is_none(), "the base set decided: no tenant");
+
+    let replay = |candidate: &Path| {
+        let options = cedargate::authoring::ReplayOptions {
+            dir: candidate.to_owned(),
+            config: config.clone(),
+            style: Default::default(),
+        };
+        cedargate::authoring::replay_path(options, &log).unwrap()
+    };
+    // The same policies change nothing: globex's record is decided by globex's set again, not
+    // by the base alone (which would deny it).
+    let same = replay(&dir);
+    assert_eq!((same.redecided, same.changed, same.policies_differ), (2, 0, 0));
+    // Without globex's permit, exactly globex's decision changes.
+    write_tenant(&dir, "globex", "");
+    let without = replay(&dir);
+    assert_eq!(without.changed, 1);
+    assert_eq!(without.changes[0].line, 1);
+}

@@ -19,7 +19,7 @@ use serde_json::Value;
 
 use super::AuthoringError;
 use crate::config::Config;
-use crate::engine::{Authentication, Engine};
+use crate::engine::{Authentication, Engine, RequestTenant};
 use crate::model::{quote, AuthInfo, Extra, McpKind, Scheme, Target, ToolCall};
 use crate::policy::{self, PolicySources, ReportStyle, Severity};
 use crate::App;
@@ -453,7 +453,10 @@ fn redecide(
             fingerprint: record.fingerprint.clone().unwrap_or_default(),
         },
     };
-    let to = match engine.check_authenticated_at(&authentication, target, facts, now) {
+    // Under the tenant whose set decided it: a record decided by a tenant's policies is never
+    // judged by the base set alone.
+    let tenant = record.tenant.as_deref().map_or(RequestTenant::Unnamed, RequestTenant::Named);
+    let to = match engine.check_authenticated_in_at(tenant, &authentication, target, facts, now) {
         Ok(decision) => Side {
             outcome: decision.outcome.api_name(),
             policy_ids: sorted(&decision.policy_ids),

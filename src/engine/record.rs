@@ -24,6 +24,8 @@ pub(super) struct Facts<'a> {
     pub prepared: &'a PreparedTarget<'a>,
     pub facts: &'a Extra,
     pub revision: &'a str,
+    /// The tenant whose policies decided; `None` for the base set.
+    pub tenant: Option<&'a str>,
     pub evaluated_at: i64,
     pub elapsed: Duration,
 }
@@ -56,6 +58,7 @@ pub(super) fn record<'a>(decision: &'a Decision, of: &Facts<'a>) -> Record<'a> {
         facts: of.facts,
         policy_ids: &decision.policy_ids,
         policy_revision: of.revision,
+        tenant: of.tenant,
         reason: &decision.reason,
         errors: &decision.errors,
         shadow: decision.shadow.as_ref().map(|shadow| Shadow {
@@ -90,6 +93,8 @@ pub struct Record<'a> {
     facts: &'a Extra,
     policy_ids: &'a [String],
     policy_revision: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tenant: Option<&'a str>,
     reason: &'a str,
     errors: &'a [String],
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -122,6 +122,8 @@ pub struct DecisionRecord {
     pub policy_ids: Vec<String>,
     /// The revision of the policy set that decided ("" when no policy was consulted).
     pub policy_revision: String,
+    /// The tenant whose policies decided (`None`: the base set).
+    pub tenant: Option<String>,
     /// The reason.
     pub reason: String,
     /// Policy evaluation errors.
@@ -165,6 +167,8 @@ struct WrittenRecord {
     policy_ids: Vec<String>,
     #[serde(default)]
     policy_revision: String,
+    #[serde(default)]
+    tenant: Option<String>,
     #[serde(default)]
     reason: String,
     #[serde(default)]
@@ -443,6 +447,7 @@ fn record(value: Value, line: usize) -> Result<DecisionRecord, String> {
         fingerprint,
         policy_ids: written.policy_ids,
         policy_revision: written.policy_revision,
+        tenant: written.tenant,
         reason: written.reason,
         errors: written.errors,
         shadow: written.shadow.map(|shadow| RecordedShadow {
