@@ -177,7 +177,11 @@ impl Engine {
     /// tenant's own. A request whose tenant is refused is not authenticated at all (anonymous):
     /// its credential is sent to no backend, and it is refused whatever it is.
     pub async fn authenticate_in(&self, tenant: RequestTenant<'_>, authorization: &str) -> Authentication {
-        match self.tenants.requested(tenant) {
+        self.authenticate_requested(&self.tenants.requested(tenant), authorization).await
+    }
+
+    async fn authenticate_requested(&self, requested: &Requested<'_>, authorization: &str) -> Authentication {
+        match requested {
             Ok(None) => self.authenticate(authorization).await,
             Ok(Some((_, tenant))) => {
                 self.authenticate_with(&tenant.credentials, authorization, unix_now()).await
@@ -246,8 +250,8 @@ impl Engine {
         let call = Call::now(wire);
         let _in_flight = metrics().in_flight(wire);
         let prepared = self.prepare(target)?;
-        let authentication = self.authenticate_in(tenant, authorization).await;
         let requested = self.tenants.requested(tenant);
+        let authentication = self.authenticate_requested(&requested, authorization).await;
         Ok(self.decide(&requested, &authentication, target, &prepared, facts, unix_now(), Some(call)))
     }
 
