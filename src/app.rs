@@ -27,8 +27,10 @@ use crate::credential::{
     IntrospectionSettings, IssuerSettings, JwtResolver, TokenCaches,
 };
 use crate::engine::{Engine, EngineSettings, Tenant, Tenants};
+use crate::gateway::mcp_sessions;
 use crate::gateway::Gateway;
 use crate::gateway::TrustedProxies;
+use crate::model::SecretDigest;
 use crate::model::{AuthInfo, CredentialKind, Scheme};
 use crate::policy::{
     PolicyEngine, PolicyError, PolicyReloader, PolicySources, ReloadError, ReloadTrigger, Reloaded,
@@ -39,7 +41,9 @@ use crate::session::{
     Account, LimitRule, LoginRateLimiter, MemoryRateLimiter, MemorySessionStore, SessionManager,
     SessionSettings, SessionStore,
 };
-use crate::state::{Event, EventHandler, Events, Redis, RedisRateLimiter, RedisSessionStore};
+use crate::state::{
+    Event, EventHandler, Events, Redis, RedisMcpSessions, RedisRateLimiter, RedisSessionStore,
+};
 use crate::telemetry::decision_log::DecisionLog;
 use crate::telemetry::metrics::metrics;
 
@@ -250,8 +254,11 @@ impl App {
             source = %policy_dir.as_ref().map_or_else(|| "<embedded demo>".to_owned(), |dir| dir.display().to_string()),
             "policies loaded"
         );
-        let gateway =
-            Arc::new(Gateway::new(Arc::clone(&engine), &config.gateway).with_tenants(&config.tenants));
+        let mut gateway = Gateway::new(Arc::clone(&engine), &config.gateway).with_tenants(&config.tenants);
+        if let Some(redis) = &state.redis {
+            gateway = gateway.with_session_bindings(Arc::clone(&redis.mcp_sessions) as _);
+        }
+        let gateway = Arc::new(gateway);
         Ok(Self {
             config,
             policy_dir,
@@ -692,6 +699,8 @@ struct SharedState {
 struct RedisState {
     events: Events,
     sessions: Arc<RedisSessionStore>,
+    /// Who each MCP session belongs to, for the gateway.
+    mcp_sessions: Arc<RedisMcpSessions>,
 }
 
 impl SharedState {
@@ -715,11 +724,17 @@ impl SharedState {
         let settings = redis.settings(|path| config.resolve(path)).map_err(AppError::Setup)?;
         let redis = Redis::new(settings).map_err(AppError::Setup)?;
         let sessions = Arc::new(RedisSessionStore::new(redis.clone()));
+        let exchange = &config.gateway.mcp_exchange;
+        let mcp_sessions = Arc::new(RedisMcpSessions::new(
+            redis.clone(),
+            exchange.session_ttl.0,
+            exchange.max_sessions_per_caller,
+        ));
         Ok(Self {
             store: Arc::clone(&sessions) as _,
             limiter: Arc::new(RedisRateLimiter::new(redis.clone(), per_username, per_address)),
             memory_limiter: None,
-            redis: Some(RedisState { events: Events::new(redis), sessions }),
+            redis: Some(RedisState { events: Events::new(redis), sessions, mcp_sessions }),
         })
     }
 }
@@ -742,6 +757,34 @@ impl RedisState {
                 caches.clear();
             }
         })
+    }
+}
+
+/// MCP session bindings in Redis, as the gateway asks for them.
+#[async_trait::async_trait]
+impl mcp_sessions::Bindings for RedisMcpSessions {
+    async fn bind(&self, session: &SecretDigest, owner: &mcp_sessions::Owner) -> Result<(), String> {
+        RedisMcpSessions::bind(self, session, owner.digest()).await.map_err(|error| error.to_string())
+    }
+
+    async fn standing(
+        &self,
+        session: &SecretDigest,
+        owner: &mcp_sessions::Owner,
+    ) -> Result<mcp_sessions::Standing, String> {
+        match self.owner(session).await {
+            Ok(None) => Ok(mcp_sessions::Standing::Unknown),
+            Ok(Some(bound)) if bound.ct_eq(owner.digest()) => {
+                self.renew(session, owner.digest()).await.map_err(|error| error.to_string())?;
+                Ok(mcp_sessions::Standing::Owned)
+            }
+            Ok(Some(_)) => Ok(mcp_sessions::Standing::Foreign),
+            Err(error) => Err(error.to_string()),
+        }
+    }
+
+    async fn end(&self, session: &SecretDigest) -> Result<(), String> {
+        RedisMcpSessions::end(self, session).await.map_err(|error| error.to_string())
     }
 }
 

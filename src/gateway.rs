@@ -198,7 +198,7 @@ pub struct Gateway {
     engine: Arc<Engine>,
     settings: Settings,
     /// Who each MCP session belongs to; `None` when sessions are not bound.
-    sessions: Option<mcp_sessions::SessionOwners>,
+    sessions: Option<Arc<dyn mcp_sessions::Bindings>>,
 }
 
 /// Where the credential of a request was found.
@@ -256,13 +256,23 @@ impl Gateway {
         };
         let exchange = &config.mcp_exchange;
         let sessions = exchange.bind_sessions.then(|| {
-            mcp_sessions::SessionOwners::new(
+            Arc::new(mcp_sessions::SessionOwners::new(
                 exchange.session_ttl.0,
                 exchange.max_sessions,
                 exchange.max_sessions_per_caller,
-            )
+            )) as Arc<dyn mcp_sessions::Bindings>
         });
         Self { engine, settings, sessions }
+    }
+
+    /// Keeps MCP session bindings in `bindings` (a store every replica shares) instead of this
+    /// process's memory, when sessions are bound at all.
+    #[must_use]
+    pub fn with_session_bindings(mut self, bindings: Arc<dyn mcp_sessions::Bindings>) -> Self {
+        if self.sessions.is_some() {
+            self.sessions = Some(bindings);
+        }
+        self
     }
 
     /// Reads a request's tenant where `tenants` says, when it declares any tenant.

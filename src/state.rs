@@ -1,5 +1,5 @@
 //! State several replicas share, in Redis: login sessions ([`RedisSessionStore`]), failed-login
-//! counters ([`RedisRateLimiter`]), and the events every replica must hear at once (a revoked
+//! counters ([`RedisRateLimiter`]), MCP session bindings ([`RedisMcpSessions`]), and the events every replica must hear at once (a revoked
 //! session, an evicted token: [`Events`]). Only this module knows the `redis` crate.
 //!
 //! Every command is bounded by `timeouts.command`: a Redis that is down, slow or restarting is
@@ -9,6 +9,7 @@
 
 mod events;
 mod limits;
+mod mcp;
 mod sessions;
 
 use std::time::Duration;
@@ -23,6 +24,7 @@ use crate::session::StoreError;
 
 pub use events::{Event, Events, Handler as EventHandler};
 pub use limits::RedisRateLimiter;
+pub use mcp::RedisMcpSessions;
 pub use sessions::RedisSessionStore;
 
 /// How to reach Redis and how long to wait for it.

@@ -712,3 +712,62 @@ async fn a_list_entry_is_decided_with_the_facts_its_call_gets() {
         assert_sees(&user, "user of the blue team", &tools, &["greeting", "admin_report"], &[], &[]);
     }
 }
+
+#[tokio::test]
+async fn a_session_bound_through_one_replica_is_its_callers_on_every_replica() {
+    // Two replicas over one Redis, each behind its own Envoy, in front of one MCP server: a
+    // balancer that does not keep a client on one replica.
+    let mut redis = common::redis::RedisServer::start().await;
+    let mcp = McpServer::start_lists(&["--stateful", "--sse", "--page-size", "2"]);
+    let text = format!(
+        "{}\n{CONFIG}\nstate:\n  redis:\n    url: {}\n    key_prefix: \"mcp-test:\"\n",
+        cedargate::config::DEMO_YAML,
+        redis.url()
+    );
+    let mut stacks = Vec::new();
+    for _ in 0..2 {
+        let server = TestServer::start(Config::parse("mcp-replicas.yaml", &text).unwrap()).await;
+        let config = EnvoyConfig::new(mcp.addr)
+            .with_auth(Auth::ExtAuthzGrpc { addr: server.grpc, with_body: true })
+            .with_mcp(mcp.addr)
+            .with_ext_proc(server.grpc);
+        let envoy = Envoy::start(&config).await;
+        stacks.push((server, envoy));
+    }
+    let (a, b) = (&stacks[0].1, &stacks[1].1);
+    let opened = lister(&a.url("/mcp"), &[USER], &json!([])).await;
+    let session = opened["sessionId"].as_str().unwrap_or_else(|| panic!("no session: {opened}")).to_owned();
+    let session = ("mcp-session-id", session.as_str());
+    let user = ("authorization", "Bearer user-token-123");
+    let admin = ("authorization", "Bearer admin-token-456");
+    let list = || Some(json!({ "jsonrpc": "2.0", "id": 9, "method": "tools/list" }));
+    // Opened through A, it is the user's through B too, and no one else's.
+    let (status, answer, _) = post(b, &[user, session], "POST", list()).await;
+    assert_eq!(status, 200, "{answer}");
+    let (status, answer, _) = post(b, &[admin, session], "POST", list()).await;
+    assert_eq!((status, &answer["error"]["code"]), (403, &json!(-32001)), "{answer}");
+    let (status, _, _) = post(a, &[session], "POST", list()).await;
+    assert_eq!(status, 403);
+    // With Redis gone, no replica can tell whose it is: refused (503), never let through.
+    redis.kill();
+    for envoy in [a, b] {
+        let (status, answer, _) = post(envoy, &[user, session], "POST", list()).await;
+        assert_eq!(status, 503, "{answer}");
+    }
+    redis.restart().await;
+    // Ended through B, it is gone through A.
+    let mut ended = 0;
+    for _ in 0..50 {
+        // The replicas' connections come back on their own (a retry or two).
+        let (status, _, _) = post(b, &[user, session], "DELETE", None).await;
+        if status == 200 {
+            ended += 1;
+            break;
+        }
+        assert_eq!(status, 503);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(ended, 1, "the DELETE went through once Redis was back");
+    let (status, answer, _) = post(a, &[user, session], "POST", list()).await;
+    assert_eq!(status, 404, "{answer}");
+}

@@ -170,7 +170,7 @@ async fn answer(
             // denial, a local error): nothing of it is cedargate's.
             let (status, headers) = response_headers(headers.headers.as_ref());
             let body = match exchange.as_mut() {
-                Some(exchange) => match exchange.decided(decided).response_headers(status, &headers) {
+                Some(exchange) => match exchange.decided(decided).response_headers(status, &headers).await {
                     Ok(body) => body,
                     Err(reply) => return Ok(immediate(reply)),
                 },

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use super::listing::{self, Answer, ListKind, Trimmed};
-use super::mcp_sessions::{Owner, Standing};
+use super::mcp_sessions::{self, Owner, Standing};
 use super::{facts, jsonrpc_error, mcp, Gateway, GatewayRequest};
 use crate::engine::Authentication;
 use crate::model::{AuthInfo, Extra, Scheme};
@@ -18,6 +18,9 @@ use crate::telemetry::metrics::metrics;
 
 /// JSON-RPC code of an answer withheld because it could not be trimmed (internal error).
 const WITHHELD: i64 = -32603;
+
+/// The reason of a 503 when the store of session bindings (shared by replicas) cannot answer.
+const BINDINGS_UNAVAILABLE: &str = "the MCP session store is temporarily unavailable; retry later";
 
 /// What the proxy must answer the client with instead of going on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -155,9 +158,19 @@ impl Exchange {
             return Err(Reply::jsonrpc(status, &Value::Null, mcp::code::UNAUTHORIZED, reason));
         }
         if let Some((sessions, session_id)) = session {
-            match sessions.standing(session_id, &owner(&authentication)) {
-                Standing::Owned => {}
-                Standing::Foreign => {
+            let (key, caller) = (mcp_sessions::session_key(session_id), owner(&authentication));
+            match sessions.standing(&key, &caller).await {
+                Err(reason) => {
+                    tracing::warn!("MCP session binding unreadable: {reason}");
+                    return Err(Reply::jsonrpc(
+                        503,
+                        &Value::Null,
+                        mcp::code::UNAUTHORIZED,
+                        BINDINGS_UNAVAILABLE,
+                    ));
+                }
+                Ok(Standing::Owned) => {}
+                Ok(Standing::Foreign) => {
                     metrics().mcp_session_refused("foreign");
                     return Err(Reply::jsonrpc(
                         403,
@@ -166,7 +179,7 @@ impl Exchange {
                         "the MCP session belongs to another caller",
                     ));
                 }
-                Standing::Unknown => {
+                Ok(Standing::Unknown) => {
                     metrics().mcp_session_refused("unknown");
                     return Err(Reply::jsonrpc(
                         404,
@@ -235,7 +248,11 @@ impl Exchange {
     /// The response headers: sessions are bound and ended here. Whether and how the response
     /// body is needed (a list answer to trim), or the reply that replaces an answer too large
     /// to trim.
-    pub fn response_headers(&mut self, status: u16, headers: &[(String, String)]) -> Result<Body, Reply> {
+    pub async fn response_headers(
+        &mut self,
+        status: u16,
+        headers: &[(String, String)],
+    ) -> Result<Body, Reply> {
         let header = |name: &str| {
             headers.iter().find(|(key, _)| key.eq_ignore_ascii_case(name)).map(|(_, value)| value.as_str())
         };
@@ -250,7 +267,18 @@ impl Exchange {
                     // forwarded) would hand each caller everyone's sessions.
                     match authentication {
                         Authentication::Authenticated { auth, .. } => {
-                            sessions.bind(session_id, Owner::of(Some(auth)))
+                            let key = mcp_sessions::session_key(session_id);
+                            if let Err(reason) = sessions.bind(&key, &Owner::of(Some(auth))).await {
+                                // Unbound, the session would be refused from its next request
+                                // on: the client is told to retry now instead.
+                                tracing::warn!("MCP session not bound: {reason}");
+                                return Err(Reply::jsonrpc(
+                                    503,
+                                    &self.id,
+                                    mcp::code::UNAUTHORIZED,
+                                    BINDINGS_UNAVAILABLE,
+                                ));
+                            }
                         }
                         Authentication::Anonymous | Authentication::Failed { .. } => {
                             tracing::info!(
@@ -262,7 +290,10 @@ impl Exchange {
             }
             if success && self.request.method.eq_ignore_ascii_case("DELETE") {
                 if let Some(session_id) = self.request.header("mcp-session-id") {
-                    sessions.end(session_id);
+                    if let Err(reason) = sessions.end(&mcp_sessions::session_key(session_id)).await {
+                        // The session is over upstream; its binding expires with its TTL.
+                        tracing::warn!("MCP session binding not removed: {reason}");
+                    }
                 }
             }
         }

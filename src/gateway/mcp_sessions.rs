@@ -10,11 +10,14 @@
 //! has servers refuse an unknown session: 404, and the client starts a new session. So no
 //! binding can be pushed out to let another caller in.
 //!
-//! Session ids and callers are held as SHA-256 digests.
+//! Session ids and callers are held as SHA-256 digests. The bindings live in this process
+//! ([`SessionOwners`]) or, for several replicas, in a store they share ([`Bindings`]).
 
 use std::collections::VecDeque;
+use std::fmt::Debug;
 use std::time::{Duration, Instant};
 
+use async_trait::async_trait;
 use dashmap::DashMap;
 
 use crate::model::{AuthInfo, SecretDigest};
@@ -42,6 +45,29 @@ impl Owner {
         };
         Self(SecretDigest::of(key.as_bytes()))
     }
+
+    /// The digest the owner is held as.
+    pub fn digest(&self) -> &SecretDigest {
+        &self.0
+    }
+}
+
+/// Where session bindings are kept. Errors are an outage of a shared store (its reason, never
+/// a session id): the exchange then fails closed.
+#[async_trait]
+pub trait Bindings: Debug + Send + Sync {
+    /// Binds the session whose id has digest `session` to `owner`, replacing any binding it
+    /// had.
+    async fn bind(&self, session: &SecretDigest, owner: &Owner) -> Result<(), String>;
+    /// How `session` stands with `owner`; its own session's binding is renewed.
+    async fn standing(&self, session: &SecretDigest, owner: &Owner) -> Result<Standing, String>;
+    /// Forgets `session` (its session was ended).
+    async fn end(&self, session: &SecretDigest) -> Result<(), String>;
+}
+
+/// The digest a session id is held as.
+pub fn session_key(session_id: &str) -> SecretDigest {
+    digest(session_id)
 }
 
 /// How a session id stands with a caller.
@@ -61,7 +87,7 @@ struct Binding {
     last_used: Instant,
 }
 
-/// The session bindings.
+/// The session bindings of this process.
 #[derive(Debug)]
 pub struct SessionOwners {
     bindings: DashMap<SecretDigest, Binding>,
@@ -92,7 +118,10 @@ impl SessionOwners {
     }
 
     fn bind_at(&self, session_id: &str, owner: Owner, now: Instant) {
-        let key = digest(session_id);
+        self.bind_key(digest(session_id), owner, now);
+    }
+
+    fn bind_key(&self, key: SecretDigest, owner: Owner, now: Instant) {
         {
             let mut sessions = self.owned.entry(owner.0).or_default();
             // Ids that were ended, expired or pushed out, or are another's now.
@@ -125,7 +154,10 @@ impl SessionOwners {
     }
 
     fn standing_at(&self, session_id: &str, owner: &Owner, now: Instant) -> Standing {
-        let key = digest(session_id);
+        self.standing_key(digest(session_id), owner, now)
+    }
+
+    fn standing_key(&self, key: SecretDigest, owner: &Owner, now: Instant) -> Standing {
         let Some(mut binding) = self.bindings.get_mut(&key) else {
             return Standing::Unknown;
         };
@@ -175,6 +207,23 @@ impl SessionOwners {
             }
             true
         });
+    }
+}
+
+#[async_trait]
+impl Bindings for SessionOwners {
+    async fn bind(&self, session: &SecretDigest, owner: &Owner) -> Result<(), String> {
+        self.bind_key(*session, owner.clone(), Instant::now());
+        Ok(())
+    }
+
+    async fn standing(&self, session: &SecretDigest, owner: &Owner) -> Result<Standing, String> {
+        Ok(self.standing_key(*session, owner, Instant::now()))
+    }
+
+    async fn end(&self, session: &SecretDigest) -> Result<(), String> {
+        self.bindings.remove(session);
+        Ok(())
     }
 }
 

@@ -55,7 +55,7 @@ async fn listed(
         .request_body(br#"{"jsonrpc":"2.0","id":4,"method":"tools/list","params":{"cursor":"1"}}"#)
         .unwrap();
     assert_eq!(
-        exchange.response_headers(200, &[("content-type".into(), "application/json".into())]),
+        exchange.response_headers(200, &[("content-type".into(), "application/json".into())]).await,
         Ok(Body::UpTo(1 << 20))
     );
     let body = match exchange.response_body(&tools_answer(), true).unwrap() {
@@ -100,7 +100,7 @@ async fn other_paths_and_other_methods_are_not_followed_or_changed() {
         .request_body(br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo"}}"#)
         .unwrap();
     assert_eq!(
-        exchange.response_headers(200, &[("content-type".into(), "application/json".into())]),
+        exchange.response_headers(200, &[("content-type".into(), "application/json".into())]).await,
         Ok(Body::Unwanted)
     );
 }
@@ -114,12 +114,12 @@ async fn an_unreadable_list_answer_is_replaced_by_an_error() {
     let json = ("content-type".to_owned(), "application/json".to_owned());
     let length = |length: &str| ("content-length".to_owned(), length.to_owned());
     // A known length small enough is buffered whole; a larger one is withheld at once.
-    assert_eq!(exchange.response_headers(200, &[json.clone(), length("1048576")]), Ok(Body::Whole));
-    let reply = exchange.response_headers(200, &[json.clone(), length("1048577")]).unwrap_err();
+    assert_eq!(exchange.response_headers(200, &[json.clone(), length("1048576")]).await, Ok(Body::Whole));
+    let reply = exchange.response_headers(200, &[json.clone(), length("1048577")]).await.unwrap_err();
     assert_eq!(reply.status, 502);
     assert!(reply.body.contains("exceeds 1048576 bytes"), "{}", reply.body);
-    assert!(exchange.response_headers(200, &[json.clone(), length("-1")]).is_err());
-    assert_eq!(exchange.response_headers(200, &[json]), Ok(Body::UpTo(1 << 20)));
+    assert!(exchange.response_headers(200, &[json.clone(), length("-1")]).await.is_err());
+    assert_eq!(exchange.response_headers(200, &[json]).await, Ok(Body::UpTo(1 << 20)));
     // Cut off where the proxy stopped buffering: withheld, even if what came parses.
     let reply =
         exchange.response_body(br#"{"jsonrpc":"2.0","id":"q","result":{"prompts":[]}}"#, false).unwrap_err();
@@ -144,7 +144,7 @@ async fn a_session_is_refused_to_anyone_but_the_caller_it_was_issued_to() {
     let mut exchange = gateway.exchange(request("POST", "/mcp", &[USER]));
     exchange.request_headers().await.unwrap();
     exchange.request_body(br#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{}}"#).unwrap();
-    exchange.response_headers(200, &[("mcp-session-id".into(), "s-1".into())]).unwrap();
+    exchange.response_headers(200, &[("mcp-session-id".into(), "s-1".into())]).await.unwrap();
     let session = ("mcp-session-id", "s-1");
     for method in ["POST", "GET", "DELETE"] {
         let refused = standing(&gateway, method, &[ADMIN, session]).await.unwrap_err();
@@ -160,12 +160,12 @@ async fn a_session_is_refused_to_anyone_but_the_caller_it_was_issued_to() {
     let mut exchange = gateway.exchange(request("POST", "/mcp", &[USER]));
     exchange.request_headers().await.unwrap();
     exchange.request_body(br#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{}}"#).unwrap();
-    exchange.response_headers(500, &[("mcp-session-id".into(), "s-3".into())]).unwrap();
+    exchange.response_headers(500, &[("mcp-session-id".into(), "s-3".into())]).await.unwrap();
     assert_eq!(standing(&gateway, "POST", &[USER, ("mcp-session-id", "s-3")]).await.unwrap_err().status, 404);
     // Ended by its owner, the session is gone.
     let mut exchange = gateway.exchange(request("DELETE", "/mcp", &[USER, session]));
     exchange.request_headers().await.unwrap();
-    exchange.response_headers(200, &[]).unwrap();
+    exchange.response_headers(200, &[]).await.unwrap();
     assert_eq!(standing(&gateway, "POST", &[USER, session]).await.unwrap_err().status, 404);
 }
 
@@ -214,7 +214,7 @@ async fn a_session_issued_to_no_one_is_bound_to_no_one() {
     let mut exchange = gateway.exchange(request("POST", "/mcp", &[]));
     exchange.request_headers().await.unwrap();
     exchange.request_body(br#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{}}"#).unwrap();
-    exchange.response_headers(200, &[("mcp-session-id".into(), "s-anonymous".into())]).unwrap();
+    exchange.response_headers(200, &[("mcp-session-id".into(), "s-anonymous".into())]).await.unwrap();
     for headers in [&[][..], &[USER][..]] {
         let headers = [headers, &[("mcp-session-id", "s-anonymous")]].concat();
         assert_eq!(standing(&gateway, "POST", &headers).await.unwrap_err().status, 404);
@@ -237,7 +237,7 @@ async fn a_request_cedargate_cannot_read_is_refused_not_passed() {
     let mut exchange = gateway.exchange(request("POST", "/mcp", &[USER, ("mcp-method", "tools/list")]));
     exchange.request_headers().await.unwrap();
     let json = ("content-type".to_owned(), "application/json".to_owned());
-    assert_eq!(exchange.response_headers(200, &[json]), Ok(Body::UpTo(1 << 20)));
+    assert_eq!(exchange.response_headers(200, &[json]).await, Ok(Body::UpTo(1 << 20)));
 }
 
 #[tokio::test]
