@@ -633,3 +633,350 @@ async fn a_replica_killed_mid_rotation_loses_no_session() {
         assert_eq!(live, (true, true), "{family}");
     }
 }
+
+// =============================================================================================
+// What carries a revocation to another replica, each shown alone: the event (copies that would
+// outlive the test, so nothing else can end them), the copies' TTL (a replica deaf to the
+// events channel), a rejoin of the channel (which forgets every copy); and replicas that reach
+// Redis as ACL users, with and without the events channel.
+// =============================================================================================
+
+/// The ACL user of the tests below, and its (test) password.
+const ACL_USER: &str = "cedargate";
+const ACL_PASSWORD: &str = "acl-test-password";
+
+/// Every command a replica sends, and no other: the scripts (by digest, loaded when Redis does
+/// not know them), the session read, the clear of a username's failures, the events channel
+/// and its keep-alive; then every command the scripts call, which Redis checks against the
+/// caller's ACL too.
+const REPLICA_COMMANDS: [&str; 19] = [
+    "-@all",
+    "+evalsha",
+    "+script|load",
+    "+hmget",
+    "+del",
+    "+publish",
+    "+subscribe",
+    "+ping",
+    "+hset",
+    "+hget",
+    "+expireat",
+    "+time",
+    "+set",
+    "+exists",
+    "+get",
+    "+incr",
+    "+decr",
+    "+pttl",
+    "+pexpire",
+];
+
+/// (Re)makes the ACL user: its password, the keys under the prefix, `channels`, and
+/// [`REPLICA_COMMANDS`].
+async fn acl_user(redis: &RedisServer, channels: &[&str]) {
+    let (password, keys) = (format!(">{ACL_PASSWORD}"), format!("~{PREFIX}*"));
+    let mut rules = vec!["reset", "on", password.as_str(), keys.as_str()];
+    rules.extend(channels);
+    rules.extend(REPLICA_COMMANDS);
+    redis.acl_setuser(ACL_USER, &rules).await;
+}
+
+/// `config`, reaching Redis as the ACL user.
+fn as_acl_user(mut config: Config, redis: &RedisServer) -> Config {
+    config.state.redis.as_mut().unwrap().url =
+        cedargate::config::EnvString(redis.url_as(ACL_USER, ACL_PASSWORD));
+    config
+}
+
+/// `config` with local copies that live an hour, where `Config::parse` allows at most a second
+/// (the app takes the value as it is): while a test runs, only an event or a rejoin of the
+/// events channel can end a copy.
+fn with_hour_long_copies(mut config: Config) -> Config {
+    config.state.redis.as_mut().unwrap().local_cache.ttl =
+        cedargate::config::ZeroOrDuration(Duration::from_secs(3600));
+    config
+}
+
+/// The connections in pub/sub mode (the replicas' events connections), as (id, ACL user),
+/// once there are `count`: the same ids later mean no replica left the channel and rejoined
+/// meanwhile (which would have emptied its copies).
+async fn subscriptions(redis: &RedisServer, count: usize) -> Vec<(String, String)> {
+    let mut raw = redis.client().await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let list: String =
+            redis::cmd("CLIENT").arg("LIST").arg("TYPE").arg("pubsub").query_async(&mut raw).await.unwrap();
+        let field = |line: &str, name: &str| {
+            line.split(' ').find_map(|pair| pair.strip_prefix(name)).unwrap_or_default().to_owned()
+        };
+        let mut subscribed: Vec<(String, String)> =
+            list.lines().map(|line| (field(line, "id="), field(line, "user="))).collect();
+        subscribed.sort();
+        if subscribed.len() == count {
+            return subscribed;
+        }
+        assert!(Instant::now() < deadline, "{} of {count} replicas subscribed after 10 s", subscribed.len());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Deletes a session's access key behind cedargate's back (no script, so no event): a replica
+/// that still allows the token answers from its own copy, which nothing has emptied since.
+async fn delete_behind_the_back(redis: &RedisServer, access: &str) {
+    let key = format!("{PREFIX}access:{}", SecretDigest::of(access.as_bytes()).to_hex());
+    let deleted: i64 = redis.client().await.del(key).await.unwrap();
+    assert_eq!(deleted, 1);
+}
+
+/// Polls `server` until `token` is refused as unknown; still allowed after `bound`, it fails.
+async fn refused_within(server: &TestServer, token: &str, bound: Duration) {
+    let since = Instant::now();
+    loop {
+        let answer = profile(server, token).await;
+        if answer.outcome() == Outcome::Unauthenticated {
+            assert_eq!(answer.reason, "session is unknown, expired or revoked");
+            return;
+        }
+        assert_eq!(answer.outcome(), Outcome::Allowed, "{answer:?}");
+        assert!(since.elapsed() < bound, "{} still allows a revoked session after {bound:?}", server.grpc);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Every key under the prefix, with its contents and expiry.
+async fn everything_under_the_prefix(redis: &RedisServer) -> std::collections::BTreeMap<String, String> {
+    let mut raw = redis.client().await;
+    let keys: Vec<String> = raw.keys(format!("{PREFIX}*")).await.unwrap();
+    let mut everything = std::collections::BTreeMap::new();
+    for key in keys {
+        let kind: String = redis::cmd("TYPE").arg(&key).query_async(&mut raw).await.unwrap();
+        let contents = match kind.as_str() {
+            "hash" => format!(
+                "{:?}",
+                raw.hgetall::<_, std::collections::BTreeMap<String, String>>(&key).await.unwrap()
+            ),
+            "string" => raw.get::<_, String>(&key).await.unwrap(),
+            other => format!("a {other}"),
+        };
+        let expires: i64 = redis::cmd("EXPIRETIME").arg(&key).query_async(&mut raw).await.unwrap();
+        everything.insert(key, format!("{contents}, expiring at {expires}"));
+    }
+    everything
+}
+
+#[tokio::test]
+async fn a_logout_or_rotation_on_one_replica_ends_another_replicas_hour_long_copy_by_its_event_alone() {
+    let redis = RedisServer::start().await;
+    let servers = [
+        TestServer::start(with_hour_long_copies(config(&redis, ""))).await,
+        TestServer::start(with_hour_long_copies(config(&redis, ""))).await,
+    ];
+    let listening = subscriptions(&redis, 2).await;
+    let (logged_out, rotated, control) =
+        (login(&servers[0]).await, login(&servers[0]).await, login(&servers[0]).await);
+    // The second replica reads all three: it holds a copy of each for the next hour.
+    for tokens in [&logged_out, &rotated, &control] {
+        assert_eq!(profile(&servers[1], &token(tokens, "token")).await.outcome(), Outcome::Allowed);
+    }
+    delete_behind_the_back(&redis, &token(&control, "token")).await;
+
+    assert_eq!(logout(&servers[0], &token(&logged_out, "token")).await["revoked"], true);
+    assert_eq!(refresh(&servers[0], &token(&rotated, "refresh_token")).await.status(), 200);
+    // Ten seconds is slack for a loaded machine, and still nothing next to the copies' hour.
+    for revoked in [&logged_out, &rotated] {
+        refused_within(&servers[1], &token(revoked, "token"), Duration::from_secs(10)).await;
+    }
+    // The control's copy, which alone still answers for it, is there: nothing emptied the
+    // copies wholesale (no rejoin either), so each revoked copy went by its own event.
+    assert_eq!(profile(&servers[1], &token(&control, "token")).await.outcome(), Outcome::Allowed);
+    assert_eq!(subscriptions(&redis, 2).await, listening);
+}
+
+#[tokio::test]
+async fn a_replica_deaf_to_the_events_channel_serves_a_revoked_sessions_copy_until_its_ttl_ends_it() {
+    use cedargate::model::{AuthInfo, CredentialKind, Secret};
+    use cedargate::session::{SessionRecord, SessionStore};
+    use cedargate::state::{Redis, RedisSessionStore, RedisSettings};
+    use futures_util::StreamExt;
+
+    let redis = RedisServer::start().await;
+    // Longer than the 1 s the config allows only so that "served from the copy after the
+    // revocation" below has room on a loaded machine; what ends the copy is the same.
+    let ttl = Duration::from_secs(3);
+    let store = || {
+        let settings = RedisSettings {
+            url: Secret::new(redis.url()),
+            key_prefix: PREFIX.to_owned(),
+            local_cache_ttl: ttl,
+            ..RedisSettings::default()
+        };
+        RedisSessionStore::new(Redis::new(settings).unwrap())
+    };
+    // Two replicas' stores; nothing listens on the events channel for `deaf`, as for a replica
+    // whose subscription is down, and nothing else ever makes it forget.
+    let (revoking, deaf) = (store(), store());
+    let mut overheard = redis::Client::open(redis.url()).unwrap().get_async_pubsub().await.unwrap();
+    overheard.subscribe(format!("{PREFIX}events")).await.unwrap();
+    let now = cedargate::model::unix_now();
+    let mut auth = AuthInfo::new(CredentialKind::Session, "alice", vec!["user".to_owned()]);
+    auth.expires_at = Some(now + 600);
+    let access = SecretDigest::of(b"session-deaf");
+    revoking
+        .create(SessionRecord {
+            family: 1,
+            username: "alice".to_owned(),
+            auth: Arc::new(auth),
+            access,
+            refresh: SecretDigest::of(b"refresh-deaf"),
+            refresh_expires_at: now + 3600,
+        })
+        .await
+        .unwrap();
+
+    let read_at = Instant::now();
+    assert!(deaf.lookup_access(&access).await.unwrap().is_some());
+    assert!(revoking.revoke(&access).await.unwrap());
+    // The revocation was said on the channel: `deaf` missed it by not listening.
+    let said =
+        tokio::time::timeout(Duration::from_secs(5), overheard.on_message().next()).await.unwrap().unwrap();
+    assert_eq!(said.get_payload::<String>().unwrap(), format!("revoked {}", access.to_hex()));
+    // Redis has it no more (the revoking store reads it there), so what `deaf` answers is
+    // its copy.
+    assert!(revoking.lookup_access(&access).await.unwrap().is_none());
+    assert!(deaf.lookup_access(&access).await.unwrap().is_some(), "the copy ended before its TTL");
+    loop {
+        if deaf.lookup_access(&access).await.unwrap().is_none() {
+            break;
+        }
+        assert!(read_at.elapsed() < ttl + Duration::from_secs(10), "the copy outlived its TTL");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Not before the TTL: the copy was made after `read_at`, so only its age ended it.
+    assert!(read_at.elapsed() >= ttl, "the copy ended after {:?}, before its TTL", read_at.elapsed());
+}
+
+#[tokio::test]
+async fn a_replica_cut_off_the_events_channel_forgets_every_copy_once_it_rejoins() {
+    let redis = RedisServer::start().await;
+    let server = TestServer::start(with_hour_long_copies(config(&redis, ""))).await;
+    let listening = subscriptions(&redis, 1).await;
+    let access = token(&login(&server).await, "token");
+    assert_eq!(profile(&server, &access).await.outcome(), Outcome::Allowed);
+    // Gone from Redis unheard, as a revocation said while the replica is away would be.
+    delete_behind_the_back(&redis, &access).await;
+    assert_eq!(profile(&server, &access).await.outcome(), Outcome::Allowed, "answered from its copy");
+
+    let mut raw = redis.client().await;
+    let killed: i64 =
+        redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("pubsub").query_async(&mut raw).await.unwrap();
+    assert_eq!(killed, 1);
+    let rejoined = subscriptions(&redis, 1).await;
+    assert_ne!(rejoined, listening, "a new subscription");
+    // Its copy, an hour long, is gone: missed events may have revoked it.
+    refused_within(&server, &access, Duration::from_secs(10)).await;
+}
+
+#[tokio::test]
+async fn a_replicas_events_connection_lives_through_its_keep_alive_ping() {
+    let redis = RedisServer::start().await;
+    let server = TestServer::start(with_hour_long_copies(config(&redis, ""))).await;
+    let listening = subscriptions(&redis, 1).await;
+    let subscribed_at = Instant::now();
+    let access = token(&login(&server).await, "token");
+    assert_eq!(profile(&server, &access).await.outcome(), Outcome::Allowed);
+    delete_behind_the_back(&redis, &access).await;
+    // The first ping goes at 5 s. A connection dropped then would rejoin and empty every
+    // copy (and the token caches) each time, however healthy Redis is.
+    tokio::time::sleep_until((subscribed_at + Duration::from_millis(6500)).into()).await;
+    assert_eq!(subscriptions(&redis, 1).await, listening, "the events connection was dropped");
+    assert_eq!(profile(&server, &access).await.outcome(), Outcome::Allowed, "the copy was emptied");
+}
+
+#[tokio::test]
+async fn replicas_work_end_to_end_as_an_acl_user_allowed_only_their_keys_channel_and_commands() {
+    let redis = RedisServer::start().await;
+    acl_user(&redis, &[format!("&{PREFIX}events").as_str()]).await;
+    let servers = [
+        TestServer::start(with_hour_long_copies(as_acl_user(config(&redis, ""), &redis))).await,
+        TestServer::start(with_hour_long_copies(as_acl_user(config(&redis, ""), &redis))).await,
+    ];
+    let listening = subscriptions(&redis, 2).await;
+    let subscribed_at = Instant::now();
+    assert!(listening.iter().all(|(_, user)| user == ACL_USER), "{listening:?}");
+    let (first, control) = (login(&servers[0]).await, login(&servers[0]).await);
+    for server in &servers {
+        for tokens in [&first, &control] {
+            assert_eq!(profile(server, &token(tokens, "token")).await.outcome(), Outcome::Allowed);
+        }
+    }
+    delete_behind_the_back(&redis, &token(&control, "token")).await;
+
+    // A rotation on the second replica; the first hears that the old access token is gone.
+    let rotated = refresh(&servers[1], &token(&first, "refresh_token")).await;
+    assert_eq!(rotated.status(), 200);
+    let rotated: Value = rotated.json().await.unwrap();
+    refused_within(&servers[0], &token(&first, "token"), Duration::from_secs(10)).await;
+    for server in &servers {
+        assert_eq!(profile(server, &token(&rotated, "token")).await.outcome(), Outcome::Allowed);
+    }
+    // A logout on the first; the second hears it.
+    assert_eq!(logout(&servers[0], &token(&rotated, "token")).await["revoked"], true);
+    refused_within(&servers[1], &token(&rotated, "token"), Duration::from_secs(10)).await;
+    assert_eq!(refresh(&servers[1], &token(&rotated, "refresh_token")).await.status(), 401);
+    // The limiter's scripts: a failure counted, then cleared by a success.
+    assert_eq!(http_login(&servers[1], "alice", "wrong-password").await.status(), 401);
+    login(&servers[1]).await;
+
+    // Heard, not emptied: the control's copies still answer on both.
+    for server in &servers {
+        assert_eq!(profile(server, &token(&control, "token")).await.outcome(), Outcome::Allowed);
+    }
+    // Past the events connections' first keep-alive ping (at 5 s), none was dropped and
+    // rejoined, and Redis refused the user nothing (a refused `finish` or `clear` of the
+    // limiter is only logged by cedargate, so the ACL log is where it shows).
+    tokio::time::sleep_until((subscribed_at + Duration::from_millis(6500)).into()).await;
+    assert_eq!(subscriptions(&redis, 2).await, listening, "an events connection was dropped");
+    let refused: Vec<redis::Value> =
+        redis::cmd("ACL").arg("LOG").query_async(&mut redis.client().await).await.unwrap();
+    assert!(refused.is_empty(), "Redis refused the replicas' user: {refused:?}");
+}
+
+#[tokio::test]
+async fn without_the_events_channel_in_its_acl_a_replica_fails_logout_and_refresh_closed_changing_nothing() {
+    let redis = RedisServer::start().await;
+    acl_user(&redis, &[]).await;
+    // No local copies: "the token still works" below is read from Redis.
+    let server =
+        TestServer::start(as_acl_user(config(&redis, "    local_cache: { ttl: 0s }\n"), &redis)).await;
+
+    // A login publishes nothing: it is made whole, and leaves no attempt counted in flight.
+    let tokens = login(&server).await;
+    let before = everything_under_the_prefix(&redis).await;
+    let digest = |name: &str| SecretDigest::of(token(&tokens, name).as_bytes()).to_hex();
+    assert!(before.contains_key(&format!("{PREFIX}access:{}", digest("token"))), "{before:?}");
+    assert!(before.contains_key(&format!("{PREFIX}refresh:{}", digest("refresh_token"))), "{before:?}");
+    assert_eq!(before.keys().filter(|key| key.starts_with(&format!("{PREFIX}family:"))).count(), 1);
+    assert_eq!(before.len(), 3, "nothing but the session: {before:?}");
+    assert_eq!(profile(&server, &token(&tokens, "token")).await.outcome(), Outcome::Allowed);
+
+    // A logout and a rotation publish before they change anything, so the refused PUBLISH
+    // aborts each script first: an outage, and every key as it was.
+    let logged_out = reqwest::Client::new()
+        .post(server.http_url("/auth/logout"))
+        .header("authorization", format!("Bearer {}", token(&tokens, "token")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(logged_out.status(), 503);
+    assert_eq!(logged_out.json::<Value>().await.unwrap()["error"], "temporarily_unavailable");
+    let refreshed = refresh(&server, &token(&tokens, "refresh_token")).await;
+    assert_eq!(refreshed.status(), 503);
+    assert_eq!(refreshed.json::<Value>().await.unwrap()["error"], "temporarily_unavailable");
+    assert_eq!(everything_under_the_prefix(&redis).await, before);
+    assert_eq!(profile(&server, &token(&tokens, "token")).await.outcome(), Outcome::Allowed);
+
+    // Granted the channel, the same session logs out: the channel alone was missing.
+    acl_user(&redis, &[format!("&{PREFIX}events").as_str()]).await;
+    assert_eq!(logout(&server, &token(&tokens, "token")).await["revoked"], true);
+    assert_eq!(profile(&server, &token(&tokens, "token")).await.outcome(), Outcome::Unauthenticated);
+}

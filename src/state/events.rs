@@ -159,7 +159,9 @@ impl Events {
                     }
                 }
                 _ = ping.tick() => {
-                    let answered = tokio::time::timeout(settings.command_timeout.max(Duration::from_secs(1)), sink.ping::<String>()).await;
+                    // Subscribed, Redis answers `["pong", ""]`, not `PONG`: any answer shows
+                    // the connection lives.
+                    let answered = tokio::time::timeout(settings.command_timeout.max(Duration::from_secs(1)), sink.ping::<redis::Value>()).await;
                     if !matches!(answered, Ok(Ok(_))) {
                         return Err("no answer to a ping".to_owned());
                     }

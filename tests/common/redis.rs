@@ -47,6 +47,23 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}/", self.port)
     }
 
+    /// `redis://<user>:<password>@127.0.0.1:<port>/`: as an ACL user. It holds a password:
+    /// keep it out of assert messages.
+    pub fn url_as(&self, user: &str, password: &str) -> String {
+        format!("redis://{user}:{password}@127.0.0.1:{}/", self.port)
+    }
+
+    /// `ACL SETUSER <user> <rules>...`, run as the default user (who may do anything).
+    pub async fn acl_setuser(&self, user: &str, rules: &[&str]) {
+        let () = redis::cmd("ACL")
+            .arg("SETUSER")
+            .arg(user)
+            .arg(rules)
+            .query_async(&mut self.client().await)
+            .await
+            .unwrap_or_else(|error| panic!("ACL SETUSER {user}: {error}"));
+    }
+
     /// A client connection for the test's own commands.
     pub async fn client(&self) -> redis::aio::MultiplexedConnection {
         redis::Client::open(self.url()).unwrap().get_multiplexed_async_connection().await.unwrap()
