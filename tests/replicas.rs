@@ -649,7 +649,7 @@ const ACL_PASSWORD: &str = "acl-test-password";
 /// not know them), the session read, the clear of a username's failures, the events channel
 /// and its keep-alive; then every command the scripts call, which Redis checks against the
 /// caller's ACL too.
-const REPLICA_COMMANDS: [&str; 19] = [
+const REPLICA_COMMANDS: [&str; 21] = [
     "-@all",
     "+evalsha",
     "+script|load",
@@ -665,10 +665,12 @@ const REPLICA_COMMANDS: [&str; 19] = [
     "+set",
     "+exists",
     "+get",
-    "+incr",
-    "+decr",
-    "+pttl",
     "+pexpire",
+    "+zadd",
+    "+zrem",
+    "+zrange",
+    "+zcard",
+    "+zremrangebyscore",
 ];
 
 /// (Re)makes the ACL user: its password, the keys under the prefix, `channels`, and
@@ -756,6 +758,9 @@ async fn everything_under_the_prefix(redis: &RedisServer) -> std::collections::B
                 raw.hgetall::<_, std::collections::BTreeMap<String, String>>(&key).await.unwrap()
             ),
             "string" => raw.get::<_, String>(&key).await.unwrap(),
+            "zset" => {
+                format!("{:?}", raw.zrange_withscores::<_, Vec<(String, String)>>(&key, 0, -1).await.unwrap())
+            }
             other => format!("a {other}"),
         };
         let expires: i64 = redis::cmd("EXPIRETIME").arg(&key).query_async(&mut raw).await.unwrap();
@@ -822,14 +827,17 @@ async fn a_replica_deaf_to_the_events_channel_serves_a_revoked_sessions_copy_unt
     auth.expires_at = Some(now + 600);
     let access = SecretDigest::of(b"session-deaf");
     revoking
-        .create(SessionRecord {
-            family: 1,
-            username: "alice".to_owned(),
-            auth: Arc::new(auth),
-            access,
-            refresh: SecretDigest::of(b"refresh-deaf"),
-            refresh_expires_at: now + 3600,
-        })
+        .create(
+            SessionRecord {
+                family: 1,
+                username: "alice".to_owned(),
+                auth: Arc::new(auth),
+                access,
+                refresh: SecretDigest::of(b"refresh-deaf"),
+                refresh_expires_at: now + 3600,
+            },
+            10,
+        )
         .await
         .unwrap();
 
@@ -956,7 +964,9 @@ async fn without_the_events_channel_in_its_acl_a_replica_fails_logout_and_refres
     assert!(before.contains_key(&format!("{PREFIX}access:{}", digest("token"))), "{before:?}");
     assert!(before.contains_key(&format!("{PREFIX}refresh:{}", digest("refresh_token"))), "{before:?}");
     assert_eq!(before.keys().filter(|key| key.starts_with(&format!("{PREFIX}family:"))).count(), 1);
-    assert_eq!(before.len(), 3, "nothing but the session: {before:?}");
+    let user = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(b"alice"));
+    assert!(before.contains_key(&format!("{PREFIX}user:{user}")), "the user's logins: {before:?}");
+    assert_eq!(before.len(), 4, "nothing but the session and its user's logins: {before:?}");
     assert_eq!(profile(&server, &token(&tokens, "token")).await.outcome(), Outcome::Allowed);
 
     // A logout and a rotation publish before they change anything, so the refused PUBLISH
