@@ -534,6 +534,13 @@ impl Config {
             }
         }
         self.tenant_problems(&mut report);
+        if self.sessions.refresh_reuse_grace.0 > Duration::from_secs(60) {
+            report(
+                "refresh_reuse_grace",
+                "sessions.refresh_reuse_grace".into(),
+                "must be at most 60s: within it, a refresh token presented again gets live tokens".into(),
+            );
+        }
         if self.sessions.max_per_user == 0 {
             report("max_per_user", "sessions.max_per_user".into(), "must be at least 1".into());
         }

@@ -20,9 +20,12 @@ use tokio::sync::Semaphore;
 use crate::credential::{CredentialError, CredentialResolver, Resolution};
 use crate::model::{unix_now, AuthInfo, Credential, CredentialKind, Secret};
 
-pub use rate_limit::{Attempt, LimitRule, LoginKey, LoginRateLimiter, MemoryRateLimiter, Refused};
+pub use rate_limit::{
+    Attempt, LimitRule, LoginKey, LoginRateLimiter, MemoryRateLimiter, Refused, IN_FLIGHT_BOUND,
+};
 pub use store::{
     FamilyId, MemorySessionStore, NextTokens, RefreshOutcome, SessionRecord, SessionStore, StoreError,
+    MAX_ROTATIONS_REMEMBERED, REVOKED_FALLBACK_SECONDS,
 };
 
 /// Prefix of access tokens, so they are recognisable (and routable) at a glance.
@@ -42,7 +45,7 @@ pub enum SessionError {
     #[error("invalid username or password")]
     InvalidLogin,
     /// Too many failures for this username or address.
-    #[error("too many failed logins; retry in {} s", .retry_after.as_secs())]
+    #[error("too many failed logins; retry in {} s", whole_seconds(*.retry_after))]
     RateLimited {
         /// When to try again.
         retry_after: Duration,
@@ -151,6 +154,12 @@ impl SessionError {
             SessionError::RateLimited { retry_after } => Some(*retry_after),
             _ => None,
         }
+    }
+
+    /// [`SessionError::retry_after`] in whole seconds, rounded up (`Retry-After`): a client that
+    /// waits what it is told is never refused again for being early.
+    pub fn retry_after_seconds(&self) -> Option<u64> {
+        self.retry_after().map(whole_seconds)
     }
 }
 
@@ -291,10 +300,18 @@ impl SessionManager {
         next.replay = sealed::seal(refresh_token, &tokens).map_err(SessionError::Internal)?;
         match self.store.rotate(&refresh_token.digest(), &next, unix_now(), grace).await? {
             RefreshOutcome::Rotated(_) => Ok(tokens),
-            RefreshOutcome::Replayed(sealed) => sealed::open(refresh_token, &sealed).map_err(|error| {
-                tracing::error!(fingerprint = %refresh_token.digest().fingerprint(), "{error}");
-                SessionError::InvalidRefresh
-            }),
+            RefreshOutcome::Replayed(sealed) => {
+                // Whoever presents the token within the grace gets the live tokens: said, so a
+                // theft in that window shows.
+                tracing::info!(
+                    fingerprint = %refresh_token.digest().fingerprint(),
+                    "refresh token presented again within the grace: its rotation's tokens answered again"
+                );
+                sealed::open(refresh_token, &sealed).map_err(|error| {
+                    tracing::error!(fingerprint = %refresh_token.digest().fingerprint(), "{error}");
+                    SessionError::InvalidRefresh
+                })
+            }
             RefreshOutcome::Reused => {
                 tracing::warn!(
                     fingerprint = %refresh_token.digest().fingerprint(),
@@ -383,6 +400,10 @@ impl CredentialResolver for SessionManager {
             }
         }
     }
+}
+
+fn whole_seconds(duration: Duration) -> u64 {
+    duration.as_secs().saturating_add(u64::from(duration.subsec_nanos() > 0))
 }
 
 fn seconds(duration: Duration) -> i64 {

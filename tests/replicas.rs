@@ -229,9 +229,11 @@ async fn a_refresh_retried_on_another_replica_within_the_grace_gets_the_same_tok
     }
     // Redis holds the replay sealed: no token in it.
     let mut raw = redis.client().await;
-    let spent =
-        format!("{PREFIX}spent:{}", SecretDigest::of(token(&first, "refresh_token").as_bytes()).to_hex());
-    let sealed: String = raw.hget(&spent, "replay").await.unwrap();
+    let replay =
+        format!("{PREFIX}replay:{}", SecretDigest::of(token(&first, "refresh_token").as_bytes()).to_hex());
+    let sealed: String = raw.get(&replay).await.unwrap();
+    let lives: i64 = raw.pttl(&replay).await.unwrap();
+    assert!(lives > 0 && lives <= 2000, "the box lives for the grace only: {lives} ms");
     assert!(!sealed.contains(&token(&lost, "token")) && !sealed.contains("refresh-") && !sealed.is_empty());
     // Once the session has moved on, the old token is only refused; the newest tokens live.
     let newest: Value = refresh(&servers[2], &token(&lost, "refresh_token")).await.json().await.unwrap();
@@ -304,6 +306,57 @@ async fn a_login_attempt_that_never_finishes_stays_counted_for_its_window_only()
     assert!(short.reserve(&bob).await.is_err());
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(short.reserve(&bob).await.is_ok(), "the window passed them");
+}
+
+#[tokio::test]
+async fn a_full_redis_refuses_every_write_whole_and_keeps_serving_sessions() {
+    let redis = RedisServer::start().await;
+    let servers = replicas(&redis, 1, "    local_cache: { ttl: 0s }\n").await;
+    let server = &servers[0];
+    let tokens = login(server).await;
+    let mut raw = redis.client().await;
+    let _: () =
+        redis::cmd("CONFIG").arg("SET").arg("maxmemory").arg("1").query_async(&mut raw).await.unwrap();
+    let before: i64 = redis::cmd("DBSIZE").query_async(&mut raw).await.unwrap();
+    // Logins (with their attempt counters), refreshes and logouts are each refused before their
+    // first command: 503, and not one key more or less.
+    for attempt in 0..10 {
+        let password = if attempt % 2 == 0 { "password123" } else { "wrong" };
+        assert_eq!(http_login(server, "alice", password).await.status(), 503);
+    }
+    assert_eq!(refresh(server, &token(&tokens, "refresh_token")).await.status(), 503);
+    let logout = reqwest::Client::new()
+        .post(server.http_url("/auth/logout"))
+        .header("authorization", format!("Bearer {}", token(&tokens, "token")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(logout.status(), 503);
+    let after: i64 = redis::cmd("DBSIZE").query_async(&mut raw).await.unwrap();
+    assert_eq!(after, before, "nothing was written");
+    // Reading needs no memory: the session goes on working.
+    assert_eq!(profile(server, &token(&tokens, "token")).await.outcome(), Outcome::Allowed);
+    let _: () =
+        redis::cmd("CONFIG").arg("SET").arg("maxmemory").arg("0").query_async(&mut raw).await.unwrap();
+    assert_eq!(refresh(server, &token(&tokens, "refresh_token")).await.status(), 200);
+}
+
+#[tokio::test]
+async fn a_login_refreshed_in_a_loop_leaves_a_bounded_history_in_redis() {
+    let redis = RedisServer::start().await;
+    let servers = replicas(&redis, 2, "").await;
+    let mut tokens = login(&servers[0]).await;
+    for round in 0..40 {
+        let rotated = refresh(&servers[round % 2], &token(&tokens, "refresh_token")).await;
+        assert_eq!(rotated.status(), 200);
+        tokens = rotated.json().await.unwrap();
+    }
+    let mut raw = redis.client().await;
+    for (kind, most) in [("spent", 32), ("retired", 32), ("history", 1)] {
+        let keys: Vec<String> = raw.keys(format!("{PREFIX}{kind}:*")).await.unwrap();
+        assert_eq!(keys.len(), most, "{kind} keys after 40 rotations");
+    }
+    assert_eq!(profile(&servers[1], &token(&tokens, "token")).await.outcome(), Outcome::Allowed);
 }
 
 #[tokio::test]
@@ -649,7 +702,7 @@ const ACL_PASSWORD: &str = "acl-test-password";
 /// not know them), the session read, the clear of a username's failures, the events channel
 /// and its keep-alive; then every command the scripts call, which Redis checks against the
 /// caller's ACL too.
-const REPLICA_COMMANDS: [&str; 21] = [
+const REPLICA_COMMANDS: [&str; 23] = [
     "-@all",
     "+evalsha",
     "+script|load",
@@ -671,6 +724,8 @@ const REPLICA_COMMANDS: [&str; 21] = [
     "+zrange",
     "+zcard",
     "+zremrangebyscore",
+    "+zscore",
+    "+zpopmin",
 ];
 
 /// (Re)makes the ACL user: its password, the keys under the prefix, `channels`, and

@@ -233,7 +233,7 @@ fn session_status(error: &SessionError) -> Status {
         tracing::error!("session operation failed: {error}");
     }
     let mut status = Status::new(code_of(error.refusal()), error.public_message());
-    if let Some(value) = error.retry_after().and_then(|after| after.as_secs().to_string().parse().ok()) {
+    if let Some(value) = error.retry_after_seconds().and_then(|after| after.to_string().parse().ok()) {
         status.metadata_mut().insert("retry-after", value);
     }
     status

@@ -206,7 +206,7 @@ fn session_error_response(error: &SessionError) -> Response {
         StatusCode::from_u16(error.refusal().http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut response = error_response(status, error.code(), &error.public_message());
     if let Some(value) =
-        error.retry_after().and_then(|after| HeaderValue::from_str(&after.as_secs().to_string()).ok())
+        error.retry_after_seconds().and_then(|after| HeaderValue::from_str(&after.to_string()).ok())
     {
         response.headers_mut().insert(header::RETRY_AFTER, value);
     }

@@ -335,4 +335,12 @@ fn sessions_per_user_default_to_100_and_refuse_zero() {
         panic!()
     };
     assert_eq!(problems, ["test.yaml:2: sessions.max_per_user: must be at least 1"]);
+    let ConfigError::Invalid { problems } = parse("sessions:\n  refresh_reuse_grace: 61s\n").unwrap_err()
+    else {
+        panic!()
+    };
+    assert_eq!(
+        problems,
+        ["test.yaml:2: sessions.refresh_reuse_grace: must be at most 60s: within it, a refresh token presented again gets live tokens"]
+    );
 }

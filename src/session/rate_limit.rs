@@ -116,6 +116,11 @@ pub enum Refused {
 /// Longest an attempt waits for the ones in flight before it is refused.
 const MAX_WAIT: Duration = Duration::from_secs(10);
 
+/// How long an attempt counts as in flight (it may still give its slot back) before it is
+/// taken for one that never finished (its request cancelled, its replica killed): it stays
+/// counted as a failure for its window, but nothing waits for it any more.
+pub const IN_FLIGHT_BOUND: Duration = Duration::from_secs(30);
+
 /// One attempt counted in a window.
 #[derive(Debug, Clone, Copy)]
 struct Counted {
@@ -123,6 +128,13 @@ struct Counted {
     attempt: Attempt,
     /// Ended, as a failure; until then it may still be given back.
     failed: bool,
+}
+
+impl Counted {
+    /// May still be given back.
+    fn in_flight(&self) -> bool {
+        !self.failed && self.at.elapsed() < IN_FLIGHT_BOUND
+    }
 }
 
 /// The attempts of one key still in its window, oldest first.
@@ -176,13 +188,17 @@ impl MemoryRateLimiter {
         if self.logs.len() < self.max_keys {
             return;
         }
+        // Keys with attempts in flight last: their waiters would be refused for nothing.
         let idlest = self
             .logs
             .iter()
-            .min_by_key(|entry| entry.counted.back().map(|counted| counted.at))
+            .min_by_key(|entry| {
+                let busy = entry.counted.iter().any(Counted::in_flight);
+                (busy, entry.counted.back().map(|counted| counted.at))
+            })
             .map(|entry| entry.key().clone());
-        if let Some(idlest) = idlest {
-            self.logs.remove(&idlest);
+        if let Some((_, log)) = idlest.and_then(|idlest| self.logs.remove(&idlest)) {
+            log.finished.notify_waiters();
         }
     }
 
@@ -190,7 +206,11 @@ impl MemoryRateLimiter {
     pub fn purge_expired(&self) {
         self.logs.retain(|key, log| {
             log.prune(self.rule(key).window);
-            !log.counted.is_empty()
+            let keep = !log.counted.is_empty();
+            if !keep {
+                log.finished.notify_waiters();
+            }
+            keep
         });
     }
 }
@@ -201,6 +221,7 @@ impl LoginRateLimiter for MemoryRateLimiter {
         let rule = self.rule(key);
         let budget = usize::try_from(rule.max_failures).unwrap_or(usize::MAX);
         let deadline = Instant::now() + MAX_WAIT;
+        let mut waited_enough = false;
         loop {
             if self.logs.len() >= self.max_keys && !self.logs.contains_key(key) {
                 self.make_room();
@@ -214,9 +235,12 @@ impl LoginRateLimiter for MemoryRateLimiter {
                     log.counted.push_back(Counted { at: Instant::now(), attempt, failed: false });
                     return Ok(attempt);
                 }
-                if log.counted.iter().all(|counted| counted.failed) {
+                let in_flight = log.counted.iter().any(Counted::in_flight);
+                if waited_enough || !in_flight {
                     let oldest = log.counted.front().map_or(Duration::ZERO, |counted| counted.at.elapsed());
-                    let retry = rule.window.saturating_sub(oldest).max(Duration::from_secs(1));
+                    // Soon, when an attempt in flight may still give its slot back.
+                    let retry = if in_flight { Duration::ZERO } else { rule.window.saturating_sub(oldest) };
+                    let retry = retry.max(Duration::from_secs(1));
                     drop(log);
                     self.forget_if_empty(key);
                     return Err(Refused::Limited(retry));
@@ -230,9 +254,8 @@ impl LoginRateLimiter for MemoryRateLimiter {
             tokio::pin!(notified);
             notified.as_mut().enable();
             let still_full = self.logs.get(key).is_some_and(|log| log.counted.len() >= budget);
-            if still_full && tokio::time::timeout_at(deadline.into(), notified).await.is_err() {
-                return Err(Refused::Limited(Duration::from_secs(1)));
-            }
+            // Past the deadline, one last look decides.
+            waited_enough = still_full && tokio::time::timeout_at(deadline.into(), notified).await.is_err();
         }
     }
 
@@ -251,9 +274,12 @@ impl LoginRateLimiter for MemoryRateLimiter {
     }
 
     async fn clear(&self, key: &LoginKey) {
-        if let Some((_, log)) = self.logs.remove(key) {
+        // The failures go; attempts still in flight (guesses racing the right password) stay.
+        if let Some(mut log) = self.logs.get_mut(key) {
+            log.counted.retain(Counted::in_flight);
             log.finished.notify_waiters();
         }
+        self.forget_if_empty(key);
     }
 }
 
@@ -407,5 +433,18 @@ mod tests {
         );
         assert!(none.reserve(&LoginKey::Username("x".into())).await.is_err());
         assert_eq!((limiter.logs.len(), none.logs.len()), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn a_success_forgets_failures_but_not_guesses_still_in_flight() {
+        let limiter = limiter(Duration::from_secs(60));
+        let alice = LoginKey::Username("alice".into());
+        fail(&limiter, &alice).await;
+        // A guess racing the right password: still being checked when the success clears.
+        let racing = limiter.reserve(&alice).await.unwrap();
+        limiter.clear(&alice).await;
+        limiter.finish(&alice, racing, true).await;
+        fail(&limiter, &alice).await;
+        assert!(limiter.reserve(&alice).await.is_err(), "the racing guess still counts");
     }
 }

@@ -4,9 +4,11 @@
 //! A client whose refresh reply was lost (a timeout, a dropped connection, a replica that
 //! answered 503 after Redis had already rotated) retries with the token it still holds; without
 //! this it would be refused and, past the grace, its whole session revoked as a theft. The store
-//! keeps only the sealed box: the key is derived from the retired refresh token itself (HKDF
-//! SHA-256), which the store never sees, so a reader of the store learns nothing it could use,
-//! and every replica that is handed the refresh token can open the box without a shared key.
+//! keeps only the sealed box, and only for the grace: the key is derived from the retired
+//! refresh token itself (HKDF SHA-256), which the store never sees, and every replica that is
+//! handed the refresh token can open the box without a shared key. A reader of the store (or
+//! of a copy of it) who also holds an old refresh token finds no box for it once the grace has
+//! passed, so boxes never chain from an old token to the current ones.
 
 use base64::Engine as _;
 use ring::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305, NONCE_LEN};

@@ -14,6 +14,14 @@ use crate::model::{AuthInfo, SecretDigest};
 /// Identifies one login and every token rotated from it.
 pub type FamilyId = u128;
 
+/// How many rotations of one login are remembered (their spent refresh and retired access
+/// tokens, for reuse detection and logout): a login refreshed in a loop cannot grow the store
+/// without bound. A token rotated out longer ago than that is merely unknown.
+pub const MAX_ROTATIONS_REMEMBERED: usize = 32;
+
+/// How long a revocation is remembered when the session's own expiry is unknown: 30 days.
+pub const REVOKED_FALLBACK_SECONDS: i64 = 30 * 24 * 3600;
+
 /// One live session: its identity and the digests of its current tokens.
 #[derive(Debug, Clone)]
 pub struct SessionRecord {
@@ -150,6 +158,8 @@ pub struct MemorySessionStore {
     revoked: DashMap<FamilyId, i64>,
     /// Each user's logins, oldest first (some may have ended since).
     users: DashMap<String, VecDeque<FamilyId>>,
+    /// Each login's rotations remembered, oldest first: (spent refresh, retired access).
+    history: DashMap<FamilyId, VecDeque<(SecretDigest, SecretDigest)>>,
 }
 
 /// A refresh token already used.
@@ -160,9 +170,11 @@ struct Spent {
     until: i64,
     /// When it was rotated.
     at: Instant,
-    /// The refresh token its rotation issued, and those tokens sealed.
+    /// The refresh token its rotation issued, and those tokens sealed; the box is dropped once
+    /// the grace has passed, so none but the newest rotations' boxes are ever kept.
     next: SecretDigest,
     replay: String,
+    replay_until: Instant,
 }
 
 impl MemorySessionStore {
@@ -182,6 +194,25 @@ impl MemorySessionStore {
             }
             None => false,
         }
+    }
+
+    /// Remembers one rotation of `family`, forgetting its oldest beyond
+    /// [`MAX_ROTATIONS_REMEMBERED`].
+    fn remember_rotation(&self, family: FamilyId, spent: SecretDigest, retired: SecretDigest) {
+        let mut rotations = self.history.entry(family).or_default();
+        rotations.push_back((spent, retired));
+        while rotations.len() > MAX_ROTATIONS_REMEMBERED {
+            if let Some((spent, retired)) = rotations.pop_front() {
+                self.spent.remove(&spent);
+                self.retired.remove(&retired);
+            }
+        }
+    }
+
+    /// How many rotations are remembered, for tests.
+    #[cfg(test)]
+    pub(crate) fn rotations_remembered(&self) -> usize {
+        self.spent.len().max(self.retired.len())
     }
 
     /// The sealed replays of the refresh tokens spent, for tests.
@@ -237,29 +268,35 @@ impl SessionStore for MemorySessionStore {
         reuse_grace: Duration,
     ) -> Result<RefreshOutcome, StoreError> {
         // The spent entry is written while the live one is still held, so a concurrent caller
-        // finds one or the other, never neither.
+        // finds one or the other, never neither; the family names its next tokens before the
+        // old ones go, so a replay racing the rotation finds them.
         if let dashmap::Entry::Occupied(live) = self.refresh.entry(*refresh) {
             let record = live.get().clone();
-            let expired = record.refresh_expires_at <= now;
-            if !expired {
-                let spent = Spent {
-                    family: record.family,
-                    until: record.refresh_expires_at,
-                    at: Instant::now(),
-                    next: next.refresh,
-                    replay: next.replay.clone(),
-                };
-                self.spent.insert(*refresh, spent);
-                self.retired.insert(record.access, (record.family, record.refresh_expires_at));
-            }
-            live.remove();
-            self.access.remove(&record.access);
-            self.families.remove(&record.family);
-            if expired {
+            if record.refresh_expires_at <= now {
+                live.remove();
+                self.access.remove(&record.access);
+                self.families.remove(&record.family);
                 return Ok(RefreshOutcome::Invalid);
             }
             let rotated = record.rotated(next);
-            self.insert(rotated.clone());
+            let at = Instant::now();
+            let spent = Spent {
+                family: record.family,
+                until: record.refresh_expires_at,
+                at,
+                next: next.refresh,
+                replay: next.replay.clone(),
+                replay_until: at + reuse_grace,
+            };
+            self.spent.insert(*refresh, spent);
+            self.retired.insert(record.access, (record.family, record.refresh_expires_at));
+            self.remember_rotation(record.family, *refresh, record.access);
+            self.families.insert(record.family, (next.access, next.refresh));
+            self.access.insert(next.access, (record.family, Arc::clone(&rotated.auth)));
+            self.access.remove(&record.access);
+            // Released before the next token goes in: it may hash to the same shard.
+            live.remove();
+            self.refresh.insert(next.refresh, rotated.clone());
             // A logout that found the family while this rotation held its refresh token
             // revoked it: the new tokens go too.
             if self.revoked.contains_key(&rotated.family) {
@@ -276,7 +313,7 @@ impl SessionStore for MemorySessionStore {
             return Ok(RefreshOutcome::Reused);
         }
         let current = self.families.get(&spent.family).map(|tokens| tokens.1);
-        if current == Some(spent.next) {
+        if current == Some(spent.next) && !spent.replay.is_empty() {
             Ok(RefreshOutcome::Replayed(spent.replay))
         } else {
             Ok(RefreshOutcome::JustRotated)
@@ -284,19 +321,21 @@ impl SessionStore for MemorySessionStore {
     }
 
     async fn revoke(&self, token: &SecretDigest) -> Result<bool, StoreError> {
-        let family = self
+        let found = self
             .access
             .get(token)
-            .map(|entry| entry.0)
-            .or_else(|| self.refresh.get(token).map(|entry| entry.family))
-            .or_else(|| self.spent.get(token).map(|entry| entry.family))
-            .or_else(|| self.retired.get(token).map(|entry| entry.0));
-        let Some(family) = family else { return Ok(false) };
+            .map(|entry| (entry.0, None))
+            .or_else(|| self.refresh.get(token).map(|entry| (entry.family, Some(entry.refresh_expires_at))))
+            .or_else(|| self.spent.get(token).map(|entry| (entry.family, Some(entry.until))))
+            .or_else(|| self.retired.get(token).map(|entry| (entry.0, Some(entry.1))));
+        let Some((family, found_until)) = found else { return Ok(false) };
+        // Remembered as long as the session could have lived, and no longer.
         let until = self
             .families
             .get(&family)
             .and_then(|tokens| self.refresh.get(&tokens.1).map(|record| record.refresh_expires_at))
-            .unwrap_or(i64::MAX);
+            .or(found_until)
+            .unwrap_or_else(|| crate::model::unix_now().saturating_add(REVOKED_FALLBACK_SECONDS));
         Ok(self.revoke_family(family, until))
     }
 
@@ -312,10 +351,22 @@ impl SessionStore for MemorySessionStore {
             self.access.remove(&record.access);
             self.families.remove(&record.family);
         }
-        self.access.retain(|_, (_, auth)| !auth.is_expired(now));
-        self.spent.retain(|_, spent| spent.until > now);
+        // An expired access token of a live session stays, so a logout with it still ends the
+        // session (the chain refuses it by its expiry).
+        self.access.retain(|_, (family, _)| self.families.contains_key(family));
+        let instant = Instant::now();
+        self.spent.retain(|_, spent| {
+            if spent.replay_until <= instant {
+                spent.replay = String::new();
+            }
+            spent.until > now
+        });
         self.retired.retain(|_, (_, until)| *until > now);
         self.revoked.retain(|_, until| *until > now);
+        self.history.retain(|_, rotations| {
+            rotations.retain(|(spent, _)| self.spent.contains_key(spent));
+            !rotations.is_empty()
+        });
         self.users.retain(|_, logins| {
             logins.retain(|family| self.families.contains_key(family));
             !logins.is_empty()

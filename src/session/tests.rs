@@ -399,3 +399,59 @@ async fn concurrent_refreshes_with_one_token_leave_the_winner_signed_in() {
     assert!(manager.resolve(&credential).await.is_err(), "reuse after the grace revokes the family");
     assert!(manager.refresh(&winner.refresh_token).await.is_err());
 }
+
+#[tokio::test]
+async fn a_logout_with_an_expired_access_token_still_ends_the_session_after_a_purge() {
+    let store = Arc::new(MemorySessionStore::default());
+    let manager = manager_with((5, 20), Arc::clone(&store));
+    let mut auth = AuthInfo::new(CredentialKind::Session, "alice", vec![]);
+    // The access token expired; the refresh token lives on.
+    auth.expires_at = Some(unix_now() - 1);
+    let record = SessionRecord {
+        family: 7,
+        username: "alice".into(),
+        auth: Arc::new(auth),
+        access: SecretDigest::of(b"session-expired"),
+        refresh: SecretDigest::of(b"refresh-live"),
+        refresh_expires_at: unix_now() + 3600,
+    };
+    store.create(record, 10).await.unwrap();
+    store.purge_expired(unix_now()).await.unwrap();
+    assert!(manager.logout(&Secret::new("session-expired")).await.unwrap(), "the session was found");
+    assert_eq!(
+        manager.refresh(&Secret::new("refresh-live")).await.unwrap_err(),
+        SessionError::InvalidRefresh
+    );
+}
+
+#[tokio::test]
+async fn a_login_refreshed_in_a_loop_remembers_only_its_latest_rotations() {
+    let store = Arc::new(MemorySessionStore::default());
+    let manager = manager_with((5, 20), Arc::clone(&store));
+    let first = manager.login("alice", &password("password123"), None).await.unwrap();
+    let mut tokens = vec![first];
+    for _ in 0..MAX_ROTATIONS_REMEMBERED + 8 {
+        let last = tokens.last().unwrap();
+        tokens.push(manager.refresh(&last.refresh_token).await.unwrap());
+    }
+    assert_eq!(store.rotations_remembered(), MAX_ROTATIONS_REMEMBERED);
+    let current = tokens.last().unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // A token rotated out too long ago is merely unknown: the session lives on.
+    assert_eq!(manager.refresh(&tokens[0].refresh_token).await.unwrap_err(), SessionError::InvalidRefresh);
+    assert!(!manager.logout(&tokens[0].access_token).await.unwrap());
+    assert_eq!(subject_of(&manager, &current.access_token).await.unwrap(), "alice");
+    // A recent one, reused past the grace, is still taken for theft.
+    let recent = &tokens[tokens.len() - 2];
+    assert_eq!(manager.refresh(&recent.refresh_token).await.unwrap_err(), SessionError::InvalidRefresh);
+    assert!(subject_of(&manager, &current.access_token).await.is_err());
+}
+
+#[test]
+fn retry_after_is_rounded_up_to_whole_seconds() {
+    let limited = |millis| SessionError::RateLimited { retry_after: Duration::from_millis(millis) };
+    assert_eq!(limited(1200).retry_after_seconds(), Some(2));
+    assert_eq!(limited(2000).retry_after_seconds(), Some(2));
+    assert_eq!(limited(1200).to_string(), "too many failed logins; retry in 2 s");
+    assert_eq!(SessionError::InvalidLogin.retry_after_seconds(), None);
+}

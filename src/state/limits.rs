@@ -13,28 +13,32 @@ use redis::Script;
 use sha2::{Digest, Sha256};
 
 use super::Redis;
-use crate::session::{Attempt, LimitRule, LoginKey, LoginRateLimiter, Refused, StoreError};
+use crate::session::{Attempt, LimitRule, LoginKey, LoginRateLimiter, Refused, StoreError, IN_FLIGHT_BOUND};
 
-/// ARGV: prefix, key, max failures, window (ms), attempt id. `{0}` reserved, `{1, ms}` used up
-/// (retry after ms), `{2}` used up, partly by attempts in flight that may still give theirs
-/// back. Judged by Redis's clock, which every replica shares.
+/// ARGV: prefix, key, max failures, window (ms), in-flight bound (ms), attempt id. `{0}`
+/// reserved, `{1, ms}` used up (retry after ms), `{2}` used up, partly by attempts in flight
+/// that may still give theirs back. Judged by Redis's clock, which every replica shares. The
+/// `#!lua` line: a Redis at maxmemory refuses the script whole (without it, the `ZREMRANGEBYSCORE`
+/// first would let every later write through).
 static RESERVE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
-        r"
+        r"#!lua
 local counted = ARGV[1] .. 'login:' .. ARGV[2] .. ':attempts'
 local flying = ARGV[1] .. 'login:' .. ARGV[2] .. ':pending'
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local window = tonumber(ARGV[4])
 redis.call('ZREMRANGEBYSCORE', counted, '-inf', now - window)
-redis.call('ZREMRANGEBYSCORE', flying, '-inf', now - window)
+-- An attempt in flight longer than the bound never finished (its replica died, its request was
+-- cancelled): it stays counted as a failure, but no longer as one that may come back.
+redis.call('ZREMRANGEBYSCORE', flying, '-inf', now - math.min(window, tonumber(ARGV[5])))
 if redis.call('ZCARD', counted) >= tonumber(ARGV[3]) then
   if redis.call('ZCARD', flying) > 0 then return {2} end
   local oldest = redis.call('ZRANGE', counted, 0, 0, 'WITHSCORES')
   return {1, oldest[2] and (tonumber(oldest[2]) + window - now) or window}
 end
-redis.call('ZADD', counted, now, ARGV[5])
-redis.call('ZADD', flying, now, ARGV[5])
+redis.call('ZADD', counted, now, ARGV[6])
+redis.call('ZADD', flying, now, ARGV[6])
 redis.call('PEXPIRE', counted, window)
 redis.call('PEXPIRE', flying, window)
 return {0}",
@@ -44,9 +48,23 @@ return {0}",
 /// ARGV: prefix, key, attempt id, failed (0 or 1).
 static FINISH: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
-        r"
+        r"#!lua
 redis.call('ZREM', ARGV[1] .. 'login:' .. ARGV[2] .. ':pending', ARGV[3])
 if ARGV[4] == '0' then redis.call('ZREM', ARGV[1] .. 'login:' .. ARGV[2] .. ':attempts', ARGV[3]) end
+return 1",
+    )
+});
+
+/// ARGV: prefix, key. Forgets the failures of a key, but not the attempts still in flight:
+/// guesses racing the right password stay counted.
+static CLEAR: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"#!lua
+local counted = ARGV[1] .. 'login:' .. ARGV[2] .. ':attempts'
+local flying = ARGV[1] .. 'login:' .. ARGV[2] .. ':pending'
+for _, attempt in ipairs(redis.call('ZRANGE', counted, 0, -1)) do
+  if not redis.call('ZSCORE', flying, attempt) then redis.call('ZREM', counted, attempt) end
+end
 return 1",
     )
 });
@@ -75,7 +93,7 @@ impl LoginRateLimiter for RedisRateLimiter {
     async fn reserve(&self, key: &LoginKey) -> Result<Attempt, Refused> {
         let rule = self.rule(key);
         let attempt = Attempt::random();
-        let answer: Vec<i64> = self
+        let answer: Result<Vec<i64>, StoreError> = self
             .redis
             .invoke(
                 "reserve a login attempt",
@@ -84,10 +102,19 @@ impl LoginRateLimiter for RedisRateLimiter {
                     .arg(key_name(key))
                     .arg(rule.max_failures)
                     .arg(millis(rule.window))
+                    .arg(millis(IN_FLIGHT_BOUND))
                     .arg(attempt.id()),
             )
-            .await
-            .map_err(unavailable)?;
+            .await;
+        let answer = match answer {
+            Ok(answer) => answer,
+            Err(error) => {
+                // The script may have run and its answer been lost: the attempt, never told to
+                // anyone, is given back rather than counted as a failure for the window.
+                self.finish(key, attempt, false).await;
+                return Err(unavailable(error));
+            }
+        };
         match answer.as_slice() {
             [0] => Ok(attempt),
             [1, retry] => {
@@ -121,10 +148,11 @@ impl LoginRateLimiter for RedisRateLimiter {
     }
 
     async fn clear(&self, key: &LoginKey) {
-        let counted = self.redis.key(&format!("login:{}:attempts", key_name(key)));
-        if let Err(error) =
-            self.redis.query::<i64>("clear login failures", redis::cmd("DEL").arg(counted)).await
-        {
+        let cleared: Result<i64, StoreError> = self
+            .redis
+            .invoke("clear login failures", CLEAR.arg(&self.redis.settings().key_prefix).arg(key_name(key)))
+            .await;
+        if let Err(error) = cleared {
             tracing::warn!("login failures not cleared: {error}");
         }
     }

@@ -16,7 +16,7 @@ use crate::session::StoreError;
 /// ARGV: prefix, session, owner, ttl (ms), most sessions per owner.
 static BIND: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
-        r"
+        r"#!lua
 local p, session, owner = ARGV[1], ARGV[2], ARGV[3]
 local owned = p .. 'mcp-owner:' .. owner
 local t = redis.call('TIME')
@@ -45,7 +45,7 @@ return 1",
 /// if it is still the owner's.
 static RENEW: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
-        r"
+        r"#!lua
 local key = ARGV[1] .. 'mcp:' .. ARGV[2]
 if redis.call('GET', key) ~= ARGV[3] then return 0 end
 redis.call('PEXPIRE', key, ARGV[4])

@@ -1,7 +1,8 @@
 //! Login sessions in Redis. Each token is a hash under its SHA-256 (`access:<hex>`,
 //! `refresh:<hex>`), each login one more (`family:<hex>`) naming its current tokens, and each
 //! token rotated out a marker naming its login (`spent:<hex>` for a refresh token, with the
-//! sealed tokens its rotation issued; `retired:<hex>` for an access token), and each user a sorted set
+//! sealed tokens its rotation issued; `retired:<hex>` for an access token; `replay:<hex>` holds the sealed tokens for the grace
+//! only, and `history:<family>` caps how many rotations are remembered), and each user a sorted set
 //! of their logins (`user:<sha256 of the username>`), which caps them; every key expires with
 //! what it holds (Redis TTLs do the purge). Creating, rotating and revoking are
 //! Lua scripts, so each is one atomic step across replicas: of concurrent rotations of one
@@ -21,12 +22,24 @@ use sha2::{Digest, Sha256};
 
 use super::Redis;
 use crate::model::{AuthInfo, CredentialKind, Extra, SecretDigest};
-use crate::session::{FamilyId, NextTokens, RefreshOutcome, SessionRecord, SessionStore, StoreError};
+use crate::session::{
+    FamilyId, NextTokens, RefreshOutcome, SessionRecord, SessionStore, StoreError, MAX_ROTATIONS_REMEMBERED,
+    REVOKED_FALLBACK_SECONDS,
+};
 
 /// What every script shares: writing a session's three hashes, revoking a family (with the
 /// event that makes replicas forget it), and Redis's clock in milliseconds.
-const PRELUDE: &str = r"
+///
+/// The `#!lua` line (Redis 7) makes each a script that writes, declared: a Redis at maxmemory
+/// refuses it before its first command, so it never half-runs; without it Redis refuses only a
+/// first write that needs memory, and lets everything after a `DEL` through.
+const PRELUDE: &str = r"#!lua
 local p = ARGV[1]
+-- Sets `key`'s expiry to `at` unless it already expires later.
+local function extend(key, at)
+  redis.call('EXPIREAT', key, at, 'NX')
+  redis.call('EXPIREAT', key, at, 'GT')
+end
 local function put(key, expires, ...)
   redis.call('HSET', key, ...)
   redis.call('EXPIREAT', key, expires)
@@ -52,8 +65,7 @@ end
 local function revoke(family, until_)
   local now = math.floor(now_ms() / 1000)
   local tokens = redis.call('HMGET', p .. 'family:' .. family, 'access', 'refresh', 'user')
-  -- Publish and delete first: a Redis at maxmemory refuses a script's first write that needs
-  -- memory, and the marker is the only one here.
+  -- Publish first: an ACL user without channel rights fails here, before any change.
   if tokens[1] then forget(tokens[1]) end
   if tokens[2] then redis.call('DEL', p .. 'refresh:' .. tokens[2]) end
   if tokens[3] then redis.call('ZREM', p .. 'user:' .. tokens[3], family) end
@@ -82,7 +94,7 @@ end
 store(ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8])
 redis.call('HSET', p .. 'family:' .. ARGV[2], 'user', ARGV[9])
 redis.call('ZADD', user, now_ms(), ARGV[2])
-redis.call('EXPIREAT', user, ARGV[8])
+extend(user, ARGV[8])
 return 1"
     ))
 });
@@ -110,21 +122,38 @@ if live[1] then
     return {{'invalid'}}
   end
   local spent = p .. 'spent:' .. ARGV[2]
-  redis.call('HSET', spent, 'family', family, 'at', now_ms(), 'expires', expires,
-             'next', ARGV[5], 'replay', ARGV[8])
+  redis.call('HSET', spent, 'family', family, 'at', now_ms(), 'expires', expires, 'next', ARGV[5])
   redis.call('EXPIREAT', spent, expires)
+  -- The box of the next tokens lives only for the grace: no copy of Redis (a backup, its
+  -- append-only file) holds a chain of them.
+  redis.call('SET', p .. 'replay:' .. ARGV[2], ARGV[8], 'PX', math.max(tonumber(ARGV[3]), 1))
   -- The rotated-out access token still names its login, so a logout with it ends the session.
   redis.call('SET', p .. 'retired:' .. live[5], family, 'EXAT', expires)
+  -- At most {MAX_ROTATIONS_REMEMBERED} rotations of a login remembered: a refresh loop cannot
+  -- fill Redis.
+  local history = p .. 'history:' .. family
+  local at = now_ms()
+  redis.call('ZADD', history, at, 's' .. ARGV[2], at, 'r' .. live[5])
+  local over = redis.call('ZCARD', history) - 2 * {MAX_ROTATIONS_REMEMBERED}
+  if over > 0 then
+    for _, old in ipairs(redis.call('ZPOPMIN', history, over)) do
+      local kind, hex = string.sub(old, 1, 1), string.sub(old, 2)
+      if kind == 's' then redis.call('DEL', p .. 'spent:' .. hex) end
+      if kind == 'r' then redis.call('DEL', p .. 'retired:' .. hex) end
+    end
+  end
+  extend(history, ARGV[7])
   store(family, ARGV[4], ARGV[5], live[3], live[2], ARGV[6], ARGV[7])
   local user = redis.call('HGET', p .. 'family:' .. family, 'user')
-  if user then redis.call('EXPIREAT', p .. 'user:' .. user, ARGV[7]) end
+  if user then extend(p .. 'user:' .. user, ARGV[7]) end
   return {{'rotated', family, live[2], live[3], live[5]}}
 end
-local spent = redis.call('HMGET', p .. 'spent:' .. ARGV[2], 'family', 'at', 'expires', 'next', 'replay')
+local spent = redis.call('HMGET', p .. 'spent:' .. ARGV[2], 'family', 'at', 'expires', 'next')
 if spent[1] then
   if now_ms() - (tonumber(spent[2]) or 0) < tonumber(ARGV[3]) then
     local current = redis.call('HGET', p .. 'family:' .. spent[1], 'refresh')
-    if spent[4] and spent[5] and current == spent[4] then return {{'replayed', spent[5]}} end
+    local sealed = redis.call('GET', p .. 'replay:' .. ARGV[2])
+    if spent[4] and sealed and current == spent[4] then return {{'replayed', sealed}} end
     return {{'just'}}
   end
   revoke(spent[1], spent[3])
@@ -147,12 +176,9 @@ local family = redis.call('HGET', p .. 'access:' .. t, 'family')
 if not family or redis.call('EXISTS', p .. 'family:' .. family) == 0 then return 0 end
 local refresh = redis.call('HGET', p .. 'family:' .. family, 'refresh')
 local until_ = refresh and redis.call('HGET', p .. 'refresh:' .. refresh, 'expires')
-return revoke(family, until_ or (math.floor(now_ms() / 1000) + {REVOKED_FALLBACK})) or 1"
+return revoke(family, until_ or (math.floor(now_ms() / 1000) + {REVOKED_FALLBACK_SECONDS})) or 1"
     ))
 });
-
-/// How long a revocation is remembered when the session's own expiry is unknown: 30 days.
-const REVOKED_FALLBACK: i64 = 30 * 24 * 3600;
 
 /// The identity a session hash holds, versioned; the credential kind, leeway and expiry are
 /// the session's own.
