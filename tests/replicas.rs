@@ -1045,3 +1045,68 @@ async fn without_the_events_channel_in_its_acl_a_replica_fails_logout_and_refres
     assert_eq!(logout(&server, &token(&tokens, "token")).await["revoked"], true);
     assert_eq!(profile(&server, &token(&tokens, "token")).await.outcome(), Outcome::Unauthenticated);
 }
+
+/// The demo with its state in the Redis at `url` (a proxy in front of the real one), every
+/// session check going to Redis (no local copies).
+fn config_through(url: &str) -> Config {
+    let text = format!(
+        "{DEMO_YAML}\nstate:\n  redis:\n    url: {url}\n    key_prefix: \"{PREFIX}\"\n    timeouts: {{ command: 300ms, connect: 300ms }}\n    local_cache: {{ ttl: 0s }}\n"
+    );
+    Config::parse("replicas.yaml", &text).unwrap()
+}
+
+/// How many listen on the events channel, asked of Redis itself (not through the proxy).
+async fn events_listeners(redis: &RedisServer) -> i64 {
+    let mut raw = redis.client().await;
+    let (_, listeners): (String, i64) = redis::cmd("PUBSUB")
+        .arg("NUMSUB")
+        .arg(format!("{PREFIX}events"))
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    listeners
+}
+
+#[tokio::test]
+async fn a_silently_dead_connection_is_replaced_without_a_restart() {
+    let redis = RedisServer::start().await;
+    let proxy = common::blackhole::Blackhole::start(redis.port).await;
+    let server = TestServer::start(config_through(&proxy.redis_url())).await;
+    let live = token(&login(&server).await, "token");
+    assert_eq!(profile(&server, &live).await.outcome(), Outcome::Allowed);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while events_listeners(&redis).await < 1 {
+        assert!(Instant::now() < deadline, "the events listener never subscribed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Every connection open now goes silent without closing; Redis stays reachable at the
+    // same address for new ones, as when a pod behind a Service IP is replaced.
+    let accepted_before = proxy.accepted();
+    proxy.swallow();
+    let answer = profile(&server, &live).await;
+    assert_eq!(answer.outcome(), Outcome::Unavailable, "{answer:?}");
+    // The replica gives the dead connection up by itself and answers again.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let answer = profile(&server, &live).await;
+        if answer.outcome() == Outcome::Allowed {
+            break;
+        }
+        assert_eq!(answer.outcome(), Outcome::Unavailable, "{answer:?}");
+        assert!(
+            Instant::now() < deadline,
+            "still unavailable 10 s after its connection went silent ({} connections made since)",
+            proxy.accepted() - accepted_before
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(http_login(&server, "alice", "password123").await.status(), 200);
+    // The events listener hears a silent connection through its pings and joins again: the
+    // dead subscription still counts at Redis (the proxy holds it open), the new one with it.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while events_listeners(&redis).await < 2 {
+        assert!(Instant::now() < deadline, "the events listener did not join again");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -2,6 +2,7 @@
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod blackhole;
 pub mod envoy;
 pub mod nginx;
 pub mod otlp;
