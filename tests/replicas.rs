@@ -360,6 +360,45 @@ async fn a_login_refreshed_in_a_loop_leaves_a_bounded_history_in_redis() {
 }
 
 #[tokio::test]
+async fn replicas_share_sessions_over_tls_and_refuse_a_redis_they_cannot_verify() {
+    let redis = RedisServer::start_tls().await;
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tls");
+    let over_tls = |ca: &str| {
+        let text = format!(
+            "{DEMO_YAML}\nstate:\n  redis:\n    url: {}\n    key_prefix: \"{PREFIX}\"\n    timeouts: {{ command: 1s, connect: 1s }}\n    tls: {{ ca_file: {} }}\n",
+            redis.tls_url(),
+            fixtures.join(ca).display()
+        );
+        Config::parse("replicas.yaml", &text).unwrap()
+    };
+    let servers = [TestServer::start(over_tls("ca.pem")).await, TestServer::start(over_tls("ca.pem")).await];
+    let tokens = login(&servers[0]).await;
+    assert_eq!(profile(&servers[1], &token(&tokens, "token")).await.outcome(), Outcome::Allowed);
+    let since = Instant::now();
+    assert_eq!(logout(&servers[1], &token(&tokens, "token")).await["revoked"], true);
+    refused_within_a_second(&servers[0], &token(&tokens, "token"), since).await;
+    // Every connection the replicas made is on the TLS port.
+    let mut raw = redis.client().await;
+    let clients: String = redis::cmd("CLIENT").arg("LIST").query_async(&mut raw).await.unwrap();
+    let tls_port = format!(":{}", redis.tls_port.unwrap());
+    let laddrs: Vec<&str> = clients
+        .lines()
+        .filter_map(|line| line.split(' ').find(|field| field.starts_with("laddr=")))
+        .collect();
+    let over_tls_count = laddrs.iter().filter(|laddr| laddr.ends_with(&tls_port)).count();
+    assert!(over_tls_count >= 4, "two replicas, each a command and an events connection: {clients}");
+    assert_eq!(laddrs.len(), over_tls_count + 1, "only this test's own client is plain: {clients}");
+    // A replica that trusts another CA cannot verify this Redis: its sessions are an outage,
+    // never an allow, and its static tokens keep working.
+    let doubting = TestServer::start(over_tls("other-ca.pem")).await;
+    assert_eq!(http_login(&doubting, "alice", "password123").await.status(), 503);
+    let live = token(&login(&servers[0]).await, "token");
+    assert_eq!(profile(&doubting, &live).await.outcome(), Outcome::Unavailable);
+    let mut client = doubting.authorizer().await;
+    assert_eq!(check(&mut client, USER, route("GET", "/user/profile")).await.outcome(), Outcome::Allowed);
+}
+
+#[tokio::test]
 async fn a_brute_force_burst_spread_across_replicas_gets_one_budget() {
     let redis = RedisServer::start().await;
     let servers = Arc::new(replicas(&redis, 3, "").await);

@@ -22,6 +22,8 @@ const ATTEMPTS: usize = 5;
 /// A running redis-server; killed and reaped when dropped.
 pub struct RedisServer {
     pub port: u16,
+    /// The TLS port, for a Redis started with [`RedisServer::start_tls`].
+    pub tls_port: Option<u16>,
     child: Option<Child>,
     dir: TempDir,
 }
@@ -29,10 +31,23 @@ pub struct RedisServer {
 impl RedisServer {
     /// Starts Redis and waits until it answers `PING`.
     pub async fn start() -> Self {
+        Self::start_with(false).await
+    }
+
+    /// Starts Redis with a TLS port too (`tests/fixtures/tls`: `redis.pem` for 127.0.0.1,
+    /// signed by `ca.pem`; clients need no certificate), beside the plain port the test's own
+    /// commands use.
+    pub async fn start_tls() -> Self {
+        Self::start_with(true).await
+    }
+
+    async fn start_with(tls: bool) -> Self {
         let mut dir = tempfile::tempdir().unwrap();
         for attempt in 1..=ATTEMPTS {
             let port = free_port();
-            let mut redis = Self { port, child: Some(spawn(dir.path(), port)), dir };
+            let tls_port = tls.then(free_port);
+            let child = Some(spawn(dir.path(), port, tls_port));
+            let mut redis = Self { port, tls_port, child, dir };
             if redis.wait_until_up(attempt == ATTEMPTS).await {
                 return redis;
             }
@@ -45,6 +60,11 @@ impl RedisServer {
     /// `redis://127.0.0.1:<port>/`.
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// `rediss://127.0.0.1:<tls port>/`, for a Redis started with TLS.
+    pub fn tls_url(&self) -> String {
+        format!("rediss://127.0.0.1:{}/", self.tls_port.expect("started with start_tls"))
     }
 
     /// `redis://<user>:<password>@127.0.0.1:<port>/`: as an ACL user. It holds a password:
@@ -80,7 +100,7 @@ impl RedisServer {
     /// Starts it again on the same port and directory (its append-only file reloaded).
     pub async fn restart(&mut self) {
         self.kill();
-        self.child = Some(spawn(self.dir.path(), self.port));
+        self.child = Some(spawn(self.dir.path(), self.port, self.tls_port));
         assert!(self.wait_until_up(true).await, "Redis did not come back on {}", self.port);
     }
 
@@ -100,7 +120,8 @@ impl RedisServer {
         let deadline = Instant::now() + STARTUP;
         loop {
             let child = self.child.as_mut().unwrap();
-            if listens(child.id(), self.port) && ping(self.port).await {
+            let tls_listens = self.tls_port.is_none_or(|port| listens(child.id(), port));
+            if listens(child.id(), self.port) && tls_listens && ping(self.port).await {
                 return true;
             }
             let exited = child.try_wait().ok().flatten();
@@ -127,11 +148,19 @@ impl Drop for RedisServer {
     }
 }
 
-fn spawn(dir: &Path, port: u16) -> Child {
+fn spawn(dir: &Path, port: u16, tls_port: Option<u16>) -> Child {
     let binary = Path::new(env!("CARGO_MANIFEST_DIR")).join(".tools/bin/redis-server");
     assert!(binary.exists(), "{} is missing: run scripts/install-test-deps.sh", binary.display());
     let stderr = File::create(dir.join("redis.stderr")).unwrap();
-    Command::new(binary)
+    let mut command = Command::new(binary);
+    if let Some(tls_port) = tls_port {
+        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tls");
+        command.args(["--tls-port", &tls_port.to_string(), "--tls-auth-clients", "no"]);
+        command.arg("--tls-cert-file").arg(fixtures.join("redis.pem"));
+        command.arg("--tls-key-file").arg(fixtures.join("redis-key.pem"));
+        command.arg("--tls-ca-cert-file").arg(fixtures.join("ca.pem"));
+    }
+    command
         .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
         .arg("--dir")
         .arg(dir)
