@@ -763,7 +763,7 @@ impl RedisState {
 /// MCP session bindings in Redis, as the gateway asks for them.
 #[async_trait::async_trait]
 impl mcp_sessions::Bindings for RedisMcpSessions {
-    async fn bind(&self, session: &SecretDigest, owner: &mcp_sessions::Owner) -> Result<(), String> {
+    async fn bind(&self, session: &SecretDigest, owner: &mcp_sessions::Owner) -> Result<bool, String> {
         RedisMcpSessions::bind(self, session, owner.digest()).await.map_err(|error| error.to_string())
     }
 
@@ -772,12 +772,9 @@ impl mcp_sessions::Bindings for RedisMcpSessions {
         session: &SecretDigest,
         owner: &mcp_sessions::Owner,
     ) -> Result<mcp_sessions::Standing, String> {
-        match self.owner(session).await {
+        match RedisMcpSessions::standing(self, session, owner.digest()).await {
             Ok(None) => Ok(mcp_sessions::Standing::Unknown),
-            Ok(Some(bound)) if bound.ct_eq(owner.digest()) => {
-                self.renew(session, owner.digest()).await.map_err(|error| error.to_string())?;
-                Ok(mcp_sessions::Standing::Owned)
-            }
+            Ok(Some(bound)) if bound.ct_eq(owner.digest()) => Ok(mcp_sessions::Standing::Owned),
             Ok(Some(_)) => Ok(mcp_sessions::Standing::Foreign),
             Err(error) => Err(error.to_string()),
         }

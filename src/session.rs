@@ -25,7 +25,7 @@ pub use rate_limit::{
 };
 pub use store::{
     FamilyId, MemorySessionStore, NextTokens, RefreshOutcome, SessionRecord, SessionStore, StoreError,
-    MAX_ROTATIONS_REMEMBERED, REVOKED_FALLBACK_SECONDS,
+    MIN_ROTATIONS_REMEMBERED, REVOKED_FALLBACK_SECONDS,
 };
 
 /// Prefix of access tokens, so they are recognisable (and routable) at a glance.
@@ -319,6 +319,13 @@ impl SessionManager {
                 );
                 Err(SessionError::InvalidRefresh)
             }
+            RefreshOutcome::TooMany(retry_after) => {
+                tracing::warn!(
+                    fingerprint = %refresh_token.digest().fingerprint(),
+                    "refresh refused: the login has rotated as often as it may remember"
+                );
+                Err(SessionError::RateLimited { retry_after })
+            }
             // The session has rotated again since: the newer tokens stay good.
             RefreshOutcome::JustRotated | RefreshOutcome::Invalid => Err(SessionError::InvalidRefresh),
         }
@@ -331,6 +338,14 @@ impl SessionManager {
     /// Fails when the store is unavailable.
     pub async fn logout(&self, token: &Secret) -> Result<bool, SessionError> {
         Ok(self.store.revoke(&token.digest()).await?)
+    }
+
+    /// How many rotations of a login are remembered at once: twice as many as its refresh
+    /// token outlives its access token, and at least [`MIN_ROTATIONS_REMEMBERED`], so a client
+    /// that refreshes as its access token expires never meets the bound.
+    fn rotations_remembered(&self) -> usize {
+        let ratio = self.settings.refresh_ttl.as_secs().div_ceil(self.settings.access_ttl.as_secs().max(1));
+        usize::try_from(ratio.saturating_mul(2)).unwrap_or(usize::MAX).max(MIN_ROTATIONS_REMEMBERED)
     }
 
     /// Ends the attempts of one login.
@@ -351,6 +366,7 @@ impl SessionManager {
             expires_at: now.saturating_add(seconds(self.settings.access_ttl)),
             refresh_expires_at: now.saturating_add(seconds(self.settings.refresh_ttl)),
             replay: String::new(),
+            remembered: self.rotations_remembered(),
         };
         let tokens = SessionTokens {
             access_token,

@@ -268,16 +268,30 @@ impl Exchange {
                     match authentication {
                         Authentication::Authenticated { auth, .. } => {
                             let key = mcp_sessions::session_key(session_id);
-                            if let Err(reason) = sessions.bind(&key, &Owner::of(Some(auth))).await {
+                            match sessions.bind(&key, &Owner::of(Some(auth))).await {
+                                Ok(true) => {}
+                                Ok(false) => {
+                                    tracing::warn!(
+                                        "an MCP server issued a session id bound to another caller: withheld"
+                                    );
+                                    return Err(Reply::jsonrpc(
+                                        502,
+                                        &self.id,
+                                        WITHHELD,
+                                        "the MCP server issued a session id of another caller",
+                                    ));
+                                }
                                 // Unbound, the session would be refused from its next request
                                 // on: the client is told to retry now instead.
-                                tracing::warn!("MCP session not bound: {reason}");
-                                return Err(Reply::jsonrpc(
-                                    503,
-                                    &self.id,
-                                    mcp::code::UNAUTHORIZED,
-                                    BINDINGS_UNAVAILABLE,
-                                ));
+                                Err(reason) => {
+                                    tracing::warn!("MCP session not bound: {reason}");
+                                    return Err(Reply::jsonrpc(
+                                        503,
+                                        &self.id,
+                                        mcp::code::UNAUTHORIZED,
+                                        BINDINGS_UNAVAILABLE,
+                                    ));
+                                }
                             }
                         }
                         Authentication::Anonymous | Authentication::Failed { .. } => {

@@ -56,9 +56,10 @@ impl Owner {
 /// a session id): the exchange then fails closed.
 #[async_trait]
 pub trait Bindings: Debug + Send + Sync {
-    /// Binds the session whose id has digest `session` to `owner`, replacing any binding it
-    /// had.
-    async fn bind(&self, session: &SecretDigest, owner: &Owner) -> Result<(), String>;
+    /// Binds the session whose id has digest `session` to `owner`; false, changing nothing,
+    /// when it is bound to another owner still (an MCP server handing one caller's session id
+    /// to another must not move the session).
+    async fn bind(&self, session: &SecretDigest, owner: &Owner) -> Result<bool, String>;
     /// How `session` stands with `owner`; its own session's binding is renewed.
     async fn standing(&self, session: &SecretDigest, owner: &Owner) -> Result<Standing, String>;
     /// Forgets `session` (its session was ended).
@@ -112,16 +113,22 @@ impl SessionOwners {
         }
     }
 
-    /// Binds `session_id` to `owner`, replacing any binding it had.
-    pub fn bind(&self, session_id: &str, owner: Owner) {
-        self.bind_at(session_id, owner, Instant::now());
+    /// Binds `session_id` to `owner`; false when another owner's binding of it is live.
+    pub fn bind(&self, session_id: &str, owner: Owner) -> bool {
+        self.bind_at(session_id, owner, Instant::now())
     }
 
-    fn bind_at(&self, session_id: &str, owner: Owner, now: Instant) {
-        self.bind_key(digest(session_id), owner, now);
+    fn bind_at(&self, session_id: &str, owner: Owner, now: Instant) -> bool {
+        self.bind_key(digest(session_id), owner, now)
     }
 
-    fn bind_key(&self, key: SecretDigest, owner: Owner, now: Instant) {
+    fn bind_key(&self, key: SecretDigest, owner: Owner, now: Instant) -> bool {
+        let taken = self.bindings.get(&key).is_some_and(|binding| {
+            binding.owner != owner && now.saturating_duration_since(binding.last_used) < self.ttl
+        });
+        if taken {
+            return false;
+        }
         {
             let mut sessions = self.owned.entry(owner.0).or_default();
             // Ids that were ended, expired or pushed out, or are another's now.
@@ -146,6 +153,7 @@ impl SessionOwners {
                 !sessions.is_empty()
             });
         }
+        true
     }
 
     /// How `session_id` stands with `owner`; its own session's binding is renewed.
@@ -212,9 +220,8 @@ impl SessionOwners {
 
 #[async_trait]
 impl Bindings for SessionOwners {
-    async fn bind(&self, session: &SecretDigest, owner: &Owner) -> Result<(), String> {
-        self.bind_key(*session, owner.clone(), Instant::now());
-        Ok(())
+    async fn bind(&self, session: &SecretDigest, owner: &Owner) -> Result<bool, String> {
+        Ok(self.bind_key(*session, owner.clone(), Instant::now()))
     }
 
     async fn standing(&self, session: &SecretDigest, owner: &Owner) -> Result<Standing, String> {
@@ -259,7 +266,11 @@ mod tests {
             Owner::of(None),
         ] {
             assert_eq!(owners.standing("s1", &other), Standing::Foreign);
+            // An MCP server handing alice's id to another caller does not move the session.
+            assert!(!owners.bind("s1", other.clone()), "rebound to another caller");
+            assert_eq!(owners.standing("s1", &alice), Standing::Owned);
         }
+        assert!(owners.bind("s1", alice.clone()), "its owner may bind it again");
         assert_eq!(owners.standing("s2", &alice), Standing::Unknown);
         owners.end("s1");
         assert_eq!(owners.standing("s1", &alice), Standing::Unknown);

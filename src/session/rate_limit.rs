@@ -260,14 +260,17 @@ impl LoginRateLimiter for MemoryRateLimiter {
     }
 
     async fn finish(&self, key: &LoginKey, attempt: Attempt, failed: bool) {
-        if let Some(mut log) = self.logs.get_mut(key) {
-            if failed {
-                log.counted.iter_mut().filter(|counted| counted.attempt == attempt).for_each(|counted| {
-                    counted.failed = true;
-                });
-            } else {
-                log.counted.retain(|counted| counted.attempt != attempt);
+        if failed {
+            let mut log = self.logs.entry(key.clone()).or_default();
+            match log.counted.iter_mut().find(|counted| counted.attempt == attempt) {
+                Some(counted) => counted.failed = true,
+                // Cleared by a success once it had been in flight past the bound: a failure
+                // all the same.
+                None => log.counted.push_back(Counted { at: Instant::now(), attempt, failed: true }),
             }
+            log.finished.notify_waiters();
+        } else if let Some(mut log) = self.logs.get_mut(key) {
+            log.counted.retain(|counted| counted.attempt != attempt);
             log.finished.notify_waiters();
         }
         self.forget_if_empty(key);

@@ -14,10 +14,12 @@ use crate::model::{AuthInfo, SecretDigest};
 /// Identifies one login and every token rotated from it.
 pub type FamilyId = u128;
 
-/// How many rotations of one login are remembered (their spent refresh and retired access
-/// tokens, for reuse detection and logout): a login refreshed in a loop cannot grow the store
-/// without bound. A token rotated out longer ago than that is merely unknown.
-pub const MAX_ROTATIONS_REMEMBERED: usize = 32;
+/// The fewest rotations of one login remembered at once (their spent refresh and retired
+/// access tokens, each until it would have expired, for reuse detection and logout). A login
+/// with that many still remembered is refused further rotations until the oldest expires, so a
+/// refresh loop cannot grow the store without bound, nor push out the markers that would catch
+/// it.
+pub const MIN_ROTATIONS_REMEMBERED: usize = 32;
 
 /// How long a revocation is remembered when the session's own expiry is unknown: 30 days.
 pub const REVOKED_FALLBACK_SECONDS: i64 = 30 * 24 * 3600;
@@ -72,6 +74,9 @@ pub struct NextTokens {
     /// The new tokens sealed under the refresh token they replace (opaque to the store): what
     /// presenting that token again within the reuse grace answers with.
     pub replay: String,
+    /// Most rotations of the login remembered at once (at least one): a rotation beyond them
+    /// is refused ([`RefreshOutcome::TooMany`]) until the oldest expires.
+    pub remembered: usize,
 }
 
 /// What presenting a refresh token did.
@@ -91,6 +96,9 @@ pub enum RefreshOutcome {
     JustRotated,
     /// Unknown or expired.
     Invalid,
+    /// The login has [`NextTokens::remembered`] rotations still remembered: refused, nothing
+    /// changed, until the oldest of them expires (after this long).
+    TooMany(Duration),
 }
 
 /// Why the store could not do what it was asked.
@@ -158,8 +166,8 @@ pub struct MemorySessionStore {
     revoked: DashMap<FamilyId, i64>,
     /// Each user's logins, oldest first (some may have ended since).
     users: DashMap<String, VecDeque<FamilyId>>,
-    /// Each login's rotations remembered, oldest first: (spent refresh, retired access).
-    history: DashMap<FamilyId, VecDeque<(SecretDigest, SecretDigest)>>,
+    /// Each login's rotations remembered, oldest first: (spent refresh, retired access, until).
+    history: DashMap<FamilyId, VecDeque<(SecretDigest, SecretDigest, i64)>>,
 }
 
 /// A refresh token already used.
@@ -196,17 +204,27 @@ impl MemorySessionStore {
         }
     }
 
-    /// Remembers one rotation of `family`, forgetting its oldest beyond
-    /// [`MAX_ROTATIONS_REMEMBERED`].
-    fn remember_rotation(&self, family: FamilyId, spent: SecretDigest, retired: SecretDigest) {
-        let mut rotations = self.history.entry(family).or_default();
-        rotations.push_back((spent, retired));
-        while rotations.len() > MAX_ROTATIONS_REMEMBERED {
-            if let Some((spent, retired)) = rotations.pop_front() {
+    /// Remembers one rotation of `record`'s login (`spent` its refresh token), unless `most`
+    /// are still remembered: then how long until the oldest expires.
+    fn remember_rotation(
+        &self,
+        record: &SessionRecord,
+        spent: SecretDigest,
+        most: usize,
+        now: i64,
+    ) -> Option<i64> {
+        let mut rotations = self.history.entry(record.family).or_default();
+        while rotations.front().is_some_and(|(_, _, until)| *until <= now) {
+            if let Some((spent, retired, _)) = rotations.pop_front() {
                 self.spent.remove(&spent);
                 self.retired.remove(&retired);
             }
         }
+        if rotations.len() >= most.max(1) {
+            return Some(rotations.front().map_or(1, |(_, _, until)| until - now));
+        }
+        rotations.push_back((spent, record.access, record.refresh_expires_at));
+        None
     }
 
     /// How many rotations are remembered, for tests.
@@ -278,6 +296,10 @@ impl SessionStore for MemorySessionStore {
                 self.families.remove(&record.family);
                 return Ok(RefreshOutcome::Invalid);
             }
+            if let Some(wait) = self.remember_rotation(&record, *refresh, next.remembered, now) {
+                let wait = u64::try_from(wait.max(1)).unwrap_or(1);
+                return Ok(RefreshOutcome::TooMany(Duration::from_secs(wait)));
+            }
             let rotated = record.rotated(next);
             let at = Instant::now();
             let spent = Spent {
@@ -290,7 +312,6 @@ impl SessionStore for MemorySessionStore {
             };
             self.spent.insert(*refresh, spent);
             self.retired.insert(record.access, (record.family, record.refresh_expires_at));
-            self.remember_rotation(record.family, *refresh, record.access);
             self.families.insert(record.family, (next.access, next.refresh));
             self.access.insert(next.access, (record.family, Arc::clone(&rotated.auth)));
             self.access.remove(&record.access);
@@ -330,10 +351,11 @@ impl SessionStore for MemorySessionStore {
             .or_else(|| self.retired.get(token).map(|entry| (entry.0, Some(entry.1))));
         let Some((family, found_until)) = found else { return Ok(false) };
         // Remembered as long as the session could have lived, and no longer.
-        let until = self
-            .families
-            .get(&family)
-            .and_then(|tokens| self.refresh.get(&tokens.1).map(|record| record.refresh_expires_at))
+        // Copied out before `refresh` is read: holding a `families` shard while waiting for a
+        // `refresh` one would deadlock against a rotation, which holds them the other way.
+        let current = self.families.get(&family).map(|tokens| tokens.1);
+        let until = current
+            .and_then(|refresh| self.refresh.get(&refresh).map(|record| record.refresh_expires_at))
             .or(found_until)
             .unwrap_or_else(|| crate::model::unix_now().saturating_add(REVOKED_FALLBACK_SECONDS));
         Ok(self.revoke_family(family, until))
@@ -364,7 +386,7 @@ impl SessionStore for MemorySessionStore {
         self.retired.retain(|_, (_, until)| *until > now);
         self.revoked.retain(|_, until| *until > now);
         self.history.retain(|_, rotations| {
-            rotations.retain(|(spent, _)| self.spent.contains_key(spent));
+            rotations.retain(|(_, _, until)| *until > now);
             !rotations.is_empty()
         });
         self.users.retain(|_, logins| {

@@ -425,26 +425,41 @@ async fn a_logout_with_an_expired_access_token_still_ends_the_session_after_a_pu
 }
 
 #[tokio::test]
-async fn a_login_refreshed_in_a_loop_remembers_only_its_latest_rotations() {
-    let store = Arc::new(MemorySessionStore::default());
-    let manager = manager_with((5, 20), Arc::clone(&store));
-    let first = manager.login("alice", &password("password123"), None).await.unwrap();
-    let mut tokens = vec![first];
-    for _ in 0..MAX_ROTATIONS_REMEMBERED + 8 {
-        let last = tokens.last().unwrap();
-        tokens.push(manager.refresh(&last.refresh_token).await.unwrap());
+async fn a_login_refreshed_in_a_loop_is_stopped_before_it_forgets_a_rotation() {
+    // The test manager's tokens: 1 h access, 2 h refresh, so 32 rotations remembered at most.
+    for ending in ["reuse", "logout"] {
+        let store = Arc::new(MemorySessionStore::default());
+        let manager = manager_with((5, 20), Arc::clone(&store));
+        let first = manager.login("alice", &password("password123"), None).await.unwrap();
+        let mut tokens = vec![first];
+        let refused = loop {
+            match manager.refresh(&tokens.last().unwrap().refresh_token).await {
+                Ok(next) => tokens.push(next),
+                Err(error) => break error,
+            }
+            assert!(tokens.len() <= MIN_ROTATIONS_REMEMBERED + 1, "a loop of refreshes was never stopped");
+        };
+        assert_eq!(tokens.len(), MIN_ROTATIONS_REMEMBERED + 1);
+        let SessionError::RateLimited { retry_after } = refused else { panic!("{refused:?}") };
+        assert!(
+            retry_after > Duration::from_secs(3600),
+            "until the oldest rotation expires: {retry_after:?}"
+        );
+        assert_eq!(store.rotations_remembered(), MIN_ROTATIONS_REMEMBERED);
+        // So the first tokens are still known: a thief who looped cannot outrun the owner.
+        let current = tokens.last().unwrap();
+        assert_eq!(subject_of(&manager, &current.access_token).await.unwrap(), "alice");
+        if ending == "logout" {
+            assert!(manager.logout(&tokens[0].access_token).await.unwrap());
+        } else {
+            tokio::time::sleep(Duration::from_millis(1100)).await;
+            assert_eq!(
+                manager.refresh(&tokens[0].refresh_token).await.unwrap_err(),
+                SessionError::InvalidRefresh
+            );
+        }
+        assert!(subject_of(&manager, &current.access_token).await.is_err(), "{ending} ended it");
     }
-    assert_eq!(store.rotations_remembered(), MAX_ROTATIONS_REMEMBERED);
-    let current = tokens.last().unwrap();
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    // A token rotated out too long ago is merely unknown: the session lives on.
-    assert_eq!(manager.refresh(&tokens[0].refresh_token).await.unwrap_err(), SessionError::InvalidRefresh);
-    assert!(!manager.logout(&tokens[0].access_token).await.unwrap());
-    assert_eq!(subject_of(&manager, &current.access_token).await.unwrap(), "alice");
-    // A recent one, reused past the grace, is still taken for theft.
-    let recent = &tokens[tokens.len() - 2];
-    assert_eq!(manager.refresh(&recent.refresh_token).await.unwrap_err(), SessionError::InvalidRefresh);
-    assert!(subject_of(&manager, &current.access_token).await.is_err());
 }
 
 #[test]
@@ -454,4 +469,56 @@ fn retry_after_is_rounded_up_to_whole_seconds() {
     assert_eq!(limited(2000).retry_after_seconds(), Some(2));
     assert_eq!(limited(1200).to_string(), "too many failed logins; retry in 2 s");
     assert_eq!(SessionError::InvalidLogin.retry_after_seconds(), None);
+}
+
+#[test]
+fn rotations_racing_logouts_and_purges_never_deadlock() {
+    // Each path locks the store's maps in one order; a rotation holding its refresh entry while
+    // a logout held the family and waited for that entry once wedged both tokio workers.
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).build().unwrap();
+        runtime.block_on(async {
+            let store = Arc::new(MemorySessionStore::default());
+            let digest = |kind: &str, round: u32| SecretDigest::of(format!("{kind}-{round}").as_bytes());
+            for round in 0..2000u32 {
+                let record = SessionRecord {
+                    family: u128::from(round),
+                    username: format!("user{}", round % 7),
+                    auth: Arc::new(AuthInfo::new(CredentialKind::Session, "alice", vec![])),
+                    access: digest("access", round),
+                    refresh: digest("refresh", round),
+                    refresh_expires_at: unix_now() + 3600,
+                };
+                store.create(record, 3).await.unwrap();
+                let next = NextTokens {
+                    access: digest("next-access", round),
+                    refresh: digest("next-refresh", round),
+                    expires_at: unix_now() + 60,
+                    refresh_expires_at: unix_now() + 3600,
+                    replay: "sealed".into(),
+                    remembered: 32,
+                };
+                let (rotating, revoking, purging) =
+                    (Arc::clone(&store), Arc::clone(&store), Arc::clone(&store));
+                let rotate = tokio::spawn(async move {
+                    rotating
+                        .rotate(&digest("refresh", round), &next, unix_now(), Duration::from_secs(2))
+                        .await
+                });
+                let revoke = tokio::spawn(async move { revoking.revoke(&digest("access", round)).await });
+                let purge = tokio::spawn(async move { purging.purge_expired(unix_now()).await });
+                let (rotated, revoked, purged) =
+                    (rotate.await.unwrap(), revoke.await.unwrap(), purge.await.unwrap());
+                assert!(rotated.is_ok() && revoked.is_ok() && purged.is_ok());
+                // Whichever came first, the login ends revoked: its next tokens do not live on.
+                assert!(
+                    store.lookup_access(&digest("next-access", round)).await.unwrap().is_none(),
+                    "round {round}"
+                );
+            }
+        });
+        let _ = done.send(());
+    });
+    assert!(finished.recv_timeout(Duration::from_secs(120)).is_ok(), "rotations and logouts deadlocked");
 }

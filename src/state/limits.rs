@@ -45,12 +45,21 @@ return {0}",
     )
 });
 
-/// ARGV: prefix, key, attempt id, failed (0 or 1).
+/// ARGV: prefix, key, attempt id, failed (0 or 1), window (ms). A failure that is no longer
+/// counted (a success cleared it once it had been in flight past the bound) is counted again.
+/// It runs at maxmemory too (`allow-oom`): ending an attempt must not fail with Redis full.
 static FINISH: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
-        r"#!lua
+        r"#!lua flags=allow-oom
+local counted = ARGV[1] .. 'login:' .. ARGV[2] .. ':attempts'
 redis.call('ZREM', ARGV[1] .. 'login:' .. ARGV[2] .. ':pending', ARGV[3])
-if ARGV[4] == '0' then redis.call('ZREM', ARGV[1] .. 'login:' .. ARGV[2] .. ':attempts', ARGV[3]) end
+if ARGV[4] == '0' then
+  redis.call('ZREM', counted, ARGV[3])
+elseif not redis.call('ZSCORE', counted, ARGV[3]) then
+  local t = redis.call('TIME')
+  redis.call('ZADD', counted, tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000), ARGV[3])
+  redis.call('PEXPIRE', counted, ARGV[5])
+end
 return 1",
     )
 });
@@ -59,7 +68,7 @@ return 1",
 /// guesses racing the right password stay counted.
 static CLEAR: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
-        r"#!lua
+        r"#!lua flags=allow-oom
 local counted = ARGV[1] .. 'login:' .. ARGV[2] .. ':attempts'
 local flying = ARGV[1] .. 'login:' .. ARGV[2] .. ':pending'
 for _, attempt in ipairs(redis.call('ZRANGE', counted, 0, -1)) do
@@ -138,7 +147,8 @@ impl LoginRateLimiter for RedisRateLimiter {
                     .arg(&self.redis.settings().key_prefix)
                     .arg(key_name(key))
                     .arg(attempt.id())
-                    .arg(u8::from(failed)),
+                    .arg(u8::from(failed))
+                    .arg(millis(self.rule(key).window)),
             )
             .await;
         if let Err(error) = finished {

@@ -13,11 +13,14 @@ use super::Redis;
 use crate::model::SecretDigest;
 use crate::session::StoreError;
 
-/// ARGV: prefix, session, owner, ttl (ms), most sessions per owner.
+/// ARGV: prefix, session, owner, ttl (ms), most sessions per owner. 1, or 0 (nothing changed)
+/// when the session is bound to another owner.
 static BIND: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"#!lua
 local p, session, owner = ARGV[1], ARGV[2], ARGV[3]
+local bound = redis.call('GET', p .. 'mcp:' .. session)
+if bound and bound ~= owner then return 0 end
 local owned = p .. 'mcp-owner:' .. owner
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -41,16 +44,19 @@ return 1",
     )
 });
 
-/// ARGV: prefix, session, owner, ttl (ms). Renews the session's binding (and its owner's set)
-/// if it is still the owner's.
-static RENEW: LazyLock<Script> = LazyLock::new(|| {
+/// ARGV: prefix, session, owner, ttl (ms). Whom the session is bound to (`false`: no one),
+/// renewing the binding (and its owner's set) when it is this owner's: one atomic step, so a
+/// binding ended or moved meanwhile is never reported as the owner's.
+static STANDING: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
-        r"#!lua
+        r"#!lua flags=allow-oom
 local key = ARGV[1] .. 'mcp:' .. ARGV[2]
-if redis.call('GET', key) ~= ARGV[3] then return 0 end
-redis.call('PEXPIRE', key, ARGV[4])
-redis.call('PEXPIRE', ARGV[1] .. 'mcp-owner:' .. ARGV[3], ARGV[4])
-return 1",
+local bound = redis.call('GET', key)
+if bound == ARGV[3] then
+  redis.call('PEXPIRE', key, ARGV[4])
+  redis.call('PEXPIRE', ARGV[1] .. 'mcp-owner:' .. ARGV[3], ARGV[4])
+end
+return bound",
     )
 });
 
@@ -73,10 +79,11 @@ impl RedisMcpSessions {
         u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX).max(1)
     }
 
-    /// Binds `session` to `owner`, replacing any binding it had.
-    pub async fn bind(&self, session: &SecretDigest, owner: &SecretDigest) -> Result<(), StoreError> {
-        self.redis
-            .invoke::<i64>(
+    /// Binds `session` to `owner`; false, changing nothing, when another owner holds it.
+    pub async fn bind(&self, session: &SecretDigest, owner: &SecretDigest) -> Result<bool, StoreError> {
+        let bound: i64 = self
+            .redis
+            .invoke(
                 "bind an MCP session",
                 BIND.arg(&self.redis.settings().key_prefix)
                     .arg(session.to_hex())
@@ -84,36 +91,33 @@ impl RedisMcpSessions {
                     .arg(self.ttl_ms())
                     .arg(self.per_owner),
             )
-            .await
-            .map(drop)
+            .await?;
+        Ok(bound == 1)
     }
 
-    /// Whom `session` is bound to, if anyone.
-    pub async fn owner(&self, session: &SecretDigest) -> Result<Option<SecretDigest>, StoreError> {
-        let key = self.redis.key(&format!("mcp:{}", session.to_hex()));
-        let owner: Option<String> =
-            self.redis.query("read an MCP session", redis::cmd("GET").arg(key)).await?;
-        owner
-            .map(|hex| {
-                SecretDigest::from_hex(&hex)
-                    .map_err(|_| StoreError::Corrupt("an MCP session's owner is not a digest".to_owned()))
-            })
-            .transpose()
-    }
-
-    /// Renews `session`'s binding, if it is still `owner`'s.
-    pub async fn renew(&self, session: &SecretDigest, owner: &SecretDigest) -> Result<(), StoreError> {
-        self.redis
-            .invoke::<i64>(
-                "renew an MCP session",
-                RENEW
+    /// Whom `session` is bound to, if anyone; renewed when it is `owner`'s.
+    pub async fn standing(
+        &self,
+        session: &SecretDigest,
+        owner: &SecretDigest,
+    ) -> Result<Option<SecretDigest>, StoreError> {
+        let bound: Option<String> = self
+            .redis
+            .invoke(
+                "read an MCP session",
+                STANDING
                     .arg(&self.redis.settings().key_prefix)
                     .arg(session.to_hex())
                     .arg(owner.to_hex())
                     .arg(self.ttl_ms()),
             )
-            .await
-            .map(drop)
+            .await?;
+        bound
+            .map(|hex| {
+                SecretDigest::from_hex(&hex)
+                    .map_err(|_| StoreError::Corrupt("an MCP session's owner is not a digest".to_owned()))
+            })
+            .transpose()
     }
 
     /// Forgets `session`.

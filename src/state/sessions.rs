@@ -2,7 +2,7 @@
 //! `refresh:<hex>`), each login one more (`family:<hex>`) naming its current tokens, and each
 //! token rotated out a marker naming its login (`spent:<hex>` for a refresh token, with the
 //! sealed tokens its rotation issued; `retired:<hex>` for an access token; `replay:<hex>` holds the sealed tokens for the grace
-//! only, and `history:<family>` caps how many rotations are remembered), and each user a sorted set
+//! only, and `history:<family>` bounds how many rotations are remembered at once), and each user a sorted set
 //! of their logins (`user:<sha256 of the username>`), which caps them; every key expires with
 //! what it holds (Redis TTLs do the purge). Creating, rotating and revoking are
 //! Lua scripts, so each is one atomic step across replicas: of concurrent rotations of one
@@ -23,17 +23,21 @@ use sha2::{Digest, Sha256};
 use super::Redis;
 use crate::model::{AuthInfo, CredentialKind, Extra, SecretDigest};
 use crate::session::{
-    FamilyId, NextTokens, RefreshOutcome, SessionRecord, SessionStore, StoreError, MAX_ROTATIONS_REMEMBERED,
-    REVOKED_FALLBACK_SECONDS,
+    FamilyId, NextTokens, RefreshOutcome, SessionRecord, SessionStore, StoreError, REVOKED_FALLBACK_SECONDS,
 };
+
+/// The first line of a script that adds to what Redis holds (Redis 7): a Redis at maxmemory
+/// refuses it before its first command, so it never half-runs. Without it Redis refuses only a
+/// first write that needs memory, and lets everything after a `DEL` through.
+const GROWS: &str = "#!lua\n";
+
+/// The first line of a script that ends something (a logout, a revocation): it runs at
+/// maxmemory too, for it mostly deletes, so a full Redis never keeps a session alive.
+const ENDS: &str = "#!lua flags=allow-oom\n";
 
 /// What every script shares: writing a session's three hashes, revoking a family (with the
 /// event that makes replicas forget it), and Redis's clock in milliseconds.
-///
-/// The `#!lua` line (Redis 7) makes each a script that writes, declared: a Redis at maxmemory
-/// refuses it before its first command, so it never half-runs; without it Redis refuses only a
-/// first write that needs memory, and lets everything after a `DEL` through.
-const PRELUDE: &str = r"#!lua
+const PRELUDE: &str = r"
 local p = ARGV[1]
 -- Sets `key`'s expiry to `at` unless it already expires later.
 local function extend(key, at)
@@ -81,7 +85,7 @@ end
 /// over the limit, oldest first, are revoked.
 static CREATE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
-        "{PRELUDE}
+        "{GROWS}{PRELUDE}
 if redis.call('EXISTS', p .. 'revoked:' .. ARGV[2]) == 1 then return 0 end
 local user = p .. 'user:' .. ARGV[9]
 for _, login in ipairs(redis.call('ZRANGE', user, 0, -1)) do
@@ -100,24 +104,36 @@ return 1"
 });
 
 /// ARGV: prefix, refresh, reuse grace (ms), next access, next refresh, next expires, next
-/// refresh_expires, next sealed under the refresh token. `{rotated, family, identity, username,
-/// old access}`, `{replayed, sealed}`, `{just}`, `{reused}`, `{invalid}`, or `{corrupt}` for a
-/// record without its fields. Expiry and grace are judged by Redis's clock, which every replica
-/// shares.
+/// refresh_expires, next sealed under the refresh token, most rotations remembered.
+/// `{rotated, family, identity, username, old access}`, `{replayed, sealed}`, `{just}`,
+/// `{reused}`, `{invalid}`, `{full, seconds}` (as many rotations remembered as allowed: the
+/// oldest expires in so many seconds), or `{corrupt}` for a record without its fields. Expiry
+/// and grace are judged by Redis's clock, which every replica shares.
 static ROTATE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
-        "{PRELUDE}
+        "{GROWS}{PRELUDE}
 local old = p .. 'refresh:' .. ARGV[2]
 local live = redis.call('HMGET', old, 'family', 'identity', 'username', 'expires', 'access')
 if live[1] then
   local family, expires = live[1], tonumber(live[4])
+  local now = math.floor(now_ms() / 1000)
+  -- Each rotation remembered (its spent refresh and retired access token), scored by when it
+  -- expires; with as many as allowed still live, nothing changes.
+  local history = p .. 'history:' .. family
+  if expires and expires > now then
+    redis.call('ZREMRANGEBYSCORE', history, '-inf', now)
+    if redis.call('ZCARD', history) >= 2 * math.max(tonumber(ARGV[9]), 1) then
+      local oldest = redis.call('ZRANGE', history, 0, 0, 'WITHSCORES')
+      return {{'full', tostring(math.max((tonumber(oldest[2]) or now) - now, 1))}}
+    end
+  end
   if live[5] then forget(live[5]) end
   redis.call('DEL', old)
   if not (expires and live[2] and live[3] and live[5]) then
     redis.call('DEL', p .. 'family:' .. family)
     return {{'corrupt'}}
   end
-  if expires * 1000 <= now_ms() then
+  if expires <= now then
     redis.call('DEL', p .. 'family:' .. family)
     return {{'invalid'}}
   end
@@ -129,20 +145,8 @@ if live[1] then
   redis.call('SET', p .. 'replay:' .. ARGV[2], ARGV[8], 'PX', math.max(tonumber(ARGV[3]), 1))
   -- The rotated-out access token still names its login, so a logout with it ends the session.
   redis.call('SET', p .. 'retired:' .. live[5], family, 'EXAT', expires)
-  -- At most {MAX_ROTATIONS_REMEMBERED} rotations of a login remembered: a refresh loop cannot
-  -- fill Redis.
-  local history = p .. 'history:' .. family
-  local at = now_ms()
-  redis.call('ZADD', history, at, 's' .. ARGV[2], at, 'r' .. live[5])
-  local over = redis.call('ZCARD', history) - 2 * {MAX_ROTATIONS_REMEMBERED}
-  if over > 0 then
-    for _, old in ipairs(redis.call('ZPOPMIN', history, over)) do
-      local kind, hex = string.sub(old, 1, 1), string.sub(old, 2)
-      if kind == 's' then redis.call('DEL', p .. 'spent:' .. hex) end
-      if kind == 'r' then redis.call('DEL', p .. 'retired:' .. hex) end
-    end
-  end
-  extend(history, ARGV[7])
+  redis.call('ZADD', history, expires, 's' .. ARGV[2], expires, 'r' .. live[5])
+  extend(history, expires)
   store(family, ARGV[4], ARGV[5], live[3], live[2], ARGV[6], ARGV[7])
   local user = redis.call('HGET', p .. 'family:' .. family, 'user')
   if user then extend(p .. 'user:' .. user, ARGV[7]) end
@@ -167,7 +171,7 @@ return {{'invalid'}}"
 /// token (hex), 1 when it had none, or 0 (no such live session).
 static REVOKE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
-        "{PRELUDE}
+        "{ENDS}{PRELUDE}
 local t = ARGV[2]
 local family = redis.call('HGET', p .. 'access:' .. t, 'family')
   or redis.call('HGET', p .. 'refresh:' .. t, 'family')
@@ -370,7 +374,8 @@ impl SessionStore for RedisSessionStore {
                     .arg(next.refresh.to_hex())
                     .arg(next.expires_at)
                     .arg(next.refresh_expires_at)
-                    .arg(&next.replay),
+                    .arg(&next.replay)
+                    .arg(next.remembered),
             )
             .await?;
         match answer.as_slice() {
@@ -388,6 +393,10 @@ impl SessionStore for RedisSessionStore {
                 }))
             }
             [outcome, sealed] if outcome == "replayed" => Ok(RefreshOutcome::Replayed(sealed.clone())),
+            [outcome, seconds] if outcome == "full" => {
+                let seconds = seconds.parse::<u64>().unwrap_or(1).max(1);
+                Ok(RefreshOutcome::TooMany(Duration::from_secs(seconds)))
+            }
             [outcome] => match outcome.as_str() {
                 "just" => Ok(RefreshOutcome::JustRotated),
                 "reused" => Ok(RefreshOutcome::Reused),
