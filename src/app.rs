@@ -152,6 +152,7 @@ impl App {
                     refresh_ttl: config.sessions.refresh_ttl.0,
                     refresh_reuse_grace: config.sessions.refresh_reuse_grace.0,
                     max_per_user: config.sessions.max_per_user,
+                    max_rotations: config.sessions.max_rotations,
                 },
             )
             .map_err(|error| AppError::Setup(error.to_string()))?,

@@ -544,6 +544,15 @@ impl Config {
         if self.sessions.max_per_user == 0 {
             report("max_per_user", "sessions.max_per_user".into(), "must be at least 1".into());
         }
+        if !(1..=MAX_ROTATIONS).contains(&self.sessions.max_rotations) {
+            report(
+                "max_rotations",
+                "sessions.max_rotations".into(),
+                format!(
+                    "must be 1 to {MAX_ROTATIONS}: each is a few hundred bytes kept for a refresh lifetime"
+                ),
+            );
+        }
         if self.sessions.refresh_ttl.0 < self.sessions.access_ttl.0 {
             report(
                 "refresh_ttl",
@@ -554,6 +563,9 @@ impl Config {
         problems
     }
 }
+
+/// Most `sessions.max_rotations`: about 4 MB of one login's markers at most.
+const MAX_ROTATIONS: usize = 10_000;
 
 /// An RFC 9110 token, which header, cookie and query parameter names here must be.
 fn is_header_name(name: &str) -> bool {

@@ -30,6 +30,10 @@ impl SecretDigest {
         Ok(Self(bytes))
     }
 
+    /// The digest no secret has (all zero bits): stands for "no one" where a digest is
+    /// expected.
+    pub const NONE: Self = Self([0; 32]);
+
     /// Compares two digests in constant time.
     pub fn ct_eq(&self, other: &Self) -> bool {
         self.0.ct_eq(&other.0).into()

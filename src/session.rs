@@ -25,7 +25,7 @@ pub use rate_limit::{
 };
 pub use store::{
     FamilyId, MemorySessionStore, NextTokens, RefreshOutcome, SessionRecord, SessionStore, StoreError,
-    MIN_ROTATIONS_REMEMBERED, REVOKED_FALLBACK_SECONDS,
+    REVOKED_FALLBACK_SECONDS,
 };
 
 /// Prefix of access tokens, so they are recognisable (and routable) at a glance.
@@ -48,6 +48,12 @@ pub enum SessionError {
     #[error("too many failed logins; retry in {} s", whole_seconds(*.retry_after))]
     RateLimited {
         /// When to try again.
+        retry_after: Duration,
+    },
+    /// The login has rotated `sessions.max_rotations` times within a refresh lifetime.
+    #[error("the session has been refreshed too often; retry in {} s", whole_seconds(*.retry_after))]
+    TooManyRotations {
+        /// When the oldest rotation remembered expires.
         retry_after: Duration,
     },
     /// A field is empty or too long.
@@ -112,6 +118,8 @@ pub struct SessionSettings {
     pub refresh_reuse_grace: Duration,
     /// Most live sessions of one user; a login beyond it ends the user's oldest.
     pub max_per_user: usize,
+    /// Most rotations of one login remembered at once; a refresh beyond is refused.
+    pub max_rotations: usize,
 }
 
 impl SessionError {
@@ -119,7 +127,7 @@ impl SessionError {
     pub fn refusal(&self) -> Refusal {
         match self {
             SessionError::InvalidLogin | SessionError::InvalidRefresh => Refusal::Unauthenticated,
-            SessionError::RateLimited { .. } => Refusal::RateLimited,
+            SessionError::RateLimited { .. } | SessionError::TooManyRotations { .. } => Refusal::RateLimited,
             SessionError::BadField { .. } => Refusal::InvalidRequest,
             SessionError::Unavailable(_) => Refusal::Unavailable,
             SessionError::Internal(_) => Refusal::Internal,
@@ -131,7 +139,7 @@ impl SessionError {
         match self {
             SessionError::InvalidLogin => "invalid_credentials",
             SessionError::InvalidRefresh => "invalid_grant",
-            SessionError::RateLimited { .. } => "rate_limited",
+            SessionError::RateLimited { .. } | SessionError::TooManyRotations { .. } => "rate_limited",
             SessionError::BadField { .. } => "invalid_request",
             SessionError::Unavailable(_) => "temporarily_unavailable",
             SessionError::Internal(_) => "server_error",
@@ -151,7 +159,9 @@ impl SessionError {
     /// When a rate-limited client may try again.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
-            SessionError::RateLimited { retry_after } => Some(*retry_after),
+            SessionError::RateLimited { retry_after } | SessionError::TooManyRotations { retry_after } => {
+                Some(*retry_after)
+            }
             _ => None,
         }
     }
@@ -324,7 +334,7 @@ impl SessionManager {
                     fingerprint = %refresh_token.digest().fingerprint(),
                     "refresh refused: the login has rotated as often as it may remember"
                 );
-                Err(SessionError::RateLimited { retry_after })
+                Err(SessionError::TooManyRotations { retry_after })
             }
             // The session has rotated again since: the newer tokens stay good.
             RefreshOutcome::JustRotated | RefreshOutcome::Invalid => Err(SessionError::InvalidRefresh),
@@ -338,14 +348,6 @@ impl SessionManager {
     /// Fails when the store is unavailable.
     pub async fn logout(&self, token: &Secret) -> Result<bool, SessionError> {
         Ok(self.store.revoke(&token.digest()).await?)
-    }
-
-    /// How many rotations of a login are remembered at once: twice as many as its refresh
-    /// token outlives its access token, and at least [`MIN_ROTATIONS_REMEMBERED`], so a client
-    /// that refreshes as its access token expires never meets the bound.
-    fn rotations_remembered(&self) -> usize {
-        let ratio = self.settings.refresh_ttl.as_secs().div_ceil(self.settings.access_ttl.as_secs().max(1));
-        usize::try_from(ratio.saturating_mul(2)).unwrap_or(usize::MAX).max(MIN_ROTATIONS_REMEMBERED)
     }
 
     /// Ends the attempts of one login.
@@ -366,7 +368,7 @@ impl SessionManager {
             expires_at: now.saturating_add(seconds(self.settings.access_ttl)),
             refresh_expires_at: now.saturating_add(seconds(self.settings.refresh_ttl)),
             replay: String::new(),
-            remembered: self.rotations_remembered(),
+            remembered: self.settings.max_rotations.max(1),
         };
         let tokens = SessionTokens {
             access_token,

@@ -22,6 +22,12 @@ pub struct SessionsConfig {
     /// session, so logins in a loop cannot fill the session store. Default 100.
     #[serde(default = "default_max_per_user")]
     pub max_per_user: usize,
+    /// Most rotations of one login remembered at once (its spent refresh and retired access
+    /// tokens, each until it would have expired, for reuse detection and logout); a refresh
+    /// beyond is refused (429) until the oldest expires, never made by forgetting one. Default
+    /// 1000: a client refreshing every 90 s around the clock stays below it.
+    #[serde(default = "default_max_rotations")]
+    pub max_rotations: usize,
     /// Users who may log in.
     #[serde(default)]
     pub users: Vec<UserConfig>,
@@ -85,6 +91,9 @@ fn default_refresh_reuse_grace() -> HumanDuration {
 fn default_max_per_user() -> usize {
     100
 }
+fn default_max_rotations() -> usize {
+    1000
+}
 fn default_per_username() -> LimitConfig {
     LimitConfig { max_failures: 5, window: HumanDuration(Duration::from_secs(15 * 60)) }
 }
@@ -99,6 +108,7 @@ impl Default for SessionsConfig {
             refresh_ttl: default_refresh_ttl(),
             refresh_reuse_grace: default_refresh_reuse_grace(),
             max_per_user: default_max_per_user(),
+            max_rotations: default_max_rotations(),
             users: Vec::new(),
             login_rate_limit: LoginRateLimitConfig::default(),
         }

@@ -331,6 +331,14 @@ fn tenant_mistakes_are_refused_at_file_line_and_field() {
 #[test]
 fn sessions_per_user_default_to_100_and_refuse_zero() {
     assert_eq!(parse("").unwrap().sessions.max_per_user, 100);
+    assert_eq!(parse("").unwrap().sessions.max_rotations, 1000);
+    for text in ["sessions:\n  max_rotations: 0\n", "sessions:\n  max_rotations: 10001\n"] {
+        let ConfigError::Invalid { problems } = parse(text).unwrap_err() else { panic!() };
+        assert_eq!(
+            problems,
+            ["test.yaml:2: sessions.max_rotations: must be 1 to 10000: each is a few hundred bytes kept for a refresh lifetime"]
+        );
+    }
     let ConfigError::Invalid { problems } = parse("sessions:\n  max_per_user: 0\n").unwrap_err() else {
         panic!()
     };

@@ -50,15 +50,21 @@ impl Owner {
     pub fn digest(&self) -> &SecretDigest {
         &self.0
     }
+
+    /// No caller at all: a session id an MCP server issued twice, to two callers, is bound to
+    /// it, so it answers neither (no key hashes to all zeros).
+    pub fn nobody() -> Self {
+        Self(SecretDigest::NONE)
+    }
 }
 
 /// Where session bindings are kept. Errors are an outage of a shared store (its reason, never
 /// a session id): the exchange then fails closed.
 #[async_trait]
 pub trait Bindings: Debug + Send + Sync {
-    /// Binds the session whose id has digest `session` to `owner`; false, changing nothing,
-    /// when it is bound to another owner still (an MCP server handing one caller's session id
-    /// to another must not move the session).
+    /// Binds the session whose id has digest `session` to `owner`; false when it is bound to
+    /// another owner still (an MCP server handed one caller's session id to another): then it is
+    /// bound to [`Owner::nobody`], so neither caller can use it.
     async fn bind(&self, session: &SecretDigest, owner: &Owner) -> Result<bool, String>;
     /// How `session` stands with `owner`; its own session's binding is renewed.
     async fn standing(&self, session: &SecretDigest, owner: &Owner) -> Result<Standing, String>;
@@ -123,11 +129,16 @@ impl SessionOwners {
     }
 
     fn bind_key(&self, key: SecretDigest, owner: Owner, now: Instant) -> bool {
-        let taken = self.bindings.get(&key).is_some_and(|binding| {
-            binding.owner != owner && now.saturating_duration_since(binding.last_used) < self.ttl
-        });
-        if taken {
-            return false;
+        {
+            // Checked and poisoned under the entry's lock: two answers issuing one id at once
+            // cannot both bind it.
+            if let dashmap::Entry::Occupied(mut bound) = self.bindings.entry(key) {
+                let live = now.saturating_duration_since(bound.get().last_used) < self.ttl;
+                if live && bound.get().owner != owner {
+                    bound.insert(Binding { owner: Owner::nobody(), last_used: now });
+                    return false;
+                }
+            }
         }
         {
             let mut sessions = self.owned.entry(owner.0).or_default();
@@ -266,11 +277,12 @@ mod tests {
             Owner::of(None),
         ] {
             assert_eq!(owners.standing("s1", &other), Standing::Foreign);
-            // An MCP server handing alice's id to another caller does not move the session.
-            assert!(!owners.bind("s1", other.clone()), "rebound to another caller");
-            assert_eq!(owners.standing("s1", &alice), Standing::Owned);
         }
         assert!(owners.bind("s1", alice.clone()), "its owner may bind it again");
+        // An MCP server handing alice's id to another caller: the session answers neither.
+        assert!(!owners.bind("s1", Owner::of(Some(&auth("bob", "https://a", "")))));
+        assert_eq!(owners.standing("s1", &alice), Standing::Foreign);
+        assert_eq!(owners.standing("s1", &Owner::of(Some(&auth("bob", "https://a", "")))), Standing::Foreign);
         assert_eq!(owners.standing("s2", &alice), Standing::Unknown);
         owners.end("s1");
         assert_eq!(owners.standing("s1", &alice), Standing::Unknown);

@@ -14,13 +14,6 @@ use crate::model::{AuthInfo, SecretDigest};
 /// Identifies one login and every token rotated from it.
 pub type FamilyId = u128;
 
-/// The fewest rotations of one login remembered at once (their spent refresh and retired
-/// access tokens, each until it would have expired, for reuse detection and logout). A login
-/// with that many still remembered is refused further rotations until the oldest expires, so a
-/// refresh loop cannot grow the store without bound, nor push out the markers that would catch
-/// it.
-pub const MIN_ROTATIONS_REMEMBERED: usize = 32;
-
 /// How long a revocation is remembered when the session's own expiry is unknown: 30 days.
 pub const REVOKED_FALLBACK_SECONDS: i64 = 30 * 24 * 3600;
 

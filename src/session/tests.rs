@@ -30,6 +30,7 @@ fn manager_with(limits: (u32, u32), store: Arc<MemorySessionStore>) -> SessionMa
             // Long enough that a loaded machine still refreshes "at once" within it.
             refresh_reuse_grace: Duration::from_secs(1),
             max_per_user: 3,
+            max_rotations: 32,
         },
     )
     .unwrap()
@@ -426,7 +427,7 @@ async fn a_logout_with_an_expired_access_token_still_ends_the_session_after_a_pu
 
 #[tokio::test]
 async fn a_login_refreshed_in_a_loop_is_stopped_before_it_forgets_a_rotation() {
-    // The test manager's tokens: 1 h access, 2 h refresh, so 32 rotations remembered at most.
+    // The test manager remembers 32 rotations of a login at most.
     for ending in ["reuse", "logout"] {
         let store = Arc::new(MemorySessionStore::default());
         let manager = manager_with((5, 20), Arc::clone(&store));
@@ -437,15 +438,15 @@ async fn a_login_refreshed_in_a_loop_is_stopped_before_it_forgets_a_rotation() {
                 Ok(next) => tokens.push(next),
                 Err(error) => break error,
             }
-            assert!(tokens.len() <= MIN_ROTATIONS_REMEMBERED + 1, "a loop of refreshes was never stopped");
+            assert!(tokens.len() <= 32 + 1, "a loop of refreshes was never stopped");
         };
-        assert_eq!(tokens.len(), MIN_ROTATIONS_REMEMBERED + 1);
-        let SessionError::RateLimited { retry_after } = refused else { panic!("{refused:?}") };
+        assert_eq!(tokens.len(), 32 + 1);
+        let SessionError::TooManyRotations { retry_after } = refused else { panic!("{refused:?}") };
         assert!(
             retry_after > Duration::from_secs(3600),
             "until the oldest rotation expires: {retry_after:?}"
         );
-        assert_eq!(store.rotations_remembered(), MIN_ROTATIONS_REMEMBERED);
+        assert_eq!(store.rotations_remembered(), 32);
         // So the first tokens are still known: a thief who looped cannot outrun the owner.
         let current = tokens.last().unwrap();
         assert_eq!(subject_of(&manager, &current.access_token).await.unwrap(), "alice");

@@ -13,14 +13,18 @@ use super::Redis;
 use crate::model::SecretDigest;
 use crate::session::StoreError;
 
-/// ARGV: prefix, session, owner, ttl (ms), most sessions per owner. 1, or 0 (nothing changed)
-/// when the session is bound to another owner.
+/// ARGV: prefix, session, owner, ttl (ms), most sessions per owner, nobody (the digest no
+/// caller is). 1, or 0 when the session is bound to another owner: then it is bound to nobody,
+/// so neither caller can use it.
 static BIND: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"#!lua
 local p, session, owner = ARGV[1], ARGV[2], ARGV[3]
 local bound = redis.call('GET', p .. 'mcp:' .. session)
-if bound and bound ~= owner then return 0 end
+if bound and bound ~= owner then
+  redis.call('SET', p .. 'mcp:' .. session, ARGV[6], 'PX', ARGV[4])
+  return 0
+end
 local owned = p .. 'mcp-owner:' .. owner
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -79,7 +83,7 @@ impl RedisMcpSessions {
         u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX).max(1)
     }
 
-    /// Binds `session` to `owner`; false, changing nothing, when another owner holds it.
+    /// Binds `session` to `owner`; false when another owner holds it (then no one does).
     pub async fn bind(&self, session: &SecretDigest, owner: &SecretDigest) -> Result<bool, StoreError> {
         let bound: i64 = self
             .redis
@@ -89,7 +93,8 @@ impl RedisMcpSessions {
                     .arg(session.to_hex())
                     .arg(owner.to_hex())
                     .arg(self.ttl_ms())
-                    .arg(self.per_owner),
+                    .arg(self.per_owner)
+                    .arg(SecretDigest::NONE.to_hex()),
             )
             .await?;
         Ok(bound == 1)
