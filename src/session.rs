@@ -78,7 +78,7 @@ pub enum SessionError {
 impl From<StoreError> for SessionError {
     fn from(error: StoreError) -> Self {
         match error {
-            StoreError::Unavailable(_) => SessionError::Unavailable(error.to_string()),
+            StoreError::Unavailable(_) | StoreError::Full(_) => SessionError::Unavailable(error.to_string()),
             StoreError::Corrupt(_) | StoreError::Revoked => SessionError::Internal(error.to_string()),
         }
     }
@@ -409,7 +409,7 @@ impl CredentialResolver for SessionManager {
         match self.store.lookup_access(&credential.digest).await {
             Ok(Some(auth)) => Ok(Resolution::Resolved(auth)),
             Ok(None) => Err(CredentialError::Invalid("session is unknown, expired or revoked".to_owned())),
-            Err(StoreError::Unavailable(reason)) => {
+            Err(StoreError::Unavailable(reason) | StoreError::Full(reason)) => {
                 Err(CredentialError::Unavailable { backend: "session".to_owned(), reason })
             }
             Err(error) => {

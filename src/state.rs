@@ -331,6 +331,8 @@ fn classify(what: &str, error: &RedisError) -> StoreError {
         error.kind() == redis::ErrorKind::UnexpectedReturnType || error.code() == Some("WRONGTYPE");
     if wrong_type {
         StoreError::Corrupt(format!("{what}: {}", error.kind_text()))
+    } else if error.code() == Some("OOM") {
+        StoreError::Full(format!("{what}: {}", error.kind_text()))
     } else {
         StoreError::Unavailable(format!("{what}: {}", error.kind_text()))
     }

@@ -321,7 +321,9 @@ async fn a_full_redis_refuses_every_write_whole_and_keeps_serving_sessions() {
     let redis = RedisServer::start().await;
     let servers = replicas(&redis, 1, "    local_cache: { ttl: 0s }\n").await;
     let server = &servers[0];
-    let (tokens, other) = (login(server).await, login(server).await);
+    let (tokens, other, stolen) = (login(server).await, login(server).await, login(server).await);
+    // A thief rotated a stolen refresh token before Redis filled up.
+    let thiefs: Value = refresh(server, &token(&stolen, "refresh_token")).await.json().await.unwrap();
     let mut raw = redis.client().await;
     let _: () =
         redis::cmd("CONFIG").arg("SET").arg("maxmemory").arg("1").query_async(&mut raw).await.unwrap();
@@ -340,6 +342,11 @@ async fn a_full_redis_refuses_every_write_whole_and_keeps_serving_sessions() {
     assert_eq!(profile(server, &token(&tokens, "token")).await.outcome(), Outcome::Allowed);
     assert_eq!(logout(server, &token(&tokens, "token")).await["revoked"], true);
     assert_eq!(profile(server, &token(&tokens, "token")).await.outcome(), Outcome::Unauthenticated);
+    // Nor does it let a reused refresh token pass unnoticed: past the grace, its owner's replay
+    // still revokes the thief's session.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert_eq!(refresh(server, &token(&stolen, "refresh_token")).await.status(), 401);
+    assert_eq!(profile(server, &token(&thiefs, "token")).await.outcome(), Outcome::Unauthenticated);
     let _: () =
         redis::cmd("CONFIG").arg("SET").arg("maxmemory").arg("0").query_async(&mut raw).await.unwrap();
     assert_eq!(refresh(server, &token(&other, "refresh_token")).await.status(), 200);

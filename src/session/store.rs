@@ -100,6 +100,10 @@ pub enum StoreError {
     /// The store did not answer in time, or at all: an outage (503), never a refusal.
     #[error("session store unavailable: {0}")]
     Unavailable(String),
+    /// The store is full and refuses what would grow it (Redis at `maxmemory`): an outage
+    /// (503) for what writes; what only ends things still runs.
+    #[error("session store full: {0}")]
+    Full(String),
     /// The store answered with something cedargate did not write there (a value of another
     /// type, a record that does not parse): the token it belongs to is refused.
     #[error("session store holds an unreadable record: {0}")]

@@ -167,6 +167,22 @@ return {{'invalid'}}"
     ))
 });
 
+/// ARGV: prefix, refresh, reuse grace (ms). Only the reuse detection of ROTATE, for a Redis at
+/// maxmemory that refuses ROTATE whole: a spent token presented past the grace still revokes
+/// its login (`allow-oom`: it mostly deletes). `reused`, or `full` when there is nothing to
+/// revoke.
+static REUSED: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        "{ENDS}{PRELUDE}
+local spent = redis.call('HMGET', p .. 'spent:' .. ARGV[2], 'family', 'at', 'expires')
+if spent[1] and now_ms() - (tonumber(spent[2]) or 0) >= tonumber(ARGV[3]) then
+  revoke(spent[1], spent[3])
+  return 'reused'
+end
+return 'full'"
+    ))
+});
+
 /// ARGV: prefix, a token (access or refresh, current or rotated out). The family's access
 /// token (hex), 1 when it had none, or 0 (no such live session).
 static REVOKE: LazyLock<Script> = LazyLock::new(|| {
@@ -362,14 +378,15 @@ impl SessionStore for RedisSessionStore {
         _now: i64,
         reuse_grace: Duration,
     ) -> Result<RefreshOutcome, StoreError> {
-        let answer: Vec<String> = self
+        let grace = u64::try_from(reuse_grace.as_millis()).unwrap_or(u64::MAX);
+        let answer: Result<Vec<String>, StoreError> = self
             .redis
             .invoke(
                 "rotate session",
                 ROTATE
                     .arg(&self.redis.settings().key_prefix)
                     .arg(refresh.to_hex())
-                    .arg(u64::try_from(reuse_grace.as_millis()).unwrap_or(u64::MAX))
+                    .arg(grace)
                     .arg(next.access.to_hex())
                     .arg(next.refresh.to_hex())
                     .arg(next.expires_at)
@@ -377,7 +394,26 @@ impl SessionStore for RedisSessionStore {
                     .arg(&next.replay)
                     .arg(next.remembered),
             )
-            .await?;
+            .await;
+        let answer = match answer {
+            Ok(answer) => answer,
+            // Full, Redis refuses the rotation whole; a thief's replay must still revoke.
+            Err(StoreError::Full(reason)) => {
+                let reused: String = self
+                    .redis
+                    .invoke(
+                        "detect a reused refresh token",
+                        REUSED.arg(&self.redis.settings().key_prefix).arg(refresh.to_hex()).arg(grace),
+                    )
+                    .await?;
+                return if reused == "reused" {
+                    Ok(RefreshOutcome::Reused)
+                } else {
+                    Err(StoreError::Full(reason))
+                };
+            }
+            Err(error) => return Err(error),
+        };
         match answer.as_slice() {
             [outcome, family, identity, username, old_access] if outcome == "rotated" => {
                 self.forget_hex(old_access);
