@@ -69,12 +69,15 @@ done
 echo
 echo "| logins | concurrency | throughput | p50 ms | p99 ms |"
 echo "|---|---|---|---|---|"
+# Four in flight: the password checks' own width, and within one username's budget (5): more
+# logins of one user at once than the budget are refused with Redis (429, retry in 1 s), and
+# the table would then count refusals, not logins.
 for store in memory warm; do
   http_var="http_$store"
   load --http-url "http://127.0.0.1:${!http_var}/auth/login" --method POST \
     --header 'content-type: application/json' --body '{"username":"alice","password":"password123"}' \
-    --concurrency 8 --duration "$duration" --warmup 2s
-  [ "$errors" = 0 ] || { printf 'login %s: %s errors\n%s\n' "$store" "$errors" "$out" >&2; exit 1; }
-  echo "| $store | 8 | $throughput | $p50 | $p99 |"
+    --concurrency 4 --duration "$duration" --warmup 2s
+  [ "$errors" = 0 ] && [ "$allowed" = "$requests" ] || { printf 'login %s: %s errors\n%s\n' "$store" "$errors" "$out" >&2; exit 1; }
+  echo "| $store | 4 | $throughput | $p50 | $p99 |"
 done
 echo "steal: $(awk '/^cpu / {print "steal jiffies " $9}' /proc/stat)"
