@@ -541,8 +541,12 @@ impl Config {
                 "must be at most 60s: within it, a refresh token presented again gets live tokens".into(),
             );
         }
-        if self.sessions.max_per_user == 0 {
-            report("max_per_user", "sessions.max_per_user".into(), "must be at least 1".into());
+        if !(1..=MAX_PER_USER).contains(&self.sessions.max_per_user) {
+            report(
+                "max_per_user",
+                "sessions.max_per_user".into(),
+                format!("must be 1 to {MAX_PER_USER}: it bounds what logins in a loop can store"),
+            );
         }
         if !(1..=MAX_ROTATIONS).contains(&self.sessions.max_rotations) {
             report(
@@ -563,6 +567,9 @@ impl Config {
         problems
     }
 }
+
+/// Most `sessions.max_per_user`.
+const MAX_PER_USER: usize = 10_000;
 
 /// Most `sessions.max_rotations`: about 4 MB of one login's markers at most.
 const MAX_ROTATIONS: usize = 10_000;

@@ -294,11 +294,13 @@ impl Gateway {
         if let Some(name) = &self.settings.tenant_header {
             let mut values =
                 request.headers.iter().filter(|(key, _)| key == name).map(|(_, value)| value.as_str());
-            // An empty value names no tenant, as the gRPC field's default does.
-            header = values.next().filter(|value| !value.is_empty());
-            if header.is_some() && values.next().is_some() {
+            let first = values.next();
+            // Sent twice, even once empty: which one a proxy or server takes varies.
+            if first.is_some() && values.next().is_some() {
                 return RequestTenant::Refused("the tenant header is sent more than once: refused");
             }
+            // An empty value names no tenant, as the gRPC field's default does.
+            header = first.filter(|value| !value.is_empty());
         }
         if header.is_some() && request.wire != Wire::EnvoyGrpc && !request.from_trusted_proxy {
             return RequestTenant::Refused(

@@ -342,7 +342,10 @@ fn sessions_per_user_default_to_100_and_refuse_zero() {
     let ConfigError::Invalid { problems } = parse("sessions:\n  max_per_user: 0\n").unwrap_err() else {
         panic!()
     };
-    assert_eq!(problems, ["test.yaml:2: sessions.max_per_user: must be at least 1"]);
+    assert_eq!(
+        problems,
+        ["test.yaml:2: sessions.max_per_user: must be 1 to 10000: it bounds what logins in a loop can store"]
+    );
     let ConfigError::Invalid { problems } = parse("sessions:\n  refresh_reuse_grace: 61s\n").unwrap_err()
     else {
         panic!()

@@ -126,7 +126,11 @@ impl Exchange {
         let authentication = match self.decided.as_ref().and_then(|decided| decided.auth.clone()) {
             Some(auth) => authenticated(auth),
             None => match self.gateway.credential(&self.request) {
-                Ok(Some((value, _))) => self.gateway.engine.authenticate(&value).await,
+                // By the backends of the request's tenant too, as ext_authz resolved it.
+                Ok(Some((value, _))) => {
+                    let tenant = self.gateway.request_tenant(&self.request);
+                    self.gateway.engine.authenticate_in(tenant, &value).await
+                }
                 Ok(None) => Authentication::Anonymous,
                 // ext_authz refuses such a request before it gets here.
                 Err(reason) => {
@@ -259,7 +263,25 @@ impl Exchange {
         let success = (200..300).contains(&status);
         if let (Some(sessions), Some(authentication)) = (&self.gateway.sessions, &self.authentication) {
             if success && self.method.as_deref() == Some("initialize") {
-                if let Some(session_id) = header("mcp-session-id") {
+                // One clean id, as a request must send it: two, a list or an empty one would
+                // bind one id while the client used another.
+                let issued: Vec<&str> = headers
+                    .iter()
+                    .filter(|(key, _)| key.eq_ignore_ascii_case("mcp-session-id"))
+                    .map(|(_, value)| value.as_str())
+                    .collect();
+                if issued.len() > 1 || issued.iter().any(|id| id.is_empty() || id.contains(',')) {
+                    tracing::warn!(
+                        "an MCP server's initialize answer did not carry one session id: withheld"
+                    );
+                    return Err(Reply::jsonrpc(
+                        502,
+                        &self.id,
+                        WITHHELD,
+                        "the MCP server's answer does not carry one session id",
+                    ));
+                }
+                if let Some(session_id) = issued.first().copied() {
                     // A session is someone's: one issued to a caller without a credential is
                     // not bound, and so unknown (404) from its next request on. Bound to "no
                     // one", any caller without a credential could use it, and a proxy that

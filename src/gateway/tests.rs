@@ -614,6 +614,9 @@ fn a_request_names_its_tenant_by_a_believed_header_or_the_context_extension() {
         with(Wire::ForwardAuth, false, &[("x-tenant", "acme")], None),
         with(Wire::EnvoyHttp, false, &[("x-tenant", "acme")], None),
         with(Wire::EnvoyGrpc, false, &[("x-tenant", "acme"), ("x-tenant", "acme")], None),
+        // Twice, once empty: never taken for "no tenant", nor let past the trusted-proxy check.
+        with(Wire::EnvoyGrpc, false, &[("x-tenant", ""), ("x-tenant", "acme")], None),
+        with(Wire::ForwardAuth, false, &[("x-tenant", ""), ("x-tenant", "acme")], None),
         with(Wire::EnvoyGrpc, false, &[("x-tenant", "acme")], Some("globex")),
     ] {
         assert!(matches!(gateway.request_tenant(&request), RequestTenant::Refused(_)), "{request:?}");

@@ -162,6 +162,21 @@ async fn a_session_is_refused_to_anyone_but_the_caller_it_was_issued_to() {
     exchange.request_body(br#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{}}"#).unwrap();
     exchange.response_headers(500, &[("mcp-session-id".into(), "s-3".into())]).await.unwrap();
     assert_eq!(standing(&gateway, "POST", &[USER, ("mcp-session-id", "s-3")]).await.unwrap_err().status, 404);
+    // An answer that does not carry one clean id is withheld, and binds none of them.
+    for issued in [&["s-4", "s-5"][..], &["s-4, s-5"], &[""]] {
+        let mut exchange = gateway.exchange(request("POST", "/mcp", &[USER]));
+        exchange.request_headers().await.unwrap();
+        exchange.request_body(br#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{}}"#).unwrap();
+        let headers: Vec<(String, String)> =
+            issued.iter().map(|id| ("Mcp-Session-Id".to_owned(), (*id).to_owned())).collect();
+        assert_eq!(exchange.response_headers(200, &headers).await.unwrap_err().status, 502, "{issued:?}");
+        for id in ["s-4", "s-5", ""] {
+            assert!(
+                standing(&gateway, "POST", &[USER, ("mcp-session-id", id)]).await.is_err(),
+                "{id:?} bound"
+            );
+        }
+    }
     // Ended by its owner, the session is gone.
     let mut exchange = gateway.exchange(request("DELETE", "/mcp", &[USER, session]));
     exchange.request_headers().await.unwrap();
