@@ -495,6 +495,7 @@ impl Engine {
             Err(refusal) => refusal.resource_metadata,
         };
         let deciding_tenant = scope.as_ref().ok().and_then(|scope| scope.tenant);
+        let tenant_refused = scope.is_err();
         if let (Some(tenant), true) = (deciding_tenant, trace::enabled()) {
             trace::record("cedargate.tenant", tenant.to_owned());
         }
@@ -603,6 +604,7 @@ impl Engine {
                     facts,
                     revision: revision.as_deref().unwrap_or(""),
                     tenant: deciding_tenant,
+                    tenant_refused,
                     evaluated_at: now,
                     elapsed,
                 };

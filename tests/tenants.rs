@@ -665,6 +665,9 @@ async fn a_tenants_decision_is_recorded_with_its_tenant_and_replayed_under_it() 
     let by_globex = check_in(&mut client, "globex", "Bearer global-token", "/t/globex/data").await;
     let by_base = check_in(&mut client, "", "Bearer global-token", "/base").await;
     assert!(by_globex.allowed && by_base.allowed, "{by_globex:?} {by_base:?}");
+    // Refused for its tenant before any policy: no set decides it, then or in a replay.
+    let undeclared = check_in(&mut client, "umbrella", "Bearer global-token", "/base").await;
+    assert_eq!(undeclared.outcome(), Outcome::Forbidden, "{undeclared:?}");
     server.stop().await.unwrap();
 
     let records: Vec<serde_json::Value> = std::fs::read_to_string(&log)
@@ -672,9 +675,11 @@ async fn a_tenants_decision_is_recorded_with_its_tenant_and_replayed_under_it() 
         .lines()
         .map(|line| serde_json::from_str(line).unwrap())
         .collect();
-    assert_eq!(records.len(), 2);
+    assert_eq!(records.len(), 3);
     assert_eq!(records[0]["tenant"], "globex", "the deciding tenant is recorded");
     assert!(records[1].get("tenant").is_none(), "the base set decided: no tenant");
+    assert!(records[1].get("tenantRefused").is_none());
+    assert_eq!(records[2]["tenantRefused"], true);
 
     let replay = |candidate: &Path| {
         let options = cedargate::authoring::ReplayOptions {
@@ -688,6 +693,7 @@ async fn a_tenants_decision_is_recorded_with_its_tenant_and_replayed_under_it() 
     // by the base alone (which would deny it).
     let same = replay(&dir);
     assert_eq!((same.redecided, same.changed, same.policies_differ), (2, 0, 0));
+    assert_eq!((same.skipped.total, same.skipped.tenant_refused), (1, 1));
     // Without globex's permit, exactly globex's decision changes.
     write_tenant(&dir, "globex", "");
     let without = replay(&dir);

@@ -106,6 +106,8 @@ pub struct Skipped {
     pub credential_refused: usize,
     /// A credential backend was unavailable (503): no policy was consulted.
     pub credential_unavailable: usize,
+    /// The request was refused for its tenant: no policy was consulted.
+    pub tenant_refused: usize,
     /// A decision input was masked.
     pub masked: usize,
     /// Each masked decision input, with the number of skipped records it was masked in.
@@ -212,6 +214,9 @@ impl ReplayReport {
         }
         if skipped.credential_unavailable > 0 {
             reasons.push(format!("{} credential backend unavailable", skipped.credential_unavailable));
+        }
+        if skipped.tenant_refused > 0 {
+            reasons.push(format!("{} refused for its tenant", skipped.tenant_refused));
         }
         if skipped.masked > 0 {
             let paths: Vec<&str> = skipped.masked_paths.keys().map(String::as_str).collect();
@@ -404,6 +409,10 @@ pub fn replay(
                 } else {
                     report.skipped.credential_refused += 1;
                 }
+            }
+            RecordedInput::TenantRefused => {
+                report.skipped.total += 1;
+                report.skipped.tenant_refused += 1;
             }
             RecordedInput::Masked(paths) => {
                 report.skipped.total += 1;

@@ -26,6 +26,8 @@ pub(super) struct Facts<'a> {
     pub revision: &'a str,
     /// The tenant whose policies decided; `None` for the base set.
     pub tenant: Option<&'a str>,
+    /// The request was refused for its tenant before any policy.
+    pub tenant_refused: bool,
     pub evaluated_at: i64,
     pub elapsed: Duration,
 }
@@ -59,6 +61,7 @@ pub(super) fn record<'a>(decision: &'a Decision, of: &Facts<'a>) -> Record<'a> {
         policy_ids: &decision.policy_ids,
         policy_revision: of.revision,
         tenant: of.tenant,
+        tenant_refused: of.tenant_refused,
         reason: &decision.reason,
         errors: &decision.errors,
         shadow: decision.shadow.as_ref().map(|shadow| Shadow {
@@ -95,6 +98,8 @@ pub struct Record<'a> {
     policy_revision: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     tenant: Option<&'a str>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    tenant_refused: bool,
     reason: &'a str,
     errors: &'a [String],
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -90,6 +90,9 @@ pub enum RecordedInput {
     NotConsulted(CredentialState),
     /// These masked paths are decision inputs: the request cannot be rebuilt.
     Masked(Vec<String>),
+    /// The request was refused for its tenant (`tenantRefused`) before any policy, so no
+    /// policy set can decide it otherwise.
+    TenantRefused,
 }
 
 /// One decision record, read.
@@ -169,6 +172,8 @@ struct WrittenRecord {
     policy_revision: String,
     #[serde(default)]
     tenant: Option<String>,
+    #[serde(default)]
+    tenant_refused: bool,
     #[serde(default)]
     reason: String,
     #[serde(default)]
@@ -405,6 +410,7 @@ fn record(value: Value, line: usize) -> Result<DecisionRecord, String> {
     let masked_inputs: Vec<String> =
         written.masked.iter().filter(|path| is_decision_input(path)).cloned().collect();
     let input = match credential_state {
+        _ if written.tenant_refused => RecordedInput::TenantRefused,
         Some(state @ (CredentialState::Refused | CredentialState::Unavailable)) => {
             RecordedInput::NotConsulted(state)
         }
